@@ -1,0 +1,14 @@
+//! Automa's domain: the types and rules every other crate shares. Nothing here does IO, so the rules can be
+//! tested exhaustively and reused by the server, the store and the agent alike.
+
+pub mod audit;
+pub mod names;
+pub mod role;
+pub mod run;
+pub mod schedule;
+
+pub use audit::{AuditRecord, GENESIS_HASH};
+pub use names::{Email, InvalidField, ResourceName};
+pub use role::Role;
+pub use run::{RunStatus, Trigger};
+pub use schedule::{Schedule, ScheduleKind};

@@ -1,0 +1,110 @@
+//! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
+//! directly) against `Profile::None` and `Profile::Strict`, and prints wall times, ratios and the per-run
+//! overhead over bare. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
+//! and AUTOMA_BENCH_DISABLE (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automa_runner::{HelperCommand, Limits, Profile, RunSpec, Sandbox, SandboxConfig};
+use tokio::sync::{mpsc, watch};
+
+const CONCURRENCY: usize = 2;
+const SCRIPT: &str = "print('hi')\n";
+
+fn main() {
+    let runs: usize = std::env::var("AUTOMA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let interpreter = automa_runner::resolve_interpreter(None).expect("python3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("hi.py");
+    std::fs::write(&script, SCRIPT).expect("write hi.py");
+    let helper = HelperCommand { program: env!("CARGO_BIN_EXE_automa-sandbox-helper").into(), args: Vec::new() };
+
+    let bare = runtime.block_on(measure(runs, {
+        let interpreter = interpreter.clone();
+        move || {
+            let interpreter = interpreter.clone();
+            let script = script.clone();
+            async move {
+                let out = tokio::process::Command::new(&interpreter).arg(&script).env_clear().output().await;
+                assert_eq!(out.expect("bare run").stdout, b"hi\n");
+            }
+        }
+    }));
+    let mut results = vec![("bare", bare)];
+    for (name, profile) in [("none", Profile::None), ("strict", Profile::Strict)] {
+        let mut config = SandboxConfig::new(profile, interpreter.clone(), helper.clone(), dir.path().join(name));
+        config.slots = CONCURRENCY;
+        config.disabled_layers = disabled_layers();
+        let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
+        let elapsed = runtime.block_on(measure(runs, move || {
+            let sandbox = sandbox.clone();
+            async move {
+                let (tx, mut rx) = mpsc::channel(8);
+                let (_cancel, cancel_rx) = watch::channel(false);
+                let spec = RunSpec {
+                    script_name: "hi.py".into(),
+                    script: SCRIPT.into(),
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    limits: Limits::default(),
+                    network: false,
+                };
+                let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
+                assert_eq!(report.exit_code, Some(0), "{report:?}");
+                assert_eq!(rx.recv().await.map(|c| c.data), Some("hi\n".to_owned()));
+            }
+        }));
+        results.push((name, elapsed));
+    }
+
+    let base = results[0].1;
+    let per_run = |d: Duration| d.as_secs_f64() * 1000.0 * CONCURRENCY as f64 / runs as f64;
+    println!("{runs} runs of hi.py at concurrency {CONCURRENCY} ({})", interpreter.display());
+    println!("{:<8} {:>10} {:>8} {:>14} {:>18}", "mode", "wall ms", "ratio", "ms per run", "overhead ms/run");
+    for (name, elapsed) in &results {
+        println!(
+            "{:<8} {:>10.0} {:>8.2} {:>14.2} {:>18.2}",
+            name,
+            elapsed.as_secs_f64() * 1000.0,
+            elapsed.as_secs_f64() / base.as_secs_f64(),
+            per_run(*elapsed),
+            per_run(*elapsed) - per_run(base),
+        );
+    }
+}
+
+fn disabled_layers() -> Vec<automa_runner::Layer> {
+    std::env::var("AUTOMA_BENCH_DISABLE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| serde_json::from_value(serde_json::Value::from(name)).expect("a layer name"))
+        .collect()
+}
+
+/// Runs `job` `runs` times, `CONCURRENCY` at a time, and returns the wall time.
+async fn measure<F, Fut>(runs: usize, job: F) -> Duration
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (job, next) = (job.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < runs {
+                    job().await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    start.elapsed()
+}

@@ -1,0 +1,220 @@
+//! The single-threaded helper that builds one run's sandbox and supervises it (SANDBOX.md, trap 1).
+//!
+//! The process tree of a run is:
+//!
+//! - the supervisor: started by the sandbox with a cleared environment, stdin a socket carrying the request
+//!   and, at the end, the report. It creates the namespaces and forks the init; a byte or EOF on the socket
+//!   means "kill the run".
+//! - the init: pid 1 of the new pid namespace, with `PR_SET_PDEATHSIG(SIGKILL)` so the whole namespace dies
+//!   with the supervisor (trap 4). It joins the slot's cgroups, builds the root and reaps.
+//! - the workload: drops privileges, confines itself and execs the interpreter.
+
+mod confine;
+mod init;
+mod mounts;
+mod probe;
+mod seccomp;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::protocol::{Request, RunOutcome, RunReport, RunRequest, read_message, write_message};
+
+/// Entry point of the helper process: `automa __sandbox-helper` and `automa-sandbox-helper` call it.
+pub fn main() -> ! {
+    // SAFETY: fd 0 is the socket the sandbox passed as stdin; nothing else in this process owns it.
+    let mut channel = unsafe { File::from_raw_fd(0) };
+    let request: Request = match read_message(&mut channel) {
+        Ok(r) => r,
+        Err(_) => std::process::exit(2),
+    };
+    let written = match request {
+        Request::Probe(probe) => write_message(&mut channel, &probe::run(&probe)),
+        Request::Run(run) => {
+            let report = supervise(&run, &channel);
+            write_message(&mut channel, &report)
+        }
+    };
+    std::process::exit(if written.is_ok() { 0 } else { 3 })
+}
+
+/// Lines the init sends the supervisor through the status pipe.
+pub(crate) mod status {
+    pub const PID: &str = "pid ";
+    pub const EXIT: &str = "exit ";
+    pub const SIGNAL: &str = "signal ";
+    pub const ERROR: &str = "error ";
+}
+
+fn supervise(request: &RunRequest, channel: &File) -> RunReport {
+    let failed = |message: String| RunReport { outcome: RunOutcome::Failed(message), max_rss_kb: None, cpu_ms: None };
+    if let Err(e) = enter_namespaces(request) {
+        return failed(e);
+    }
+    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .and_then(|s| Ok((s, nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)));
+    let ((status_r, status_w), (lifeline_r, lifeline_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => return failed(format!("pipe: {e}")),
+    };
+    // SAFETY: the helper is single-threaded, so the child may allocate and run ordinary code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => failed(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop((status_r, lifeline_w));
+            init::run(request, status_w, lifeline_r)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((status_w, lifeline_r));
+            let (text, killed) = watch(child, channel, status_r, request.layers.pid_ns);
+            let wait = waitpid(child, None);
+            // Only now, with the init reaped, may the lifeline close: the init never sees it early.
+            drop(lifeline_w);
+            let mut report = collect(&text, wait, killed);
+            let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+            if let Ok(usage) = usage {
+                report.max_rss_kb = u64::try_from(usage.max_rss()).ok();
+                let cpu = usage.user_time() + usage.system_time();
+                report.cpu_ms = u64::try_from(cpu.tv_sec() * 1000 + cpu.tv_usec() / 1000).ok();
+            }
+            report
+        }
+    }
+}
+
+/// Unshares every namespace but the mount namespace, which the init unshares for itself so that its
+/// `pivot_root` does not move the supervisor too.
+fn enter_namespaces(request: &RunRequest) -> Result<(), String> {
+    let layers = &request.layers;
+    let mut flags = CloneFlags::empty();
+    for (on, flag) in [
+        (layers.user_ns, CloneFlags::CLONE_NEWUSER),
+        (layers.pid_ns, CloneFlags::CLONE_NEWPID),
+        (layers.net_ns, CloneFlags::CLONE_NEWNET),
+        (layers.ipc_ns, CloneFlags::CLONE_NEWIPC),
+        (layers.uts_ns, CloneFlags::CLONE_NEWUTS),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    nix::sched::unshare(flags).map_err(|e| format!("unshare({flags:?}): {e}"))?;
+    if layers.user_ns {
+        map_own_ids(uid.as_raw(), gid.as_raw())?;
+    }
+    Ok(())
+}
+
+/// Maps the helper's own uid and gid to themselves: an unprivileged helper can map nothing else, and the
+/// script is never uid 0, not even inside its namespace.
+pub(crate) fn map_own_ids(uid: u32, gid: u32) -> Result<(), String> {
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| format!("write /proc/self/{file}: {e}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{uid} {uid} 1"))?;
+    write("gid_map", format!("{gid} {gid} 1"))
+}
+
+/// Waits for the init to exit, killing the run when the sandbox asks (a byte or EOF on the channel), and
+/// collects the init's status lines as they come. Returns the lines and whether the run was killed.
+fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, bool) {
+    let mut status = File::from(status);
+    let mut text = String::new();
+    let mut killed = false;
+    let mut status_open = true;
+    let Ok(pidfd) = pidfd_open(init) else {
+        // Without pidfd the sandbox's SIGKILL of the supervisor still ends the run through the init's
+        // parent-death signal; the status is read once the init is gone.
+        let _ = status.read_to_string(&mut text);
+        return (text, killed);
+    };
+    loop {
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if !killed {
+            fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
+        }
+        if status_open {
+            fds.push(PollFd::new(status.as_fd(), PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(true)).collect();
+        drop(fds);
+        if status_open && ready[ready.len() - 1] {
+            let mut buf = [0u8; 4096];
+            match status.read(&mut buf) {
+                Ok(0) | Err(_) => status_open = false,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        if !killed && ready[1] {
+            killed = true;
+            kill_run(init, &text, pid_ns);
+        }
+        if ready[0] {
+            break;
+        }
+    }
+    let _ = status.read_to_string(&mut text);
+    (text, killed)
+}
+
+/// With a pid namespace, killing the init ends everything. Without one the workload's process group is
+/// killed too, and the sandbox empties the slot's cgroup of anything that left the group.
+fn kill_run(init: Pid, text: &str, pid_ns: bool) {
+    let _ = kill(init, Signal::SIGKILL);
+    if pid_ns {
+        return;
+    }
+    let workload = text.lines().find_map(|l| l.strip_prefix(status::PID).and_then(|p| p.parse::<i32>().ok()));
+    if let Some(pid) = workload {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    }
+}
+
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Turns the init's status lines and its wait status into the report.
+fn collect(text: &str, wait: nix::Result<WaitStatus>, killed: bool) -> RunReport {
+    let mut outcome = None;
+    for line in text.lines() {
+        if let Some(message) = line.strip_prefix(status::ERROR) {
+            outcome = Some(RunOutcome::Failed(message.to_owned()));
+            break;
+        } else if let Some(code) = line.strip_prefix(status::EXIT).and_then(|c| c.parse().ok()) {
+            outcome = Some(RunOutcome::Exited(code));
+        } else if let Some(sig) = line.strip_prefix(status::SIGNAL).and_then(|c| c.parse().ok()) {
+            outcome = Some(RunOutcome::Signaled(sig));
+        }
+    }
+    let outcome = outcome.unwrap_or_else(|| match wait {
+        _ if killed => RunOutcome::Signaled(Signal::SIGKILL as i32),
+        Ok(WaitStatus::Signaled(_, sig, _)) => RunOutcome::Signaled(sig as i32),
+        other => RunOutcome::Failed(format!("the sandbox init ended without a status: {other:?}")),
+    });
+    RunReport { outcome, max_rss_kb: None, cpu_ms: None }
+}

@@ -1,0 +1,216 @@
+//! The sandbox that runs one Python script under the configured isolation, enforces its limits, streams its
+//! output and reports how it ended; it knows nothing of HTTP or the database.
+//!
+//! The process that calls [`Sandbox::run`] is multithreaded, so it never does setup between `fork` and `exec`
+//! (SANDBOX.md, trap 1): every run starts a small single-threaded helper ([`helper::main`]) with a cleared
+//! environment, hands it the run's configuration over a socket, and the helper builds the namespaces, mounts,
+//! cgroup membership and privilege drop before it execs the interpreter.
+
+mod capabilities;
+mod cgroup;
+pub mod helper;
+mod interpreter;
+mod output;
+mod protocol;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use capabilities::{Capabilities, CgroupVersion};
+pub use interpreter::resolve_interpreter;
+pub use sandbox::Sandbox;
+
+/// How much isolation runs get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Every layer the host offers; refuses to start when a required one is missing.
+    Strict,
+    /// A plain child process with rlimits and a timeout only. An admin's explicit choice.
+    None,
+}
+
+impl FromStr for Profile {
+    type Err = RunnerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "strict" => Ok(Profile::Strict),
+            "none" => Ok(Profile::None),
+            other => Err(RunnerError::InvalidConfig(format!(
+                "unknown sandbox profile {other:?}: expected \"strict\" or \"none\""
+            ))),
+        }
+    }
+}
+
+/// One isolation layer, as named in [`SandboxConfig::disabled_layers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    UserNs,
+    MountNs,
+    PidNs,
+    NetNs,
+    IpcNs,
+    UtsNs,
+    NoNewPrivs,
+    /// Dropping every capability (bounding, ambient, effective, permitted, inheritable).
+    Capabilities,
+    /// Switching to the slot's unprivileged host uid when the helper runs as root.
+    SlotUser,
+    Seccomp,
+    Landlock,
+    Cgroups,
+    Rlimits,
+}
+
+/// How the sandbox is set up; read once by [`Sandbox::new`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub profile: Profile,
+    /// The real Python executable, already resolved (see [`resolve_interpreter`]).
+    pub interpreter: PathBuf,
+    /// How to start the single-threaded setup helper.
+    pub helper: HelperCommand,
+    /// Maximum concurrent runs; each slot has its own unprivileged uid and cgroups.
+    pub slots: usize,
+    /// Where per-run mount points and directories live, e.g. `data_dir/runs`.
+    pub work_root: PathBuf,
+    /// First host uid used for slots when the helper runs as root. Sandboxes on one host must use disjoint
+    /// ranges: RLIMIT_NPROC counts a uid's processes host-wide.
+    pub uid_base: u32,
+    /// For tests and diagnostics only: layers to leave out even where the host offers them. A disabled layer
+    /// is reported as a warning in [`Capabilities`]; production configuration must leave this empty.
+    #[doc(hidden)]
+    pub disabled_layers: Vec<Layer>,
+}
+
+impl SandboxConfig {
+    /// The default uid of slot 0 when the helper runs as root: far above any uid a distribution hands out.
+    pub const DEFAULT_UID_BASE: u32 = 200_000;
+
+    /// A configuration with one slot per core, the default uid base and no layer disabled.
+    pub fn new(profile: Profile, interpreter: PathBuf, helper: HelperCommand, work_root: PathBuf) -> Self {
+        SandboxConfig {
+            profile,
+            interpreter,
+            helper,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            work_root,
+            uid_base: Self::DEFAULT_UID_BASE,
+            disabled_layers: Vec::new(),
+        }
+    }
+}
+
+/// How to start the helper: `program args...`, after which the helper reads its request from stdin.
+#[derive(Debug, Clone)]
+pub struct HelperCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// File name the script is saved as in the work directory; also `sys.argv[0]`.
+    pub script_name: String,
+    pub script: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Whether the run may use the host's network; without it the run has an empty network namespace.
+    pub network: bool,
+}
+
+/// Resource budget of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_mb: u64,
+    pub cpu_seconds: u64,
+    /// Output kept across stdout and stderr; the rest is counted and dropped, and a run that writes more than
+    /// twice this (at least this plus 1 MiB) is killed.
+    pub max_output_bytes: u64,
+    pub max_processes: u32,
+    /// Size of the work directory and, separately, of `/tmp`.
+    pub disk_mb: u64,
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(3600),
+            memory_mb: 512,
+            cpu_seconds: 3600,
+            max_output_bytes: 10 * 1024 * 1024,
+            max_processes: 64,
+            disk_mb: 256,
+            open_files: 256,
+        }
+    }
+}
+
+/// Which stream a chunk of output came from; `System` is the sandbox's own notes (truncation, timeout ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    System,
+}
+
+/// A piece of a run's output. Chunks end at line boundaries unless a line is longer than 64 KiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    /// The bytes as written, decoded as lossy UTF-8.
+    pub data: String,
+}
+
+/// How a run ended and what it used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub oom_killed: bool,
+    /// The run was killed because it wrote past the hard output cap.
+    pub output_limit_exceeded: bool,
+    pub max_rss_kb: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    /// Bytes the script wrote to stdout and stderr, including those that were dropped.
+    pub output_bytes: u64,
+    /// Some output was dropped because it was over [`Limits::max_output_bytes`].
+    pub truncated: bool,
+    /// Time from the start of the helper to the end of the run, without the wait for a free slot.
+    pub duration: Duration,
+}
+
+/// Why the sandbox could not start or run a script. A script that fails is not an error: see [`Report`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("the sandbox cannot run here: {0}")]
+    Unsupported(String),
+    #[error("invalid sandbox configuration: {0}")]
+    InvalidConfig(String),
+    #[error("invalid run: {0}")]
+    InvalidSpec(String),
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sandbox helper failed: {0}")]
+    Helper(String),
+}

@@ -1,0 +1,124 @@
+//! The messages between the sandbox and its helper: a length-prefixed JSON request on the helper's stdin (a
+//! socket), then one JSON answer back on the same socket. Configuration never travels through argv or the
+//! environment, where `/proc` would show it to the script (SANDBOX.md, trap 3).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The work directory inside the sandbox.
+pub(crate) const WORKDIR: &str = "/work";
+
+/// Requests bigger than this are refused: scripts are bounded by the server well below it.
+const MAX_REQUEST: u32 = 64 * 1024 * 1024;
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    Probe(ProbeRequest),
+    Run(Box<RunRequest>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ProbeRequest {
+    /// `cgroup.procs` files the helper must be able to write for cgroups to be usable.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// What the helper found it can do, each layer tried in a throwaway child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ProbeReport {
+    pub euid: u32,
+    pub egid: u32,
+    pub user_ns: Result<(), String>,
+    pub mount_ns: Result<(), String>,
+    pub pid_ns: Result<(), String>,
+    pub net_ns: Result<(), String>,
+    pub ipc_ns: Result<(), String>,
+    pub uts_ns: Result<(), String>,
+    pub no_new_privs: Result<(), String>,
+    pub seccomp: Result<(), String>,
+    pub landlock_abi: Option<u8>,
+    pub rlimits: Result<(), String>,
+    pub cgroups_writable: Result<(), String>,
+}
+
+/// The layers a run applies. Every `true` layer must succeed or the run fails: the helper never silently
+/// gives less isolation than it was asked for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Layers {
+    pub user_ns: bool,
+    pub mount_ns: bool,
+    pub pid_ns: bool,
+    pub net_ns: bool,
+    pub ipc_ns: bool,
+    pub uts_ns: bool,
+    pub no_new_privs: bool,
+    pub drop_caps: bool,
+    pub seccomp: bool,
+    pub landlock: bool,
+    pub rlimits: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RunRequest {
+    pub layers: Layers,
+    /// Host uid and gid to switch to; `None` keeps the helper's own.
+    pub user: Option<(u32, u32)>,
+    pub interpreter: PathBuf,
+    pub script_name: String,
+    pub script: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Where the new root is assembled when the mount namespace is used.
+    pub root_mount: PathBuf,
+    /// The work directory on the host, used when there is no mount namespace.
+    pub host_workdir: PathBuf,
+    /// Read-only system paths bound into the new root (or allowed by landlock).
+    pub system_paths: Vec<PathBuf>,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub limits: crate::Limits,
+    /// Whether TCP is allowed (landlock); the network namespace is switched by `layers.net_ns`.
+    pub network: bool,
+}
+
+/// How the run ended, from the helper's point of view.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum RunOutcome {
+    Exited(i32),
+    Signaled(i32),
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RunReport {
+    pub outcome: RunOutcome,
+    pub max_rss_kb: Option<u64>,
+    pub cpu_ms: Option<u64>,
+}
+
+pub(crate) fn write_message<T: Serialize>(out: &mut impl Write, message: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(message)?;
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&body)?;
+    out.flush()
+}
+
+pub(crate) fn read_message<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_REQUEST {
+        return Err(std::io::Error::other("message too large"));
+    }
+    let mut body = vec![0u8; len as usize];
+    input.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
+    let mut input = bytes;
+    read_message(&mut input)
+}

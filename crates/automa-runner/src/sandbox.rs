@@ -1,0 +1,435 @@
+//! The sandbox as the server and agent see it: detects what the host offers once, keeps a pool of slots
+//! (each with its own uid and cgroups), and runs scripts through the helper while draining their output and
+//! enforcing the wall-clock, cancel and output limits.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+
+use crate::capabilities::{self, Capabilities};
+use crate::cgroup::{CgroupPool, Hierarchy};
+use crate::output::{self, Budget};
+use crate::protocol::{self, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, WORKDIR};
+use crate::{HelperCommand, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream};
+
+/// How long a helper asked to kill its run may take before it is killed itself.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long output pipes may stay open after the helper is gone; only a process that escaped every layer
+/// could hold them.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs scripts under one configuration. Cheap to share behind an `Arc`; `run` may be called concurrently.
+pub struct Sandbox {
+    profile: Profile,
+    capabilities: Capabilities,
+    layers: Layers,
+    slot_user: bool,
+    uid_base: u32,
+    helper_ids: (u32, u32),
+    interpreter: PathBuf,
+    helper: HelperCommand,
+    work_root: PathBuf,
+    system_paths: Vec<PathBuf>,
+    cgroups: Option<CgroupPool>,
+    slots: Semaphore,
+    free: Mutex<Vec<usize>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("profile", &self.profile)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the sandbox killed a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Timeout,
+    Cancel,
+    Output,
+}
+
+impl Sandbox {
+    /// Probes the host through the helper, decides the layers and prepares the slots. With
+    /// `Profile::Strict` a missing required layer is `RunnerError::Unsupported`.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, RunnerError> {
+        validate_config(&config)?;
+        let system_paths = crate::interpreter::system_paths(&config.interpreter)?;
+        std::fs::create_dir_all(&config.work_root)?;
+        // Others may pass through to their slot's mount point but not list the runs.
+        std::fs::set_permissions(&config.work_root, std::fs::Permissions::from_mode(0o711))?;
+        for slot in 0..config.slots {
+            let dir = config.work_root.join(format!("slot-{slot}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        let use_cgroups = config.profile == Profile::Strict && !config.disabled_layers.contains(&crate::Layer::Cgroups);
+        let mut pool = use_cgroups.then(|| CgroupPool::create(&Hierarchy::detect(), config.slots));
+        let probe_request = ProbeRequest { cgroup_procs: pool.as_ref().map(|p| p.procs_files(0)).unwrap_or_default() };
+        let probe = probe(&config.helper, probe_request)?;
+        let (versions, warnings) =
+            pool.as_ref().map_or(([None; 3], Vec::new()), |p| (p.versions(), p.warnings.clone()));
+        let plan = capabilities::plan(config.profile, &probe, &config.disabled_layers, versions, &warnings)?;
+        if !plan.cgroups {
+            if let Some(p) = pool.as_mut() {
+                p.disable();
+            }
+            pool = None;
+        }
+        for warning in &plan.capabilities.warnings {
+            tracing::warn!(%warning, "sandbox");
+        }
+        Ok(Sandbox {
+            profile: config.profile,
+            capabilities: plan.capabilities,
+            layers: plan.layers,
+            slot_user: plan.slot_user,
+            uid_base: config.uid_base,
+            helper_ids: (probe.euid, probe.egid),
+            interpreter: config.interpreter,
+            helper: config.helper,
+            work_root: config.work_root,
+            system_paths,
+            cgroups: pool,
+            slots: Semaphore::new(config.slots),
+            free: Mutex::new((0..config.slots).rev().collect()),
+        })
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Runs one script: waits for a free slot, streams its output to `output` as it is read (in order within
+    /// each stream), and kills the whole process tree on timeout, when `cancel` becomes true or when the
+    /// output passes its hard cap. A script that fails is a [`Report`], not an error.
+    pub async fn run(
+        &self,
+        spec: RunSpec,
+        output: mpsc::Sender<OutputChunk>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<Report, RunnerError> {
+        validate_spec(&spec)?;
+        let cancelled = Report { cancelled: true, ..Report::default() };
+        let Some(slot) = self.acquire(&mut cancel).await else {
+            return Ok(cancelled);
+        };
+        if *cancel.borrow() {
+            return Ok(cancelled);
+        }
+        // The duration is the run's own, without the wait for a slot.
+        let start = Instant::now();
+        let result = self.run_in_slot(slot.index, &spec, &output, cancel).await;
+        result.map(|r| Report { duration: start.elapsed(), ..r })
+    }
+
+    /// Waits for a slot, or returns `None` when the run is cancelled first.
+    async fn acquire(&self, cancel: &mut watch::Receiver<bool>) -> Option<Slot<'_>> {
+        let permit = tokio::select! {
+            permit = self.slots.acquire() => permit.ok()?,
+            () = cancelled(cancel) => return None,
+        };
+        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        Some(Slot { sandbox: self, index, _permit: permit })
+    }
+
+    async fn run_in_slot(
+        &self,
+        slot: usize,
+        spec: &RunSpec,
+        output: &mpsc::Sender<OutputChunk>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<Report, RunnerError> {
+        let cgroup = self.cgroups.as_ref().map(|p| p.slot(slot));
+        let baseline = cgroup.map(|c| c.prepare(&spec.limits)).transpose()?;
+        let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
+        let user = self.slot_user.then(|| {
+            let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
+            (id, id)
+        });
+        if !self.layers.mount_ns {
+            fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
+        }
+        let request = self.request(slot, spec, user, &host_workdir);
+        let outcome = self.supervise(request, &spec.limits, output, cancel).await;
+        let usage = match (cgroup, &baseline) {
+            (Some(c), Some(b)) => Some(c.finish(b).await),
+            _ => None,
+        };
+        if !self.layers.mount_ns {
+            let _ = std::fs::remove_dir_all(&host_workdir);
+        }
+        let (helper_report, killed, budget) = outcome?;
+        let mut report = Report {
+            timed_out: killed == Some(Kill::Timeout),
+            cancelled: killed == Some(Kill::Cancel),
+            output_limit_exceeded: killed == Some(Kill::Output),
+            max_rss_kb: helper_report.max_rss_kb,
+            cpu_ms: usage.as_ref().and_then(|u| u.cpu_ms).or(helper_report.cpu_ms),
+            oom_killed: usage.as_ref().is_some_and(|u| u.oom_killed),
+            ..Report::default()
+        };
+        (report.output_bytes, report.truncated) = budget.totals();
+        match helper_report.outcome {
+            RunOutcome::Exited(code) => report.exit_code = Some(code),
+            RunOutcome::Signaled(sig) => report.signal = Some(sig),
+            RunOutcome::Failed(message) => return Err(RunnerError::Helper(message)),
+        }
+        if report.oom_killed {
+            let note = format!("the run ran out of memory (limit {} MiB)\n", spec.limits.memory_mb);
+            output::send(output, Stream::System, note.as_bytes()).await;
+        }
+        Ok(report)
+    }
+
+    fn request(
+        &self,
+        slot: usize,
+        spec: &RunSpec,
+        user: Option<(u32, u32)>,
+        host_workdir: &std::path::Path,
+    ) -> RunRequest {
+        let mut layers = self.layers;
+        layers.net_ns &= !spec.network;
+        let home = if layers.mount_ns { PathBuf::from(WORKDIR) } else { host_workdir.to_path_buf() };
+        let home = home.to_string_lossy().into_owned();
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), home.clone()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ];
+        if !layers.mount_ns {
+            // The host's /tmp is shared with everyone: temporary files go to the run's own directory.
+            env.push(("TMPDIR".into(), home));
+        }
+        for (key, value) in &spec.env {
+            env.retain(|(k, _)| k != key);
+            env.push((key.clone(), value.clone()));
+        }
+        RunRequest {
+            layers,
+            user,
+            interpreter: self.interpreter.clone(),
+            script_name: spec.script_name.clone(),
+            script: spec.script.clone(),
+            args: spec.args.clone(),
+            env,
+            root_mount: self.work_root.join(format!("slot-{slot}")),
+            host_workdir: host_workdir.to_path_buf(),
+            system_paths: self.system_paths.clone(),
+            cgroup_procs: self.cgroups.as_ref().map(|p| p.procs_files(slot)).unwrap_or_default(),
+            limits: spec.limits,
+            network: spec.network,
+        }
+    }
+
+    /// Starts the helper, feeds it the request and drains output until it reports, killing the run when a
+    /// limit or the caller says so.
+    async fn supervise(
+        &self,
+        request: RunRequest,
+        limits: &crate::Limits,
+        output: &mpsc::Sender<OutputChunk>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<(RunReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        let (mut child, channel) = spawn_helper(&self.helper)?;
+        let (mut from_helper, mut to_helper) = channel.into_split();
+        let framed = frame(&Request::Run(Box::new(request)))?;
+        to_helper.write_all(&framed).await?;
+
+        let budget = Budget::new(limits.max_output_bytes);
+        let stdout =
+            child.stdout.take().map(|p| tokio::spawn(output::drain(p, Stream::Stdout, budget.clone(), output.clone())));
+        let stderr =
+            child.stderr.take().map(|p| tokio::spawn(output::drain(p, Stream::Stderr, budget.clone(), output.clone())));
+
+        let mut answer = Vec::new();
+        let reading = from_helper.read_to_end(&mut answer);
+        tokio::pin!(reading);
+        let deadline = tokio::time::sleep(limits.timeout);
+        tokio::pin!(deadline);
+        let grace = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(grace);
+        let mut killed = None;
+        let mut force_killed = false;
+        loop {
+            let kill = tokio::select! {
+                _ = &mut reading => break,
+                () = &mut deadline, if killed.is_none() => Kill::Timeout,
+                () = cancelled(&mut cancel), if killed.is_none() => Kill::Cancel,
+                () = budget.over_cap.notified(), if killed.is_none() => Kill::Output,
+                () = &mut grace, if !force_killed => {
+                    // The helper did not finish after being asked to: its death takes the init and with it
+                    // the whole namespace (parent-death signal).
+                    let _ = child.start_kill();
+                    force_killed = true;
+                    continue;
+                }
+            };
+            killed = Some(kill);
+            let _ = to_helper.write_all(b"k").await;
+            grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
+        }
+        let status = child.wait().await?;
+        for drain in [stdout, stderr].into_iter().flatten() {
+            let abort = drain.abort_handle();
+            if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Some(kill) = killed {
+            output::send(output, Stream::System, kill_note(kill, limits).as_bytes()).await;
+        }
+        let report = if answer.is_empty() && force_killed {
+            RunReport { outcome: RunOutcome::Signaled(libc::SIGKILL), max_rss_kb: None, cpu_ms: None }
+        } else {
+            protocol::decode::<RunReport>(&answer)
+                .map_err(|e| RunnerError::Helper(format!("no report from the helper ({status}): {e}")))?
+        };
+        Ok((report, killed, budget))
+    }
+}
+
+/// Resolves when the watched value becomes true; never, if the sender is gone without cancelling.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
+    match kill {
+        Kill::Timeout => format!("the run was killed: it exceeded its timeout of {:?}\n", limits.timeout),
+        Kill::Cancel => "the run was cancelled\n".to_owned(),
+        Kill::Output => {
+            format!("the run was killed: it wrote far more than its {} bytes of output\n", limits.max_output_bytes)
+        }
+    }
+}
+
+/// A held slot; returned to the pool when dropped.
+struct Slot<'a> {
+    sandbox: &'a Sandbox,
+    index: usize,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.sandbox.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
+    }
+}
+
+fn frame(request: &Request) -> Result<Vec<u8>, RunnerError> {
+    let mut framed = Vec::new();
+    protocol::write_message(&mut framed, request)?;
+    Ok(framed)
+}
+
+/// Starts the helper with a cleared environment and a socket as stdin. Nothing runs between fork and exec
+/// here: `Command` only wires the fds.
+fn spawn_helper(helper: &HelperCommand) -> Result<(tokio::process::Child, tokio::net::UnixStream), RunnerError> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut command = tokio::process::Command::new(&helper.program);
+    command
+        .args(&helper.args)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|source| RunnerError::Spawn { program: helper.program.clone(), source })?;
+    // The command holds the helper's end of the socket; it must close here for EOF to mean "helper gone".
+    drop(command);
+    ours.set_nonblocking(true)?;
+    Ok((child, tokio::net::UnixStream::from_std(ours)?))
+}
+
+/// Asks the helper what the host lets it do; synchronous, like `Sandbox::new`.
+fn probe(helper: &HelperCommand, request: ProbeRequest) -> Result<ProbeReport, RunnerError> {
+    use std::io::{Read, Write};
+    let (mut ours, theirs) = UnixStream::pair()?;
+    let mut child = std::process::Command::new(&helper.program)
+        .args(&helper.args)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| RunnerError::Spawn { program: helper.program.clone(), source })?;
+    ours.write_all(&frame(&Request::Probe(request))?)?;
+    let mut answer = Vec::new();
+    ours.read_to_end(&mut answer)?;
+    let status = child.wait()?;
+    protocol::decode::<ProbeReport>(&answer)
+        .map_err(|e| RunnerError::Helper(format!("{} gave no probe report ({status}): {e}", helper.program.display())))
+}
+
+fn fresh_workdir(dir: &std::path::Path, (uid, gid): (u32, u32)) -> Result<(), RunnerError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    std::fs::create_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+fn validate_config(config: &SandboxConfig) -> Result<(), RunnerError> {
+    let bad = |m: String| Err(RunnerError::InvalidConfig(m));
+    if config.slots == 0 {
+        return bad("slots must be at least 1".into());
+    }
+    if !config.interpreter.is_absolute() {
+        return bad(format!("interpreter {} is not an absolute path", config.interpreter.display()));
+    }
+    if !config.work_root.is_absolute() {
+        return bad(format!("work_root {} is not an absolute path", config.work_root.display()));
+    }
+    let slots = u32::try_from(config.slots).unwrap_or(u32::MAX);
+    if config.uid_base == 0 || config.uid_base.checked_add(slots).is_none() {
+        return bad(format!("uid_base {} leaves no room for {} slot uids", config.uid_base, config.slots));
+    }
+    Ok(())
+}
+
+fn validate_spec(spec: &RunSpec) -> Result<(), RunnerError> {
+    let bad = |m: String| Err(RunnerError::InvalidSpec(m));
+    let name = &spec.script_name;
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || name.len() > 255 {
+        return bad(format!("script name {name:?} must be a plain file name"));
+    }
+    if spec.args.iter().any(|a| a.contains('\0')) {
+        return bad("arguments may not contain NUL bytes".into());
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return bad(format!("environment variable {key:?} is not a valid name=value pair"));
+        }
+    }
+    if spec.limits.timeout.is_zero() || spec.limits.memory_mb == 0 || spec.limits.max_processes == 0 {
+        return bad("timeout, memory and process limits must be above zero".into());
+    }
+    Ok(())
+}

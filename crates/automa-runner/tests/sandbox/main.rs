@@ -1,0 +1,8 @@
+//! The sandbox, tested with the real helper, real Python and real attacks.
+
+mod attacks;
+mod hostile;
+mod layers_off;
+mod positive;
+mod support;
+mod unprivileged;

@@ -1,0 +1,188 @@
+//! Agents: create (the response carries the enrollment token, once), list, inspect, drain, disable, delete.
+
+use axum::{Json, extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use automa_core::ResourceName;
+use automa_store::{Agent, AgentUpdate, NewAgent};
+
+use crate::{
+    api::{Page, Paging},
+    auth::{self, Principal},
+    error::{ApiError, ApiResult, missing},
+    extract::{ApiJson, ApiPath, ApiQuery},
+    state::AppState,
+};
+
+/// An agent is offline when no heartbeat came for this long.
+pub const OFFLINE_AFTER_SECONDS: i64 = 90;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentResponse {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub labels: Vec<String>,
+    pub max_concurrency: i64,
+    /// `online`, `offline`, `draining` or `disabled`.
+    pub status: &'static str,
+    /// Whether this is the agent inside `automa serve`.
+    pub embedded: bool,
+    pub hostname: Option<String>,
+    pub version: Option<String>,
+    /// The sandbox layers its host offers, as it last reported them.
+    #[schema(value_type = Object)]
+    pub capabilities: serde_json::Value,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Agent> for AgentResponse {
+    fn from(agent: Agent) -> Self {
+        AgentResponse {
+            status: agent.status(Utc::now(), chrono::Duration::seconds(OFFLINE_AFTER_SECONDS)),
+            id: agent.id,
+            name: agent.name,
+            description: agent.description,
+            labels: agent.labels.0,
+            max_concurrency: agent.max_concurrency,
+            embedded: agent.embedded,
+            hostname: agent.hostname,
+            version: agent.version,
+            capabilities: agent.capabilities.0,
+            last_seen_at: agent.last_seen_at,
+            created_at: agent.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedAgent {
+    #[serde(flatten)]
+    pub agent: AgentResponse,
+    /// The enrollment token for `automa agent --token`. Shown only in this response.
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Runs at once, 1-1024 (default 1).
+    pub max_concurrency: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub max_concurrency: Option<i64>,
+    /// A disabled agent is refused by the server.
+    pub disabled: Option<bool>,
+    /// A draining agent finishes its runs and takes no new ones.
+    pub draining: Option<bool>,
+}
+
+pub fn parse_labels(field: &str, labels: Vec<String>) -> ApiResult<Vec<String>> {
+    if labels.len() > 32 {
+        return Err(ApiError::invalid(field, "at most 32 labels"));
+    }
+    let mut parsed: Vec<String> = labels
+        .iter()
+        .enumerate()
+        .map(|(index, label)| ResourceName::parse(&format!("{field}[{index}]"), label).map(ResourceName::into_inner))
+        .collect::<Result<_, _>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
+}
+
+fn parse_concurrency(value: i64) -> ApiResult<i64> {
+    if (1..=1024).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid("max_concurrency", "must be between 1 and 1024"))
+    }
+}
+
+/// List agents.
+#[utoipa::path(get, path = "/agents", tag = "agents", params(Paging), security(("bearer" = ["viewer"])),
+    responses((status = 200, body = Page<AgentResponse>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page<AgentResponse>>> {
+    let page = paging.page();
+    Ok(Json(Page::from_listed(state.store.list_agents(page).await?, page, AgentResponse::from)))
+}
+
+/// Register an agent; the response carries its enrollment token, once.
+#[utoipa::path(post, path = "/agents", tag = "agents", request_body = CreateAgent, security(("bearer" = ["admin"])),
+    responses((status = 201, body = CreatedAgent), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(input): ApiJson<CreateAgent>,
+) -> ApiResult<(StatusCode, Json<CreatedAgent>)> {
+    let name = ResourceName::parse("name", &input.name)?;
+    let labels = parse_labels("labels", input.labels)?;
+    let max_concurrency = parse_concurrency(input.max_concurrency.unwrap_or(1))?;
+    let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
+    let new = NewAgent {
+        name: name.into_inner(),
+        description: input.description,
+        labels,
+        max_concurrency,
+        token_hash: auth::token_hash(&token),
+        embedded: false,
+    };
+    let agent = state.store.create_agent(&principal.actor(), new).await?;
+    Ok((StatusCode::CREATED, Json(CreatedAgent { agent: agent.into(), token })))
+}
+
+/// An agent.
+#[utoipa::path(get, path = "/agents/{id}", tag = "agents", security(("bearer" = ["viewer"])),
+    responses((status = 200, body = AgentResponse)))]
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<AgentResponse>> {
+    Ok(Json(state.store.get_agent(id).await.map_err(missing("agent"))?.into()))
+}
+
+/// Rename, relabel, drain or disable an agent.
+#[utoipa::path(put, path = "/agents/{id}", tag = "agents", request_body = UpdateAgent, security(("bearer" = ["admin"])),
+    responses((status = 200, body = AgentResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(input): ApiJson<UpdateAgent>,
+) -> ApiResult<Json<AgentResponse>> {
+    let update = AgentUpdate {
+        name: input.name.map(|name| ResourceName::parse("name", &name).map(ResourceName::into_inner)).transpose()?,
+        description: input.description,
+        labels: input.labels.map(|labels| parse_labels("labels", labels)).transpose()?,
+        max_concurrency: input.max_concurrency.map(parse_concurrency).transpose()?,
+        disabled: input.disabled,
+        draining: input.draining,
+    };
+    Ok(Json(state.store.update_agent(&principal.actor(), id, update).await.map_err(missing("agent"))?.into()))
+}
+
+/// Delete an agent; tasks pinned to it fall back to label matching.
+#[utoipa::path(delete, path = "/agents/{id}", tag = "agents", security(("bearer" = ["admin"])),
+    responses((status = 204)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_agent(&principal.actor(), id).await.map_err(missing("agent"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,46 @@
+//! Liveness and readiness, for orchestrators and load balancers.
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    /// `sqlite` or `postgres`.
+    pub database: &'static str,
+    /// Whether the database answers and is fully migrated.
+    pub database_ready: bool,
+    /// Whether scripts can be syntax-checked (an interpreter was found).
+    pub python: bool,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
+}
+
+/// The server can serve requests: the database answers and is migrated.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let database_ready = state.store.is_ready().await;
+    let status = if database_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let readiness = Readiness {
+        status: if database_ready { "ready" } else { "not ready" },
+        database: state.store.backend_name(),
+        database_ready,
+        python: state.syntax.is_available(),
+    };
+    (status, Json(readiness))
+}

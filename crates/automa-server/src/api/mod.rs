@@ -1,0 +1,171 @@
+//! The route table: every route of the API is mounted here, once, through `utoipa_axum::routes!`, so the
+//! OpenAPI document is generated from the code that mounts the handlers and cannot drift from it.
+
+pub mod agents;
+pub mod audit;
+pub mod health;
+pub mod scripts;
+pub mod session;
+pub mod tasks;
+pub mod tokens;
+pub mod users;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{
+    IntoParams, Modify, OpenApi, ToSchema,
+    openapi::{
+        self, RefOr, Response,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{error::ErrorBody, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Automa", description = "Manage, schedule, sandbox and audit Python scripts."),
+    modifiers(&SecuritySchemes, &ErrorResponses),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// All API routes, with their OpenAPI document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(session::login))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::me, users::update_me))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::update, agents::delete))
+        .routes(routes!(scripts::list, scripts::create))
+        .routes(routes!(scripts::get, scripts::update, scripts::delete))
+        .routes(routes!(scripts::versions))
+        .routes(routes!(scripts::version))
+        .routes(routes!(tasks::list, tasks::create))
+        .routes(routes!(tasks::get, tasks::update, tasks::delete))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::list_alias))
+        .routes(routes!(audit::verify))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A session token from POST /token, or an API token (atm_...). The requirement lists the least role.",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        let agent = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An agent's enrollment token (atma_...)."))
+            .build();
+        components.add_security_scheme("agent", SecurityScheme::Http(agent));
+    }
+}
+
+/// Adds the error responses every operation can give, derived from what it is: secured routes can answer 401
+/// and 403, routes with a path parameter 404, routes with a body 400, 413 and 422. Declaring them here rather
+/// than on each handler keeps the document truthful as routes are added.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut openapi::OpenApi) {
+        let error = |description: &str| -> RefOr<Response> {
+            RefOr::T(
+                openapi::ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        openapi::ContentBuilder::new()
+                            .schema(Some(openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_parameter = path.contains('{');
+            for operation in operations(item) {
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses.entry(status.to_owned()).or_insert_with(|| error(description));
+                };
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add("401", "Missing, invalid or expired credentials");
+                    add("403", "The credentials' role is not enough for this route");
+                }
+                if has_path_parameter {
+                    add("404", "No such resource");
+                }
+                if operation.request_body.is_some() {
+                    add("400", "Malformed body");
+                    add("413", "Body larger than the server accepts");
+                    add("422", "A field is invalid; `field` names it");
+                }
+                add("500", "Server fault; details are in the server's log");
+            }
+        }
+    }
+}
+
+fn operations(item: &mut openapi::PathItem) -> impl Iterator<Item = &mut openapi::path::Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+}
+
+/// `limit` and `offset` of every list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Items per page, 1-500 (default 50).
+    pub limit: Option<i64>,
+    /// Items to skip.
+    pub offset: Option<i64>,
+}
+
+impl Paging {
+    pub fn page(&self) -> automa_store::Page {
+        automa_store::Page::new(self.limit, self.offset)
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Items in the whole list.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl<T> Page<T> {
+    pub fn from_listed<S>(listed: automa_store::Listed<S>, page: automa_store::Page, map: impl FnMut(S) -> T) -> Self {
+        Page {
+            items: listed.items.into_iter().map(map).collect(),
+            total: listed.total,
+            limit: page.limit,
+            offset: page.offset,
+        }
+    }
+}
+
+/// Deserialises a present field, null included, as `Some`: with `#[serde(default)]`, an absent field stays
+/// `None`, so an update can tell "leave as is" from "set to null".
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,392 @@
+//! Tasks: a script bound to arguments, environment, secrets, limits, a target and a schedule. Create and
+//! update share one validation: an update is the current task with the given fields replaced, validated whole.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use automa_core::{InvalidField, ResourceName, Schedule, schedule::ScheduleKind};
+use automa_store::{Task, TaskFilter, TaskSpec};
+
+use crate::{
+    api::{Page, agents::parse_labels, present},
+    auth::Principal,
+    error::{ApiError, ApiResult, missing},
+    extract::{ApiJson, ApiPath, ApiQuery},
+    state::AppState,
+};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskResponse {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub script_id: i64,
+    /// The pinned version; null runs the latest.
+    pub script_version: Option<i64>,
+    /// The agent the task runs on; null: any agent whose labels include `labels`.
+    pub agent_id: Option<i64>,
+    pub labels: Vec<String>,
+    /// `sys.argv[1:]` of the script.
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets given to the run as environment variables.
+    pub secrets: Vec<String>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    /// Whether the script may use the network.
+    pub network: bool,
+    pub retries: i64,
+    pub retry_backoff_seconds: i64,
+    pub schedule: Option<Schedule>,
+    pub enabled: bool,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Task> for TaskResponse {
+    fn from(task: Task) -> Self {
+        TaskResponse {
+            id: task.id,
+            name: task.name,
+            description: task.description,
+            script_id: task.script_id,
+            script_version: task.script_version,
+            agent_id: task.agent_id,
+            labels: task.labels.0,
+            args: task.args.0,
+            env: task.env.0,
+            secrets: task.secrets.0,
+            timeout_seconds: task.timeout_seconds,
+            memory_mb: task.memory_mb,
+            cpu_seconds: task.cpu_seconds,
+            max_output_bytes: task.max_output_bytes,
+            network: task.network,
+            retries: task.retries,
+            retry_backoff_seconds: task.retry_backoff_seconds,
+            schedule: task.schedule.map(|s| s.0),
+            enabled: task.enabled,
+            next_fire_at: task.next_fire_at,
+            created_by: task.created_by,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+        }
+    }
+}
+
+/// The fields of a task. On create, `name` and `script_id` are required; on update every field is optional and
+/// absent fields keep their value (`null` clears a nullable one).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub script_id: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub script_version: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub agent_id: Option<Option<i64>>,
+    pub labels: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub secrets: Option<Vec<String>>,
+    pub timeout_seconds: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub cpu_seconds: Option<i64>,
+    pub max_output_bytes: Option<i64>,
+    pub network: Option<bool>,
+    pub retries: Option<i64>,
+    pub retry_backoff_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Schedule>)]
+    pub schedule: Option<Option<Schedule>>,
+    /// Shorthand for a one-off schedule at this time.
+    pub scheduled_time: Option<DateTime<Utc>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    pub script_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub enabled: Option<bool>,
+    /// Only tasks with (true) or without (false) a schedule.
+    pub scheduled: Option<bool>,
+    /// Only tasks whose name contains this, case-insensitively.
+    pub name: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
+const DEFAULT_MEMORY_MB: i64 = 512;
+const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
+const DEFAULT_RETRY_BACKOFF_SECONDS: i64 = 10;
+const WEEK_SECONDS: i64 = 7 * 24 * 3600;
+/// Variables the sandbox sets itself; a task may not replace them.
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"];
+
+fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(InvalidField::new(field, format!("must be between {} and {}", range.start(), range.end())))
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+fn check_args(args: &[String]) -> Result<(), InvalidField> {
+    if args.len() > 256 {
+        return Err(InvalidField::new("args", "at most 256 arguments"));
+    }
+    for (index, arg) in args.iter().enumerate() {
+        if arg.contains('\0') || arg.len() > 8192 {
+            return Err(InvalidField::new(format!("args[{index}]"), "must be at most 8192 bytes, without NUL"));
+        }
+    }
+    Ok(())
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    if env.len() > 256 {
+        return Err(InvalidField::new("env", "at most 256 variables"));
+    }
+    for (name, value) in env {
+        if !is_env_name(name) {
+            return Err(InvalidField::new(
+                format!("env.{name}"),
+                "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            ));
+        }
+        if RESERVED_ENV.contains(&name.as_str()) {
+            return Err(InvalidField::new(format!("env.{name}"), "is set by the sandbox and cannot be overridden"));
+        }
+        if value.contains('\0') || value.len() > 32 * 1024 {
+            return Err(InvalidField::new(format!("env.{name}"), "must be at most 32 KiB, without NUL"));
+        }
+    }
+    Ok(())
+}
+
+fn check_secret_names(secrets: &[String]) -> Result<(), InvalidField> {
+    if secrets.len() > 64 {
+        return Err(InvalidField::new("secrets", "at most 64 secrets"));
+    }
+    for (index, name) in secrets.iter().enumerate() {
+        if !is_env_name(name) || RESERVED_ENV.contains(&name.as_str()) {
+            return Err(InvalidField::new(
+                format!("secrets[{index}]"),
+                "must be a secret's name, usable as a variable name",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Merges `input` over `base` (a new task's defaults or the current task) and validates the result whole.
+fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -> ApiResult<TaskSpec> {
+    let name = match input.name {
+        Some(name) => ResourceName::parse("name", &name)?.into_inner(),
+        None => base.name,
+    };
+    let labels = match input.labels {
+        Some(labels) => parse_labels("labels", labels)?,
+        None => base.labels,
+    };
+    let args = input.args.unwrap_or(base.args);
+    check_args(&args)?;
+    let env = input.env.unwrap_or(base.env);
+    check_env(&env)?;
+    let secrets = input.secrets.unwrap_or(base.secrets);
+    check_secret_names(&secrets)?;
+    let description = input.description.unwrap_or(base.description);
+    if description.len() > 4096 {
+        return Err(ApiError::invalid("description", "must be at most 4096 bytes"));
+    }
+    let schedule_given = input.schedule.is_some() || input.scheduled_time.is_some();
+    let schedule = match (input.schedule, input.scheduled_time) {
+        (Some(Some(_)), Some(_)) => {
+            return Err(ApiError::invalid("scheduled_time", "give either schedule or scheduled_time, not both"));
+        }
+        (_, Some(at)) => Some(Schedule::once(at).validate()?),
+        (Some(schedule), None) => schedule.map(Schedule::validate).transpose()?,
+        (None, None) => base.schedule,
+    };
+    if schedule_given
+        && let Some(once) = schedule.as_ref().filter(|s| s.kind == ScheduleKind::Once)
+        && once.at.is_some_and(|at| at < schedule_changed_at - chrono::Duration::seconds(once.misfire_grace_seconds))
+    {
+        return Err(ApiError::invalid("schedule.at", "is in the past"));
+    }
+    let enabled = input.enabled.unwrap_or(base.enabled);
+    let next_fire_at = match (&schedule, enabled) {
+        (Some(schedule), true) if schedule_given || base.next_fire_at.is_none() => {
+            schedule.next_fire_after(schedule_changed_at - chrono::Duration::milliseconds(1), schedule_changed_at)
+        }
+        (Some(_), true) => base.next_fire_at,
+        _ => None,
+    };
+    Ok(TaskSpec {
+        name,
+        description,
+        script_id: input.script_id.unwrap_or(base.script_id),
+        script_version: input.script_version.unwrap_or(base.script_version),
+        agent_id: input.agent_id.unwrap_or(base.agent_id),
+        labels,
+        args,
+        env,
+        secrets,
+        timeout_seconds: in_range(
+            "timeout_seconds",
+            input.timeout_seconds.unwrap_or(base.timeout_seconds),
+            1..=WEEK_SECONDS,
+        )?,
+        memory_mb: in_range("memory_mb", input.memory_mb.unwrap_or(base.memory_mb), 16..=65_536)?,
+        cpu_seconds: in_range("cpu_seconds", input.cpu_seconds.unwrap_or(base.cpu_seconds), 1..=WEEK_SECONDS)?,
+        max_output_bytes: in_range(
+            "max_output_bytes",
+            input.max_output_bytes.unwrap_or(base.max_output_bytes),
+            1024..=1024 * 1024 * 1024,
+        )?,
+        network: input.network.unwrap_or(base.network),
+        retries: in_range("retries", input.retries.unwrap_or(base.retries), 0..=100)?,
+        retry_backoff_seconds: in_range(
+            "retry_backoff_seconds",
+            input.retry_backoff_seconds.unwrap_or(base.retry_backoff_seconds),
+            0..=86_400,
+        )?,
+        schedule,
+        enabled,
+        next_fire_at,
+    })
+}
+
+fn spec_of(task: Task) -> TaskSpec {
+    TaskSpec {
+        name: task.name,
+        description: task.description,
+        script_id: task.script_id,
+        script_version: task.script_version,
+        agent_id: task.agent_id,
+        labels: task.labels.0,
+        args: task.args.0,
+        env: task.env.0,
+        secrets: task.secrets.0,
+        timeout_seconds: task.timeout_seconds,
+        memory_mb: task.memory_mb,
+        cpu_seconds: task.cpu_seconds,
+        max_output_bytes: task.max_output_bytes,
+        network: task.network,
+        retries: task.retries,
+        retry_backoff_seconds: task.retry_backoff_seconds,
+        schedule: task.schedule.map(|s| s.0),
+        enabled: task.enabled,
+        next_fire_at: task.next_fire_at,
+    }
+}
+
+/// List tasks.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(TaskQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, body = Page<TaskResponse>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> ApiResult<Json<Page<TaskResponse>>> {
+    let page = automa_store::Page::new(query.limit, query.offset);
+    let filter = TaskFilter {
+        script_id: query.script_id,
+        agent_id: query.agent_id,
+        enabled: query.enabled,
+        scheduled: query.scheduled,
+        name_contains: query.name,
+    };
+    Ok(Json(Page::from_listed(state.store.list_tasks(&filter, page).await?, page, TaskResponse::from)))
+}
+
+/// Create a task.
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
+    responses((status = 201, body = TaskResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(input): ApiJson<TaskInput>,
+) -> ApiResult<(StatusCode, Json<TaskResponse>)> {
+    if input.name.is_none() {
+        return Err(ApiError::invalid("name", "is required"));
+    }
+    let script_id = input.script_id.ok_or_else(|| ApiError::invalid("script_id", "is required"))?;
+    let defaults = TaskSpec {
+        name: String::new(),
+        description: String::new(),
+        script_id,
+        script_version: None,
+        agent_id: None,
+        labels: Vec::new(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+        timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+        memory_mb: DEFAULT_MEMORY_MB,
+        cpu_seconds: DEFAULT_TIMEOUT_SECONDS,
+        max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        network: false,
+        retries: 0,
+        retry_backoff_seconds: DEFAULT_RETRY_BACKOFF_SECONDS,
+        schedule: None,
+        enabled: true,
+        next_fire_at: None,
+    };
+    let spec = merge(defaults, input, automa_store::now())?;
+    let task = state.store.create_task(&principal.actor(), spec).await?;
+    Ok((StatusCode::CREATED, Json(task.into())))
+}
+
+/// A task.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", security(("bearer" = ["viewer"])),
+    responses((status = 200, body = TaskResponse)))]
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<TaskResponse>> {
+    Ok(Json(state.store.get_task(id).await.map_err(missing("task"))?.into()))
+}
+
+/// Update a task; absent fields keep their value.
+#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
+    responses((status = 200, body = TaskResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(input): ApiJson<TaskInput>,
+) -> ApiResult<Json<TaskResponse>> {
+    let current = state.store.get_task(id).await.map_err(missing("task"))?;
+    let spec = merge(spec_of(current), input, automa_store::now())?;
+    Ok(Json(state.store.update_task(&principal.actor(), id, spec).await.map_err(missing("task"))?.into()))
+}
+
+/// Delete a task.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", security(("bearer" = ["operator"])),
+    responses((status = 204)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_task(&principal.actor(), id).await.map_err(missing("task"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,198 @@
+//! Users. The very first user may be created without credentials and becomes admin; afterwards admins create
+//! users (or anyone creates a viewer, when open sign-up is configured).
+
+use axum::{Json, extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use automa_core::{Email, Role};
+use automa_store::{Actor, NewUser, User, UserUpdate};
+
+use crate::{
+    api::{Page, Paging},
+    auth::{self, Principal},
+    error::{ApiError, ApiResult, missing},
+    extract::{ApiJson, ApiPath, ApiQuery},
+    state::AppState,
+};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserResponse {
+    pub id: i64,
+    pub email: String,
+    pub role: Role,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl From<User> for UserResponse {
+    fn from(user: User) -> Self {
+        UserResponse {
+            id: user.id,
+            role: user.role(),
+            email: user.email,
+            active: user.active,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// Default `viewer`; the first user is always `admin`.
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub role: Option<Role>,
+    pub active: Option<bool>,
+}
+
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 1024;
+
+fn check_password(password: &str) -> ApiResult<()> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD {
+        return Err(ApiError::invalid("password", format!("must be at least {MIN_PASSWORD} characters")));
+    }
+    if length > MAX_PASSWORD {
+        return Err(ApiError::invalid("password", format!("must be at most {MAX_PASSWORD} characters")));
+    }
+    Ok(())
+}
+
+/// Create a user. Without credentials this works only while there are no users: the first becomes admin.
+#[utoipa::path(
+    post, path = "/users", tag = "users", request_body = CreateUser,
+    security(("bearer" = ["admin"]), ()),
+    responses((status = 201, body = UserResponse), (status = 409, description = "E-mail taken", body = crate::error::ErrorBody))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Option<Principal>,
+    ApiJson(input): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserResponse>)> {
+    let email = Email::parse("email", &input.email)?;
+    check_password(&input.password)?;
+    let first = state.store.count_users().await? == 0;
+    let (role, actor) = if first {
+        (Role::Admin, Actor::anonymous(principal.as_ref().and_then(|p| p.ip.clone())))
+    } else if let Some(admin) = principal.as_ref().filter(|p| p.role.allows(Role::Admin)) {
+        (input.role.unwrap_or(Role::Viewer), admin.actor())
+    } else if state.config.open_signup && principal.is_none() {
+        if input.role.is_some_and(|role| role != Role::Viewer) {
+            return Err(ApiError::Forbidden("open sign-up creates viewers only".into()));
+        }
+        (Role::Viewer, Actor::anonymous(None))
+    } else {
+        return Err(auth::require(principal.as_ref(), Role::Admin)
+            .err()
+            .unwrap_or_else(|| ApiError::Forbidden("only an admin creates users".into())));
+    };
+    let password_hash = auth::hash_password(input.password).await?;
+    let new = NewUser { email: email.as_str().to_owned(), password_hash, role };
+    match state.store.create_user(&actor, new, first).await? {
+        Some(user) => Ok((StatusCode::CREATED, Json(user.into()))),
+        None => Err(ApiError::Conflict("another request created the first user just now; log in instead".into())),
+    }
+}
+
+/// List users.
+#[utoipa::path(get, path = "/users", tag = "users", params(Paging), security(("bearer" = ["admin"])),
+    responses((status = 200, body = Page<UserResponse>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page<UserResponse>>> {
+    let page = paging.page();
+    Ok(Json(Page::from_listed(state.store.list_users(page).await?, page, UserResponse::from)))
+}
+
+/// The user the credentials belong to, with the role they act with.
+#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = ["viewer"])),
+    responses((status = 200, body = UserResponse)))]
+pub async fn me(principal: Principal) -> Json<UserResponse> {
+    let mut response = UserResponse::from(principal.user);
+    response.role = principal.role;
+    Json(response)
+}
+
+/// Change your own e-mail or password.
+#[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
+    responses((status = 200, body = UserResponse)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(input): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserResponse>> {
+    if input.role.is_some() || input.active.is_some() {
+        return Err(ApiError::Forbidden("only an admin changes roles and activation, through /users/{id}".into()));
+    }
+    apply_update(&state, &principal, principal.user.id, input).await
+}
+
+/// A user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+    responses((status = 200, body = UserResponse)))]
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<UserResponse>> {
+    Ok(Json(state.store.get_user(id).await.map_err(missing("user"))?.into()))
+}
+
+/// Change a user's e-mail, password, role or activation.
+#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
+    responses((status = 200, body = UserResponse), (status = 409, description = "E-mail taken, or the last admin", body = crate::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(input): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserResponse>> {
+    apply_update(&state, &principal, id, input).await
+}
+
+async fn apply_update(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+    input: UpdateUser,
+) -> ApiResult<Json<UserResponse>> {
+    let email = input.email.as_deref().map(|raw| Email::parse("email", raw)).transpose()?;
+    let password_hash = match input.password {
+        Some(password) => {
+            check_password(&password)?;
+            Some(auth::hash_password(password).await?)
+        }
+        None => None,
+    };
+    let update = UserUpdate {
+        email: email.map(|e| e.as_str().to_owned()),
+        password_hash,
+        role: input.role,
+        active: input.active,
+    };
+    Ok(Json(state.store.update_user(&principal.actor(), id, update).await.map_err(missing("user"))?.into()))
+}
+
+/// Delete a user and their API tokens.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+    responses((status = 204), (status = 409, description = "The last admin", body = crate::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_user(&principal.actor(), id).await.map_err(missing("user"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

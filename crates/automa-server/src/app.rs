@@ -1,0 +1,94 @@
+//! Building and running the server. The listener is bound first, so callers (tests with port 0) know the
+//! address before serving starts; the shutdown signal comes from the caller, so only `main` handles signals.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, response::IntoResponse};
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::{catch_panic::CatchPanicLayer, normalize_path::NormalizePathLayer, trace::TraceLayer};
+use utoipa_swagger_ui::SwaggerUi;
+
+use automa_store::Store;
+
+use crate::{
+    api,
+    auth::{self, Sessions},
+    config::Config,
+    error::ApiError,
+    keys,
+    limits::LoginLimiter,
+    python::SyntaxChecker,
+    state::AppState,
+};
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens and migrates the database, prepares keys and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let key = keys::secret_key(&config)?;
+        let url = config.database_url();
+        let store =
+            Store::connect(&url).await.with_context(|| format!("opening {}", automa_store::redact_url(&url)))?;
+        store.migrate().await.context("migrating the database")?;
+        let interpreter = match automa_runner::resolve_interpreter(config.python.as_deref()) {
+            Ok(path) => Some(path),
+            Err(error) => {
+                tracing::warn!(%error, "no Python interpreter: scripts cannot be checked or run");
+                None
+            }
+        };
+        let (router, openapi) = api::routes().split_for_parts();
+        let openapi_json = serde_json::to_value(&openapi)?;
+        let state = AppState {
+            store,
+            sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
+            access: Arc::new(auth::access_table(&openapi_json)),
+            syntax: Arc::new(SyntaxChecker::new(interpreter)),
+            login_limiter: Arc::new(LoginLimiter::new(config.login_attempts_per_minute)),
+            data_dir: config.data_dir.clone(),
+            config: Arc::new(config),
+        };
+        let router = router
+            .route_layer(middleware::from_fn_with_state(state.clone(), auth::enforce_access))
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+            .fallback(|| async { ApiError::NotFound("no such route".into()) })
+            .method_not_allowed_fallback(|| async {
+                (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
+                    .into_response()
+            })
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(CatchPanicLayer::custom(|_| {
+                ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+            }))
+            .layer(TraceLayer::new_for_http())
+            .with_state(state.clone());
+        let listener =
+            TcpListener::bind(&state.config.bind).await.with_context(|| format!("binding {}", state.config.bind))?;
+        Ok(Application { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        self.state.store.close().await;
+        Ok(())
+    }
+}

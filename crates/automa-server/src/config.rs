@@ -1,0 +1,163 @@
+//! Configuration: defaults < `automa.toml` < `AUTOMA_*` environment (a `.env` file is read first) < flags.
+//! Secrets are redacted wherever the configuration is printed.
+
+use std::{fmt, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// A secret value: its `Debug` and `Display` never show it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretString::new(s))
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of `automa serve`. Field names are the lower-case forms of the `AUTOMA_*` variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Where the development secret key and the default SQLite database live.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://...`; defaults to SQLite in `data_dir`.
+    pub database_url: Option<SecretString>,
+    pub bind: String,
+    pub env: Environment,
+    /// Signs sessions and encrypts secrets. Required (32+ bytes) in production.
+    pub secret_key: Option<SecretString>,
+    /// Session lifetime.
+    pub token_ttl_seconds: i64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted script.
+    pub max_script_bytes: usize,
+    /// Lets anyone create a viewer account; off by default: only admins create users.
+    pub open_signup: bool,
+    /// Origins allowed to call the API from a browser, besides the server's own.
+    pub cors_origins: Vec<String>,
+    pub log_format: LogFormat,
+    /// `strict` (default) or `none`.
+    pub sandbox: String,
+    /// The interpreter runs use; default: the real executable behind `python3`.
+    pub python: Option<PathBuf>,
+    /// Runs the embedded agent executes at once; default: the number of cores.
+    pub agent_concurrency: Option<usize>,
+    /// Serve the API only, without the embedded agent (for API replicas).
+    pub no_agent: bool,
+    /// Failed logins allowed per client address per minute before 429.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("automa-data"),
+            database_url: None,
+            bind: "127.0.0.1:8080".into(),
+            env: Environment::Development,
+            secret_key: None,
+            token_ttl_seconds: 12 * 3600,
+            max_body_bytes: 5 * 1024 * 1024,
+            max_script_bytes: 1024 * 1024,
+            open_signup: false,
+            cors_origins: Vec::new(),
+            log_format: LogFormat::Text,
+            sandbox: "strict".into(),
+            python: None,
+            agent_concurrency: None,
+            no_agent: false,
+            login_attempts_per_minute: 10,
+        }
+    }
+}
+
+/// `AUTOMA_*` variables that are not settings of `serve` but are still ours: the CLI client's and the tests'.
+const OTHER_KNOWN_VARIABLES: &[&str] =
+    &["AUTOMA_URL", "AUTOMA_TOKEN", "AUTOMA_TEST_PG_URL", "AUTOMA_REQUIRE_PG", "AUTOMA_CONFIG"];
+
+impl Config {
+    /// Loads the layered configuration. `overrides` are the command line's flags, applied last.
+    pub fn load(file: Option<PathBuf>, overrides: impl Serialize) -> Result<Config, Box<figment::Error>> {
+        let file = file.unwrap_or_else(|| PathBuf::from("automa.toml"));
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("AUTOMA_").filter(|key| !is_other_known(key.as_str())).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The names of `AUTOMA_*` variables that match no setting, most likely misspelt.
+    pub fn unknown_variables() -> Vec<String> {
+        let known = serde_json::to_value(Config::default()).unwrap_or_default();
+        std::env::vars()
+            .map(|(key, _)| key)
+            .filter(|key| key.starts_with("AUTOMA_") && !OTHER_KNOWN_VARIABLES.contains(&key.as_str()))
+            .filter(|key| known.get(key["AUTOMA_".len()..].to_lowercase()).is_none())
+            .collect()
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("automa.db").display()),
+        }
+    }
+}
+
+fn is_other_known(lowercase_key: &str) -> bool {
+    OTHER_KNOWN_VARIABLES.iter().any(|known| known["AUTOMA_".len()..].eq_ignore_ascii_case(lowercase_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = Config { secret_key: Some(SecretString::new("hunter2hunter2")), ..Config::default() };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_the_data_dir() {
+        assert_eq!(Config::default().database_url(), "sqlite://automa-data/automa.db");
+    }
+}

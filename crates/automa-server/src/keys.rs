@@ -1,0 +1,99 @@
+//! The server's secret key. In development a random key is generated once into the data directory, readable
+//! only by its owner; in production the operator must provide one, because a key that changes on every
+//! deployment would log everyone out and make encrypted secrets unreadable.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use anyhow::{Context, bail};
+
+use crate::config::{Config, Environment};
+
+pub const MIN_KEY_BYTES: usize = 32;
+const KEY_FILE: &str = "secret.key";
+
+/// The key from configuration, or in development the one kept in the data directory (created if missing).
+pub fn secret_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = &config.secret_key {
+        let key = key.expose().as_bytes();
+        if key.len() < MIN_KEY_BYTES {
+            if config.env == Environment::Production {
+                bail!("AUTOMA_SECRET_KEY must be at least {MIN_KEY_BYTES} bytes (it has {})", key.len());
+            }
+            tracing::warn!(
+                "AUTOMA_SECRET_KEY is shorter than {MIN_KEY_BYTES} bytes; production start-up would refuse it"
+            );
+        }
+        return Ok(key.to_vec());
+    }
+    if config.env == Environment::Production {
+        bail!(
+            "AUTOMA_ENV=production needs AUTOMA_SECRET_KEY (at least {MIN_KEY_BYTES} bytes), e.g. `openssl rand -hex 32`"
+        );
+    }
+    development_key(&config.data_dir)
+}
+
+fn development_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join(KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(existing) => {
+            let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the secret key file is readable by others; fixing to 0600");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(existing.trim().as_bytes().to_vec())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let key = hex::encode(bytes);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            file.write_all(key.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated a development secret key");
+            Ok(key.into_bytes())
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretString;
+
+    #[test]
+    fn development_key_is_generated_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let first = secret_key(&config).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(secret_key(&config).unwrap(), first);
+        let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn production_refuses_a_missing_or_short_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let production =
+            Config { data_dir: dir.path().to_path_buf(), env: Environment::Production, ..Config::default() };
+        assert!(secret_key(&production).unwrap_err().to_string().contains("AUTOMA_SECRET_KEY"));
+        let short = Config { secret_key: Some(SecretString::new("short")), ..production.clone() };
+        assert!(secret_key(&short).unwrap_err().to_string().contains("at least 32 bytes"));
+        let good = Config { secret_key: Some(SecretString::new("k".repeat(32))), ..production };
+        assert_eq!(secret_key(&good).unwrap().len(), 32);
+        assert!(!dir.path().join(KEY_FILE).exists(), "production never writes a key file");
+    }
+}

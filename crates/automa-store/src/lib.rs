@@ -1,0 +1,252 @@
+//! Automa's store: one type over SQLite or PostgreSQL, chosen from the URL scheme at runtime, with one method
+//! per use case and the transactions inside. Every mutation writes its audit entry in the same transaction, so
+//! a change and its record are committed together or not at all.
+
+mod agents;
+mod audit;
+mod models;
+mod scripts;
+mod tasks;
+mod tokens;
+mod users;
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::{
+    PgPool, Postgres, Sqlite, SqlitePool, Transaction,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use audit::{AuditFilter, AuditVerification};
+pub use models::*;
+
+/// Runs the same statement text against whichever backend the store was opened on. Both arms expand the
+/// same body, so each query is written once; `$pool` is a `SqlitePool` in one arm and a `PgPool` in the other.
+/// Where the SQL must differ, the body matches on `Backend` itself instead.
+macro_rules! dispatch {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &*$store.backend {
+            $crate::Backend::Sqlite($pool) => $body,
+            $crate::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique name or key is already taken; the message names it.
+    #[error("{0}")]
+    Conflict(String),
+    /// A row other rows still depend on; the message says which.
+    #[error("{0}")]
+    InUse(String),
+    /// A reference to something that does not exist, named by the field that holds it.
+    #[error("{0}")]
+    Invalid(#[from] automa_core::InvalidField),
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the database directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Maps a constraint violation to the user-facing error the caller describes; other errors pass through.
+    pub(crate) fn from_constraint(error: sqlx::Error, conflict: impl FnOnce() -> String) -> StoreError {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::InUse(conflict()),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The handle the server, scheduler and embedded agent share; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: std::sync::Arc<Backend>,
+}
+
+/// The current time as stored: microsecond precision, the finest both databases keep, so a value read back
+/// compares equal to the value written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database the URL names. Does not migrate.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool =
+                PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+            Backend::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        Ok(Store { backend: std::sync::Arc::new(backend) })
+    }
+
+    /// Applies the pending migrations of this backend.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match &*self.backend {
+            Backend::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Backend::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers and every migration of this build is applied, for `/ready`.
+    pub async fn is_ready(&self) -> bool {
+        let expected = match &*self.backend {
+            Backend::Sqlite(_) => sqlx::migrate!("./migrations/sqlite").iter().count(),
+            Backend::Postgres(_) => sqlx::migrate!("./migrations/postgres").iter().count(),
+        } as i64;
+        let applied: Result<i64, sqlx::Error> = dispatch!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await
+        });
+        applied.is_ok_and(|applied| applied >= expected)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The SQLite file behind this store, if any: the sandbox must keep it out of scripts' reach.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &*self.backend {
+            Backend::Sqlite(pool) => Some(pool.connect_options().get_filename().to_path_buf()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, pool => pool.close().await)
+    }
+}
+
+/// Starts a transaction that holds the write lock from its first statement. Writers are serialised so that
+/// the audit chain is extended one link at a time: SQLite takes its lock at `BEGIN IMMEDIATE` (a deferred
+/// transaction that reads first could fail to upgrade); PostgreSQL takes a transaction-scoped advisory lock.
+pub(crate) trait WritePool {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+/// The advisory lock key that serialises audited writers on PostgreSQL ("automa" in ASCII).
+const AUDIT_LOCK_KEY: i64 = 0x6175_746f_6d61;
+
+impl WritePool for SqlitePool {
+    type Db = Sqlite;
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl WritePool for PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK_KEY).execute(&mut *tx).await?;
+        Ok(tx)
+    }
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Bounds a client's `limit` and `offset`: lists are always paginated and never unbounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    pub const MAX_LIMIT: i64 = 500;
+    pub const DEFAULT_LIMIT: i64 = 50;
+
+    pub fn new(limit: Option<i64>, offset: Option<i64>) -> Page {
+        Page {
+            limit: limit.unwrap_or(Self::DEFAULT_LIMIT).clamp(1, Self::MAX_LIMIT),
+            offset: offset.unwrap_or(0).max(0),
+        }
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page::new(None, None)
+    }
+}
+
+/// One page of a list, with the total so clients can page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+/// Marks SQL assembled from this crate's constant fragments (column lists) as safe. Never pass user input:
+/// values always travel as bound parameters.
+pub(crate) fn composed(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        let page = Page::new(Some(100_000), Some(-5));
+        assert_eq!((page.limit, page.offset), (Page::MAX_LIMIT, 0));
+        assert_eq!(Page::new(Some(0), None).limit, 1);
+    }
+}

@@ -1,0 +1,280 @@
+//! The records the store reads and writes. Their field names are the API's field names (DESIGN §8), so the
+//! server can return most of them as they are.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+
+use automa_core::{Role, Schedule};
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// `user`, `agent`, `system` or `anonymous` (a failed login, the first-user setup).
+    pub actor_type: &'static str,
+    pub actor_id: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    pub fn user(id: i64, ip: Option<String>) -> Actor {
+        Actor { actor_type: "user", actor_id: Some(id.to_string()), ip }
+    }
+    pub fn agent(id: i64, ip: Option<String>) -> Actor {
+        Actor { actor_type: "agent", actor_id: Some(id.to_string()), ip }
+    }
+    pub fn system() -> Actor {
+        Actor { actor_type: "system", actor_id: None, ip: None }
+    }
+    pub fn anonymous(ip: Option<String>) -> Actor {
+        Actor { actor_type: "anonymous", actor_id: None, ip }
+    }
+}
+
+/// What a change was, for the audit log. `details` never holds a secret.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub action: String,
+    pub resource_type: &'static str,
+    pub resource_id: Option<String>,
+    pub details: Value,
+}
+
+impl AuditEvent {
+    pub fn new(
+        action: impl Into<String>,
+        resource_type: &'static str,
+        resource_id: Option<i64>,
+        details: Value,
+    ) -> Self {
+        AuditEvent { action: action.into(), resource_type, resource_id: resource_id.map(|id| id.to_string()), details }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub role: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// The database's CHECK constraint admits only valid roles; should one ever not parse, the user gets the
+    /// least privilege rather than an error.
+    pub fn role(&self) -> Role {
+        self.role.parse().unwrap_or(Role::Viewer)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub role: Option<Role>,
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ApiToken {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub role_cap: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiToken {
+    pub user_id: i64,
+    pub name: String,
+    pub token_hash: String,
+    pub prefix: String,
+    pub role_cap: Option<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Agent {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub labels: Json<Vec<String>>,
+    pub max_concurrency: i64,
+    pub disabled: bool,
+    pub draining: bool,
+    pub embedded: bool,
+    pub hostname: Option<String>,
+    pub version: Option<String>,
+    pub capabilities: Json<Value>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Agent {
+    /// An agent is online while its heartbeats keep coming; admin states win over liveness.
+    pub fn status(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> &'static str {
+        if self.disabled {
+            "disabled"
+        } else if self.last_seen_at.is_none_or(|seen| now - seen > offline_after) {
+            "offline"
+        } else if self.draining {
+            "draining"
+        } else {
+            "online"
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub name: String,
+    pub description: String,
+    pub labels: Vec<String>,
+    pub max_concurrency: i64,
+    pub token_hash: String,
+    pub embedded: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub max_concurrency: Option<i64>,
+    pub disabled: Option<bool>,
+    pub draining: Option<bool>,
+}
+
+/// A script with the content of its current version.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Script {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub filename: String,
+    pub content: String,
+    pub version: i64,
+    pub sha256: String,
+    pub size: i64,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ScriptVersion {
+    pub script_id: i64,
+    pub version: i64,
+    pub content: String,
+    pub sha256: String,
+    pub size: i64,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewScript {
+    pub name: String,
+    pub description: String,
+    pub filename: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScriptUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub filename: Option<String>,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Task {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub script_id: i64,
+    pub script_version: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub labels: Json<Vec<String>>,
+    pub args: Json<Vec<String>>,
+    pub env: Json<std::collections::BTreeMap<String, String>>,
+    pub secrets: Json<Vec<String>>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    pub network: bool,
+    pub retries: i64,
+    pub retry_backoff_seconds: i64,
+    pub schedule: Option<Json<Schedule>>,
+    pub enabled: bool,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every settable field of a task, already validated. Create and update both write a whole `TaskSpec`: an
+/// update is a read, a merge in the server, and this write.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub name: String,
+    pub description: String,
+    pub script_id: i64,
+    pub script_version: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub labels: Vec<String>,
+    pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    pub network: bool,
+    pub retries: i64,
+    pub retry_backoff_seconds: i64,
+    pub schedule: Option<Schedule>,
+    pub enabled: bool,
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub script_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub enabled: Option<bool>,
+    pub scheduled: Option<bool>,
+    pub name_contains: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub ts: DateTime<Utc>,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    pub ip: Option<String>,
+    pub details: Json<Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}

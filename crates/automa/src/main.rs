@@ -1,0 +1,194 @@
+//! The `automa` binary: the server, operations commands, and the sandbox helper entry point.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use automa_core::{Email, Role};
+use automa_server::{
+    Application, Config,
+    config::{LogFormat, SecretString},
+};
+use automa_store::{Actor, NewUser, Store};
+
+/// The argument that makes the binary act as the sandbox's single-threaded setup helper.
+const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
+
+#[derive(Parser)]
+#[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
+struct Cli {
+    /// Configuration file (default: ./automa.toml when it exists).
+    #[arg(long, global = true, env = "AUTOMA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API, the dashboard, the scheduler and an embedded agent.
+    Serve(ServeFlags),
+    /// Apply pending database migrations and exit.
+    Migrate(StoreFlags),
+    /// Manage users directly in the database.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect the audit log directly in the database.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// Flags override the environment and the configuration file.
+#[derive(Args, Serialize, Default)]
+struct ServeFlags {
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    store: StoreFlags,
+    /// Serve the API only, without the embedded agent.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_agent: bool,
+}
+
+#[derive(Args, Serialize, Default)]
+struct StoreFlags {
+    /// sqlite://PATH or postgres://...
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<SecretString>,
+    /// Directory for the default database and the development key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from AUTOMA_PASSWORD or prompted on standard input.
+    Add {
+        email: String,
+        /// Make the user an admin (default: viewer, unless --role is given).
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, conflicts_with = "admin")]
+        role: Option<Role>,
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exits 1 and names the first bad entry if it is broken.
+    Verify(StoreFlags),
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(SANDBOX_HELPER_ARG) {
+        automa_runner::helper::main();
+    }
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(flags) => {
+            let config = Config::load(cli.config, &flags)?;
+            init_logging(config.log_format);
+            for variable in Config::unknown_variables() {
+                tracing::warn!(%variable, "unknown AUTOMA_* variable ignored; is it misspelt?");
+            }
+            serve(config).await
+        }
+        Command::Migrate(flags) => {
+            let config = Config::load(cli.config, &flags)?;
+            init_logging(config.log_format);
+            open_store(&config).await?;
+            println!("database migrated");
+            Ok(())
+        }
+        Command::User(UserCommand::Add { email, admin, role, store }) => {
+            let config = Config::load(cli.config, &store)?;
+            init_logging(config.log_format);
+            let email = Email::parse("email", &email).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let role = if admin { Role::Admin } else { role.unwrap_or(Role::Viewer) };
+            let password = read_password()?;
+            if password.chars().count() < 8 {
+                bail!("the password must be at least 8 characters");
+            }
+            let store = open_store(&config).await?;
+            let password_hash = automa_server::auth::hash_password(password).await?;
+            let new = NewUser { email: email.as_str().to_owned(), password_hash, role };
+            let user = store.create_user(&Actor::system(), new, false).await?.context("the user was not created")?;
+            println!("created {} ({}) with id {}", user.email, user.role, user.id);
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify(flags)) => {
+            let config = Config::load(cli.config, &flags)?;
+            init_logging(config.log_format);
+            let store = open_store(&config).await?;
+            let result = store.verify_audit().await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            if !result.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    let store = Store::connect(&url).await.with_context(|| format!("opening {}", automa_store::redact_url(&url)))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("AUTOMA_PASSWORD") {
+        return Ok(password);
+    }
+    eprint!("password: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let addr = app.local_addr();
+    tracing::info!(database = app.store().backend_name(), "serving on http://{addr}");
+    println!("Automa is running: open http://{addr}/ (API docs at http://{addr}/docs)");
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOMA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -7,7 +7,8 @@ use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, response::IntoResponse};
 use tokio::net::TcpListener;
 use tower::Layer;
-use tower_http::{catch_panic::CatchPanicLayer, normalize_path::NormalizePathLayer, trace::TraceLayer};
+use tower::util::MapRequestLayer;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use utoipa_swagger_ui::SwaggerUi;
 
 use automa_store::Store;
@@ -44,7 +45,8 @@ impl Application {
                 None
             }
         };
-        let (router, openapi) = api::routes().split_for_parts();
+        let (router, mut openapi) = api::routes().split_for_parts();
+        api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
         let state = AppState {
             store,
@@ -84,11 +86,28 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
+        let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
         axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
         self.state.store.close().await;
         Ok(())
     }
+}
+
+/// Trailing slashes are optional on API paths (`/scripts/` is `/scripts`). The API docs keep theirs: Swagger
+/// UI redirects `/docs` to `/docs/` and resolves its assets relative to that.
+fn trim_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') && !path.starts_with("/docs") {
+        let trimmed = path.trim_end_matches('/');
+        let rebuilt = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }

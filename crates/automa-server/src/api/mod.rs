@@ -25,7 +25,6 @@ use crate::{error::ErrorBody, state::AppState};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Automa", description = "Manage, schedule, sandbox and audit Python scripts."),
-    modifiers(&SecuritySchemes, &ErrorResponses),
     components(schemas(ErrorBody))
 )]
 struct ApiDoc;
@@ -52,6 +51,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+}
+
+/// Completes the document once every route is mounted: security schemes and the error responses derived from
+/// each operation. (utoipa applies `modifiers` before the router adds its paths, hence a separate step.)
+pub fn complete(openapi: &mut openapi::OpenApi) {
+    SecuritySchemes.modify(openapi);
+    ErrorResponses.modify(openapi);
 }
 
 struct SecuritySchemes;

@@ -4,11 +4,21 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, response::IntoResponse};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::IntoResponse,
+};
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower::util::MapRequestLayer;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
 use utoipa_swagger_ui::SwaggerUi;
 
 use automa_store::Store;
@@ -65,6 +75,7 @@ impl Application {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
                     .into_response()
             })
+            .layer(cors(&state.config.cors_origins)?)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
@@ -110,4 +121,17 @@ fn trim_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Re
         }
     }
     request
+}
+
+/// Browsers may call the API from the configured origins only; with none configured, only the server's own
+/// pages (same origin) can, which needs no CORS headers at all.
+fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .map(|origin| origin.parse::<HeaderValue>().with_context(|| format!("invalid CORS origin '{origin}'")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]))
 }

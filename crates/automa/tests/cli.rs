@@ -68,7 +68,8 @@ fn serve_starts_with_embedded_defaults_and_stops_on_sigterm() {
 #[test]
 fn production_refuses_to_start_without_a_strong_key() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = automa(dir.path()).args(["serve", "--bind", "127.0.0.1:0"]).env("AUTOMA_ENV", "production").output().unwrap();
+    let missing =
+        automa(dir.path()).args(["serve", "--bind", "127.0.0.1:0"]).env("AUTOMA_ENV", "production").output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("AUTOMA_SECRET_KEY"));
     let short = automa(dir.path())

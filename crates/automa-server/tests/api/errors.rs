@@ -253,7 +253,8 @@ async fn repeated_failed_logins_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
-    let app = spawn_app_with(Backend::Sqlite, |config| config.cors_origins = vec!["https://ops.example.com".into()]).await;
+    let app =
+        spawn_app_with(Backend::Sqlite, |config| config.cors_origins = vec!["https://ops.example.com".into()]).await;
     let preflight = |origin: &'static str| {
         app.client
             .request(Method::OPTIONS, app.url("/scripts"))

@@ -5,7 +5,14 @@ use serde_json::json;
 
 use crate::helpers::{Backend, on_both_backends, spawn_app};
 
-on_both_backends!(users_round_trip, tokens_round_trip, agents_round_trip, scripts_round_trip, tasks_round_trip);
+on_both_backends!(
+    users_round_trip,
+    tokens_round_trip,
+    agents_round_trip,
+    scripts_round_trip,
+    tasks_round_trip,
+    schedules_arm_and_disarm
+);
 
 async fn users_round_trip(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -196,4 +203,31 @@ async fn tasks_round_trip(backend: Backend) {
     assert_eq!(app.delete(&format!("/tasks/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
     assert_eq!(app.get(&format!("/tasks/{id}"), &admin).await.status, StatusCode::NOT_FOUND);
     assert_eq!(app.delete(&format!("/scripts/{script_id}"), &admin).await.status, StatusCode::NO_CONTENT);
+}
+
+async fn schedules_arm_and_disarm(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
+    let interval = json!({"name": "every", "script_id": script, "schedule": {"kind": "interval", "every_seconds": 90}});
+    let created = app.post("/tasks", &admin, interval).await.body;
+    let anchor =
+        chrono::DateTime::parse_from_rfc3339(created["schedule"]["at"].as_str().expect("the anchor is stored"))
+            .unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(created["next_fire_at"].as_str().unwrap()).unwrap();
+    assert_eq!((next - anchor).num_seconds(), 90, "the first fire is one interval after the anchor");
+    let id = created["id"].as_i64().unwrap();
+
+    let paused = app.put(&format!("/tasks/{id}"), &admin, json!({"enabled": false})).await.body;
+    assert!(paused["next_fire_at"].is_null(), "a disabled task does not fire");
+    let resumed = app.put(&format!("/tasks/{id}"), &admin, json!({"enabled": true})).await.body;
+    assert!(resumed["next_fire_at"].is_string(), "switching it back on arms it again");
+    assert_eq!(resumed["schedule"]["at"], created["schedule"]["at"], "the rhythm keeps its anchor");
+
+    let soon = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let once = app.put(&format!("/tasks/{id}"), &admin, json!({"scheduled_time": soon})).await;
+    assert_eq!(once.status, StatusCode::OK, "a one-off a moment ago is within its grace: {:?}", once.body);
+    assert!(once.body["next_fire_at"].is_string(), "and still fires");
+    let renamed = app.put(&format!("/tasks/{id}"), &admin, json!({"description": "edited"})).await.body;
+    assert_eq!(renamed["next_fire_at"], once.body["next_fire_at"], "other edits keep the next fire");
 }

@@ -175,6 +175,15 @@ impl Store {
         Ok(())
     }
 
+    /// Runs one statement that takes no parameters, such as `CREATE DATABASE` in test set-up. Never pass
+    /// user input.
+    pub async fn execute_raw(&self, statement: &str) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned())).execute(pool).await?;
+            Ok(())
+        })
+    }
+
     pub async fn close(&self) {
         dispatch!(self, pool => pool.close().await)
     }

@@ -102,6 +102,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         database_url: Some(SecretString::new(database_url.clone())),
         bind: "127.0.0.1:0".into(),
         login_attempts_per_minute: 1000,
+        // These tests are about the API; execution has its own end-to-end tests with the real sandbox helper.
+        no_agent: true,
         ..Config::default()
     };
     adjust(&mut config);

@@ -42,6 +42,22 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/audit/verify"),
     ("get", "/health"),
     ("get", "/ready"),
+    ("post", "/tasks/{id}/execute"),
+    ("post", "/execute"),
+    ("get", "/runs"),
+    ("get", "/runs/{id}"),
+    ("post", "/runs/{id}/cancel"),
+    ("get", "/runs/{id}/logs"),
+    ("get", "/runs/{id}/logs/stream"),
+    ("get", "/secrets"),
+    ("post", "/secrets"),
+    ("put", "/secrets/{name}"),
+    ("delete", "/secrets/{name}"),
+    ("get", "/events"),
+    ("post", "/agent/heartbeat"),
+    ("post", "/agent/claim"),
+    ("post", "/agent/runs/{id}/logs"),
+    ("post", "/agent/runs/{id}/finish"),
 ];
 
 async fn document() -> Value {

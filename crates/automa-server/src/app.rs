@@ -33,6 +33,7 @@ use crate::{
     keys,
     limits::LoginLimiter,
     python::SyntaxChecker,
+    scheduler::Scheduler,
     sealing::Sealer,
     state::AppState,
 };
@@ -75,6 +76,7 @@ impl Application {
         let state = AppState {
             execution,
             sandbox: Arc::default(),
+            schedule_changed: Arc::default(),
             store,
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
             access: Arc::new(auth::access_table(&openapi_json)),
@@ -122,6 +124,8 @@ impl Application {
             let stopping = self.stopping.subscribe();
             Some(embedded::start(state.execution.clone(), &state.config, state.sandbox.clone(), stopping).await?)
         };
+        let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone());
+        let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let stopping = self.stopping;
         let signal = async move {
             shutdown.await;
@@ -133,6 +137,11 @@ impl Application {
         axum::serve(self.listener, service).with_graceful_shutdown(signal).await?;
         if let Some(agent) = agent {
             let _ = agent.await;
+        }
+        match scheduler.await {
+            Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "the scheduler stopped with an error"),
+            Err(error) => tracing::error!(%error, "the scheduler task failed"),
+            Ok(Ok(())) => {}
         }
         state.store.close().await;
         Ok(())

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod keys;
 pub mod limits;
 pub mod python;
+pub mod scheduler;
 pub mod sealing;
 pub mod state;
 

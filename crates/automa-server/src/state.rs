@@ -27,4 +27,6 @@ pub struct AppState {
     pub execution: Arc<Execution>,
     /// The embedded agent's sandbox capabilities, or why it refuses to run scripts; `None` without one.
     pub sandbox: Arc<RwLock<Option<serde_json::Value>>>,
+    /// Wakes the scheduler when a task's schedule may have changed.
+    pub schedule_changed: Arc<tokio::sync::Notify>,
 }

@@ -7,6 +7,7 @@ mod audit;
 mod models;
 mod run_logs;
 mod runs;
+mod schedule;
 mod scripts;
 mod secrets;
 mod tasks;
@@ -26,6 +27,7 @@ pub use audit::{AuditFilter, AuditVerification};
 pub use models::*;
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;
+pub use schedule::{Fired, TASKS_CHANNEL};
 
 /// Runs the same statement text against whichever backend the store was opened on. Both arms expand the
 /// same body, so each query is written once; `$pool` is a `SqlitePool` in one arm and a `PgPool` in the other.
@@ -155,18 +157,28 @@ impl Store {
     }
 
     /// Calls `wake` whenever another process on the same PostgreSQL database queues a run. Returns at once on
-    /// SQLite, where every writer is in this process. The listener reconnects by itself after a lost connection.
+    /// SQLite, where every writer is in this process.
     pub async fn listen_for_runs(&self, wake: impl Fn() + Send + 'static) -> StoreResult<()> {
+        self.listen(runs::WAKE_CHANNEL, wake).await
+    }
+
+    /// Calls `wake` for every notification on `channel` until the store is closed (PostgreSQL only). The
+    /// listener reconnects by itself after a lost connection; a notification may have been missed meanwhile,
+    /// so a reconnect wakes too, which costs the woken side one look at the database.
+    pub(crate) async fn listen(&self, channel: &'static str, wake: impl Fn() + Send + 'static) -> StoreResult<()> {
         let Backend::Postgres(pool) = &*self.backend else { return Ok(()) };
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-        listener.listen(runs::WAKE_CHANNEL).await?;
+        listener.listen(channel).await?;
+        let pool = pool.clone();
         tokio::spawn(async move {
             loop {
                 match listener.recv().await {
                     Ok(_) => wake(),
+                    Err(_) if pool.is_closed() => return,
                     Err(error) => {
-                        tracing::warn!(%error, "lost the run notification channel; reconnecting");
-                        // A notification may have been missed while reconnecting: waking costs one claim.
+                        tracing::warn!(%error, channel, "lost a notification channel; reconnecting");
+                        // Never spin: a database that is down fails every attempt at once.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         wake();
                     }
                 }

@@ -41,6 +41,15 @@ macro_rules! check_task_references {
     }};
 }
 
+/// On PostgreSQL, tells every server's scheduler, at commit, that a schedule may have changed.
+macro_rules! notify_schedulers {
+    ($store:expr, $tx:expr) => {
+        if matches!(&*$store.backend, crate::Backend::Postgres(_)) {
+            sqlx::query("SELECT pg_notify($1, '')").bind(crate::TASKS_CHANNEL).execute(&mut *$tx).await?;
+        }
+    };
+}
+
 impl Store {
     pub async fn create_task(&self, actor: &Actor, spec: TaskSpec) -> StoreResult<Task> {
         let created_by = actor_user_id(actor);
@@ -80,6 +89,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
             append_audit!(tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
+            notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
         })
@@ -147,6 +157,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
             append_audit!(tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
+            notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
         })

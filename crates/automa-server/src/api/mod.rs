@@ -8,6 +8,7 @@ pub mod events;
 pub mod execute;
 pub mod health;
 pub mod runs;
+pub mod schedule;
 pub mod scripts;
 pub mod secrets;
 pub mod session;
@@ -51,6 +52,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::version))
         .routes(routes!(tasks::list, tasks::create))
         .routes(routes!(tasks::get, tasks::update, tasks::delete))
+        .routes(routes!(schedule::upcoming))
+        .routes(routes!(schedule::pause))
+        .routes(routes!(schedule::resume))
         .routes(routes!(audit::list))
         .routes(routes!(audit::list_alias))
         .routes(routes!(audit::verify))

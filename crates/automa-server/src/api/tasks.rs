@@ -373,6 +373,7 @@ pub async fn create(
     };
     let spec = merge(defaults, input, automa_store::now())?;
     let task = state.store.create_task(&principal.actor(), spec).await?;
+    state.schedule_changed.notify_one();
     Ok((StatusCode::CREATED, Json(task.into())))
 }
 
@@ -387,14 +388,26 @@ pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Ap
 #[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
     responses((status = 200, body = TaskResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn update(
+    state: State<AppState>,
+    principal: Principal,
+    id: ApiPath<i64>,
+    ApiJson(input): ApiJson<TaskInput>,
+) -> ApiResult<Json<TaskResponse>> {
+    apply(state, principal, id, input).await
+}
+
+/// Merges `input` into task `id`, validates and stores it, and wakes the scheduler.
+pub(crate) async fn apply(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(input): ApiJson<TaskInput>,
+    input: TaskInput,
 ) -> ApiResult<Json<TaskResponse>> {
     let current = state.store.get_task(id).await.map_err(missing("task"))?;
     let spec = merge(spec_of(current), input, automa_store::now())?;
-    Ok(Json(state.store.update_task(&principal.actor(), id, spec).await.map_err(missing("task"))?.into()))
+    let task = state.store.update_task(&principal.actor(), id, spec).await.map_err(missing("task"))?;
+    state.schedule_changed.notify_one();
+    Ok(Json(task.into()))
 }
 
 /// Delete a task.

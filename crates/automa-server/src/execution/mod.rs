@@ -81,6 +81,13 @@ impl Execution {
         Ok(run)
     }
 
+    /// Announces runs another part of the server wrote (the scheduler's fires) and wakes agents for them.
+    pub fn publish_runs(&self, runs: &[Run]) {
+        for run in runs {
+            self.published_run(run);
+        }
+    }
+
     fn published_run(&self, run: &Run) {
         self.hub.publish(Event::Run(Box::new(run.clone())));
         if run.status == "queued" {

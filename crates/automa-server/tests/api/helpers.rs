@@ -57,8 +57,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub backend: Backend,
-    _data_dir: tempfile::TempDir,
+    config: Config,
+    data_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -107,10 +109,14 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         ..Config::default()
     };
     adjust(&mut config);
-    let app = Application::build(config).await.expect("the server starts");
+    start(config, database_url, backend, data_dir).await
+}
+
+async fn start(config: Config, database_url: String, backend: Backend, data_dir: tempfile::TempDir) -> TestApp {
+    let app = Application::build(config.clone()).await.expect("the server starts");
     let addr = app.local_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
+    let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     TestApp {
@@ -118,8 +124,10 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         client: reqwest::Client::new(),
         database_url,
         backend,
-        _data_dir: data_dir,
+        config,
+        data_dir: Some(data_dir),
         shutdown: Some(shutdown),
+        server: Some(server),
     }
 }
 
@@ -137,6 +145,18 @@ impl Reply {
 }
 
 impl TestApp {
+    /// Stops the server, lets `while_down` change the database behind its back, and starts a new server on the
+    /// same database and data directory (so sessions stay valid).
+    pub async fn restart<F: Future<Output = ()>>(mut self, while_down: impl FnOnce(String) -> F) -> TestApp {
+        let _ = self.shutdown.take().expect("running").send(());
+        self.server.take().expect("running").await.unwrap().unwrap();
+        while_down(self.database_url.clone()).await;
+        let data_dir = self.data_dir.take().expect("kept until the restart");
+        let mut config = self.config.clone();
+        config.bind = "127.0.0.1:0".into();
+        start(config, self.database_url.clone(), self.backend, data_dir).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -239,16 +259,21 @@ impl TestApp {
 
     /// Runs a statement directly on the database, behind the server's back.
     pub async fn execute_sql(&self, sql: &str) {
-        use sqlx::Connection;
-        match self.backend {
-            Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
-            }
-            Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
-            }
+        execute_sql(self.backend, &self.database_url, sql).await
+    }
+}
+
+/// Runs a statement directly on a database.
+pub async fn execute_sql(backend: Backend, database_url: &str, sql: &str) {
+    use sqlx::Connection;
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
         }
     }
 }

@@ -9,3 +9,4 @@ mod crud;
 mod errors;
 mod fuzz;
 mod openapi;
+mod schedule;

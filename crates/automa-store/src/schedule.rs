@@ -1,0 +1,191 @@
+//! The scheduler's writes: firing every task that is due, in one transaction per batch. Each fire inserts its
+//! run (or its `skipped` record) and advances the task's `next_fire_at` together; the unique
+//! (task_id, scheduled_for) index makes a second run for the same tick impossible however many servers race,
+//! and on PostgreSQL `FOR UPDATE SKIP LOCKED` lets them split the due tasks instead of queueing behind each
+//! other.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+
+use automa_core::{FireOutcome, Schedule};
+
+use crate::{Backend, Run, Store, StoreResult, Task, WritePool, dispatch, now, runs::WAKE_CHANNEL};
+
+/// Tells every server's scheduler that a task's schedule changed (PostgreSQL only; in one process the server
+/// wakes its scheduler directly).
+pub const TASKS_CHANNEL: &str = "automa_tasks";
+
+/// Rows per multi-row INSERT: 24 parameters a row stays far below SQLite's 32766.
+const INSERT_CHUNK: usize = 400;
+
+/// A due task with what its runs need from its script.
+#[derive(sqlx::FromRow)]
+struct DueTask {
+    #[sqlx(flatten)]
+    task: Task,
+    script_filename: String,
+    script_current_version: i64,
+}
+
+/// What one batch of fires did.
+#[derive(Debug, Default)]
+pub struct Fired {
+    /// The runs and skipped records inserted, in order.
+    pub runs: Vec<Run>,
+    /// How many due tasks the batch handled; a full batch means more may be due.
+    pub tasks: usize,
+}
+
+/// One row to insert: a fire's run or its skipped record.
+struct FireRow<'a> {
+    task: &'a Task,
+    filename: &'a str,
+    script_version: i64,
+    scheduled_for: DateTime<Utc>,
+    not_before: DateTime<Utc>,
+    skip: Option<String>,
+}
+
+/// A fire's delay within the task's jitter, derived from the task and tick so that every server computes the
+/// same one and fires spread evenly.
+fn jitter(task_id: i64, tick: DateTime<Utc>, jitter_seconds: i64) -> Duration {
+    if jitter_seconds <= 0 {
+        return Duration::zero();
+    }
+    let digest = Sha256::digest(format!("{task_id}/{}", tick.timestamp_micros()).as_bytes());
+    let value = u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+    Duration::milliseconds((value % (jitter_seconds as u64 * 1000)) as i64)
+}
+
+impl Store {
+    /// Calls `wake` whenever another server changes a task's schedule (PostgreSQL only).
+    pub async fn listen_for_task_changes(&self, wake: impl Fn() + Send + 'static) -> StoreResult<()> {
+        self.listen(TASKS_CHANNEL, wake).await
+    }
+
+    /// The earliest `next_fire_at` of any enabled task, for the scheduler's sleep.
+    pub async fn earliest_fire(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT MIN(next_fire_at) FROM tasks WHERE enabled AND next_fire_at IS NOT NULL")
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    /// Fires up to `limit` tasks due at `at`.
+    pub async fn fire_due_tasks(&self, at: DateTime<Utc>, limit: i64) -> StoreResult<Fired> {
+        let postgres = matches!(&*self.backend, Backend::Postgres(_));
+        let lock = if postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_with_lock().await?;
+            let due: Vec<DueTask> = sqlx::query_as(crate::composed(format!(
+                "SELECT t.*, s.filename AS script_filename, s.current_version AS script_current_version \
+                 FROM tasks t JOIN scripts s ON s.id = t.script_id \
+                 WHERE t.enabled AND t.next_fire_at IS NOT NULL AND t.next_fire_at <= $1 \
+                 ORDER BY t.next_fire_at, t.id LIMIT $2{lock}"
+            )))
+            .bind(at)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            if due.is_empty() {
+                return Ok(Fired::default());
+            }
+            let mut count = sqlx::QueryBuilder::new(
+                "SELECT task_id, COUNT(*) FROM runs WHERE status IN ('queued', 'running') AND task_id IN (",
+            );
+            let mut ids = count.separated(", ");
+            for due_task in &due {
+                ids.push_bind(due_task.task.id);
+            }
+            count.push(") GROUP BY task_id");
+            let active: HashMap<i64, i64> = count.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await?.into_iter().collect();
+
+            let mut rows = Vec::new();
+            let mut next_fires = Vec::with_capacity(due.len());
+            for due_task in &due {
+                let task = &due_task.task;
+                let (Some(schedule), Some(next_fire_at)) = (task.schedule.as_ref().map(|s| &s.0), task.next_fire_at) else {
+                    next_fires.push((task.id, None));
+                    continue;
+                };
+                let plan = plan(schedule, next_fire_at, at, *active.get(&task.id).unwrap_or(&0));
+                for fire in plan.fires {
+                    rows.push(FireRow {
+                        task,
+                        filename: &due_task.script_filename,
+                        script_version: task.script_version.unwrap_or(due_task.script_current_version),
+                        scheduled_for: fire.scheduled_for,
+                        not_before: fire.scheduled_for + jitter(task.id, fire.scheduled_for, schedule.jitter_seconds),
+                        skip: match fire.outcome {
+                            FireOutcome::Run => None,
+                            FireOutcome::Skip(reason) => Some(reason.describe()),
+                        },
+                    });
+                }
+                next_fires.push((task.id, plan.next_fire_at));
+            }
+
+            let mut runs: Vec<Run> = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let queued_at = now();
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
+                     scheduled_for, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, error, \
+                     args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) ",
+                );
+                insert.push_values(chunk, |mut values, row| {
+                    let task = row.task;
+                    values
+                        .push_bind(task.id)
+                        .push_bind(task.script_id)
+                        .push_bind(row.script_version)
+                        .push_bind(row.filename.to_owned())
+                        .push_bind(task.agent_id)
+                        .push_bind(Json(task.labels.0.clone()))
+                        .push_bind("schedule")
+                        .push_bind(row.scheduled_for)
+                        .push_bind(task.retries)
+                        .push_bind(task.retry_backoff_seconds)
+                        .push_bind(if row.skip.is_some() { "skipped" } else { "queued" })
+                        .push_bind(queued_at)
+                        .push_bind(row.not_before)
+                        .push_bind(row.skip.as_ref().map(|_| queued_at))
+                        .push_bind(row.skip.clone())
+                        .push_bind(Json(task.args.0.clone()))
+                        .push_bind(Json(task.env.0.clone()))
+                        .push_bind(Json(task.secrets.0.clone()))
+                        .push_bind(task.timeout_seconds)
+                        .push_bind(task.memory_mb)
+                        .push_bind(task.cpu_seconds)
+                        .push_bind(task.max_output_bytes)
+                        .push_bind(task.network)
+                        .push_bind(None::<i64>);
+                });
+                insert.push(" ON CONFLICT (task_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING RETURNING *");
+                runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);
+            }
+
+            let mut advance = sqlx::QueryBuilder::new("UPDATE tasks SET next_fire_at = v.column2 FROM (");
+            advance.push_values(&next_fires, |mut values, (task_id, next)| {
+                values.push_bind(*task_id).push_bind(*next);
+            });
+            advance.push(") AS v WHERE tasks.id = v.column1");
+            advance.build().execute(&mut *tx).await?;
+            if postgres && runs.iter().any(|run| run.status == "queued") {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(Fired { runs, tasks: due.len() })
+        })
+    }
+}
+
+/// Plans a task's due fires. An interval's anchor is stored with its schedule; for one without, the pending
+/// fire itself keeps the rhythm.
+fn plan(schedule: &Schedule, next_fire_at: DateTime<Utc>, at: DateTime<Utc>, active: i64) -> automa_core::FirePlan {
+    schedule.plan_fires(next_fire_at, at, next_fire_at, active)
+}

@@ -4,8 +4,10 @@
 pub mod agents;
 pub mod audit;
 pub mod health;
+pub mod schedule_preview;
 pub mod scripts;
 pub mod session;
+pub mod setup;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
@@ -52,6 +54,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+        .routes(routes!(setup::status))
+        .routes(routes!(schedule_preview::preview))
 }
 
 struct SecuritySchemes;

@@ -2,12 +2,14 @@
 //! tested exhaustively and reused by the server, the store and the agent alike.
 
 pub mod audit;
+pub mod fire;
 pub mod names;
 pub mod role;
 pub mod run;
 pub mod schedule;
 
 pub use audit::{AuditRecord, GENESIS_HASH};
+pub use fire::{FireOutcome, FirePlan, PlannedFire, SkipReason};
 pub use names::{Email, InvalidField, ResourceName};
 pub use role::Role;
 pub use run::{RunStatus, Trigger};

@@ -1,7 +1,7 @@
 //! Schedules and their next fire times (DESIGN §5). A schedule is parsed once at the API edge; afterwards its
 //! cron expression and time zone are known to be valid, so computing the next fire cannot fail for bad input.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::{Cron, parser::CronParser, parser::Seconds};
 use serde::{Deserialize, Serialize};
@@ -146,10 +146,16 @@ impl Schedule {
                 anchor.checked_add_signed(Duration::seconds(every.checked_mul(periods)?))
             }
             ScheduleKind::Cron => {
-                let cron = parse_cron(self.cron.as_deref()?).ok()?;
+                let expression = self.cron.as_deref()?;
+                let cron = parse_cron(expression).ok()?;
                 let tz: Tz = self.timezone.parse().ok()?;
-                let local = after.with_timezone(&tz);
-                cron.find_next_occurrence(&local, false).ok().map(|next| next.with_timezone(&Utc))
+                if is_fixed_time(expression) {
+                    next_fixed_time_fire(&cron, tz, after)
+                } else {
+                    cron.find_next_occurrence(&after.with_timezone(&tz), false)
+                        .ok()
+                        .map(|next| next.with_timezone(&Utc))
+                }
             }
         }
     }
@@ -169,6 +175,50 @@ impl Schedule {
         }
         fires
     }
+}
+
+/// Whether a cron expression names fixed wall-clock times rather than a rhythm: Vixie cron's rule, no `*` in
+/// its minute and hour fields. Daylight-saving changes treat the two differently, as users of cron expect: a
+/// fixed time skipped by a spring-forward gap fires right after the gap and one repeated by a fall-back fires
+/// once, while a rhythm (`0 * * * *`, `*/15 * * * *`) follows elapsed time through both.
+fn is_fixed_time(expression: &str) -> bool {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let (minute, hour) = match fields.len() {
+        5 => (fields[0], fields[1]),
+        6 => (fields[1], fields[2]),
+        _ => return false,
+    };
+    !minute.starts_with('*') && !hour.starts_with('*')
+}
+
+/// The next fire of a fixed-time expression: matched on local wall-clock time, then placed on the time line.
+/// A wall time that happens twice fires at its first occurrence only; one that does not happen fires at the
+/// first instant after the gap.
+fn next_fixed_time_fire(cron: &Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let mut cursor = after.with_timezone(&tz).naive_local();
+    // Each pass either returns or moves past one repeated wall time; a handful bounds any real zone.
+    for _ in 0..8 {
+        let local = cron.find_next_occurrence(&cursor, false).ok()?;
+        match tz.from_local_datetime(&local) {
+            LocalResult::Single(at) => return Some(at.with_timezone(&Utc)).filter(|at| *at > after),
+            LocalResult::Ambiguous(first, _) if first.with_timezone(&Utc) > after => {
+                return Some(first.with_timezone(&Utc));
+            }
+            LocalResult::Ambiguous(..) => cursor = local,
+            LocalResult::None => return end_of_gap(tz, local).filter(|at| *at > after),
+        }
+    }
+    None
+}
+
+/// The first instant after the daylight-saving gap that swallowed `local`: the first wall-clock minute after
+/// it that exists (gaps start and end on whole minutes in every zone).
+fn end_of_gap(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let minute = local.with_second(0)?.with_nanosecond(0)?;
+    (1..=24 * 60).find_map(|minutes| match tz.from_local_datetime(&(minute + Duration::minutes(minutes))) {
+        LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => Some(at.with_timezone(&Utc)),
+        LocalResult::None => None,
+    })
 }
 
 /// Parses a 5-field (minutes) or 6-field (seconds first) cron expression.

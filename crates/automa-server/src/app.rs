@@ -4,10 +4,21 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, response::IntoResponse};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::IntoResponse,
+};
 use tokio::net::TcpListener;
 use tower::Layer;
-use tower_http::{catch_panic::CatchPanicLayer, normalize_path::NormalizePathLayer, trace::TraceLayer};
+use tower::util::MapRequestLayer;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
 use utoipa_swagger_ui::SwaggerUi;
 
 use automa_store::Store;
@@ -44,7 +55,8 @@ impl Application {
                 None
             }
         };
-        let (router, openapi) = api::routes().split_for_parts();
+        let (router, mut openapi) = api::routes().split_for_parts();
+        api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
         let state = AppState {
             store,
@@ -64,6 +76,7 @@ impl Application {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
                     .into_response()
             })
+            .layer(cors(&state.config.cors_origins)?)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
@@ -85,11 +98,41 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
+        let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
         axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
         self.state.store.close().await;
         Ok(())
     }
+}
+
+/// Trailing slashes are optional on API paths (`/scripts/` is `/scripts`). The API docs keep theirs: Swagger
+/// UI redirects `/docs` to `/docs/` and resolves its assets relative to that.
+fn trim_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') && !path.starts_with("/docs") {
+        let trimmed = path.trim_end_matches('/');
+        let rebuilt = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+/// Browsers may call the API from the configured origins only; with none configured, only the server's own
+/// pages (same origin) can, which needs no CORS headers at all.
+fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .map(|origin| origin.parse::<HeaderValue>().with_context(|| format!("invalid CORS origin '{origin}'")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]))
 }

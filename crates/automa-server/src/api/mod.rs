@@ -27,7 +27,6 @@ use crate::{error::ErrorBody, state::AppState};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Automa", description = "Manage, schedule, sandbox and audit Python scripts."),
-    modifiers(&SecuritySchemes, &ErrorResponses),
     components(schemas(ErrorBody))
 )]
 struct ApiDoc;
@@ -56,6 +55,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::ready))
         .routes(routes!(setup::status))
         .routes(routes!(schedule_preview::preview))
+}
+
+/// Completes the document once every route is mounted: security schemes and the error responses derived from
+/// each operation. (utoipa applies `modifiers` before the router adds its paths, hence a separate step.)
+pub fn complete(openapi: &mut openapi::OpenApi) {
+    SecuritySchemes.modify(openapi);
+    ErrorResponses.modify(openapi);
 }
 
 struct SecuritySchemes;

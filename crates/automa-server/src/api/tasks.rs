@@ -200,6 +200,23 @@ fn check_secret_names(secrets: &[String]) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// An interval without an anchor counts from when it was set; storing that anchor keeps the rhythm stable
+/// across restarts and edits of other fields, and shows users where it starts.
+fn anchor_interval(mut schedule: Schedule, now: DateTime<Utc>) -> Schedule {
+    if schedule.kind == ScheduleKind::Interval && schedule.at.is_none() {
+        schedule.at = Some(now);
+    }
+    schedule
+}
+
+/// A one-off fires at its time (even one a moment ago, within its grace); other kinds from the next tick on.
+fn first_fire(schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match schedule.kind {
+        ScheduleKind::Once => schedule.at,
+        ScheduleKind::Cron | ScheduleKind::Interval => schedule.next_fire_after(now, now),
+    }
+}
+
 /// Merges `input` over `base` (a new task's defaults or the current task) and validates the result whole.
 fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -> ApiResult<TaskSpec> {
     let name = match input.name {
@@ -226,7 +243,7 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
             return Err(ApiError::invalid("scheduled_time", "give either schedule or scheduled_time, not both"));
         }
         (_, Some(at)) => Some(Schedule::once(at).validate()?),
-        (Some(schedule), None) => schedule.map(Schedule::validate).transpose()?,
+        (Some(schedule), None) => schedule.map(|s| anchor_interval(s, schedule_changed_at).validate()).transpose()?,
         (None, None) => base.schedule,
     };
     if schedule_given
@@ -236,10 +253,11 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         return Err(ApiError::invalid("schedule.at", "is in the past"));
     }
     let enabled = input.enabled.unwrap_or(base.enabled);
+    // The next fire is computed afresh only when the schedule is set or the task is switched back on; any other
+    // edit keeps it, so that editing a task whose one-off already fired does not arm it again.
+    let rearm = schedule_given || (enabled && !base.enabled);
     let next_fire_at = match (&schedule, enabled) {
-        (Some(schedule), true) if schedule_given || base.next_fire_at.is_none() => {
-            schedule.next_fire_after(schedule_changed_at - chrono::Duration::milliseconds(1), schedule_changed_at)
-        }
+        (Some(schedule), true) if rearm => first_fire(schedule, schedule_changed_at),
         (Some(_), true) => base.next_fire_at,
         _ => None,
     };

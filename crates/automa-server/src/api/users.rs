@@ -11,7 +11,7 @@ use automa_store::{Actor, NewUser, User, UserUpdate};
 
 use crate::{
     api::{Page, Paging},
-    auth::{self, Principal},
+    auth::{self, ClientIp, Principal},
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
     state::AppState,
@@ -82,24 +82,33 @@ fn check_password(password: &str) -> ApiResult<()> {
 pub async fn create(
     State(state): State<AppState>,
     principal: Option<Principal>,
-    ApiJson(input): ApiJson<CreateUser>,
+    ClientIp(ip): ClientIp,
+    body: Result<ApiJson<CreateUser>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<UserResponse>)> {
-    let email = Email::parse("email", &input.email)?;
-    check_password(&input.password)?;
+    // Who may create a user is decided before the body is looked at, so that an anonymous caller learns
+    // nothing about the expected shape once the system is set up.
     let first = state.store.count_users().await? == 0;
     let (role, actor) = if first {
-        (Role::Admin, Actor::anonymous(principal.as_ref().and_then(|p| p.ip.clone())))
+        (None, Actor::anonymous(ip))
     } else if let Some(admin) = principal.as_ref().filter(|p| p.role.allows(Role::Admin)) {
-        (input.role.unwrap_or(Role::Viewer), admin.actor())
+        (Some(Role::Viewer), admin.actor())
     } else if state.config.open_signup && principal.is_none() {
-        if input.role.is_some_and(|role| role != Role::Viewer) {
-            return Err(ApiError::Forbidden("open sign-up creates viewers only".into()));
-        }
-        (Role::Viewer, Actor::anonymous(None))
+        (Some(Role::Viewer), Actor::anonymous(ip))
     } else {
         return Err(auth::require(principal.as_ref(), Role::Admin)
             .err()
             .unwrap_or_else(|| ApiError::Forbidden("only an admin creates users".into())));
+    };
+    let ApiJson(input) = body?;
+    let email = Email::parse("email", &input.email)?;
+    check_password(&input.password)?;
+    let role = match role {
+        None => Role::Admin,
+        Some(_) if actor.actor_type == "user" => input.role.unwrap_or(Role::Viewer),
+        Some(_) if input.role.is_some_and(|role| role != Role::Viewer) => {
+            return Err(ApiError::Forbidden("open sign-up creates viewers only".into()));
+        }
+        Some(default) => default,
     };
     let password_hash = auth::hash_password(input.password).await?;
     let new = NewUser { email: email.as_str().to_owned(), password_hash, role };

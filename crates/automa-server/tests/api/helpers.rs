@@ -1,0 +1,247 @@
+//! Starts a real server per test on its own database — a fresh SQLite file, or a fresh PostgreSQL database
+//! when `AUTOMA_TEST_PG_URL` is set — and gives the test a small typed client.
+
+use std::net::SocketAddr;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use automa_server::{Application, Config, config::SecretString};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares one test per backend from an async scenario `fn(Backend)`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$scenario($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::postgres_url().is_some() {
+                        super::$scenario($crate::helpers::Backend::Postgres).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;
+
+/// The PostgreSQL server for the PostgreSQL tier. Without one the tier is skipped with a notice, unless
+/// `AUTOMA_REQUIRE_PG=1` (set in CI) makes that a failure.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("AUTOMA_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
+            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
+        }
+        _ => {
+            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL tier of this test");
+            None
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub backend: Backend,
+    _data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+/// A fresh database on the PostgreSQL server, named for this test only.
+async fn fresh_postgres_database(server_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("automa_test_{}", random_suffix());
+    let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connecting to AUTOMA_TEST_PG_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let (base, _) = server_url.rsplit_once('/').expect("a PostgreSQL URL ends with /database");
+    format!("{base}/{name}")
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", data_dir.path().join("automa.db").display()),
+        Backend::Postgres => {
+            fresh_postgres_database(&postgres_url().expect("the PostgreSQL tier needs a server")).await
+        }
+    };
+    let mut config = Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: Some(SecretString::new(database_url.clone())),
+        bind: "127.0.0.1:0".into(),
+        login_attempts_per_minute: 1000,
+        ..Config::default()
+    };
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("the server starts");
+    let addr = app.local_addr();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        database_url,
+        backend,
+        _data_dir: data_dir,
+        shutdown: Some(shutdown),
+    }
+}
+
+/// A response's status and JSON body (`Value::Null` when the body is not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    pub fn detail(&self) -> &str {
+        self.body["detail"].as_str().unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request(Method::PUT, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        let response = self
+            .client
+            .post(self.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("username", email)
+                    .append_pair("password", password)
+                    .finish(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        Reply { status, body: response.json().await.unwrap_or(Value::Null), headers }
+    }
+
+    /// Creates the first user (who becomes admin) and returns a session token.
+    pub async fn admin_token(&self) -> String {
+        let created = self
+            .request(
+                Method::POST,
+                "/users",
+                None,
+                Some(&json!({"email": "admin@example.com", "password": "correct horse"})),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        self.token_for("admin@example.com", "correct horse").await
+    }
+
+    pub async fn token_for(&self, email: &str, password: &str) -> String {
+        let login = self.login(email, password).await;
+        assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+        login.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user with `role` through the API and returns a session token for them.
+    pub async fn user_token(&self, admin: &str, role: &str) -> String {
+        let email = format!("{role}-{}@example.com", random_suffix());
+        let created =
+            self.post("/users", admin, json!({"email": email, "password": "password-123", "role": role})).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        self.token_for(&email, "password-123").await
+    }
+
+    pub async fn create_script(&self, token: &str, name: &str) -> Value {
+        let reply = self.post("/scripts", token, json!({"name": name, "content": "print('hello')\n"})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body
+    }
+
+    pub async fn create_task(&self, token: &str, name: &str, script_id: i64) -> Value {
+        let reply = self.post("/tasks", token, json!({"name": name, "script_id": script_id})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body
+    }
+
+    /// Runs a statement directly on the database, behind the server's back.
+    pub async fn execute_sql(&self, sql: &str) {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The API's integration tests: one binary, one module per concern, each test on its own database and
+//! server, against SQLite and (when available) PostgreSQL.
+
+mod helpers;
+
+mod access;
+mod audit;
+mod crud;
+mod errors;
+mod fuzz;
+mod openapi;

@@ -1,0 +1,145 @@
+//! The binary as an operator meets it: `serve` with no configuration, the production key policy, unknown
+//! variables, `migrate`, `user add --admin` and `audit verify`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
+
+/// The binary with a clean environment: no `AUTOMA_*` variable of the test runner leaks in.
+fn automa(dir: &Path) -> Command {
+    let mut command = Command::new(AUTOMA);
+    command.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+/// Starts `serve` and returns it with the URL it printed.
+fn serve(mut command: Command) -> (Child, String) {
+    let mut child = command.arg("serve").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Automa is running: open ") {
+            let url = rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+            return (child, url);
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    panic!("serve exited early: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+fn get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    std::io::Write::write_all(&mut stream, format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+#[test]
+fn serve_starts_with_embedded_defaults_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = automa(dir.path());
+    command.env("AUTOMA_BIND", "127.0.0.1:0").env("AUTOMA_DATBASE_URL", "typo");
+    let (child, url) = serve(command);
+    let (status, body) = get(&format!("{url}/ready"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"database\":\"sqlite\""), "{body}");
+    assert!(dir.path().join("automa-data/automa.db").exists(), "SQLite under ./automa-data");
+    let (exit, stderr) = terminate(child);
+    assert!(exit.success(), "a graceful stop exits 0: {stderr}");
+    assert!(stderr.contains("AUTOMA_DATBASE_URL"), "misspelt variables are warned about: {stderr}");
+}
+
+#[test]
+fn production_refuses_to_start_without_a_strong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing =
+        automa(dir.path()).args(["serve", "--bind", "127.0.0.1:0"]).env("AUTOMA_ENV", "production").output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("AUTOMA_SECRET_KEY"));
+    let short = automa(dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("AUTOMA_ENV", "production")
+        .env("AUTOMA_SECRET_KEY", "too-short")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
+    assert!(!dir.path().join("automa-data/secret.key").exists());
+}
+
+#[test]
+fn configuration_file_environment_and_flags_layer_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("automa.toml"), "data_dir = \"from-file\"\nbind = \"127.0.0.1:1\"\n").unwrap();
+    let mut command = automa(dir.path());
+    command.env("AUTOMA_BIND", "127.0.0.1:2").args(["--config", "automa.toml"]);
+    command.args(["serve", "--bind", "127.0.0.1:0"]);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let port = line.split("http://127.0.0.1:").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default();
+    assert!(!["", "1", "2"].contains(&port), "the flag's port 0 won over file and environment: {line}");
+    assert!(dir.path().join("from-file/automa.db").exists(), "the file's data_dir applies");
+    child.stderr.take();
+    terminate_quietly(child);
+}
+
+fn terminate_quietly(mut child: Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+#[test]
+fn operations_commands_work_on_the_database_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrated = automa(dir.path()).arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+
+    let added = automa(dir.path())
+        .args(["user", "add", "Root@Example.com", "--admin"])
+        .env("AUTOMA_PASSWORD", "a-long-password")
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(String::from_utf8_lossy(&added.stdout).contains("root@example.com (admin)"));
+    let duplicate = automa(dir.path())
+        .args(["user", "add", "root@example.com"])
+        .env("AUTOMA_PASSWORD", "a-long-password")
+        .output()
+        .unwrap();
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    let verified = automa(dir.path()).args(["audit", "verify"]).output().unwrap();
+    assert!(verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("\"ok\": true"));
+
+    tamper(&dir.path().join("automa-data/automa.db"));
+    let broken = automa(dir.path()).args(["audit", "verify"]).output().unwrap();
+    assert_eq!(broken.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert!(report.contains("\"ok\": false") && report.contains("\"first_bad_id\": 1"), "{report}");
+}
+
+fn tamper(database: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await.unwrap();
+        sqlx::query("UPDATE audit_log SET action = 'user.nothing' WHERE id = 1").execute(&mut conn).await.unwrap();
+    });
+}

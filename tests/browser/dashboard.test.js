@@ -218,6 +218,7 @@ describe('dashboard', () => {
     await page.locator('.banner.ok').getByText('Chain intact.').waitFor();
     await page.getByLabel('Action').fill('task.update');
     await page.getByRole('button', { name: 'Apply filters' }).click();
+    await page.getByRole('cell', { name: 'task.update' }).first().waitFor();
     await page.waitForFunction(() => [...document.querySelectorAll('tbody td code')].every((c) => c.textContent === 'task.update'));
     await screenshots(page, '16-audit');
   });

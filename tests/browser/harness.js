@@ -113,6 +113,7 @@ export async function openBrowser(serverUrl) {
 export async function screenshots(page, name) {
   for (const [label, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
     await page.setViewportSize(size);
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: path.join(SCREENSHOTS, `${name}-${label}.png`), fullPage: true, animations: 'disabled' });
   }
   await page.setViewportSize(DESKTOP);

@@ -71,7 +71,7 @@ export function createEditor({ value = '', label = 'Source', readOnly = false } 
   function showError(detail) {
     const position = /line (\d+)(?:, column (\d+))?/.exec(detail);
     errorLine = position ? Number(position[1]) : null;
-    message.textContent = detail;
+    message.textContent = detail.replace(/^content: /, '');
     message.hidden = false;
     area.setAttribute('aria-invalid', 'true');
     renderGutter();

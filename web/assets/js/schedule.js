@@ -178,6 +178,8 @@ export function createScheduleEditor(schedule) {
     for (const [name, section] of Object.entries(sections)) section.hidden = name !== k;
     zoneField.hidden = k === 'none';
     advanced.hidden = k === 'none';
+    details.hidden = k === 'none';
+    root.classList.toggle('unscheduled', k === 'none');
   }
   root.addEventListener('input', () => {
     showKind();

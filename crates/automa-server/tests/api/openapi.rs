@@ -42,6 +42,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/audit/verify"),
     ("get", "/health"),
     ("get", "/ready"),
+    ("get", "/setup"),
+    ("get", "/schedule/preview"),
 ];
 
 async fn document() -> Value {

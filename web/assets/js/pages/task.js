@@ -107,7 +107,7 @@ export async function render(main, params, ctx) {
       h('label.check', { dataset: { field: 'network' } }, network, ' Allow network access'),
       h('label.check', { dataset: { field: 'enabled' } }, enabled, ' Enabled (a disabled task does not fire)')),
     h('fieldset', { disabled: !writable }, h('legend', 'Schedule'), schedule.root),
-    writable ? h('div.actions.sticky-actions', save) : null);
+    writable ? h('div.actions', save) : null);
 
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -154,7 +154,7 @@ export async function render(main, params, ctx) {
         toast(error.detail || error.message, 'error');
       }
     });
-    actions.push(runButton(task), remove);
+    actions.push(runButton(task, { small: false }), remove);
   }
   const title = isNew ? 'New task' : task.name;
   const history = isNew ? null : h('section.panel', { 'aria-labelledby': 'task-runs' },

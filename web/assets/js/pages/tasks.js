@@ -42,7 +42,7 @@ export async function render(main, _params, ctx) {
   }, 250);
   search.addEventListener('input', onSearch);
   const refresh = debounce(load, 300);
-  const stop = onLive(['task'], refresh);
+  const stop = onLive(['task', 'run'], refresh);
   await load();
   return () => {
     stop();
@@ -51,8 +51,8 @@ export async function render(main, _params, ctx) {
   };
 }
 
-export function runButton(task, label = 'Run now') {
-  const button = h('button.button.small', { type: 'button', 'aria-label': `${label}: ${task.name}` }, label);
+export function runButton(task, { small = true } = {}) {
+  const button = h(`button.button${small ? '.small' : ''}`, { type: 'button', 'aria-label': `Run now: ${task.name}` }, 'Run now');
   button.addEventListener('click', () => busy(button, async () => {
     try {
       const run = await api(`/tasks/${task.id}/execute`, { method: 'POST' });

@@ -20,12 +20,17 @@ async function fill(body, load, draw) {
   }
 }
 
-function runList(runs, emptyText) {
+function runLabel(run, names) {
+  if (run.task_id) return names.get(run.task_id) || `task ${run.task_id}`;
+  return run.script_id ? `script ${run.script_id}` : 'inline script';
+}
+
+function runList(runs, emptyText, names) {
   if (runs.length === 0) return empty(emptyText);
   return h('ul.run-list', runs.map((run) => h('li',
     h('a', { href: `#/runs/${run.id}` }, `#${run.id}`),
     badge(run.status),
-    h('span.run-name', run.task_name || (run.task_id ? `task ${run.task_id}` : `script ${run.script_id}`)),
+    h('span.run-name', runLabel(run, names)),
     h('span.muted', run.finished_at ? relative(run.finished_at) : run.started_at ? `started ${relative(run.started_at)}` : `queued ${relative(run.queued_at)}`),
     h('span.muted.num', runDuration(run)))));
 }
@@ -79,12 +84,19 @@ export async function render(main) {
   mount(main, h('div.page-header', h('h1', 'Overview')),
     stats.el, h('div.grid', running.el, recent.el, failures.el, fires.el, agents.el));
 
+  let names = new Map();
+  const loadNames = () => api('/tasks', { query: { limit: 500 } })
+    .then((page) => { names = new Map(page.items.map((task) => [task.id, task.name])); })
+    .catch(() => {});
+  const runs = (query) => async () => {
+    const page = await api('/runs', { query });
+    if (page.items.some((run) => run.task_id && !names.has(run.task_id))) await loadNames();
+    return page;
+  };
   const loadRuns = () => {
-    fill(running.body, () => api('/runs', { query: { status: 'running', limit: 10 } }),
-      (page) => runList(page.items, 'Nothing is running.'));
-    fill(recent.body, () => api('/runs', { query: { limit: 10 } }), (page) => runList(page.items, 'No runs yet.'));
-    fill(failures.body, () => api('/runs', { query: { status: 'failed', limit: 5 } }),
-      (page) => runList(page.items, 'No recent failures.'));
+    fill(running.body, runs({ status: 'running', limit: 10 }), (page) => runList(page.items, 'Nothing is running.', names));
+    fill(recent.body, runs({ limit: 10 }), (page) => runList(page.items, 'No runs yet.', names));
+    fill(failures.body, runs({ status: 'failed', limit: 5 }), (page) => runList(page.items, 'No recent failures.', names));
   };
   const loadCounts = () => fill(stats.body, counts, countTiles);
   const loadFires = () => fill(fires.body, upcoming, upcomingList);

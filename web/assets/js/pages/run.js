@@ -14,7 +14,7 @@ function facts(run) {
   const item = (label, value) => h('div', h('dt', label), h('dd', value));
   return h('dl.facts',
     item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, `#${run.task_id}`) : 'ad hoc'),
-    item('Script', h('span', h('a', { href: `#/scripts/${run.script_id}` }, `#${run.script_id}`), ` v${run.script_version}`)),
+    item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, `#${run.script_id}`), ` v${run.script_version}`) : 'inline source'),
     item('Agent', run.agent_id ? `#${run.agent_id}` : '—'),
     item('Trigger', `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ''}`),
     item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
@@ -29,6 +29,7 @@ function problem(run) {
   const lines = [];
   if (run.error) lines.push(run.error);
   if (run.timed_out || run.status === 'timed_out') lines.push('The run hit its time limit and was stopped.');
+  if (run.oom_killed) lines.push('The run was killed for exceeding its memory limit.');
   if (run.exit_code != null && run.exit_code !== 0) lines.push(`The script exited with code ${run.exit_code}.`);
   if (run.signal) lines.push(`The script was killed by signal ${run.signal}.`);
   return h('div.state.error.run-error', { role: 'alert' }, h('strong', run.status === 'skipped' ? 'Skipped' : 'Run failed'),
@@ -87,7 +88,7 @@ export async function render(main, params) {
       });
       actions.push(cancel);
     }
-    const rerun = h('button.button', { type: 'button' }, 'Re-run');
+    const rerun = h('button.button', { type: 'button', disabled: !run.task_id && !run.script_id, title: !run.task_id && !run.script_id ? 'An inline run cannot be repeated from here' : null }, 'Re-run');
     rerun.addEventListener('click', () => busy(rerun, async () => {
       try {
         const next = run.task_id

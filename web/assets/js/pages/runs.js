@@ -50,7 +50,8 @@ export async function render(main, _params, ctx) {
         page.items.map((run) => h('tr', { dataset: { run: run.id, status: run.status } },
           h('td', h('a', { href: `#/runs/${run.id}` }, `#${run.id}`), run.attempt > 1 ? h('span.muted.small', ` try ${run.attempt}`) : null),
           h('td', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, taskNames.get(run.task_id) || `task ${run.task_id}`)
-            : h('a', { href: `#/scripts/${run.script_id}` }, `script ${run.script_id}`), h('span.muted.small', ` v${run.script_version}`)),
+            : run.script_id ? h('a', { href: `#/scripts/${run.script_id}` }, `script ${run.script_id}`) : h('span.muted', 'inline'),
+            run.script_version ? h('span.muted.small', ` v${run.script_version}`) : null),
           h('td', badge(run.status)), h('td', run.trigger), h('td', time(run.queued_at)), h('td.num', runDuration(run)),
           h('td.num', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), h('td.num', cpu(run.cpu_ms)),
           h('td.num', run.exit_code == null ? (run.signal ? `sig ${run.signal}` : '—') : String(run.exit_code))))));

@@ -11,7 +11,7 @@ use axum::{
     middleware,
     response::IntoResponse,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tower::Layer;
 use tower::util::MapRequestLayer;
 use tower_http::{
@@ -28,9 +28,12 @@ use crate::{
     auth::{self, Sessions},
     config::Config,
     error::ApiError,
+    events::Hub,
+    execution::{Execution, embedded},
     keys,
     limits::LoginLimiter,
     python::SyntaxChecker,
+    sealing::Sealer,
     state::AppState,
 };
 
@@ -38,6 +41,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// Set on shutdown: ends long-polls and the reaper, and makes the embedded agent drain.
+    stopping: watch::Sender<bool>,
 }
 
 impl Application {
@@ -58,7 +63,18 @@ impl Application {
         let (router, mut openapi) = api::routes().split_for_parts();
         api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
+        let (stopping, stopping_rx) = watch::channel(false);
+        let execution = Arc::new(Execution::new(
+            store.clone(),
+            Hub::default(),
+            Sealer::new(&key),
+            config.lease_seconds,
+            config.max_log_bytes,
+            stopping_rx,
+        ));
         let state = AppState {
+            execution,
+            sandbox: Arc::default(),
             store,
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
             access: Arc::new(auth::access_table(&openapi_json)),
@@ -85,7 +101,7 @@ impl Application {
             .with_state(state.clone());
         let listener =
             TcpListener::bind(&state.config.bind).await.with_context(|| format!("binding {}", state.config.bind))?;
-        Ok(Application { listener, router, state })
+        Ok(Application { listener, router, state, stopping })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -96,14 +112,35 @@ impl Application {
         &self.state.store
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves, with the embedded agent unless configured without, until `shutdown` completes; then stops
+    /// claiming, finishes in-flight requests and lets the embedded agent drain its runs.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let state = self.state;
+        state.execution.start_background().await.context("listening for queued runs")?;
+        let agent = if state.config.no_agent {
+            None
+        } else {
+            let stopping = self.stopping.subscribe();
+            Some(embedded::start(state.execution.clone(), &state.config, state.sandbox.clone(), stopping).await?)
+        };
+        let stopping = self.stopping;
+        let signal = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
-        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
-        self.state.store.close().await;
+        axum::serve(self.listener, service).with_graceful_shutdown(signal).await?;
+        if let Some(agent) = agent {
+            let _ = agent.await;
+        }
+        state.store.close().await;
         Ok(())
+    }
+
+    pub fn execution(&self) -> &Arc<Execution> {
+        &self.state.execution
     }
 }
 

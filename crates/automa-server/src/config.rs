@@ -83,6 +83,14 @@ pub struct Config {
     pub no_agent: bool,
     /// Failed logins allowed per client address per minute before 429.
     pub login_attempts_per_minute: u32,
+    /// How long a claimed run's lease lasts; agents renew it three times per lease.
+    pub lease_seconds: u64,
+    /// Output stored per run; past it a note says what was cut.
+    pub max_log_bytes: i64,
+    /// How long running runs may finish after SIGTERM before they are given back.
+    pub shutdown_grace_seconds: u64,
+    /// The program that sets up the sandbox; default: this binary with `__sandbox-helper`.
+    pub sandbox_helper: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -104,6 +112,10 @@ impl Default for Config {
             agent_concurrency: None,
             no_agent: false,
             login_attempts_per_minute: 10,
+            lease_seconds: 30,
+            max_log_bytes: 10 * 1024 * 1024,
+            shutdown_grace_seconds: 30,
+            sandbox_helper: None,
         }
     }
 }

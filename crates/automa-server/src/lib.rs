@@ -1,5 +1,5 @@
 //! The Automa server: the REST API with its OpenAPI document, authentication, and the audit log, over the
-//! store. `Application::build` binds and prepares everything; `run_until_stopped` serves until the caller's
+//! store, and the execution of runs (the agent protocol and the embedded agent). `Application::build` binds and prepares everything; `run_until_stopped` serves until the caller's
 //! shutdown future completes, so tests and `main` start the server the same way.
 
 pub mod api;
@@ -8,10 +8,13 @@ pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod events;
+pub mod execution;
 pub mod extract;
 pub mod keys;
 pub mod limits;
 pub mod python;
+pub mod sealing;
 pub mod state;
 
 pub use app::Application;

@@ -1,12 +1,16 @@
 //! What every handler shares.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
 
 use automa_store::Store;
 
 use crate::{
     auth::{Sessions, SharedAccess},
     config::Config,
+    execution::Execution,
     limits::LoginLimiter,
     python::SyntaxChecker,
 };
@@ -20,4 +24,7 @@ pub struct AppState {
     pub syntax: Arc<SyntaxChecker>,
     pub login_limiter: Arc<LoginLimiter>,
     pub data_dir: PathBuf,
+    pub execution: Arc<Execution>,
+    /// The embedded agent's sandbox capabilities, or why it refuses to run scripts; `None` without one.
+    pub sandbox: Arc<RwLock<Option<serde_json::Value>>>,
 }

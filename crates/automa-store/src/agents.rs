@@ -117,3 +117,66 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// The embedded agent's record, created on first start and given the current token hash and concurrency
+    /// on every start (the token lives only in the server's memory).
+    pub async fn ensure_embedded_agent(
+        &self,
+        name: &str,
+        token_hash: &str,
+        max_concurrency: i64,
+    ) -> StoreResult<Agent> {
+        let existing: Option<Agent> = dispatch!(self, pool => {
+            sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1")))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        match existing {
+            Some(agent) if agent.embedded => dispatch!(self, pool => {
+                Ok(sqlx::query_as(crate::composed(format!(
+                    "UPDATE agents SET token_hash = $2, max_concurrency = $3 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+                )))
+                .bind(agent.id)
+                .bind(token_hash)
+                .bind(max_concurrency)
+                .fetch_one(pool)
+                .await?)
+            }),
+            Some(_) => Err(StoreError::Conflict(format!("an agent named '{name}' exists and is not embedded"))),
+            None => {
+                let new = NewAgent {
+                    name: name.to_owned(),
+                    description: "the agent inside automa serve".into(),
+                    labels: Vec::new(),
+                    max_concurrency,
+                    token_hash: token_hash.to_owned(),
+                    embedded: true,
+                };
+                self.create_agent(&Actor::system(), new).await
+            }
+        }
+    }
+
+    /// Records a heartbeat: the agent is alive, on this host, with this version and these capabilities.
+    pub async fn agent_seen(
+        &self,
+        id: i64,
+        hostname: &str,
+        version: &str,
+        capabilities: &serde_json::Value,
+    ) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            sqlx::query("UPDATE agents SET last_seen_at = $2, hostname = $3, version = $4, capabilities = $5 WHERE id = $1")
+                .bind(id)
+                .bind(now())
+                .bind(hostname)
+                .bind(version)
+                .bind(Json(capabilities))
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+}

@@ -5,7 +5,10 @@
 mod agents;
 mod audit;
 mod models;
+mod run_logs;
+mod runs;
 mod scripts;
+mod secrets;
 mod tasks;
 mod tokens;
 mod users;
@@ -21,6 +24,8 @@ use sqlx::{
 
 pub use audit::{AuditFilter, AuditVerification};
 pub use models::*;
+pub use run_logs::NewLogChunk;
+pub use runs::WAKE_CHANNEL;
 
 /// Runs the same statement text against whichever backend the store was opened on. Both arms expand the
 /// same body, so each query is written once; `$pool` is a `SqlitePool` in one arm and a `PgPool` in the other.
@@ -149,6 +154,36 @@ impl Store {
         }
     }
 
+    /// Calls `wake` whenever another process on the same PostgreSQL database queues a run. Returns at once on
+    /// SQLite, where every writer is in this process. The listener reconnects by itself after a lost connection.
+    pub async fn listen_for_runs(&self, wake: impl Fn() + Send + 'static) -> StoreResult<()> {
+        let Backend::Postgres(pool) = &*self.backend else { return Ok(()) };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(runs::WAKE_CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => wake(),
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the run notification channel; reconnecting");
+                        // A notification may have been missed while reconnecting: waking costs one claim.
+                        wake();
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs one statement that takes no parameters, such as `CREATE DATABASE` in test set-up. Never pass
+    /// user input.
+    pub async fn execute_raw(&self, statement: &str) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned())).execute(pool).await?;
+            Ok(())
+        })
+    }
+
     pub async fn close(&self) {
         dispatch!(self, pool => pool.close().await)
     }
@@ -160,6 +195,10 @@ impl Store {
 pub(crate) trait WritePool {
     type Db: sqlx::Database;
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    /// A transaction for unaudited writes (claims, leases, logs): SQLite still takes its write lock up front,
+    /// PostgreSQL relies on row locks and guarded statements rather than the audit lock, so runs on different
+    /// rows proceed in parallel.
+    async fn begin_with_lock(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
 }
 
 /// The advisory lock key that serialises audited writers on PostgreSQL ("automa" in ASCII).
@@ -170,6 +209,9 @@ impl WritePool for SqlitePool {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.begin_with("BEGIN IMMEDIATE").await
     }
+    async fn begin_with_lock(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
 }
 
 impl WritePool for PgPool {
@@ -178,6 +220,9 @@ impl WritePool for PgPool {
         let mut tx = self.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK_KEY).execute(&mut *tx).await?;
         Ok(tx)
+    }
+    async fn begin_with_lock(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
     }
 }
 

@@ -278,3 +278,167 @@ pub struct AuditEntry {
     pub prev_hash: String,
     pub hash: String,
 }
+
+/// A run as stored: its outcome and the parameters it was queued with, frozen.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Run {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    pub script_id: Option<i64>,
+    pub script_version: Option<i64>,
+    pub filename: String,
+    pub agent_id: Option<i64>,
+    pub target_agent_id: Option<i64>,
+    pub labels: Json<Vec<String>>,
+    pub trigger: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub attempt: i64,
+    pub retries: i64,
+    pub retry_backoff_seconds: i64,
+    pub status: String,
+    pub queued_at: DateTime<Utc>,
+    pub not_before: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub max_rss_kb: Option<i64>,
+    pub cpu_ms: Option<i64>,
+    pub output_bytes: Option<i64>,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    pub args: Json<Vec<String>>,
+    pub env: Json<std::collections::BTreeMap<String, String>>,
+    pub secrets: Json<Vec<String>>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    pub network: bool,
+    pub log_bytes: i64,
+    pub log_capped: bool,
+    pub created_by: Option<i64>,
+}
+
+impl Run {
+    pub fn status(&self) -> automa_core::RunStatus {
+        self.status.parse().unwrap_or(automa_core::RunStatus::Lost)
+    }
+}
+
+/// Everything a new run freezes. Exactly one of `script_id` (with its version) and `content` is set.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub task_id: Option<i64>,
+    pub script_id: Option<i64>,
+    pub script_version: Option<i64>,
+    pub content: Option<String>,
+    pub filename: String,
+    pub target_agent_id: Option<i64>,
+    pub labels: Vec<String>,
+    pub trigger: automa_core::Trigger,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub retries: i64,
+    pub retry_backoff_seconds: i64,
+    pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    pub network: bool,
+}
+
+/// A claimed run with the script text it runs.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub run: Run,
+    pub content: String,
+}
+
+/// How a run ended, as its agent reports it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub status: automa_core::RunStatus,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub max_rss_kb: Option<i64>,
+    pub cpu_ms: Option<i64>,
+    pub output_bytes: Option<i64>,
+    pub truncated: bool,
+    pub error: Option<String>,
+}
+
+/// What finishing (or losing) a run changed.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The run as it is now.
+    pub run: Run,
+    /// False when the run was already over: a late or repeated report changes nothing.
+    pub changed: bool,
+    /// The run queued to retry it, if any.
+    pub retry: Option<Run>,
+}
+
+/// What a heartbeat learned about the runs an agent says it is running.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseRenewal {
+    /// Runs whose cancellation was requested: the agent kills them.
+    pub cancel: Vec<i64>,
+    /// Runs the server no longer counts as this agent's running runs (finished, lost, deleted): the agent
+    /// stops them, since their result would be ignored.
+    pub gone: Vec<i64>,
+}
+
+/// One piece of a run's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct LogChunk {
+    pub seq: i64,
+    pub stream: String,
+    pub ts: DateTime<Utc>,
+    pub data: String,
+}
+
+/// What appending output did.
+#[derive(Debug, Clone, Default)]
+pub struct LogAppend {
+    pub inserted: Vec<LogChunk>,
+    pub cancel_requested: bool,
+}
+
+/// Which runs `/runs/` returns; every field narrows the list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub task_id: Option<i64>,
+    pub script_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub status: Option<String>,
+    pub trigger: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A secret's name and dates; its value is never read back through the API.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SecretInfo {
+    pub id: i64,
+    pub name: String,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A secret's encrypted value.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedSecret {
+    pub name: String,
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+}

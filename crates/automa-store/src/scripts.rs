@@ -148,7 +148,8 @@ impl Store {
         })
     }
 
-    /// Deletes a script and its versions; refused while a task uses it.
+    /// Deletes a script with its versions and its finished runs (the audit log keeps their record); refused while
+    /// a task uses it or one of its runs is queued or running.
     pub async fn delete_script(&self, actor: &Actor, id: i64) -> StoreResult<()> {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -158,6 +159,15 @@ impl Store {
                 .await?;
             if !users.is_empty() {
                 return Err(StoreError::InUse(format!("the script is used by tasks: {}", users.join(", "))));
+            }
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM runs WHERE script_id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active > 0 {
+                return Err(StoreError::InUse(format!("the script has {active} queued or running runs")));
             }
             let name: String = sqlx::query_scalar("DELETE FROM scripts WHERE id = $1 RETURNING name")
                 .bind(id)

@@ -1,4 +1,8 @@
-//! The `automa` binary: the server, operations commands, and the sandbox helper entry point.
+//! The `automa` binary: the server, the remote agent, the CLI client, operations commands, and the sandbox
+//! helper entry point.
+
+mod bench;
+mod client;
 
 use std::path::PathBuf;
 
@@ -10,11 +14,9 @@ use automa_core::{Email, Role};
 use automa_server::{
     Application, Config,
     config::{LogFormat, SecretString},
+    execution::embedded,
 };
 use automa_store::{Actor, NewUser, Store};
-
-/// The argument that makes the binary act as the sandbox's single-threaded setup helper.
-const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
 
 #[derive(Parser)]
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
@@ -38,6 +40,50 @@ enum Command {
     /// Inspect the audit log directly in the database.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run a task (by name or id) or a local script.py through the server.
+    Run(RunFlags),
+    /// Execute runs for a server: a remote agent, connecting out to the server only.
+    Agent(AgentFlags),
+    /// Measure the overhead of running scripts through the API against starting Python directly.
+    Bench {
+        /// The interpreter to measure (default: the real executable behind python3).
+        #[arg(long, env = "AUTOMA_PYTHON")]
+        python: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunFlags {
+    /// A task's name or id, or the path of a .py file to run once.
+    target: String,
+    /// Stream the output and exit with the script's exit code.
+    #[arg(long)]
+    follow: bool,
+    /// The server's URL.
+    #[arg(long, env = "AUTOMA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An API token (atm_...) or session token.
+    #[arg(long, env = "AUTOMA_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Arguments for a script file (after --).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct AgentFlags {
+    /// The server's URL.
+    #[arg(long, env = "AUTOMA_URL")]
+    server: String,
+    /// The agent's enrollment token (atma_...), shown once when the agent was created.
+    #[arg(long, env = "AUTOMA_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Runs at once (default: the number of cores).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Where run directories live.
+    #[arg(long, default_value = "automa-agent-data")]
+    data_dir: PathBuf,
 }
 
 /// Flags override the environment and the configuration file.
@@ -90,7 +136,7 @@ enum AuditCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some(SANDBOX_HELPER_ARG) {
+    if std::env::args().nth(1).as_deref() == Some(embedded::SANDBOX_HELPER_ARG) {
         automa_runner::helper::main();
     }
     let _ = dotenvy::dotenv();
@@ -132,6 +178,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created {} ({}) with id {}", user.email, user.role, user.id);
             Ok(())
         }
+        Command::Run(flags) => {
+            let api = client::Api::new(&flags.url, &flags.token)?;
+            let run = api.start(&flags.target, &flags.args).await?;
+            let id = run["id"].as_i64().context("the server returned no run id")?;
+            if !flags.follow {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+                return Ok(());
+            }
+            let ended = api.follow(id).await?;
+            std::process::exit(client::exit_code(&ended));
+        }
+        Command::Agent(flags) => {
+            let overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
+            let config = Config::load(cli.config, overrides)?;
+            init_logging(config.log_format);
+            remote_agent(config, &flags.server, &flags.token).await
+        }
+        Command::Bench { python } => bench::bench(python).await,
         Command::Audit(AuditCommand::Verify(flags)) => {
             let config = Config::load(cli.config, &flags)?;
             init_logging(config.log_format);
@@ -170,6 +234,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("Automa is running: open http://{addr}/ (API docs at http://{addr}/docs)");
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn remote_agent(config: Config, server: &str, token: &str) -> anyhow::Result<()> {
+    let concurrency =
+        config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
+    let backend = automa_agent::HttpBackend::new(server, token)?;
+    let agent_config = automa_agent::AgentConfig {
+        concurrency,
+        shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_seconds),
+        hostname: automa_agent::hostname(),
+    };
+    let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    tracing::info!(%server, concurrency, "agent started");
+    agent.run(stopping).await;
     Ok(())
 }
 

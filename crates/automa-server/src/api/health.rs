@@ -22,6 +22,10 @@ pub struct Readiness {
     pub database_ready: bool,
     /// Whether scripts can be syntax-checked (an interpreter was found).
     pub python: bool,
+    /// The embedded agent's sandbox: its layers and warnings, or why it refuses to run scripts. Null when the
+    /// server runs without an agent.
+    #[schema(value_type = Option<Object>)]
+    pub sandbox: Option<serde_json::Value>,
 }
 
 /// The process is up.
@@ -41,6 +45,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         database: state.store.backend_name(),
         database_ready,
         python: state.syntax.is_available(),
+        sandbox: state.sandbox.read().unwrap_or_else(|e| e.into_inner()).clone(),
     };
     (status, Json(readiness))
 }

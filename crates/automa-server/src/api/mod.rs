@@ -1,11 +1,16 @@
 //! The route table: every route of the API is mounted here, once, through `utoipa_axum::routes!`, so the
 //! OpenAPI document is generated from the code that mounts the handlers and cannot drift from it.
 
+pub mod agent_protocol;
 pub mod agents;
 pub mod audit;
+pub mod events;
+pub mod execute;
 pub mod health;
+pub mod runs;
 pub mod schedule_preview;
 pub mod scripts;
+pub mod secrets;
 pub mod session;
 pub mod setup;
 pub mod tasks;
@@ -51,6 +56,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list))
         .routes(routes!(audit::list_alias))
         .routes(routes!(audit::verify))
+        .routes(routes!(execute::task))
+        .routes(routes!(execute::adhoc))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::logs))
+        .routes(routes!(runs::stream))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(secrets::list, secrets::create))
+        .routes(routes!(secrets::update, secrets::delete))
+        .routes(routes!(events::events))
+        .routes(routes!(agent_protocol::heartbeat))
+        .routes(routes!(agent_protocol::claim))
+        .routes(routes!(agent_protocol::logs))
+        .routes(routes!(agent_protocol::finish))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(setup::status))

@@ -129,15 +129,15 @@ pub struct TaskQuery {
     pub offset: Option<i64>,
 }
 
-const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
-const DEFAULT_MEMORY_MB: i64 = 512;
-const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
+pub(crate) const DEFAULT_MEMORY_MB: i64 = 512;
+pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const DEFAULT_RETRY_BACKOFF_SECONDS: i64 = 10;
-const WEEK_SECONDS: i64 = 7 * 24 * 3600;
+pub(crate) const WEEK_SECONDS: i64 = 7 * 24 * 3600;
 /// Variables the sandbox sets itself; a task may not replace them.
 const RESERVED_ENV: &[&str] = &["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"];
 
-fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
+pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
     if range.contains(&value) {
         Ok(value)
     } else {
@@ -145,14 +145,14 @@ fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Re
     }
 }
 
-fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 128
 }
 
-fn check_args(args: &[String]) -> Result<(), InvalidField> {
+pub(crate) fn check_args(args: &[String]) -> Result<(), InvalidField> {
     if args.len() > 256 {
         return Err(InvalidField::new("args", "at most 256 arguments"));
     }
@@ -164,7 +164,7 @@ fn check_args(args: &[String]) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
     if env.len() > 256 {
         return Err(InvalidField::new("env", "at most 256 variables"));
     }
@@ -185,7 +185,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn check_secret_names(secrets: &[String]) -> Result<(), InvalidField> {
+pub(crate) fn check_secret_names(secrets: &[String]) -> Result<(), InvalidField> {
     if secrets.len() > 64 {
         return Err(InvalidField::new("secrets", "at most 64 secrets"));
     }

@@ -58,13 +58,17 @@ impl Victims {
         ids.insert("tasks", task);
         let token = app.post("/tokens", admin, json!({"name": "victim"})).await;
         ids.insert("tokens", token.body["id"].as_i64().unwrap());
+        let secret = app.post("/secrets", admin, json!({"name": "VICTIM", "value": "s3cret"})).await;
+        assert!(secret.status.is_success(), "{:?}", secret.body);
+        let run = app.post("/execute", admin, json!({"content": "print(1)\n"})).await;
+        ids.insert("runs", run.body["id"].as_i64().unwrap());
         Victims { ids }
     }
 
     fn fill(&self, path: &str) -> String {
         let resource = path.trim_start_matches('/').split('/').next().unwrap_or_default();
         let id = self.ids.get(resource).copied().unwrap_or(1);
-        path.replace("{id}", &id.to_string()).replace("{version}", "1")
+        path.replace("{id}", &id.to_string()).replace("{version}", "1").replace("{name}", "VICTIM")
     }
 }
 

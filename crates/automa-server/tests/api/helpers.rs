@@ -102,6 +102,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         database_url: Some(SecretString::new(database_url.clone())),
         bind: "127.0.0.1:0".into(),
         login_attempts_per_minute: 1000,
+        // These tests are about the API; execution has its own end-to-end tests with the real sandbox helper.
+        no_agent: true,
         ..Config::default()
     };
     adjust(&mut config);
@@ -150,6 +152,11 @@ impl TestApp {
         let response = request.send().await.expect("the server answers");
         let status = response.status();
         let headers = response.headers().clone();
+        let streaming = headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streaming {
+            // An event stream never ends by itself; its status and headers are the answer.
+            return Reply { status, body: Value::Null, headers };
+        }
         let text = response.text().await.unwrap();
         Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers }
     }

@@ -1,0 +1,35 @@
+//! What the agent loop needs from a server, so one loop serves remote and embedded agents alike.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The server could not be reached or answered garbage; worth retrying.
+    #[error("server unreachable: {0}")]
+    Transport(String),
+    /// The server refused the request; retrying the same request will not help.
+    #[error("server refused ({status}): {detail}")]
+    Rejected { status: u16, detail: String },
+}
+
+impl AgentError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AgentError::Transport(_) => true,
+            AgentError::Rejected { status, .. } => *status >= 500 || *status == 429,
+        }
+    }
+}
+
+/// The agent protocol's operations. Every one is idempotent: a request repeated after a lost response has
+/// the effect of one.
+pub trait AgentBackend: Send + Sync + 'static {
+    fn heartbeat(&self, heartbeat: Heartbeat) -> impl Future<Output = Result<HeartbeatReply, AgentError>> + Send;
+    /// Waits up to `wait` for a run; `None` when none came.
+    fn claim(&self, wait: Duration) -> impl Future<Output = Result<Option<Assignment>, AgentError>> + Send;
+    fn append_logs(&self, run_id: i64, batch: LogBatch) -> impl Future<Output = Result<LogsReply, AgentError>> + Send;
+    fn finish(&self, run_id: i64, outcome: Outcome) -> impl Future<Output = Result<FinishReply, AgentError>> + Send;
+}

@@ -1,0 +1,172 @@
+//! The messages of the agent protocol (DESIGN §6). The server's `/agent/...` routes and the in-process backend
+//! exchange exactly these types, so both agents follow one set of rules.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use automa_core::RunStatus;
+
+/// Sent at start-up (`initial`) and then periodically.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// The first heartbeat after the agent started: the server marks runs it held before as lost.
+    #[serde(default)]
+    pub initial: bool,
+    pub hostname: String,
+    pub version: String,
+    /// The sandbox layers this host offers, and why runs are refused if they are.
+    #[schema(value_type = Object)]
+    pub capabilities: serde_json::Value,
+    /// Runs this agent is executing; their leases are renewed.
+    #[serde(default)]
+    pub running: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatReply {
+    /// How long a lease lasts; the agent heartbeats several times within it.
+    pub lease_seconds: u64,
+    /// Runs whose cancellation was requested.
+    pub cancel: Vec<i64>,
+    /// Runs the server no longer counts as this agent's (finished or lost): stop them.
+    pub gone: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimRequest {
+    /// How long the server may hold the request when no run is waiting (at most 60 s).
+    pub wait_seconds: u64,
+}
+
+/// A claimed run: everything the agent needs to execute it.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub run_id: i64,
+    pub attempt: i64,
+    pub filename: String,
+    pub content: String,
+    pub args: Vec<String>,
+    /// The task's environment and its secrets' values.
+    pub env: BTreeMap<String, String>,
+    pub timeout_seconds: i64,
+    pub memory_mb: i64,
+    pub cpu_seconds: i64,
+    pub max_output_bytes: i64,
+    pub network: bool,
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The environment holds secret values: never print it.
+        f.debug_struct("Assignment")
+            .field("run_id", &self.run_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One numbered piece of output. Numbers start at 1 and increase by one per chunk of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WireChunk {
+    pub seq: i64,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    pub ts: DateTime<Utc>,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogBatch {
+    pub chunks: Vec<WireChunk>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LogsReply {
+    pub cancel_requested: bool,
+}
+
+/// How a run ended, as the sandbox reported it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Outcome {
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub cancelled: bool,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub output_limit_exceeded: bool,
+    pub max_rss_kb: Option<i64>,
+    pub cpu_ms: Option<i64>,
+    pub output_bytes: Option<i64>,
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why the run could not be executed or was stopped, when it was.
+    pub error: Option<String>,
+    /// The agent gave the run up (it shut down before the run ended): the run is lost and retried if it has
+    /// retries left.
+    #[serde(default)]
+    pub abandoned: bool,
+}
+
+impl Outcome {
+    /// The status the run ends with. Cancellation wins over how the killed process exited; a timeout over a
+    /// failure.
+    pub fn status(&self) -> RunStatus {
+        if self.abandoned {
+            RunStatus::Lost
+        } else if self.cancelled {
+            RunStatus::Cancelled
+        } else if self.timed_out {
+            RunStatus::TimedOut
+        } else if self.exit_code == Some(0) && self.error.is_none() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        }
+    }
+
+    /// A human explanation for runs that did not simply exit.
+    pub fn explanation(&self) -> Option<String> {
+        if let Some(error) = &self.error {
+            return Some(error.clone());
+        }
+        if self.oom_killed {
+            Some("killed: out of memory".into())
+        } else if self.output_limit_exceeded {
+            Some("killed: wrote far more output than its limit".into())
+        } else if self.timed_out {
+            Some("killed: ran past its time limit".into())
+        } else {
+            self.signal.map(|signal| format!("killed by signal {signal}"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishReply {
+    /// The run's status after the report (unchanged when the run had already ended).
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_status_precedence() {
+        let cancelled = Outcome { cancelled: true, signal: Some(9), ..Outcome::default() };
+        assert_eq!(cancelled.status(), RunStatus::Cancelled);
+        let timed_out = Outcome { timed_out: true, signal: Some(9), ..Outcome::default() };
+        assert_eq!(timed_out.status(), RunStatus::TimedOut);
+        assert_eq!(Outcome { exit_code: Some(0), ..Outcome::default() }.status(), RunStatus::Succeeded);
+        assert_eq!(Outcome { exit_code: Some(3), ..Outcome::default() }.status(), RunStatus::Failed);
+        let abandoned = Outcome { abandoned: true, cancelled: true, ..Outcome::default() };
+        assert_eq!(abandoned.status(), RunStatus::Lost);
+    }
+}

@@ -1,0 +1,196 @@
+//! The agent loop: an initial heartbeat, then periodic heartbeats that renew leases and deliver cancel
+//! requests, and a claim loop that long-polls for work whenever a slot is free. On shutdown it stops claiming,
+//! lets running runs finish within a grace period and gives up the rest, which the server then retries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use automa_runner::Sandbox;
+
+use crate::backend::{AgentBackend, AgentError};
+use crate::protocol::{Heartbeat, HeartbeatReply};
+use crate::runner::{RunControl, execute};
+
+/// How long one claim may wait at the server.
+const CLAIM_WAIT: Duration = Duration::from_secs(30);
+/// Longest pause between attempts to reach an unreachable server.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Runs executed at once.
+    pub concurrency: usize,
+    /// How long running runs may continue after shutdown is requested.
+    pub shutdown_grace: Duration,
+    pub hostname: String,
+}
+
+/// The runs this agent executes, by id, with the handle that stops each.
+pub(crate) type Running = Arc<Mutex<HashMap<i64, Arc<RunControl>>>>;
+
+pub struct Agent<B: AgentBackend> {
+    backend: Arc<B>,
+    /// The sandbox, or why this host cannot run scripts under the configured profile.
+    sandbox: Result<Arc<Sandbox>, String>,
+    config: AgentConfig,
+    running: Running,
+}
+
+impl<B: AgentBackend> Agent<B> {
+    pub fn new(backend: B, sandbox: Result<Arc<Sandbox>, String>, config: AgentConfig) -> Agent<B> {
+        Agent { backend: Arc::new(backend), sandbox, config, running: Running::default() }
+    }
+
+    /// What heartbeats report: the sandbox's layers, or why runs are refused.
+    pub fn capabilities(&self) -> serde_json::Value {
+        match &self.sandbox {
+            Ok(sandbox) => {
+                let mut value = serde_json::to_value(sandbox.capabilities()).unwrap_or_default();
+                value["profile"] = serde_json::to_value(sandbox.profile()).unwrap_or_default();
+                value["ready"] = true.into();
+                value
+            }
+            Err(reason) => serde_json::json!({"ready": false, "refused": reason}),
+        }
+    }
+
+    /// Runs until `shutdown` becomes true, then drains as described in the module documentation.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Some(reply) = self.register(&mut shutdown).await else { return };
+        let lease = Duration::from_secs(reply.lease_seconds.max(3));
+        let heartbeats =
+            tokio::spawn(heartbeat_loop(self.backend.clone(), self.running.clone(), self.heartbeat(false), lease));
+        match self.sandbox.clone() {
+            Ok(sandbox) => self.claim_loop(sandbox, &mut shutdown).await,
+            Err(reason) => {
+                tracing::error!(%reason, "this agent refuses to run scripts: the sandbox cannot be built");
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }
+        }
+        heartbeats.abort();
+    }
+
+    fn heartbeat(&self, initial: bool) -> Heartbeat {
+        Heartbeat {
+            initial,
+            hostname: self.config.hostname.clone(),
+            version: crate::VERSION.into(),
+            capabilities: self.capabilities(),
+            running: Vec::new(),
+        }
+    }
+
+    /// The initial heartbeat, retried until the server answers or shutdown.
+    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Option<HeartbeatReply> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.backend.heartbeat(self.heartbeat(true)).await {
+                Ok(reply) => return Some(reply),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "cannot register with the server; retrying")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the server refused this agent");
+                    return None;
+                }
+            }
+            if pause(shutdown, delay).await {
+                return None;
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    async fn claim_loop(&self, sandbox: Arc<Sandbox>, shutdown: &mut watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut runs = JoinSet::new();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let claimed = tokio::select! {
+                claimed = self.backend.claim(CLAIM_WAIT) => claimed,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            while runs.try_join_next().is_some() {}
+            match claimed {
+                Ok(Some(assignment)) => {
+                    delay = Duration::from_millis(200);
+                    let (backend, sandbox, running) = (self.backend.clone(), sandbox.clone(), self.running.clone());
+                    runs.spawn(async move {
+                        execute(backend, sandbox, running, assignment).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => delay = Duration::from_millis(200),
+                Err(error) => {
+                    log_claim_error(&error);
+                    if pause(shutdown, delay).await {
+                        break;
+                    }
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+            }
+        }
+        self.drain(runs).await;
+    }
+
+    /// Lets running runs finish within the grace period, then abandons the rest.
+    async fn drain(&self, mut runs: JoinSet<()>) {
+        if runs.is_empty() {
+            return;
+        }
+        tracing::info!(runs = runs.len(), grace = ?self.config.shutdown_grace, "waiting for running runs");
+        let all_done = async { while runs.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.shutdown_grace, all_done).await.is_ok() {
+            return;
+        }
+        let controls: Vec<_> = self.running.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        tracing::warn!(runs = controls.len(), "grace period over: giving the remaining runs back");
+        for control in controls {
+            control.abandon();
+        }
+        while runs.join_next().await.is_some() {}
+    }
+}
+
+fn log_claim_error(error: &AgentError) {
+    tracing::warn!(%error, "claim failed; retrying");
+}
+
+/// Sleeps for `delay`; true when shutdown came first.
+async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
+    }
+}
+
+/// Heartbeats three times per lease, renewing the leases of running runs and acting on the answers.
+async fn heartbeat_loop<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
+    let mut ticker = tokio::time::interval(lease / 3);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let heartbeat = Heartbeat { running: ids, ..template.clone() };
+        match backend.heartbeat(heartbeat).await {
+            Ok(reply) => {
+                let running = running.lock().unwrap_or_else(|e| e.into_inner());
+                for id in reply.cancel.iter().chain(&reply.gone) {
+                    if let Some(control) = running.get(id) {
+                        control.cancel();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going and the next one retries"),
+        }
+    }
+}

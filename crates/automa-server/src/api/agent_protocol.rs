@@ -1,0 +1,71 @@
+//! The agent protocol over HTTP (DESIGN §6), for remote agents with an agent token. Each route is a thin
+//! wrapper over the same `Execution` operations the embedded agent calls, so both follow the same rules.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use automa_agent::{ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
+
+use crate::{
+    auth::AgentPrincipal,
+    error::ApiResult,
+    extract::{ApiJson, ApiPath},
+    state::AppState,
+};
+
+/// Register (with `initial`) or heartbeat: report capabilities and running runs; renews their leases and
+/// returns cancel requests.
+#[utoipa::path(post, path = "/agent/heartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
+    responses((status = 200, body = HeartbeatReply)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    principal: AgentPrincipal,
+    ApiJson(heartbeat): ApiJson<Heartbeat>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    Ok(Json(state.execution.heartbeat(principal.agent.id, heartbeat).await?))
+}
+
+/// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204.
+#[utoipa::path(post, path = "/agent/claim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
+    responses((status = 200, body = automa_agent::Assignment), (status = 204, description = "No run came within the wait")))]
+pub async fn claim(
+    State(state): State<AppState>,
+    principal: AgentPrincipal,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> ApiResult<Response> {
+    let claimed = state.execution.claim(principal.agent.id, Duration::from_secs(request.wait_seconds)).await?;
+    Ok(match claimed {
+        Some(assignment) => Json(assignment).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Append numbered output chunks; chunks already stored are skipped.
+#[utoipa::path(post, path = "/agent/runs/{id}/logs", tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
+    responses((status = 200, body = LogsReply)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    principal: AgentPrincipal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(batch): ApiJson<LogBatch>,
+) -> ApiResult<Json<LogsReply>> {
+    Ok(Json(state.execution.append_logs(principal.agent.id, id, batch).await?))
+}
+
+/// Report how a run ended; a repeated or late report changes nothing.
+#[utoipa::path(post, path = "/agent/runs/{id}/finish", tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
+    responses((status = 200, body = FinishReply)))]
+pub async fn finish(
+    State(state): State<AppState>,
+    principal: AgentPrincipal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(outcome): ApiJson<Outcome>,
+) -> ApiResult<Json<FinishReply>> {
+    Ok(Json(state.execution.finish(principal.agent.id, id, outcome).await?))
+}

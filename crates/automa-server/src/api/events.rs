@@ -1,0 +1,32 @@
+//! `GET /events`: a Server-Sent Events stream of run and agent changes, for the dashboard's live views.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::State,
+    response::{Sse, sse},
+};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::{api::runs::RunResponse, events::Event, state::AppState};
+
+/// Live changes: `run` events carry the run, `agent` events the agent's id. Output is not included (follow
+/// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists.
+#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
+    let stream = BroadcastStream::new(state.execution.hub.subscribe()).filter_map(|event| async move {
+        let event = event.ok()?;
+        let sse_event = match &*event {
+            Event::Run(run) => {
+                let data = serde_json::to_string(&RunResponse::from((**run).clone())).ok()?;
+                sse::Event::default().event("run").data(data)
+            }
+            Event::Agent { id } => sse::Event::default().event("agent").data(serde_json::json!({"id": id}).to_string()),
+            Event::Output { .. } => return None,
+        };
+        Some(Ok(sse_event))
+    });
+    Sse::new(stream).keep_alive(sse::KeepAlive::default())
+}

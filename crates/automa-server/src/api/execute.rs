@@ -1,0 +1,160 @@
+//! Starting runs by hand: a task now (`POST /tasks/{id}/execute`), or a script or inline code with ad-hoc
+//! parameters (`POST /execute`). Both answer 202 with the queued run; the run freezes the script version and
+//! every parameter at this moment.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use automa_core::{InvalidField, Trigger};
+use automa_store::NewRun;
+
+use crate::{
+    api::{
+        runs::RunResponse,
+        tasks::{self, in_range},
+    },
+    auth::Principal,
+    error::{ApiError, ApiResult, missing},
+    extract::{ApiJson, ApiPath},
+    state::AppState,
+};
+
+/// Run a task now, with its parameters.
+#[utoipa::path(post, path = "/tasks/{id}/execute", tag = "runs", security(("bearer" = ["operator"])),
+    responses((status = 202, body = RunResponse)))]
+pub async fn task(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    let task = state.store.get_task(id).await.map_err(missing("task"))?;
+    let script = state.store.get_script(task.script_id).await.map_err(missing("script"))?;
+    let new = NewRun {
+        task_id: Some(task.id),
+        script_id: Some(script.id),
+        script_version: Some(task.script_version.unwrap_or(script.version)),
+        content: None,
+        filename: script.filename,
+        target_agent_id: task.agent_id,
+        labels: task.labels.0,
+        trigger: Trigger::Manual,
+        scheduled_for: None,
+        retries: task.retries,
+        retry_backoff_seconds: task.retry_backoff_seconds,
+        args: task.args.0,
+        env: task.env.0,
+        secrets: task.secrets.0,
+        timeout_seconds: task.timeout_seconds,
+        memory_mb: task.memory_mb,
+        cpu_seconds: task.cpu_seconds,
+        max_output_bytes: task.max_output_bytes,
+        network: task.network,
+    };
+    let run = state.execution.enqueue(Some(&principal.actor()), new).await?;
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
+}
+
+/// An ad-hoc run: `script_id` (its current version) or inline `content`, with optional parameters.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    pub script_id: Option<i64>,
+    /// Python source to run once, instead of a stored script.
+    pub content: Option<String>,
+    /// File name of inline content (default `main.py`).
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets to give the run as environment variables.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Run on this agent; default: any agent.
+    pub agent_id: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub memory_mb: Option<i64>,
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// Run a script, or inline code, once.
+#[utoipa::path(post, path = "/execute", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
+    responses((status = 202, body = RunResponse)))]
+pub async fn adhoc(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(input): ApiJson<ExecuteRequest>,
+) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    tasks::check_args(&input.args)?;
+    tasks::check_env(&input.env)?;
+    tasks::check_secret_names(&input.secrets)?;
+    let (script_id, script_version, content, filename) = match (input.script_id, input.content) {
+        (Some(script_id), None) => {
+            let script = state.store.get_script(script_id).await.map_err(|error| match error {
+                automa_store::StoreError::NotFound => {
+                    ApiError::invalid("script_id", format!("there is no script with id {script_id}"))
+                }
+                other => other.into(),
+            })?;
+            (Some(script.id), Some(script.version), None, script.filename)
+        }
+        (None, Some(content)) => {
+            if content.len() > state.config.max_script_bytes {
+                return Err(ApiError::invalid(
+                    "content",
+                    format!("must be at most {} bytes", state.config.max_script_bytes),
+                ));
+            }
+            (None, None, Some(content), inline_filename(input.filename)?)
+        }
+        _ => return Err(ApiError::invalid("script_id", "give either script_id or content")),
+    };
+    if let Some(agent_id) = input.agent_id {
+        state
+            .store
+            .get_agent(agent_id)
+            .await
+            .map_err(|_| ApiError::invalid("agent_id", format!("there is no agent with id {agent_id}")))?;
+    }
+    let timeout_seconds = in_range(
+        "timeout_seconds",
+        input.timeout_seconds.unwrap_or(tasks::DEFAULT_TIMEOUT_SECONDS),
+        1..=tasks::WEEK_SECONDS,
+    )?;
+    let new = NewRun {
+        task_id: None,
+        script_id,
+        script_version,
+        content,
+        filename,
+        target_agent_id: input.agent_id,
+        labels: Vec::new(),
+        trigger: Trigger::Api,
+        scheduled_for: None,
+        retries: 0,
+        retry_backoff_seconds: 0,
+        args: input.args,
+        env: input.env,
+        secrets: input.secrets,
+        timeout_seconds,
+        memory_mb: in_range("memory_mb", input.memory_mb.unwrap_or(tasks::DEFAULT_MEMORY_MB), 16..=65_536)?,
+        cpu_seconds: timeout_seconds,
+        max_output_bytes: tasks::DEFAULT_MAX_OUTPUT_BYTES,
+        network: input.network,
+    };
+    let run = state.execution.enqueue(Some(&principal.actor()), new).await?;
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
+}
+
+fn inline_filename(filename: Option<String>) -> Result<String, InvalidField> {
+    let filename = filename.unwrap_or_else(|| "main.py".into());
+    let valid = filename.len() <= 128
+        && filename.ends_with(".py")
+        && filename.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !filename.starts_with('.');
+    if valid { Ok(filename) } else { Err(InvalidField::new("filename", "must be a plain file name ending in .py")) }
+}

@@ -1,0 +1,320 @@
+//! Runs: history with filters, one run, its output (JSON pages, plain text, or a live SSE stream that follows
+//! the run to its end), and cancelling.
+
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response, Sse, sse},
+};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+
+use automa_core::RunStatus;
+use automa_store::{LogChunk, Run, RunFilter, Store};
+
+use crate::{
+    api::Page,
+    auth::Principal,
+    error::{ApiError, ApiResult, missing},
+    events::Event,
+    extract::{ApiPath, ApiQuery},
+    state::AppState,
+};
+
+/// A run (DESIGN §8).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunResponse {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    /// Null for a run of inline content.
+    pub script_id: Option<i64>,
+    pub script_version: Option<i64>,
+    /// The agent that ran (or runs) it.
+    pub agent_id: Option<i64>,
+    /// `manual`, `schedule`, `api` or `retry`.
+    pub trigger: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `lost` or `skipped`.
+    pub status: String,
+    pub attempt: i64,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub queued_at: DateTime<Utc>,
+    /// A retry is not started before this.
+    pub not_before: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub max_rss_kb: Option<i64>,
+    pub cpu_ms: Option<i64>,
+    pub output_bytes: Option<i64>,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub args: Vec<String>,
+    /// The agent the run is pinned to; null: any agent with `labels`.
+    pub target_agent_id: Option<i64>,
+    pub labels: Vec<String>,
+}
+
+impl From<Run> for RunResponse {
+    fn from(run: Run) -> Self {
+        let duration_ms = run.started_at.zip(run.finished_at).map(|(start, end)| (end - start).num_milliseconds());
+        RunResponse {
+            id: run.id,
+            task_id: run.task_id,
+            script_id: run.script_id,
+            script_version: run.script_version,
+            agent_id: run.agent_id,
+            trigger: run.trigger,
+            status: run.status,
+            attempt: run.attempt,
+            scheduled_for: run.scheduled_for,
+            queued_at: run.queued_at,
+            not_before: run.not_before,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            exit_code: run.exit_code,
+            signal: run.signal,
+            duration_ms,
+            timed_out: run.timed_out,
+            oom_killed: run.oom_killed,
+            max_rss_kb: run.max_rss_kb,
+            cpu_ms: run.cpu_ms,
+            output_bytes: run.output_bytes,
+            truncated: run.truncated,
+            error: run.error,
+            cancel_requested: run.cancel_requested,
+            args: run.args.0,
+            target_agent_id: run.target_agent_id,
+            labels: run.labels.0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RunQuery {
+    pub task_id: Option<i64>,
+    pub script_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub status: Option<String>,
+    pub trigger: Option<String>,
+    /// Runs queued at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Runs queued before this time.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Run history, newest first.
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, body = Page<RunResponse>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<RunQuery>,
+) -> ApiResult<Json<Page<RunResponse>>> {
+    if let Some(status) = &query.status {
+        status.parse::<RunStatus>().map_err(|message| ApiError::invalid("status", message))?;
+    }
+    if let Some(trigger) = &query.trigger {
+        trigger.parse::<automa_core::Trigger>().map_err(|message| ApiError::invalid("trigger", message))?;
+    }
+    let page = automa_store::Page::new(query.limit, query.offset);
+    let filter = RunFilter {
+        task_id: query.task_id,
+        script_id: query.script_id,
+        agent_id: query.agent_id,
+        status: query.status,
+        trigger: query.trigger,
+        since: query.since,
+        until: query.until,
+    };
+    Ok(Json(Page::from_listed(state.store.list_runs(&filter, page).await?, page, RunResponse::from)))
+}
+
+/// A run.
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", security(("bearer" = ["viewer"])),
+    responses((status = 200, body = RunResponse)))]
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<RunResponse>> {
+    Ok(Json(state.store.get_run(id).await.map_err(missing("run"))?.into()))
+}
+
+/// Cancel a run: a queued run ends at once; a running one is killed by its agent (status 202 either way).
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", security(("bearer" = ["operator"])),
+    responses((status = 202, body = RunResponse), (status = 409, description = "The run already ended", body = crate::error::ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    let run = state.store.cancel_run(&principal.actor(), id).await.map_err(missing("run"))?;
+    state.execution.hub.publish(Event::Run(Box::new(run.clone())));
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
+}
+
+/// A page of a run's output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunLogs {
+    pub run_id: i64,
+    /// `{seq, stream, ts, data}`, in order.
+    #[schema(value_type = Vec<Object>)]
+    pub chunks: Vec<LogChunk>,
+    /// Pass as `after` for the next page.
+    pub next_seq: i64,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only chunks with a greater sequence number.
+    pub after: Option<i64>,
+    /// Chunks per page, 1-5000 (default 1000).
+    pub limit: Option<i64>,
+    /// `json` (default) or `text`: the chunks' data concatenated, as `text/plain`.
+    pub format: Option<String>,
+}
+
+/// A run's output, in order.
+#[utoipa::path(get, path = "/runs/{id}/logs", tag = "runs", params(LogQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, body = RunLogs), (status = 200, description = "With format=text", content_type = "text/plain", body = String)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> ApiResult<Response> {
+    state.store.get_run(id).await.map_err(missing("run"))?;
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(1000).clamp(1, 5000);
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => {
+            let chunks = state.store.run_logs(id, after, limit).await?;
+            let next_seq = chunks.last().map_or(after, |chunk| chunk.seq);
+            Ok(Json(RunLogs { run_id: id, chunks, next_seq }).into_response())
+        }
+        "text" => {
+            let mut text = String::new();
+            let mut after = after;
+            loop {
+                let chunks = state.store.run_logs(id, after, 5000).await?;
+                let Some(last) = chunks.last() else { break };
+                after = last.seq;
+                chunks.iter().for_each(|chunk| text.push_str(&chunk.data));
+            }
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+        }
+        _ => Err(ApiError::invalid("format", "must be json or text")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Resume after this sequence number (the `Last-Event-ID` header does the same).
+    pub after: Option<i64>,
+}
+
+/// Follow a run's output live (Server-Sent Events): `log` events (id = sequence number, data = a chunk) until
+/// the run ends, then one `end` event with the run.
+#[utoipa::path(get, path = "/runs/{id}/logs/stream", tag = "runs", params(StreamQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>> {
+    let events = state.execution.hub.subscribe();
+    state.store.get_run(id).await.map_err(missing("run"))?;
+    let resume =
+        headers.get("last-event-id").and_then(|value| value.to_str().ok()).and_then(|value| value.parse().ok());
+    let follower = Follower {
+        store: state.store.clone(),
+        events,
+        run_id: id,
+        after: resume.or(query.after).unwrap_or(0),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(follower, |mut follower| async move {
+        follower.next_event().await.map(|event| (Ok(event), follower))
+    });
+    Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
+}
+
+/// How long the follower trusts the hub before re-reading the database: output stored by another server on
+/// the same PostgreSQL database does not pass through this server's hub.
+const RECHECK: Duration = Duration::from_secs(2);
+
+struct Follower {
+    store: Store,
+    events: broadcast::Receiver<Arc<Event>>,
+    run_id: i64,
+    after: i64,
+    pending: VecDeque<LogChunk>,
+    done: bool,
+}
+
+impl Follower {
+    async fn next_event(&mut self) -> Option<sse::Event> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                let data = serde_json::to_string(&chunk).unwrap_or_default();
+                return Some(sse::Event::default().event("log").id(chunk.seq.to_string()).data(data));
+            }
+            if self.done {
+                return None;
+            }
+            if self.fetch().await {
+                continue;
+            }
+            let run = self.store.get_run(self.run_id).await.ok()?;
+            if run.status().is_terminal() {
+                // An agent stores all output before it finishes a run, so one more read gets the rest.
+                if self.fetch().await {
+                    continue;
+                }
+                self.done = true;
+                let data = serde_json::to_string(&RunResponse::from(run)).unwrap_or_default();
+                return Some(sse::Event::default().event("end").data(data));
+            }
+            self.wait().await;
+        }
+    }
+
+    async fn fetch(&mut self) -> bool {
+        let chunks = self.store.run_logs(self.run_id, self.after, 1000).await.unwrap_or_default();
+        if let Some(last) = chunks.last() {
+            self.after = last.seq;
+        }
+        self.pending.extend(chunks);
+        !self.pending.is_empty()
+    }
+
+    async fn wait(&mut self) {
+        let run_id = self.run_id;
+        let relevant = async {
+            loop {
+                match self.events.recv().await {
+                    Ok(event) if event.run_id() == Some(run_id) => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RECHECK, relevant).await;
+    }
+}

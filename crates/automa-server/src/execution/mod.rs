@@ -1,0 +1,267 @@
+//! Runs on the server side: queueing them, and the agent protocol's operations (claim, heartbeat, output,
+//! finish) with their rules, shared by the HTTP routes under `/agent/` and the embedded agent so that both
+//! kinds of agent are held to the same rules. Also the reaper that turns expired leases into lost runs.
+
+pub mod embedded;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, watch};
+
+use automa_agent::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
+use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store, StoreError};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    events::{Event, Hub},
+    sealing::{self, Sealer},
+};
+
+/// The longest a claim may be held open.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Execution {
+    pub store: Store,
+    pub hub: Hub,
+    sealer: Sealer,
+    /// Woken when a run is queued here or (PostgreSQL) anywhere.
+    wake: Arc<Notify>,
+    lease: chrono::Duration,
+    max_log_bytes: i64,
+    /// Secret values to mask per running run, so output is not re-decrypting secrets per batch.
+    masks: Mutex<HashMap<i64, Arc<Vec<String>>>>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Execution {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        sealer: Sealer,
+        lease_seconds: u64,
+        max_log_bytes: i64,
+        stopping: watch::Receiver<bool>,
+    ) -> Execution {
+        Execution {
+            store,
+            hub,
+            sealer,
+            wake: Arc::new(Notify::new()),
+            lease: chrono::Duration::seconds(i64::try_from(lease_seconds.max(3)).unwrap_or(30)),
+            max_log_bytes,
+            masks: Mutex::default(),
+            stopping,
+        }
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    pub fn lease_seconds(&self) -> u64 {
+        u64::try_from(self.lease.num_seconds()).unwrap_or(30)
+    }
+
+    /// Starts listening for runs queued by other servers (PostgreSQL) and the reaper.
+    pub async fn start_background(self: &Arc<Self>) -> anyhow::Result<()> {
+        let wake = self.wake.clone();
+        self.store.listen_for_runs(move || wake.notify_waiters()).await?;
+        let this = self.clone();
+        tokio::spawn(async move { this.reap_forever().await });
+        Ok(())
+    }
+
+    /// Queues a run and wakes waiting agents.
+    pub async fn enqueue(&self, actor: Option<&automa_store::Actor>, new: NewRun) -> ApiResult<Run> {
+        let run = self.store.create_run(actor, new).await?;
+        self.published_run(&run);
+        Ok(run)
+    }
+
+    fn published_run(&self, run: &Run) {
+        self.hub.publish(Event::Run(Box::new(run.clone())));
+        if run.status == "queued" {
+            self.wake.notify_waiters();
+        }
+    }
+
+    fn published_finish(&self, finished: &Finished) {
+        if finished.changed {
+            self.masks.lock().unwrap_or_else(|e| e.into_inner()).remove(&finished.run.id);
+            self.published_run(&finished.run);
+        }
+        if let Some(retry) = &finished.retry {
+            self.published_run(retry);
+        }
+    }
+
+    /// Waits up to `wait` for a run `agent_id` may take, answering at once when one is waiting. Woken by
+    /// queued runs rather than polling; sleeps no longer than until the next retry becomes due.
+    pub async fn claim(&self, agent_id: i64, wait: Duration) -> ApiResult<Option<Assignment>> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_CLAIM_WAIT);
+        let mut stopping = self.stopping.clone();
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(claimed) = self.store.claim_run(agent_id, self.lease).await? {
+                match self.assignment(agent_id, claimed).await? {
+                    Some(assignment) => return Ok(Some(assignment)),
+                    None => continue,
+                }
+            }
+            let mut until = deadline;
+            if let Some(next) = self.store.next_queued_at().await? {
+                let due_in = (next - Utc::now()).to_std().unwrap_or_default();
+                if !due_in.is_zero() {
+                    until = until.min(tokio::time::Instant::now() + due_in);
+                }
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stopping.wait_for(|stop| *stop) => return Ok(None),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Turns a claimed run into what the agent executes, with its secrets' values. A run naming a secret
+    /// that does not exist (or does not decrypt) fails at once; `None` tells the caller to claim again.
+    async fn assignment(&self, agent_id: i64, claimed: ClaimedRun) -> ApiResult<Option<Assignment>> {
+        let ClaimedRun { run, content } = claimed;
+        let names = run.secrets.0.clone();
+        let sealed = self.store.sealed_secrets(&names).await?;
+        let mut env = run.env.0.clone();
+        let mut values = Vec::new();
+        let mut problem = names
+            .iter()
+            .find(|name| !sealed.iter().any(|s| &s.name == *name))
+            .map(|name| format!("secret '{name}' does not exist"));
+        for secret in &sealed {
+            match self.sealer.unseal(secret) {
+                Ok(value) => {
+                    values.push(value.clone());
+                    env.insert(secret.name.clone(), value);
+                }
+                Err(error) => problem = Some(error.to_string()),
+            }
+        }
+        if let Some(problem) = problem {
+            let finished = self.store.finish_run(run.id, Some(agent_id), &RunEnd::failed(&problem)).await?;
+            self.published_finish(&finished);
+            return Ok(None);
+        }
+        self.masks.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, Arc::new(sealing::mask_order(values)));
+        self.published_run(&run);
+        Ok(Some(Assignment {
+            run_id: run.id,
+            attempt: run.attempt,
+            filename: run.filename,
+            content,
+            args: run.args.0,
+            env,
+            timeout_seconds: run.timeout_seconds,
+            memory_mb: run.memory_mb,
+            cpu_seconds: run.cpu_seconds,
+            max_output_bytes: run.max_output_bytes,
+            network: run.network,
+        }))
+    }
+
+    /// Records a heartbeat, renews the leases of the runs the agent reports, and on an agent's first
+    /// heartbeat after a start marks the runs it held before as lost: it cannot be running them any more.
+    pub async fn heartbeat(&self, agent_id: i64, heartbeat: Heartbeat) -> ApiResult<HeartbeatReply> {
+        self.store.agent_seen(agent_id, &heartbeat.hostname, &heartbeat.version, &heartbeat.capabilities).await?;
+        if heartbeat.initial {
+            let lost = self
+                .store
+                .lose_runs(automa_store::now(), Some(agent_id), "the agent restarted while the run was running")
+                .await?;
+            lost.iter().for_each(|finished| self.published_finish(finished));
+            self.hub.publish(Event::Agent { id: agent_id });
+        }
+        let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
+        Ok(HeartbeatReply { lease_seconds: self.lease_seconds(), cancel: renewal.cancel, gone: renewal.gone })
+    }
+
+    /// Stores a batch of output with secret values masked. Masking happens here, not on the agent, so an agent
+    /// on another host cannot skip it.
+    pub async fn append_logs(&self, agent_id: i64, run_id: i64, batch: LogBatch) -> ApiResult<LogsReply> {
+        let masks = self.masks_for(run_id).await?;
+        let mut chunks = Vec::with_capacity(batch.chunks.len());
+        for chunk in batch.chunks {
+            if !matches!(chunk.stream.as_str(), "stdout" | "stderr" | "system") {
+                return Err(ApiError::invalid("chunks.stream", "must be stdout, stderr or system"));
+            }
+            let data = if masks.is_empty() { chunk.data } else { sealing::mask(&chunk.data, &masks) };
+            chunks.push(NewLogChunk { seq: chunk.seq, stream: chunk.stream, ts: chunk.ts, data });
+        }
+        let appended = self.store.append_logs(run_id, agent_id, &chunks, self.max_log_bytes).await?;
+        if let Some(last) = appended.inserted.last() {
+            self.hub.publish(Event::Output { run_id, last_seq: last.seq });
+        }
+        Ok(LogsReply { cancel_requested: appended.cancel_requested })
+    }
+
+    async fn masks_for(&self, run_id: i64) -> ApiResult<Arc<Vec<String>>> {
+        if let Some(masks) = self.masks.lock().unwrap_or_else(|e| e.into_inner()).get(&run_id) {
+            return Ok(masks.clone());
+        }
+        // Claimed by another server, or before a restart: derive the masks from the database.
+        let run = self.store.get_run(run_id).await?;
+        let sealed = self.store.sealed_secrets(&run.secrets.0).await?;
+        let values = sealed.iter().filter_map(|secret| self.sealer.unseal(secret).ok()).collect();
+        let masks = Arc::new(sealing::mask_order(values));
+        if run.status == "running" {
+            self.masks.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, masks.clone());
+        }
+        Ok(masks)
+    }
+
+    /// Ends a run the agent holds. Idempotent: a report about a run that already ended changes nothing.
+    pub async fn finish(&self, agent_id: i64, run_id: i64, outcome: Outcome) -> ApiResult<FinishReply> {
+        let end = RunEnd {
+            status: outcome.status(),
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            timed_out: outcome.timed_out,
+            oom_killed: outcome.oom_killed,
+            max_rss_kb: outcome.max_rss_kb,
+            cpu_ms: outcome.cpu_ms,
+            output_bytes: outcome.output_bytes,
+            truncated: outcome.truncated,
+            error: outcome.explanation(),
+        };
+        let finished = match self.store.finish_run(run_id, Some(agent_id), &end).await {
+            Err(StoreError::NotFound) => return Err(ApiError::not_found("run")),
+            other => other?,
+        };
+        self.published_finish(&finished);
+        Ok(FinishReply { status: finished.run.status })
+    }
+
+    /// Marks runs with expired leases lost, every third of a lease. Agents renew at the same pace, so a
+    /// healthy run is never reaped; a lost one waits at most a lease and a third.
+    async fn reap_forever(self: Arc<Self>) {
+        let period = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = self.stopping.clone();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            match self.store.lose_runs(automa_store::now(), None, "the agent stopped renewing the run's lease").await {
+                Ok(lost) => lost.iter().for_each(|finished| self.published_finish(finished)),
+                Err(error) => tracing::warn!(%error, "reaping expired leases failed; trying again later"),
+            }
+        }
+    }
+}

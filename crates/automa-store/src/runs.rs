@@ -1,0 +1,373 @@
+//! Runs: queueing, the atomic claim, lease renewal, finishing with retries, cancelling and reaping lost runs
+//! (DESIGN §4). Every transition is one guarded statement (`... WHERE status = 'running'`), so a late or
+//! repeated report about a run that has moved on changes nothing.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use sqlx::types::Json;
+
+use automa_core::RunStatus;
+
+use crate::{
+    Actor, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun, Page, Run, RunEnd, RunFilter,
+    Store, StoreError, StoreResult, WritePool, audit::append_audit, composed, dispatch, now,
+};
+
+/// The channel that tells every server on a PostgreSQL database that a run was queued.
+pub const WAKE_CHANNEL: &str = "automa_runs";
+
+/// Retry delays double with each attempt from the task's backoff, up to this.
+const MAX_BACKOFF_SECONDS: i64 = 3600;
+
+const INSERT_RUN: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, target_agent_id, \
+     labels, trigger, scheduled_for, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, env, \
+     secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, 'queued', $12, $12, $13, $14, $15, $16, $17, $18, $19, \
+     $20, $21) RETURNING *";
+
+/// Copies a finished run into a new queued attempt. `scheduled_for` stays behind: it is unique per tick.
+const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, \
+     target_agent_id, labels, trigger, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, \
+     env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) \
+     SELECT task_id, script_id, script_version, content, filename, target_agent_id, labels, 'retry', attempt + 1, \
+     retries, retry_backoff_seconds, 'queued', $2, $3, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, \
+     max_output_bytes, network, created_by FROM runs WHERE id = $1 RETURNING *";
+
+/// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
+/// has, while the agent is neither draining nor disabled and below its concurrency. `{labels}` and `{lock}`
+/// are the backend's subset test and row lock.
+const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1, started_at = $2, lease_until = $3 \
+     WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' AND r.not_before <= $2 \
+     AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} \
+     AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
+     AND a.max_concurrency > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running')) \
+     ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
+
+const SQLITE_LABELS: &str = "NOT EXISTS (SELECT 1 FROM json_each(r.labels) l WHERE l.value NOT IN \
+     (SELECT value FROM json_each((SELECT labels FROM agents WHERE id = $1))))";
+const POSTGRES_LABELS: &str = "r.labels <@ (SELECT labels FROM agents WHERE id = $1)";
+
+/// Ends a running run. `$1` run, `$2` agent (NULL: whichever agent holds it, for the reaper).
+const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_code = $5, signal = $6, timed_out = $7, \
+     oom_killed = $8, max_rss_kb = $9, cpu_ms = $10, output_bytes = $11, truncated = $12, error = $13, \
+     lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) RETURNING *";
+
+/// When attempt `attempt` failing should be retried: the backoff doubled per earlier attempt, capped.
+fn retry_delay(run: &Run) -> Duration {
+    let doublings = u32::try_from(run.attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    let seconds = run.retry_backoff_seconds.max(0).saturating_mul(1_i64 << doublings).min(MAX_BACKOFF_SECONDS);
+    Duration::seconds(seconds)
+}
+
+/// Finishes `$run_id` with `$end` inside `$tx` and queues its retry when it ended retryably with attempts left;
+/// evaluates to `Option<Finished>` (None: the run was not running, or not held by `$agent`).
+macro_rules! finish_in_tx {
+    ($tx:expr, $run_id:expr, $agent:expr, $end:expr) => {{
+        let end: &RunEnd = $end;
+        let at = now();
+        let run: Option<Run> = sqlx::query_as(FINISH_RUN)
+            .bind($run_id)
+            .bind($agent)
+            .bind(end.status.as_str())
+            .bind(at)
+            .bind(end.exit_code)
+            .bind(end.signal)
+            .bind(end.timed_out)
+            .bind(end.oom_killed)
+            .bind(end.max_rss_kb)
+            .bind(end.cpu_ms)
+            .bind(end.output_bytes)
+            .bind(end.truncated)
+            .bind(&end.error)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match run {
+            None => None,
+            Some(run) => {
+                let retry: Option<Run> = if end.status.is_retryable() && run.attempt <= run.retries {
+                    Some(
+                        sqlx::query_as(INSERT_RETRY)
+                            .bind(run.id)
+                            .bind(at)
+                            .bind(at + retry_delay(&run))
+                            .fetch_one(&mut *$tx)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                Some(Finished { run, changed: true, retry })
+            }
+        }
+    }};
+}
+
+impl Store {
+    fn is_postgres(&self) -> bool {
+        matches!(&*self.backend, Backend::Postgres(_))
+    }
+
+    /// Queues a run. A user's request is audited in the same transaction; the scheduler's fires are recorded
+    /// by the run itself. On PostgreSQL the commit also notifies every server listening on [`WAKE_CHANNEL`].
+    pub async fn create_run(&self, actor: Option<&Actor>, new: NewRun) -> StoreResult<Run> {
+        let created_by = actor.and_then(crate::scripts::actor_user_id);
+        let postgres = self.is_postgres();
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let run: Run = sqlx::query_as(INSERT_RUN)
+                .bind(new.task_id)
+                .bind(new.script_id)
+                .bind(new.script_version)
+                .bind(&new.content)
+                .bind(&new.filename)
+                .bind(new.target_agent_id)
+                .bind(Json(&new.labels))
+                .bind(new.trigger.as_str())
+                .bind(new.scheduled_for)
+                .bind(new.retries)
+                .bind(new.retry_backoff_seconds)
+                .bind(now())
+                .bind(Json(&new.args))
+                .bind(Json(&new.env))
+                .bind(Json(&new.secrets))
+                .bind(new.timeout_seconds)
+                .bind(new.memory_mb)
+                .bind(new.cpu_seconds)
+                .bind(new.max_output_bytes)
+                .bind(new.network)
+                .bind(created_by)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_constraint(e, || "this task already has a run for that tick".into()))?;
+            if let Some(actor) = actor {
+                let details = json!({"task_id": run.task_id, "script_id": run.script_id, "trigger": run.trigger,
+                    "args": new.args, "env_keys": new.env.keys().collect::<Vec<_>>(), "secrets": new.secrets});
+                append_audit!(tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details));
+            }
+            if postgres {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(run)
+        })
+    }
+
+    pub async fn get_run(&self, id: i64) -> StoreResult<Run> {
+        dispatch!(self, pool => {
+            sqlx::query_as("SELECT * FROM runs WHERE id = $1").bind(id).fetch_optional(pool).await?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter, page: Page) -> StoreResult<Listed<Run>> {
+        dispatch!(self, pool => {
+            let mut count = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM runs WHERE 1=1");
+            push_run_filter(&mut count, filter);
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            let mut select = sqlx::QueryBuilder::new("SELECT * FROM runs WHERE 1=1");
+            push_run_filter(&mut select, filter);
+            select.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit).push(" OFFSET ").push_bind(page.offset);
+            let items = select.build_query_as().fetch_all(pool).await?;
+            Ok(Listed { items, total })
+        })
+    }
+
+    /// Claims the oldest run `agent_id` may take, in one atomic statement, with a lease of `lease`.
+    pub async fn claim_run(&self, agent_id: i64, lease: Duration) -> StoreResult<Option<ClaimedRun>> {
+        let at = now();
+        let run: Option<Run> = match &*self.backend {
+            Backend::Sqlite(pool) => {
+                let sql = CLAIM_TEMPLATE.replace("{labels}", SQLITE_LABELS).replace("{lock}", "");
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let run = sqlx::query_as(composed(sql))
+                    .bind(agent_id)
+                    .bind(at)
+                    .bind(at + lease)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                run
+            }
+            Backend::Postgres(pool) => {
+                let sql =
+                    CLAIM_TEMPLATE.replace("{labels}", POSTGRES_LABELS).replace("{lock}", "FOR UPDATE SKIP LOCKED");
+                sqlx::query_as(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?
+            }
+        };
+        let Some(run) = run else { return Ok(None) };
+        let content: Option<String> = match (&run.script_id, &run.script_version) {
+            (Some(script_id), Some(version)) => dispatch!(self, pool => {
+                sqlx::query_scalar("SELECT content FROM script_versions WHERE script_id = $1 AND version = $2")
+                    .bind(script_id)
+                    .bind(version)
+                    .fetch_optional(pool)
+                    .await?
+            }),
+            _ => dispatch!(self, pool => {
+                sqlx::query_scalar("SELECT content FROM runs WHERE id = $1").bind(run.id).fetch_one(pool).await?
+            }),
+        };
+        match content {
+            Some(content) => Ok(Some(ClaimedRun { run, content })),
+            None => {
+                let end = RunEnd::failed("the script version of this run no longer exists");
+                self.finish_run(run.id, Some(agent_id), &end).await?;
+                Box::pin(self.claim_run(agent_id, lease)).await
+            }
+        }
+    }
+
+    /// The earliest time a queued run becomes claimable, if one waits for its retry backoff.
+    pub async fn next_queued_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT MIN(not_before) FROM runs WHERE status = 'queued'").fetch_one(pool).await?)
+        })
+    }
+
+    /// Renews the leases of the runs `agent_id` reports running and says which of them to cancel or stop.
+    pub async fn renew_leases(&self, agent_id: i64, running: &[i64], lease: Duration) -> StoreResult<LeaseRenewal> {
+        if running.is_empty() {
+            return Ok(LeaseRenewal::default());
+        }
+        dispatch!(self, pool => {
+            let mut update = sqlx::QueryBuilder::new("UPDATE runs SET lease_until = ");
+            update.push_bind(now() + lease).push(" WHERE status = 'running' AND agent_id = ").push_bind(agent_id);
+            update.push(" AND id IN (");
+            let mut ids = update.separated(", ");
+            for id in running {
+                ids.push_bind(*id);
+            }
+            update.push(") RETURNING id, cancel_requested");
+            let renewed: Vec<(i64, bool)> = update.build_query_as().fetch_all(pool).await?;
+            let cancel = renewed.iter().filter(|(_, cancel)| *cancel).map(|(id, _)| *id).collect();
+            let gone = running.iter().filter(|id| !renewed.iter().any(|(r, _)| r == *id)).copied().collect();
+            Ok(LeaseRenewal { cancel, gone })
+        })
+    }
+
+    /// Ends a run `agent_id` holds (any holder when `None`), queueing its retry in the same transaction. A run
+    /// that is no longer running is returned unchanged.
+    pub async fn finish_run(&self, run_id: i64, agent_id: Option<i64>, end: &RunEnd) -> StoreResult<Finished> {
+        let finished = dispatch!(self, pool => {
+            let mut tx = pool.begin_with_lock().await?;
+            let finished = finish_in_tx!(tx, run_id, agent_id, end);
+            tx.commit().await?;
+            finished
+        });
+        match finished {
+            Some(finished) => Ok(finished),
+            None => Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None }),
+        }
+    }
+
+    /// Marks `lost` every running run whose lease expired before `at` (or, with `agent_id`, every running run
+    /// of that agent, which has restarted and so holds none), queueing retries. Returns what changed.
+    pub async fn lose_runs(
+        &self,
+        at: DateTime<Utc>,
+        agent_id: Option<i64>,
+        reason: &str,
+    ) -> StoreResult<Vec<Finished>> {
+        let end = RunEnd { error: Some(reason.to_owned()), ..RunEnd::new(RunStatus::Lost) };
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_with_lock().await?;
+            let expired: Vec<i64> = match agent_id {
+                Some(agent_id) => sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' AND agent_id = $1 ORDER BY id")
+                    .bind(agent_id)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                None => sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' AND lease_until < $1 ORDER BY id")
+                    .bind(at)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            };
+            let mut lost = Vec::with_capacity(expired.len());
+            for run_id in expired {
+                if let Some(finished) = finish_in_tx!(tx, run_id, None::<i64>, &end) {
+                    lost.push(finished);
+                }
+            }
+            tx.commit().await?;
+            Ok(lost)
+        })
+    }
+
+    /// Cancels a run: a queued one at once, a running one by asking its agent. Anything else is a conflict.
+    pub async fn cancel_run(&self, actor: &Actor, run_id: i64) -> StoreResult<Run> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let run: Run = match status.as_str() {
+                "queued" => sqlx::query_as(
+                    "UPDATE runs SET status = 'cancelled', finished_at = $2, error = 'cancelled before it started' \
+                     WHERE id = $1 RETURNING *",
+                )
+                .bind(run_id)
+                .bind(now())
+                .fetch_one(&mut *tx)
+                .await?,
+                "running" => sqlx::query_as("UPDATE runs SET cancel_requested = $2 WHERE id = $1 RETURNING *")
+                    .bind(run_id)
+                    .bind(true)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
+            };
+            let details = json!({"status_before": status});
+            append_audit!(tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details));
+            tx.commit().await?;
+            Ok(run)
+        })
+    }
+}
+
+impl RunEnd {
+    pub fn new(status: RunStatus) -> RunEnd {
+        RunEnd {
+            status,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            max_rss_kb: None,
+            cpu_ms: None,
+            output_bytes: None,
+            truncated: false,
+            error: None,
+        }
+    }
+
+    pub fn failed(error: &str) -> RunEnd {
+        RunEnd { error: Some(error.to_owned()), ..RunEnd::new(RunStatus::Failed) }
+    }
+}
+
+fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter)
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let ids = [("task_id", filter.task_id), ("script_id", filter.script_id), ("agent_id", filter.agent_id)];
+    for (column, value) in ids {
+        if let Some(value) = value {
+            builder.push(format_args!(" AND {column} = ")).push_bind(value);
+        }
+    }
+    for (column, value) in [("status", &filter.status), ("trigger", &filter.trigger)] {
+        if let Some(value) = value {
+            builder.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if let Some(since) = filter.since {
+        builder.push(" AND queued_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        builder.push(" AND queued_at < ").push_bind(until);
+    }
+}

@@ -1,0 +1,255 @@
+//! The run lifecycle in the store on both backends: claim, lease, finish, reap, retry, cancel and output.
+//! SQLite always; PostgreSQL when `AUTOMA_TEST_PG_URL` is set (required with `AUTOMA_REQUIRE_PG=1`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use automa_core::{RunStatus, Trigger};
+use automa_store::{Actor, NewAgent, NewLogChunk, NewRun, NewScript, RunEnd, Store};
+use chrono::Duration;
+
+/// A store on a fresh database; the guard drops the PostgreSQL database at the end.
+struct TestDb {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        store.migrate().await.unwrap();
+        TestDb { store, _dir: Some(dir), pg: None }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let Ok(url) = std::env::var("AUTOMA_TEST_PG_URL") else {
+            assert!(
+                std::env::var("AUTOMA_REQUIRE_PG").is_err(),
+                "AUTOMA_REQUIRE_PG is set but AUTOMA_TEST_PG_URL is not"
+            );
+            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set; skipping the PostgreSQL tier");
+            return None;
+        };
+        let name = format!("test_{:016x}", rand_u64());
+        let admin = Store::connect(&url).await.unwrap();
+        admin.execute_raw(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin.close().await;
+        let db_url = match url.rfind('/') {
+            Some(slash) => format!("{}/{name}", &url[..slash]),
+            None => unreachable!("a PostgreSQL URL has a path"),
+        };
+        let store = Store::connect(&db_url).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(TestDb { store, _dir: None, pg: Some((url, name)) })
+    }
+
+    async fn drop_db(self) {
+        self.store.close().await;
+        if let Some((url, name)) = self.pg {
+            let admin = Store::connect(&url).await.unwrap();
+            admin.execute_raw(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+            admin.close().await;
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Runs `body` on SQLite and, when configured, PostgreSQL.
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$body(&db.store).await;
+                db.drop_db().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = super::TestDb::postgres().await {
+                    super::$body(&db.store).await;
+                    db.drop_db().await;
+                }
+            }
+        }
+    };
+}
+
+async fn agent(store: &Store, name: &str, labels: &[&str], max_concurrency: i64) -> i64 {
+    let new = NewAgent {
+        name: name.into(),
+        description: String::new(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        max_concurrency,
+        token_hash: format!("hash-{name}"),
+        embedded: false,
+    };
+    store.create_agent(&Actor::system(), new).await.unwrap().id
+}
+
+async fn script(store: &Store) -> (i64, i64) {
+    let new =
+        NewScript { name: "s".into(), description: String::new(), filename: "s.py".into(), content: "print(1)".into() };
+    let script = store.create_script(&Actor::system(), new).await.unwrap();
+    (script.id, script.version)
+}
+
+fn new_run(script: (i64, i64), labels: &[&str], target: Option<i64>, retries: i64) -> NewRun {
+    NewRun {
+        task_id: None,
+        script_id: Some(script.0),
+        script_version: Some(script.1),
+        content: None,
+        filename: "s.py".into(),
+        target_agent_id: target,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        trigger: Trigger::Api,
+        scheduled_for: None,
+        retries,
+        retry_backoff_seconds: 0,
+        args: vec![],
+        env: BTreeMap::new(),
+        secrets: vec![],
+        timeout_seconds: 60,
+        memory_mb: 64,
+        cpu_seconds: 60,
+        max_output_bytes: 1024,
+        network: false,
+    }
+}
+
+fn lease() -> Duration {
+    Duration::seconds(30)
+}
+
+async fn claims_respect_pinning_labels_and_concurrency(store: &Store) {
+    let s = script(store).await;
+    let plain = agent(store, "plain", &[], 1).await;
+    let gpu = agent(store, "gpu", &["gpu", "linux"], 2).await;
+    let needs_gpu = store.create_run(None, new_run(s, &["gpu"], None, 0)).await.unwrap();
+    let pinned = store.create_run(None, new_run(s, &[], Some(gpu), 0)).await.unwrap();
+    assert!(store.claim_run(plain, lease()).await.unwrap().is_none(), "plain may take neither run");
+    let first = store.claim_run(gpu, lease()).await.unwrap().expect("gpu takes the oldest");
+    assert_eq!((first.run.id, first.content.as_str()), (needs_gpu.id, "print(1)"));
+    assert_eq!(first.run.status(), RunStatus::Running);
+    assert_eq!(store.claim_run(gpu, lease()).await.unwrap().unwrap().run.id, pinned.id);
+    store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    assert!(store.claim_run(gpu, lease()).await.unwrap().is_none(), "gpu is at its concurrency");
+    assert!(store.claim_run(plain, lease()).await.unwrap().is_some());
+}
+both_backends!(claim_rules, claims_respect_pinning_labels_and_concurrency);
+
+async fn finish_is_idempotent_and_retries_with_backoff(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let mut spec = new_run(s, &[], None, 1);
+    spec.retry_backoff_seconds = 3600;
+    let run = store.create_run(None, spec).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let end = RunEnd { exit_code: Some(2), ..RunEnd::new(RunStatus::Failed) };
+    let finished = store.finish_run(run.id, Some(a), &end).await.unwrap();
+    assert!(finished.changed);
+    assert_eq!(finished.run.status, "failed");
+    let retry = finished.retry.expect("one retry left");
+    assert_eq!((retry.attempt, retry.trigger.as_str(), retry.status.as_str()), (2, "retry", "queued"));
+    assert!(retry.not_before > retry.queued_at, "the retry waits for its backoff");
+    assert!(store.claim_run(a, lease()).await.unwrap().is_none(), "not before its backoff");
+    let again = store.finish_run(run.id, Some(a), &RunEnd::new(RunStatus::Succeeded)).await.unwrap();
+    assert!(!again.changed && again.retry.is_none());
+    assert_eq!(again.run.status, "failed", "a late finish changes nothing");
+}
+both_backends!(finish_and_retry, finish_is_idempotent_and_retries_with_backoff);
+
+async fn expired_leases_are_reaped_and_retried(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    store.claim_run(a, Duration::seconds(-1)).await.unwrap().unwrap();
+    let renewal = store.renew_leases(a, &[run.id, 999], Duration::seconds(-1)).await.unwrap();
+    assert_eq!(renewal.gone, vec![999]);
+    let lost = store.lose_runs(automa_store::now(), None, "lease expired").await.unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].run.status, "lost");
+    let retry = lost[0].retry.as_ref().expect("retried");
+    let claimed = store.claim_run(a, lease()).await.unwrap().expect("the retry is due at once");
+    assert_eq!(claimed.run.id, retry.id);
+    let renewal = store.renew_leases(a, &[run.id, retry.id], lease()).await.unwrap();
+    assert_eq!(renewal.gone, vec![run.id], "the lost run is gone for the agent");
+    assert!(store.lose_runs(automa_store::now(), None, "x").await.unwrap().is_empty(), "a renewed lease is kept");
+    let restarted = store.lose_runs(automa_store::now(), Some(a), "agent restarted").await.unwrap();
+    assert_eq!(restarted.len(), 1);
+    assert!(restarted[0].retry.is_none(), "no retries left");
+}
+both_backends!(reaping, expired_leases_are_reaped_and_retried);
+
+async fn cancel_queued_and_running(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let queued = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    assert_eq!(store.cancel_run(&Actor::system(), queued.id).await.unwrap().status, "cancelled");
+    let running = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let requested = store.cancel_run(&Actor::system(), running.id).await.unwrap();
+    assert_eq!((requested.status.as_str(), requested.cancel_requested), ("running", true));
+    assert_eq!(store.renew_leases(a, &[running.id], lease()).await.unwrap().cancel, vec![running.id]);
+    let error = store.cancel_run(&Actor::system(), queued.id).await.unwrap_err();
+    assert_eq!(error.to_string(), format!("run {} is cancelled and cannot be cancelled", queued.id));
+}
+both_backends!(cancelling, cancel_queued_and_running);
+
+async fn logs_are_stored_once_and_capped(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let chunk =
+        |seq: i64, data: &str| NewLogChunk { seq, stream: "stdout".into(), ts: automa_store::now(), data: data.into() };
+    let batch = vec![chunk(1, "0123456789\n"), chunk(2, "abc\n")];
+    assert_eq!(store.append_logs(run.id, a, &batch, 20).await.unwrap().inserted.len(), 2);
+    assert!(store.append_logs(run.id, a, &batch, 20).await.unwrap().inserted.is_empty(), "a resent batch is skipped");
+    store.append_logs(run.id, a, &[chunk(3, "this is past the cap\n"), chunk(4, "dropped\n")], 20).await.unwrap();
+    let logs = store.run_logs(run.id, 0, 100).await.unwrap();
+    let streams: Vec<_> = logs.iter().map(|c| (c.seq, c.stream.as_str())).collect();
+    assert_eq!(streams, vec![(1, "stdout"), (2, "stdout"), (3, "system")]);
+    assert!(logs[2].data.contains("log limit of 20 bytes"), "{}", logs[2].data);
+    let other = agent(store, "other", &[], 1).await;
+    assert!(store.append_logs(run.id, other, &[chunk(9, "x")], 20).await.is_err(), "only the holder appends");
+}
+both_backends!(logs, logs_are_stored_once_and_capped);
+
+async fn concurrent_claimers_never_share_a_run(store: &Store) {
+    let s = script(store).await;
+    let mut agents = Vec::new();
+    for index in 0..8 {
+        agents.push(agent(store, &format!("a{index}"), &[], 1000).await);
+    }
+    for _ in 0..100 {
+        store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for agent_id in agents {
+        let store = store.clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(claimed) = store.claim_run(agent_id, Duration::seconds(30)).await.unwrap() {
+                assert_eq!(claimed.run.agent_id, Some(agent_id));
+                mine.push(claimed.run.id);
+            }
+            mine
+        });
+    }
+    let mut seen = HashSet::new();
+    while let Some(mine) = claimers.join_next().await {
+        for id in mine.unwrap() {
+            assert!(seen.insert(id), "run {id} was claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 100);
+}
+both_backends!(concurrent_claims, concurrent_claimers_never_share_a_run);

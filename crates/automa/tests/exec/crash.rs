@@ -1,0 +1,71 @@
+//! Losing processes: `kill -9` of the server while runs are running loses nothing, and a remote agent
+//! (`automa agent`) executes runs over HTTP like the embedded one.
+
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::support::{Server, text_of};
+
+const LONG: &str = "import time\nprint('started', flush=True)\ntime.sleep(600)\n";
+
+#[tokio::test]
+async fn after_kill_9_every_run_ends_and_queued_runs_execute() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("AUTOMA_LEASE_SECONDS", "3")];
+    let mut server = Server::start(dir.path(), &settings, true).await;
+    let mut long = Vec::new();
+    for _ in 0..2 {
+        long.push(server.execute(LONG, json!({})).await["id"].as_i64().unwrap());
+    }
+    let mut quick = Vec::new();
+    for _ in 0..3 {
+        quick.push(server.execute("print('quick')\n", json!({})).await["id"].as_i64().unwrap());
+    }
+    for id in &long {
+        let mut stream = server.events(&format!("/runs/{id}/logs/stream")).await;
+        assert_eq!(stream.next().await.unwrap().0, "log", "run {id} started");
+    }
+    for id in &quick {
+        assert_eq!(server.get(&format!("/runs/{id}")).await["status"], "queued");
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = Server::start(dir.path(), &settings, false).await;
+    for id in &long {
+        let (_, ended) = server.follow(*id).await;
+        assert_eq!(ended["status"], "lost", "{ended}");
+    }
+    for id in &quick {
+        let (chunks, ended) = server.follow(*id).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        assert_eq!(text_of(&chunks, "stdout"), "quick\n");
+    }
+}
+
+#[tokio::test]
+async fn a_remote_agent_executes_runs_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AUTOMA_NO_AGENT", "true")], true).await;
+    let (status, agent) =
+        server.post("/agents", json!({"name": "remote", "labels": ["py"], "max_concurrency": 2})).await;
+    assert_eq!(status, 201, "{agent}");
+    let mut process = crate::support::command(dir.path(), &[])
+        .args(["agent", "--server", &server.base, "--token", agent["token"].as_str().unwrap()])
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = server.execute("print('remote')\n", json!({"agent_id": agent["id"]})).await;
+    let (chunks, ended) = server.follow(run["id"].as_i64().unwrap()).await;
+    let _ = process.kill();
+    let _ = process.wait();
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["agent_id"], agent["id"]);
+    assert_eq!(text_of(&chunks, "stdout"), "remote\n");
+    let listed = server.get(&format!("/agents/{}", agent["id"])).await;
+    assert_eq!(listed["capabilities"]["ready"], true, "{listed}");
+}

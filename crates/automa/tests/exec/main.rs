@@ -1,0 +1,10 @@
+//! End-to-end tests of execution: the real `automa` binary serving on a free port, real Python in the real
+//! sandbox, the embedded agent and a remote agent. They live in the `automa` crate because the sandbox helper
+//! is this binary re-executed (`automa __sandbox-helper`), which only this crate's tests can start
+//! (`CARGO_BIN_EXE_automa`). Every wait is an event (SSE) or a bounded read, never a sleep.
+
+mod api;
+mod cli;
+mod crash;
+mod load;
+mod support;

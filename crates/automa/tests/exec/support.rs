@@ -1,0 +1,173 @@
+//! Starting `automa serve` (and `automa agent`) as processes, and a small client for the API and its SSE.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_automa");
+
+fn python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| automa_runner::resolve_interpreter(None).expect("python3 is installed"))
+}
+
+/// A running `automa serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment of a test server: its own data directory, a free port, a fixed key, the real interpreter.
+pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUTOMA_DATA_DIR", data_dir)
+        .env("AUTOMA_BIND", "127.0.0.1:0")
+        .env("AUTOMA_SECRET_KEY", "test-secret-key-of-at-least-32-bytes!!")
+        .env("AUTOMA_PYTHON", python())
+        .env("AUTOMA_AGENT_CONCURRENCY", "2")
+        .env("AUTOMA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command
+}
+
+impl Server {
+    /// Starts a server on `data_dir` and signs in (creating the first admin when `first` is set).
+    pub async fn start(data_dir: &Path, extra: &[(&str, &str)], first: bool) -> Server {
+        let mut child = command(data_dir, extra).arg("serve").spawn().expect("automa serve starts");
+        let stdout = child.stdout.take().expect("piped");
+        let base = tokio::task::spawn_blocking(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("readable stdout");
+                if let Some(rest) = line.strip_prefix("Automa is running: open ") {
+                    return rest.split_whitespace().next().expect("an address").trim_end_matches('/').to_owned();
+                }
+            }
+            panic!("automa serve exited before it was ready");
+        })
+        .await
+        .unwrap();
+        let client = reqwest::Client::new();
+        let (email, password) = ("admin@example.com", "admin password");
+        if first {
+            let created = client.post(format!("{base}/users")).json(&json!({"email": email, "password": password}));
+            assert!(created.send().await.unwrap().status().is_success());
+        }
+        let login = client.post(format!("{base}/token")).form(&[("username", email), ("password", password)]);
+        let token: Value = login.send().await.unwrap().json().await.unwrap();
+        let token = token["access_token"].as_str().expect("signed in").to_owned();
+        Server { child, base, token, data_dir: data_dir.to_path_buf(), client }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response =
+            self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Queues inline Python and returns the run.
+    pub async fn execute(&self, content: &str, extra: Value) -> Value {
+        let mut body = json!({"content": content});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let (status, run) = self.post("/execute", body).await;
+        assert_eq!(status, 202, "{run}");
+        run
+    }
+
+    /// Opens a server-sent event stream.
+    pub async fn events(&self, path: &str) -> Events {
+        let response = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        Events { response, buffer: String::new() }
+    }
+
+    /// Follows a run's output to its end; returns the chunks and the run as it ended.
+    pub async fn follow(&self, run_id: i64) -> (Vec<Value>, Value) {
+        let mut events = self.events(&format!("/runs/{run_id}/logs/stream")).await;
+        let mut chunks = Vec::new();
+        loop {
+            let (name, data) = events.next().await.expect("the stream ends with an end event");
+            match name.as_str() {
+                "log" => chunks.push(serde_json::from_str(&data).unwrap()),
+                "end" => return (chunks, serde_json::from_str(&data).unwrap()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A server-sent event stream.
+pub struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    /// The next event's name and data; `None` when the stream closes.
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        let (mut name, mut data) = (String::new(), String::new());
+        loop {
+            while let Some(newline) = self.buffer.find('\n') {
+                let line: String = self.buffer.drain(..=newline).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if !data.is_empty() || !name.is_empty() {
+                        return Some((name, data));
+                    }
+                    continue;
+                }
+                let (key, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match key {
+                    "event" => name = value.to_owned(),
+                    "data" => data.push_str(value),
+                    _ => {}
+                }
+            }
+            let bytes = self.response.chunk().await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+pub fn text_of(chunks: &[Value], stream: &str) -> String {
+    chunks.iter().filter(|c| c["stream"] == stream).map(|c| c["data"].as_str().unwrap()).collect()
+}

@@ -4,16 +4,33 @@ import { api } from '../api.js';
 import { h, mount, loading, empty, failure, badge, relative, pageHeader, confirm, toast, busy, debounce, field, showFieldError, clearFieldErrors } from '../dom.js';
 import { onLive } from '../live.js';
 
-/** The sandbox layers an agent reported, as chips: present layers plain, missing ones as warnings. */
+/**
+ * The sandbox an agent reported: its profile (red when `none`), each layer as a chip (missing ones as
+ * warnings), then what it lacks to run scripts at all and its warnings, spelled out.
+ */
 function capabilities(caps) {
   const entries = Object.entries(caps || {});
   if (entries.length === 0) return h('p.muted.small', 'No capabilities reported yet.');
-  return h('ul.chips', entries.map(([name, value]) => {
-    const text = typeof value === 'boolean' ? name : `${name}: ${typeof value === 'object' ? JSON.stringify(value) : value}`;
-    const danger = name === 'profile' && value === 'none';
-    const kind = danger ? 'danger' : value === false ? 'warn' : 'ok';
-    return h(`li.chip.${kind}`, { title: value === false ? `${name} is not available on this host` : null }, value === false ? `no ${name}` : text);
-  }));
+  const chips = [];
+  const notes = [];
+  for (const [name, value] of entries) {
+    if (name === 'profile') {
+      chips.unshift(h(`li.chip.${value === 'none' ? 'danger' : 'ok'}`, `profile: ${value}`));
+    } else if (name === 'ready') {
+      if (value === false) chips.unshift(h('li.chip.danger', 'cannot run scripts'));
+    } else if (Array.isArray(value)) {
+      for (const item of value) {
+        notes.push(h(`li.${name === 'missing_required' ? 'danger' : 'warn'}`, name === 'missing_required' ? `Missing: ${item}` : String(item)));
+      }
+    } else if (value === false) {
+      chips.push(h('li.chip.warn', { title: `${name} is not available on this host` }, `no ${name.replace(/_/g, ' ')}`));
+    } else if (value === true) {
+      chips.push(h('li.chip.ok', name.replace(/_/g, ' ')));
+    } else if (value !== null && typeof value !== 'object') {
+      chips.push(h('li.chip.ok', `${name.replace(/_/g, ' ')}: ${value}`));
+    }
+  }
+  return [h('ul.chips', chips), notes.length ? h('ul.cap-notes', notes) : null];
 }
 
 function agentCard(agent, running, ctx, reload) {

@@ -10,12 +10,19 @@ import { cpu } from './runs.js';
 const ACTIVE = new Set(['queued', 'running']);
 const FAILED = new Set(['failed', 'timed_out', 'lost']);
 
-function facts(run) {
+/** Names of what a run refers to; a name that cannot be read (deleted, or not allowed) falls back to its id. */
+async function names(run) {
+  const name = (path, id) => (id ? api(`${path}/${id}`).then((x) => x.name).catch(() => `#${id}`) : null);
+  const [task, script, agent] = await Promise.all([name('/tasks', run.task_id), name('/scripts', run.script_id), name('/agents', run.agent_id)]);
+  return { task, script, agent };
+}
+
+function facts(run, named) {
   const item = (label, value) => h('div', h('dt', label), h('dd', value));
   return h('dl.facts',
-    item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, `#${run.task_id}`) : 'ad hoc'),
-    item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, `#${run.script_id}`), ` v${run.script_version}`) : 'inline source'),
-    item('Agent', run.agent_id ? `#${run.agent_id}` : '—'),
+    item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, named.task) : 'ad hoc'),
+    item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, named.script), ` v${run.script_version}`) : 'inline source'),
+    item('Agent', run.agent_id ? named.agent || `#${run.agent_id}` : '—'),
     item('Trigger', `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ''}`),
     item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
     item('Duration', runDuration(run)),
@@ -39,8 +46,10 @@ function problem(run) {
 export async function render(main, params) {
   mount(main, loading('Loading run'));
   let run;
+  let named;
   try {
     run = await api(`/runs/${params.id}`);
+    named = await names(run);
   } catch (error) {
     mount(main, pageHeader(`Run #${params.id}`), failure(error, () => render(main, params)));
     return undefined;
@@ -101,13 +110,15 @@ export async function render(main, params) {
     }));
     actions.push(rerun);
     mount(header, pageHeader(h('span', `Run #${run.id} `, badge(run.status)), actions));
-    mount(factsSlot, facts(run));
+    mount(factsSlot, facts(run, named));
     mount(problemSlot, problem(run));
   }
 
   async function refreshRun() {
     try {
+      const agent = run.agent_id;
       run = await api(`/runs/${run.id}`);
+      if (run.agent_id !== agent) named = await names(run);
       drawRun();
     } catch (error) {
       toast(error.detail || error.message, 'error');

@@ -20,8 +20,12 @@ export function cpu(ms) {
 }
 
 export async function render(main, _params, ctx) {
-  const tasks = await api('/tasks', { query: { limit: 500 } }).catch(() => ({ items: [] }));
+  const [tasks, scripts] = await Promise.all([
+    api('/tasks', { query: { limit: 500 } }).catch(() => ({ items: [] })),
+    api('/scripts', { query: { limit: 500 } }).catch(() => ({ items: [] })),
+  ]);
   const taskNames = new Map(tasks.items.map((t) => [t.id, t.name]));
+  const scriptNames = new Map(scripts.items.map((s) => [s.id, s.name]));
   const status = select('status', 'Status', STATUSES.map((s) => [s, s.replace('_', ' ')]), ctx.query.get('status') || '');
   const task = select('task_id', 'Task', tasks.items.map((t) => [t.id, t.name]), ctx.query.get('task_id') || '');
   const trigger = select('trigger', 'Trigger', TRIGGERS.map((t) => [t, t]), ctx.query.get('trigger') || '');
@@ -50,7 +54,7 @@ export async function render(main, _params, ctx) {
         page.items.map((run) => h('tr', { dataset: { run: run.id, status: run.status } },
           h('td', h('a', { href: `#/runs/${run.id}` }, `#${run.id}`), run.attempt > 1 ? h('span.muted.small', ` try ${run.attempt}`) : null),
           h('td', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, taskNames.get(run.task_id) || `task ${run.task_id}`)
-            : run.script_id ? h('a', { href: `#/scripts/${run.script_id}` }, `script ${run.script_id}`) : h('span.muted', 'inline'),
+            : run.script_id ? h('a', { href: `#/scripts/${run.script_id}` }, scriptNames.get(run.script_id) || `script ${run.script_id}`) : h('span.muted', 'inline'),
             run.script_version ? h('span.muted.small', ` v${run.script_version}`) : null),
           h('td', badge(run.status)), h('td', run.trigger), h('td', time(run.queued_at)), h('td.num', runDuration(run)),
           h('td.num', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), h('td.num', cpu(run.cpu_ms)),

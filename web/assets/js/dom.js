@@ -56,11 +56,12 @@ export function failure(error, retry) {
 }
 
 /** Asks before something destructive; resolves true only when the user confirms. */
-export function confirm(message, { title = 'Are you sure?', action = 'Confirm' } = {}) {
+export function confirm(message, { title = 'Are you sure?', action = 'Confirm', dismiss = 'Cancel' } = {}) {
   const dialog = document.getElementById('confirm');
   document.getElementById('confirm-title').textContent = title;
   document.getElementById('confirm-message').textContent = message;
   document.getElementById('confirm-ok').textContent = action;
+  document.getElementById('confirm-cancel').textContent = dismiss;
   dialog.returnValue = '';
   dialog.showModal();
   document.getElementById('confirm-cancel').focus();

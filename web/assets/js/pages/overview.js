@@ -21,8 +21,8 @@ async function fill(body, load, draw) {
 }
 
 function runLabel(run, names) {
-  if (run.task_id) return names.get(run.task_id) || `task ${run.task_id}`;
-  return run.script_id ? `script ${run.script_id}` : 'inline script';
+  if (run.task_id) return names.get(`task ${run.task_id}`) || `task ${run.task_id}`;
+  return run.script_id ? names.get(`script ${run.script_id}`) || `script ${run.script_id}` : 'inline script';
 }
 
 function runList(runs, emptyText, names) {
@@ -85,12 +85,16 @@ export async function render(main) {
     stats.el, h('div.grid', running.el, recent.el, failures.el, fires.el, agents.el));
 
   let names = new Map();
-  const loadNames = () => api('/tasks', { query: { limit: 500 } })
-    .then((page) => { names = new Map(page.items.map((task) => [task.id, task.name])); })
-    .catch(() => {});
+  const loadNames = () => Promise.all([
+    api('/tasks', { query: { limit: 500 } }).catch(() => ({ items: [] })),
+    api('/scripts', { query: { limit: 500 } }).catch(() => ({ items: [] })),
+  ]).then(([tasks, scripts]) => {
+    names = new Map([...tasks.items.map((t) => [`task ${t.id}`, t.name]), ...scripts.items.map((s) => [`script ${s.id}`, s.name])]);
+  });
+  const unnamed = (run) => (run.task_id ? !names.has(`task ${run.task_id}`) : run.script_id && !names.has(`script ${run.script_id}`));
   const runs = (query) => async () => {
     const page = await api('/runs', { query });
-    if (page.items.some((run) => run.task_id && !names.has(run.task_id))) await loadNames();
+    if (page.items.some(unnamed)) await loadNames();
     return page;
   };
   const loadRuns = () => {

@@ -84,7 +84,7 @@ export async function render(main, params) {
     if (ACTIVE.has(run.status)) {
       const cancel = h('button.button.danger', { type: 'button' }, 'Cancel run');
       cancel.addEventListener('click', async () => {
-        if (!(await confirm(`Cancel run #${run.id}? Its process tree is killed.`, { action: 'Cancel run' }))) return;
+        if (!(await confirm(`Cancel run #${run.id}? Its process tree is killed.`, { action: 'Cancel run', dismiss: 'Keep it running' }))) return;
         await busy(cancel, async () => {
           try {
             run = await api(`/runs/${run.id}/cancel`, { method: 'POST' }) || run;

@@ -48,7 +48,7 @@ function can(role) {
 }
 
 function context() {
-  return { user, can, refreshUser };
+  return { user, can };
 }
 
 function notFound(target, path) {

@@ -18,7 +18,7 @@ function loginForm(message, onSignedIn) {
   const email = h('input', { type: 'email', name: 'username', autocomplete: 'username', required: true });
   const password = h('input', { type: 'password', name: 'password', autocomplete: 'current-password', required: true });
   const submit = h('button.button.primary.wide', { type: 'submit' }, 'Log in');
-  const form = h('form.stack', { novalidate: false },
+  const form = h('form.stack',
     message ? h('p.notice', { role: 'status' }, message) : null,
     h('p.form-error', { role: 'alert', tabindex: '-1', hidden: true }),
     field('E-mail', email), field('Password', password), submit);

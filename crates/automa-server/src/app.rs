@@ -88,6 +88,7 @@ impl Application {
         let router = router
             .route_layer(middleware::from_fn_with_state(state.clone(), auth::enforce_access))
             .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+            .merge(crate::dashboard::router())
             .fallback(|| async { ApiError::NotFound("no such route".into()) })
             .method_not_allowed_fallback(|| async {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))

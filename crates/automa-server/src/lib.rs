@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod execution;

@@ -9,9 +9,11 @@ pub mod execute;
 pub mod health;
 pub mod runs;
 pub mod schedule;
+pub mod schedule_preview;
 pub mod scripts;
 pub mod secrets;
 pub mod session;
+pub mod setup;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
@@ -74,6 +76,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_protocol::finish))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+        .routes(routes!(setup::status))
+        .routes(routes!(schedule_preview::preview))
 }
 
 /// Completes the document once every route is mounted: security schemes and the error responses derived from

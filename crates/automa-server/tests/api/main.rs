@@ -6,6 +6,7 @@ mod helpers;
 mod access;
 mod audit;
 mod crud;
+mod dashboard;
 mod errors;
 mod fuzz;
 mod openapi;

@@ -61,6 +61,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/claim"),
     ("post", "/agent/runs/{id}/logs"),
     ("post", "/agent/runs/{id}/finish"),
+    ("get", "/setup"),
+    ("get", "/schedule/preview"),
 ];
 
 async fn document() -> Value {

@@ -1,0 +1,257 @@
+// The dashboard, end to end: one real server and one browser, walked through the flows an operator follows.
+// Steps build on each other (the admin created first logs in later, the script made here is run there), so
+// they run in order; each step checks the browser stayed clean.
+
+import assert from 'node:assert/strict';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { openBrowser, screenshots, startServer } from './harness.js';
+
+const ADMIN = { email: 'admin@example.com', password: 'correct horse battery' };
+
+const STREAMING = `import time
+
+for i in range(1, 4):
+    print(f"line {i}", flush=True)
+    time.sleep(1.5)
+print("done")
+`;
+const FAILING = `import sys
+
+print("about to fail", file=sys.stderr)
+sys.exit(3)
+`;
+const LONG = `import time
+
+print("started", flush=True)
+time.sleep(600)
+`;
+
+describe('dashboard', () => {
+  let server;
+  let browser;
+  let page;
+
+  before(async () => {
+    server = await startServer();
+    browser = await openBrowser(server.url);
+    page = browser.page;
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (server) await server.stop();
+  });
+
+  afterEach(() => {
+    assert.deepEqual(browser.problems(), [], 'the browser saw errors');
+  });
+
+  const go = async (hash) => {
+    await page.goto(`${server.url}/#${hash}`);
+  };
+  const heading = (text) => page.getByRole('heading', { level: 1, name: text });
+
+  async function createScript(name, content) {
+    await go('/scripts/new');
+    await page.getByLabel('Name', { exact: true }).fill(name);
+    await page.getByLabel('Python source').fill(content);
+    await page.getByRole('button', { name: 'Create script' }).click();
+    await heading(name).waitFor();
+    return Number(new URL(page.url()).hash.split('/').pop());
+  }
+
+  async function runScriptNow() {
+    await page.getByRole('button', { name: 'Run now' }).first().click();
+    await page.waitForURL(/#\/runs\/\d+$/);
+  }
+
+  it('creates the first admin on a fresh server', async () => {
+    await page.goto(server.url);
+    await heading('Create the first admin').waitFor();
+    await screenshots(page, '01-setup');
+    await page.getByLabel('E-mail').fill(ADMIN.email);
+    await page.getByLabel('Password', { exact: true }).fill(ADMIN.password);
+    await page.getByLabel('Repeat password').fill(ADMIN.password);
+    await page.getByRole('button', { name: 'Create admin and log in' }).click();
+    await heading('Overview').waitFor();
+    await page.locator('#whoami').getByText(ADMIN.email).waitFor();
+  });
+
+  it('logs out and back in, showing a wrong password', async () => {
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await heading('Log in').waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+    await screenshots(page, '02-login');
+    await page.getByLabel('E-mail').fill(ADMIN.email);
+    await page.getByLabel('Password').fill('not the password');
+    browser.expectError(401, /^\/token$/);
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await page.getByRole('alert').getByText('wrong e-mail or password').waitFor();
+    await page.getByLabel('Password').fill(ADMIN.password);
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await heading('Overview').waitFor();
+    await page.locator('section[aria-labelledby="p-counts"] .tiles').waitFor();
+    await screenshots(page, '03-overview');
+  });
+
+  it('shows a syntax error inline at its line, then creates the script', async () => {
+    await go('/scripts/new');
+    await page.getByLabel('Name', { exact: true }).fill('stream');
+    await page.getByLabel('Python source').fill('import sys\n\ndef broken(:\n    pass\n');
+    browser.expectError(422, /^\/scripts$/);
+    await page.getByRole('button', { name: 'Create script' }).click();
+    const message = page.locator('.editor-error');
+    await message.getByText(/line 3/).waitFor();
+    assert.equal(await page.locator('.gutter .error-line').textContent(), '3');
+    await screenshots(page, '04-script-syntax-error');
+    await page.getByLabel('Python source').fill(STREAMING);
+    assert.equal(await page.locator('.gutter .error-line').count(), 0);
+    await page.getByRole('button', { name: 'Create script' }).click();
+    await heading('stream').waitFor();
+  });
+
+  it('saves a second version and diffs it against the first', async () => {
+    await page.getByLabel('Python source').fill(STREAMING.replace('print("done")', 'print("all done")'));
+    await page.getByRole('button', { name: 'Save new version' }).click();
+    await page.getByText('Saved as version 2.').waitFor();
+    await page.locator('.diff-line.add').getByText('print("all done")').waitFor();
+    await page.locator('.diff-line.del').getByText('print("done")').waitFor();
+    await screenshots(page, '05-script-versions');
+    await go('/scripts');
+    await page.getByRole('link', { name: 'stream' }).waitFor();
+    await screenshots(page, '06-scripts');
+  });
+
+  it('creates a task', async () => {
+    await go('/tasks/new');
+    await heading('New task').waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('nightly-stream');
+    await page.getByLabel('Script', { exact: true }).selectOption({ label: 'stream' });
+    await page.getByLabel('Arguments').fill('--verbose');
+    await page.getByRole('button', { name: 'Create task' }).click();
+    await heading('nightly-stream').waitFor();
+    await screenshots(page, '07-task');
+  });
+
+  it('edits the schedule and previews the next fires in its time zone', async () => {
+    await page.getByLabel('Cron', { exact: true }).check();
+    await page.getByLabel('Time zone', { exact: true }).fill('Europe/Berlin');
+    await page.getByLabel('Cron expression').fill('61 * * * *');
+    browser.expectError(422, /^\/schedule\/preview$/);
+    await page.locator('#schedule-preview .preview-error').waitFor();
+    await page.locator('[data-field="schedule.cron"] .field-error:not([hidden])').waitFor();
+    await page.getByLabel('Cron expression').fill('30 9 * * 1-5');
+    const fires = page.locator('#schedule-preview .fires li');
+    await fires.nth(4).waitFor();
+    assert.equal(await fires.count(), 5);
+    for (const text of await fires.allTextContents()) assert.match(text, /09:30:00 CES?T$/);
+    await screenshots(page, '08-schedule-preview');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByText('Task saved.').waitFor();
+    await page.locator('.meta').getByText('Next fire').waitFor();
+    await go('/tasks');
+    await page.getByRole('cell', { name: /30 9 \* \* 1-5/ }).waitFor();
+    await screenshots(page, '09-tasks');
+  });
+
+  it('runs the task and shows its output live, line by line', async () => {
+    await page.getByRole('link', { name: 'nightly-stream' }).click();
+    await heading('nightly-stream').waitFor();
+    await runScriptNow();
+    const log = page.locator('pre.log');
+    await log.getByText('line 1').waitFor();
+    assert.doesNotMatch(await log.textContent(), /line 3/, 'the output arrived all at once, not live');
+    await page.locator('.badge.status-running').first().waitFor();
+    await log.getByText('line 3').waitFor();
+    await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: 30000 });
+    await log.getByText('all done').waitFor();
+    await screenshots(page, '10-run-succeeded');
+  });
+
+  it("shows a failed run's error", async () => {
+    await createScript('fails', FAILING);
+    await runScriptNow();
+    await page.locator('h1 .badge.status-failed').waitFor({ timeout: 30000 });
+    await page.locator('.run-error').getByText('exited with code 3').waitFor();
+    await page.locator('pre.log .stderr').getByText('about to fail').waitFor();
+    await screenshots(page, '11-run-failed');
+  });
+
+  it('cancels a long run after asking', async () => {
+    await createScript('sleeper', LONG);
+    await runScriptNow();
+    await page.locator('pre.log').getByText('started').waitFor({ timeout: 30000 });
+    await page.getByRole('button', { name: 'Cancel run' }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByText(/Cancel run #\d+\?/).waitFor();
+    await screenshots(page, '12-cancel-confirm');
+    await dialog.getByRole('button', { name: 'Cancel run' }).click();
+    await page.locator('h1 .badge.status-cancelled').waitFor({ timeout: 30000 });
+  });
+
+  it('lists runs with filters', async () => {
+    await go('/runs');
+    await heading('Runs').waitFor();
+    await page.locator('tr[data-status="failed"]').first().waitFor();
+    await page.getByLabel('Status').selectOption('failed');
+    await page.waitForFunction(() => [...document.querySelectorAll('tbody tr')].every((row) => row.dataset.status === 'failed'));
+    await page.getByLabel('Status').selectOption('');
+    await page.locator('tr[data-status="succeeded"]').first().waitFor();
+    await screenshots(page, '13-runs');
+    await go('/');
+    await page.locator('section[aria-labelledby="p-recent"] .run-list li').first().waitFor();
+    await screenshots(page, '14-overview-with-runs');
+  });
+
+  it('shows agents with their sandbox capabilities', async () => {
+    await go('/agents');
+    await heading('Agents').waitFor();
+    await page.locator('.agent-card, .state.empty').first().waitFor();
+    await screenshots(page, '15-agents');
+  });
+
+  it('verifies the audit log', async () => {
+    await go('/audit');
+    await heading('Audit log').waitFor();
+    await page.getByRole('cell', { name: 'script.create' }).first().waitFor();
+    await page.getByRole('button', { name: 'Verify chain' }).click();
+    await page.locator('.banner.ok').getByText('Chain intact.').waitFor();
+    await page.getByLabel('Action').fill('task.update');
+    await page.getByRole('button', { name: 'Apply filters' }).click();
+    await page.getByRole('cell', { name: 'task.update' }).first().waitFor();
+    await page.waitForFunction(() => [...document.querySelectorAll('tbody td code')].every((c) => c.textContent === 'task.update'));
+    await screenshots(page, '16-audit');
+  });
+
+  it('manages users and shows a new API token once', async () => {
+    await go('/users');
+    await page.getByText('Add a user').click();
+    await page.getByLabel('E-mail').fill('viewer@example.com');
+    await page.getByLabel('Initial password').fill('viewer password');
+    await page.getByRole('button', { name: 'Create user' }).click();
+    await page.getByRole('cell', { name: 'viewer@example.com' }).waitFor();
+    await screenshots(page, '17-users');
+    await go('/tokens');
+    await page.getByLabel('Name').fill('ci');
+    await page.getByRole('button', { name: 'Create token' }).click();
+    const token = await page.getByLabel('New API token').inputValue();
+    assert.match(token, /^atm_/);
+    await page.getByRole('cell', { name: 'ci', exact: true }).waitFor();
+    await screenshots(page, '18-tokens');
+    await go('/export');
+    await heading('Export').waitFor();
+    const download = page.waitForEvent('download');
+    await page.getByRole('button', { name: 'Download JSON export' }).click();
+    const file = await download;
+    assert.match(file.suggestedFilename(), /^automa-export-.*\.json$/);
+    await screenshots(page, '19-export');
+  });
+
+  it('logs out', async () => {
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await heading('Log in').waitFor();
+    await page.getByText('You are logged out.').waitFor();
+    await go('/runs');
+    await heading('Log in').waitFor();
+  });
+});

@@ -1,0 +1,204 @@
+// One run: its facts, its error, and its output — the stored log first, then the live stream from where the
+// stored log ended, which the user can pause and resume without losing lines. Cancel and re-run from here.
+
+import { api, stream } from '../api.js';
+import { h, mount, loading, failure, badge, time, runDuration, bytes, pageHeader, confirm, toast, busy, debounce } from '../dom.js';
+import { onLive } from '../live.js';
+import { navigate } from '../router.js';
+import { cpu } from './runs.js';
+
+const ACTIVE = new Set(['queued', 'running']);
+const FAILED = new Set(['failed', 'timed_out', 'lost']);
+
+/** Names of what a run refers to; a name that cannot be read (deleted, or not allowed) falls back to its id. */
+async function names(run) {
+  const name = (path, id) => (id ? api(`${path}/${id}`).then((x) => x.name).catch(() => `#${id}`) : null);
+  const [task, script, agent] = await Promise.all([name('/tasks', run.task_id), name('/scripts', run.script_id), name('/agents', run.agent_id)]);
+  return { task, script, agent };
+}
+
+function facts(run, named) {
+  const item = (label, value) => h('div', h('dt', label), h('dd', value));
+  return h('dl.facts',
+    item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, named.task) : 'ad hoc'),
+    item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, named.script), ` v${run.script_version}`) : 'inline source'),
+    item('Agent', run.agent_id ? named.agent || `#${run.agent_id}` : '—'),
+    item('Trigger', `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ''}`),
+    item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
+    item('Duration', runDuration(run)),
+    item('Exit', run.exit_code != null ? String(run.exit_code) : run.signal ? `signal ${run.signal}` : '—'),
+    item('Max memory', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), item('CPU', cpu(run.cpu_ms)),
+    item('Output', run.output_bytes == null ? '—' : `${bytes(run.output_bytes)}${run.truncated ? ' (truncated)' : ''}`));
+}
+
+function problem(run) {
+  if (!FAILED.has(run.status) && !run.error) return null;
+  const lines = [];
+  if (run.error) lines.push(run.error);
+  if (run.timed_out || run.status === 'timed_out') lines.push('The run hit its time limit and was stopped.');
+  if (run.oom_killed) lines.push('The run was killed for exceeding its memory limit.');
+  if (run.exit_code != null && run.exit_code !== 0) lines.push(`The script exited with code ${run.exit_code}.`);
+  if (run.signal) lines.push(`The script was killed by signal ${run.signal}.`);
+  return h('div.state.error.run-error', { role: 'alert' }, h('strong', run.status === 'skipped' ? 'Skipped' : 'Run failed'),
+    lines.map((line) => h('p', line)));
+}
+
+export async function render(main, params) {
+  mount(main, loading('Loading run'));
+  let run;
+  let named;
+  try {
+    run = await api(`/runs/${params.id}`);
+    named = await names(run);
+  } catch (error) {
+    mount(main, pageHeader(`Run #${params.id}`), failure(error, () => render(main, params)));
+    return undefined;
+  }
+  const header = h('div');
+  const factsSlot = h('div');
+  const problemSlot = h('div');
+  const log = h('pre.log', { tabindex: '0', 'aria-label': 'Run output', 'aria-live': 'off' });
+  const logState = h('span.log-state', { role: 'status' });
+  const pause = h('button.button.small', { type: 'button', 'aria-pressed': 'false' }, 'Pause');
+  const follow = h('input', { type: 'checkbox', checked: true, name: 'follow' });
+  mount(main, h('p.crumbs', h('a', { href: '#/runs' }, 'Runs'), ' / ', `#${run.id}`), header, problemSlot, factsSlot,
+    h('section.panel.log-panel', { 'aria-labelledby': 'log-title' },
+      h('div.panel-head', h('h2', { id: 'log-title' }, 'Output'),
+        h('div.log-tools', logState, h('label.check', follow, ' Scroll with output'), pause)),
+      log));
+
+  let lastSeq = -1;
+  let controller = null;
+  let paused = false;
+  let closed = false;
+
+  function append(chunk) {
+    if (chunk.seq <= lastSeq) return;
+    lastSeq = chunk.seq;
+    log.append(h(`span.chunk.${chunk.stream || 'stdout'}`, chunk.data));
+    if (follow.checked) log.scrollTop = log.scrollHeight;
+  }
+
+  function drawRun() {
+    const actions = [];
+    if (ACTIVE.has(run.status)) {
+      const cancel = h('button.button.danger', { type: 'button' }, 'Cancel run');
+      cancel.addEventListener('click', async () => {
+        if (!(await confirm(`Cancel run #${run.id}? Its process tree is killed.`, { action: 'Cancel run', dismiss: 'Keep it running' }))) return;
+        await busy(cancel, async () => {
+          try {
+            run = await api(`/runs/${run.id}/cancel`, { method: 'POST' }) || run;
+            toast('Cancel requested.', 'success');
+            drawRun();
+          } catch (error) {
+            toast(error.detail || error.message, 'error');
+          }
+        });
+      });
+      actions.push(cancel);
+    }
+    const rerun = h('button.button', { type: 'button', disabled: !run.task_id && !run.script_id, title: !run.task_id && !run.script_id ? 'An inline run cannot be repeated from here' : null }, 'Re-run');
+    rerun.addEventListener('click', () => busy(rerun, async () => {
+      try {
+        const next = run.task_id
+          ? await api(`/tasks/${run.task_id}/execute`, { method: 'POST' })
+          : await api('/execute', { method: 'POST', body: { script_id: run.script_id } });
+        navigate(`/runs/${next.id}`);
+      } catch (error) {
+        toast(error.detail || error.message, 'error');
+      }
+    }));
+    actions.push(rerun);
+    mount(header, pageHeader(h('span', `Run #${run.id} `, badge(run.status)), actions));
+    mount(factsSlot, facts(run, named));
+    mount(problemSlot, problem(run));
+  }
+
+  async function refreshRun() {
+    try {
+      const agent = run.agent_id;
+      run = await api(`/runs/${run.id}`);
+      if (run.agent_id !== agent) named = await names(run);
+      drawRun();
+    } catch (error) {
+      toast(error.detail || error.message, 'error');
+    }
+  }
+
+  async function backlog() {
+    for (;;) {
+      const page = await api(`/runs/${run.id}/logs`, { query: lastSeq >= 0 ? { after: lastSeq } : {} });
+      const before = lastSeq;
+      page.chunks.forEach(append);
+      if (page.chunks.length === 0 || lastSeq === before) return;
+    }
+  }
+
+  async function followStream() {
+    if (paused || closed) return;
+    if (!ACTIVE.has(run.status)) {
+      logState.textContent = lastSeq < 0 ? 'No output.' : 'Finished.';
+      pause.hidden = true;
+      return;
+    }
+    controller = new AbortController();
+    const own = controller;
+    logState.textContent = 'Connecting…';
+    try {
+      await stream(`/runs/${run.id}/logs/stream`, {
+        signal: own.signal,
+        query: lastSeq >= 0 ? { after: lastSeq } : {},
+        onOpen: () => { logState.textContent = 'Following live output'; },
+        onEvent: (event) => {
+          const data = event.data;
+          if (data && typeof data === 'object' && 'seq' in data && 'data' in data) append(data);
+          else if (data && typeof data === 'object' && Array.isArray(data.chunks)) data.chunks.forEach(append);
+          else if (data && typeof data === 'object' && data.status) {
+            run = { ...run, ...data, id: run.id };
+            drawRun();
+          }
+        },
+      });
+    } catch (error) {
+      if (own.signal.aborted) return;
+      logState.textContent = `Stream stopped: ${error.detail || error.message}`;
+      return;
+    }
+    if (own.signal.aborted) return;
+    await refreshRun();
+    await backlog().catch(() => {});
+    logState.textContent = 'Finished.';
+    pause.hidden = true;
+  }
+
+  pause.addEventListener('click', () => {
+    paused = !paused;
+    pause.textContent = paused ? 'Resume' : 'Pause';
+    pause.setAttribute('aria-pressed', String(paused));
+    if (paused) {
+      if (controller) controller.abort();
+      logState.textContent = 'Paused — new output waits on the server.';
+    } else {
+      followStream();
+    }
+  });
+
+  drawRun();
+  try {
+    await backlog();
+  } catch (error) {
+    mount(log, failure(error));
+  }
+  followStream();
+  const refresh = debounce(refreshRun, 200);
+  const stop = onLive(['run'], (data) => {
+    const id = data && (data.run_id ?? data.id ?? (data.run && data.run.id));
+    if (id === undefined || Number(id) === run.id) refresh();
+  });
+  return () => {
+    closed = true;
+    if (controller) controller.abort();
+    stop();
+    refresh.cancel();
+  };
+}

@@ -13,7 +13,7 @@ use crate::execution::Execution;
 
 /// Tasks fired per transaction: large enough that a thousand tasks due in the same second cost a few
 /// transactions, small enough that one transaction never holds the write lock for long.
-const BATCH: i64 = 500;
+const BATCH: i64 = 2000;
 
 /// How long to wait after a database error before trying again.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);

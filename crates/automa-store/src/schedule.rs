@@ -12,22 +12,34 @@ use sqlx::types::Json;
 
 use automa_core::{FireOutcome, Schedule};
 
-use crate::{Backend, Run, Store, StoreResult, Task, WritePool, dispatch, now, runs::WAKE_CHANNEL};
+use crate::{Backend, Run, Store, StoreResult, WritePool, dispatch, now, runs::WAKE_CHANNEL};
 
 /// Tells every server's scheduler that a task's schedule changed (PostgreSQL only; in one process the server
 /// wakes its scheduler directly).
 pub const TASKS_CHANNEL: &str = "automa_tasks";
 
-/// Rows per multi-row INSERT: 24 parameters a row stays far below SQLite's 32766.
-const INSERT_CHUNK: usize = 400;
+/// Fires per multi-row INSERT: 6 parameters a fire stays far below SQLite's 32766.
+const INSERT_CHUNK: usize = 1000;
 
-/// A due task with what its runs need from its script.
+/// Inserts the planned fires (`VALUES (task_id, scheduled_for, status, not_before, finished_at, error)`),
+/// copying everything else from each task and its script inside the database. `$1` is `queued_at`. The
+/// `WHERE true` lets SQLite tell the upsert's `ON CONFLICT` from a join constraint.
+const INSERT_FIRES_HEAD: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, \
+     labels, trigger, scheduled_for, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, error, \
+     args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, t.labels, \
+     'schedule', v.column2, t.retries, t.retry_backoff_seconds, v.column3, ";
+const INSERT_FIRES_MIDDLE: &str = ", v.column4, v.column5, v.column6, t.args, t.env, t.secrets, t.timeout_seconds, \
+     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network FROM (";
+const INSERT_FIRES_TAIL: &str = ") AS v JOIN tasks t ON t.id = v.column1 JOIN scripts s ON s.id = t.script_id WHERE true \
+     ON CONFLICT (task_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING RETURNING *";
+
+/// What planning needs of a due task; the rest of the task is copied into its runs by the database.
 #[derive(sqlx::FromRow)]
 struct DueTask {
-    #[sqlx(flatten)]
-    task: Task,
-    script_filename: String,
-    script_current_version: i64,
+    id: i64,
+    schedule: Option<Json<Schedule>>,
+    next_fire_at: Option<DateTime<Utc>>,
 }
 
 /// What one batch of fires did.
@@ -39,11 +51,9 @@ pub struct Fired {
     pub tasks: usize,
 }
 
-/// One row to insert: a fire's run or its skipped record.
-struct FireRow<'a> {
-    task: &'a Task,
-    filename: &'a str,
-    script_version: i64,
+/// One fire to record: its run, or its skipped record with the reason.
+struct FireRow {
+    task_id: i64,
     scheduled_for: DateTime<Utc>,
     not_before: DateTime<Utc>,
     skip: Option<String>,
@@ -82,8 +92,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let due: Vec<DueTask> = sqlx::query_as(crate::composed(format!(
-                "SELECT t.*, s.filename AS script_filename, s.current_version AS script_current_version \
-                 FROM tasks t JOIN scripts s ON s.id = t.script_id \
+                "SELECT t.id, t.schedule, t.next_fire_at FROM tasks t \
                  WHERE t.enabled AND t.next_fire_at IS NOT NULL AND t.next_fire_at <= $1 \
                  ORDER BY t.next_fire_at, t.id LIMIT $2{lock}"
             )))
@@ -98,16 +107,15 @@ impl Store {
                 "SELECT task_id, COUNT(*) FROM runs WHERE status IN ('queued', 'running') AND task_id IN (",
             );
             let mut ids = count.separated(", ");
-            for due_task in &due {
-                ids.push_bind(due_task.task.id);
+            for task in &due {
+                ids.push_bind(task.id);
             }
             count.push(") GROUP BY task_id");
             let active: HashMap<i64, i64> = count.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await?.into_iter().collect();
 
             let mut rows = Vec::new();
             let mut next_fires = Vec::with_capacity(due.len());
-            for due_task in &due {
-                let task = &due_task.task;
+            for task in &due {
                 let (Some(schedule), Some(next_fire_at)) = (task.schedule.as_ref().map(|s| &s.0), task.next_fire_at) else {
                     next_fires.push((task.id, None));
                     continue;
@@ -115,9 +123,7 @@ impl Store {
                 let plan = plan(schedule, next_fire_at, at, *active.get(&task.id).unwrap_or(&0));
                 for fire in plan.fires {
                     rows.push(FireRow {
-                        task,
-                        filename: &due_task.script_filename,
-                        script_version: task.script_version.unwrap_or(due_task.script_current_version),
+                        task_id: task.id,
                         scheduled_for: fire.scheduled_for,
                         not_before: fire.scheduled_for + jitter(task.id, fire.scheduled_for, schedule.jitter_seconds),
                         skip: match fire.outcome {
@@ -132,40 +138,18 @@ impl Store {
             let mut runs: Vec<Run> = Vec::with_capacity(rows.len());
             for chunk in rows.chunks(INSERT_CHUNK) {
                 let queued_at = now();
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
-                     scheduled_for, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, error, \
-                     args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) ",
-                );
+                let mut insert = sqlx::QueryBuilder::new(INSERT_FIRES_HEAD);
+                insert.push_bind(queued_at).push(INSERT_FIRES_MIDDLE);
                 insert.push_values(chunk, |mut values, row| {
-                    let task = row.task;
                     values
-                        .push_bind(task.id)
-                        .push_bind(task.script_id)
-                        .push_bind(row.script_version)
-                        .push_bind(row.filename.to_owned())
-                        .push_bind(task.agent_id)
-                        .push_bind(Json(task.labels.0.clone()))
-                        .push_bind("schedule")
+                        .push_bind(row.task_id)
                         .push_bind(row.scheduled_for)
-                        .push_bind(task.retries)
-                        .push_bind(task.retry_backoff_seconds)
                         .push_bind(if row.skip.is_some() { "skipped" } else { "queued" })
-                        .push_bind(queued_at)
                         .push_bind(row.not_before)
                         .push_bind(row.skip.as_ref().map(|_| queued_at))
-                        .push_bind(row.skip.clone())
-                        .push_bind(Json(task.args.0.clone()))
-                        .push_bind(Json(task.env.0.clone()))
-                        .push_bind(Json(task.secrets.0.clone()))
-                        .push_bind(task.timeout_seconds)
-                        .push_bind(task.memory_mb)
-                        .push_bind(task.cpu_seconds)
-                        .push_bind(task.max_output_bytes)
-                        .push_bind(task.network)
-                        .push_bind(None::<i64>);
+                        .push_bind(row.skip.clone());
                 });
-                insert.push(" ON CONFLICT (task_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING RETURNING *");
+                insert.push(INSERT_FIRES_TAIL);
                 runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);
             }
 

@@ -115,7 +115,7 @@ async fn through_api(dir: &Path, profile: &str, interpreter: &Path) -> anyhow::R
     Ok(elapsed)
 }
 
-async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+pub(crate) async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let (email, password) = ("bench@example.com", "bench password");
     client
         .post(format!("{base}/users"))

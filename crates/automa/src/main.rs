@@ -2,6 +2,7 @@
 //! helper entry point.
 
 mod bench;
+mod bench_schedule;
 mod client;
 
 use std::path::PathBuf;
@@ -44,12 +45,21 @@ enum Command {
     Run(RunFlags),
     /// Execute runs for a server: a remote agent, connecting out to the server only.
     Agent(AgentFlags),
-    /// Measure the overhead of running scripts through the API against starting Python directly.
+    /// Measure: `runs` (default), the overhead of running scripts through the API against starting Python
+    /// directly; `schedule`, the scheduler's lateness with 1,000 tasks due in the same second.
     Bench {
+        #[arg(value_enum, default_value = "runs")]
+        what: BenchKind,
         /// The interpreter to measure (default: the real executable behind python3).
         #[arg(long, env = "AUTOMA_PYTHON")]
         python: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    Runs,
+    Schedule,
 }
 
 #[derive(Args)]
@@ -195,7 +205,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format);
             remote_agent(config, &flags.server, &flags.token).await
         }
-        Command::Bench { python } => bench::bench(python).await,
+        Command::Bench { what: BenchKind::Runs, python } => bench::bench(python).await,
+        Command::Bench { what: BenchKind::Schedule, .. } => bench_schedule::bench().await,
         Command::Audit(AuditCommand::Verify(flags)) => {
             let config = Config::load(cli.config, &flags)?;
             init_logging(config.log_format);

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
+
+type Instant = chrono::DateTime<chrono::Utc>;
 const TASKS: usize = 200;
 /// Ticks each task must reach; the first half runs on both servers, the rest on the survivor.
 const TICKS: i64 = 22;
@@ -48,6 +50,7 @@ fn serve(database_url: &str, data_dir: &std::path::Path) -> (Child, String) {
             return (child, rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
         }
     }
+    let _ = child.wait();
     panic!("serve exited before printing its address");
 }
 
@@ -132,17 +135,14 @@ async fn two_servers_fire_every_tick_exactly_once() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(first.wait().unwrap().success());
 
-    let rows: Vec<(i64, String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    let rows: Vec<(i64, String, Instant, Instant)> = sqlx::query_as(
         "SELECT r.task_id, r.status, r.scheduled_for, (t.schedule->>'at')::timestamptz FROM runs r \
          JOIN tasks t ON t.id = r.task_id ORDER BY r.task_id, r.scheduled_for",
     )
     .fetch_all(&mut db)
     .await
     .unwrap();
-    let mut by_task: std::collections::BTreeMap<
-        i64,
-        Vec<(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
-    > = Default::default();
+    let mut by_task: std::collections::BTreeMap<i64, Vec<(String, Instant, Instant)>> = Default::default();
     for (task, status, tick, anchor) in rows {
         by_task.entry(task).or_default().push((status, tick, anchor));
     }

@@ -172,14 +172,24 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     }
 }
 
-/// Heartbeats three times per lease, renewing the leases of running runs and acting on the answers.
+/// How often a busy agent heartbeats: a cancel reaches a silent script within about this long.
+const BUSY_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Heartbeats, renewing the leases of running runs and acting on the answers: every second while runs are
+/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online.
 async fn heartbeat_loop<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
-    let mut ticker = tokio::time::interval(lease / 3);
+    let idle_every = lease / 3;
+    let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(idle_every));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    let mut last = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
         let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        if ids.is_empty() && last.elapsed() < idle_every {
+            continue;
+        }
+        last = tokio::time::Instant::now();
         let heartbeat = Heartbeat { running: ids, ..template.clone() };
         match backend.heartbeat(heartbeat).await {
             Ok(reply) => {

@@ -66,30 +66,14 @@ async fn through_api(dir: &Path, profile: &str, interpreter: &Path) -> anyhow::R
         agent_concurrency: Some(CONCURRENCY),
         ..Config::default()
     };
-    let app = Application::build(config).await?;
-    let base = format!("http://{}", app.local_addr());
-    let mut events = app.execution().hub.subscribe();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    let token = login(&client, &base).await?;
-    let script: Value = client
-        .post(format!("{base}/scripts"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "hi", "filename": "hi.py", "content": SCRIPT}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let BenchServer { base, client, token, script_id, mut events, stop, server } =
+        BenchServer::start(config, "hi.py", SCRIPT).await?;
     let start = Instant::now();
     for _ in 0..RUNS {
         client
             .post(format!("{base}/execute"))
             .bearer_auth(&token)
-            .json(&json!({"script_id": script["id"]}))
+            .json(&json!({"script_id": script_id}))
             .send()
             .await?
             .error_for_status()?;
@@ -115,7 +99,42 @@ async fn through_api(dir: &Path, profile: &str, interpreter: &Path) -> anyhow::R
     Ok(elapsed)
 }
 
-pub(crate) async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+/// A server in this process for a benchmark, with an admin session and one script.
+pub(crate) struct BenchServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub token: String,
+    pub script_id: Value,
+    pub events: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl BenchServer {
+    pub(crate) async fn start(config: Config, filename: &str, content: &str) -> anyhow::Result<BenchServer> {
+        let app = Application::build(config).await?;
+        let base = format!("http://{}", app.local_addr());
+        let events = app.execution().hub.subscribe();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let token = login(&client, &base).await?;
+        let script: Value = client
+            .post(format!("{base}/scripts"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "hi", "filename": filename, "content": content}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(BenchServer { base, client, token, script_id: script["id"].clone(), events, stop, server })
+    }
+}
+
+async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let (email, password) = ("bench@example.com", "bench password");
     client
         .post(format!("{base}/users"))

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use automa_server::{Application, Config, config::SecretString, events::Event};
+use automa_server::{Config, config::SecretString, events::Event};
+
+use crate::bench::BenchServer;
 
 const TASKS: usize = 1000;
 /// Time allowed to create the tasks before they come due.
@@ -21,30 +23,14 @@ pub async fn bench() -> anyhow::Result<()> {
         no_agent: true,
         ..Config::default()
     };
-    let app = Application::build(config).await?;
-    let base = format!("http://{}", app.local_addr());
-    let mut events = app.execution().hub.subscribe();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    let token = crate::bench::login(&client, &base).await?;
-    let script: Value = client
-        .post(format!("{base}/scripts"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "hi", "content": "print('hi')\n"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let BenchServer { base, client, token, script_id, mut events, stop, server } =
+        BenchServer::start(config, "hi.py", "print('hi')\n").await?;
     let due = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + LEAD, 0).context("clock")?;
     for index in 0..TASKS {
         client
             .post(format!("{base}/tasks"))
             .bearer_auth(&token)
-            .json(&json!({"name": format!("due-{index}"), "script_id": script["id"], "scheduled_time": due}))
+            .json(&json!({"name": format!("due-{index}"), "script_id": script_id, "scheduled_time": due}))
             .send()
             .await?
             .error_for_status()?;

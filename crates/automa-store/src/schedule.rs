@@ -173,3 +173,19 @@ impl Store {
 fn plan(schedule: &Schedule, next_fire_at: DateTime<Utc>, at: DateTime<Utc>, active: i64) -> automa_core::FirePlan {
     schedule.plan_fires(next_fire_at, at, next_fire_at, active)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bound_and_every_server_agrees() {
+        let tick = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(jitter(7, tick, 0), Duration::zero());
+        let delays: Vec<Duration> = (0..200).map(|task| jitter(task, tick, 30)).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::zero() && *d < Duration::seconds(30)));
+        assert_eq!(jitter(7, tick, 30), jitter(7, tick, 30), "the same task and tick give the same delay");
+        let spread = delays.iter().max().unwrap().num_milliseconds() - delays.iter().min().unwrap().num_milliseconds();
+        assert!(spread > 20_000, "fires spread over the window: {spread} ms");
+    }
+}

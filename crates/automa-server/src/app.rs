@@ -139,10 +139,8 @@ impl Application {
         if let Some(agent) = agent {
             let _ = agent.await;
         }
-        match scheduler.await {
-            Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "the scheduler stopped with an error"),
-            Err(error) => tracing::error!(%error, "the scheduler task failed"),
-            Ok(Ok(())) => {}
+        if let Err(error) = scheduler.await {
+            tracing::error!(%error, "the scheduler task failed");
         }
         state.store.close().await;
         Ok(())

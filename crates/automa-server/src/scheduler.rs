@@ -31,9 +31,13 @@ impl Scheduler {
     }
 
     /// Runs until `stopping` turns true.
-    pub async fn run(self, mut stopping: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(self, mut stopping: watch::Receiver<bool>) {
         let changed = self.changed.clone();
-        self.store.listen_for_task_changes(move || changed.notify_one()).await?;
+        if let Err(error) = self.store.listen_for_task_changes(move || changed.notify_one()).await {
+            // Firing does not depend on the listener: without it, a schedule changed on another server is
+            // picked up there, or here at this scheduler's next wake-up.
+            tracing::warn!(%error, "cannot listen for other servers' task changes; scheduling continues");
+        }
         while !*stopping.borrow() {
             let wait = match self.fire_due().await {
                 Ok(()) => self.time_to_next_fire().await,
@@ -54,7 +58,6 @@ impl Scheduler {
                 _ = stopping.changed() => {}
             }
         }
-        Ok(())
     }
 
     /// Fires every task due now, batch after batch.

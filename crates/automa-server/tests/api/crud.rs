@@ -224,10 +224,27 @@ async fn schedules_arm_and_disarm(backend: Backend) {
     assert!(resumed["next_fire_at"].is_string(), "switching it back on arms it again");
     assert_eq!(resumed["schedule"]["at"], created["schedule"]["at"], "the rhythm keeps its anchor");
 
-    let soon = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
-    let once = app.put(&format!("/tasks/{id}"), &admin, json!({"scheduled_time": soon})).await;
+    let later = app.put(&format!("/tasks/{id}"), &admin, json!({"scheduled_time": "2999-01-01T00:00:00Z"})).await.body;
+    let edited = app.put(&format!("/tasks/{id}"), &admin, json!({"description": "edited"})).await.body;
+    assert_eq!(edited["next_fire_at"], later["next_fire_at"], "other edits keep the next fire");
+
+    let moment_ago = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let once = app.put(&format!("/tasks/{id}"), &admin, json!({"scheduled_time": moment_ago})).await;
     assert_eq!(once.status, StatusCode::OK, "a one-off a moment ago is within its grace: {:?}", once.body);
-    assert!(once.body["next_fire_at"].is_string(), "and still fires");
-    let renamed = app.put(&format!("/tasks/{id}"), &admin, json!({"description": "edited"})).await.body;
-    assert_eq!(renamed["next_fire_at"], once.body["next_fire_at"], "other edits keep the next fire");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let task = app.get(&format!("/tasks/{id}"), &admin).await.body;
+        let runs = app.get(&format!("/runs?task_id={id}"), &admin).await.body;
+        if task["next_fire_at"].is_null() && runs["total"] == 1 {
+            assert_eq!(
+                (runs["items"][0]["trigger"].as_str(), runs["items"][0]["status"].as_str()),
+                (Some("schedule"), Some("queued"))
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the one-off never fired: {task:?} {runs:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after = app.put(&format!("/tasks/{id}"), &admin, json!({"description": "edited again"})).await.body;
+    assert!(after["next_fire_at"].is_null(), "editing a fired one-off does not arm it again");
 }

@@ -1,6 +1,6 @@
 //! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
-//! directly) against `Profile::None` and `Profile::Strict`, and prints wall times, ratios and the per-run
-//! overhead over bare. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
+//! directly) against `Profile::None`, `Profile::Strict` and `Profile::Strict` with network (slirp4netns and
+//! the egress policy), and prints wall times, ratios and the per-run overhead over bare. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
 //! and AUTOMA_BENCH_DISABLE (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
 
 use std::sync::Arc;
@@ -33,7 +33,9 @@ fn main() {
         }
     }));
     let mut results = vec![("bare", bare)];
-    for (name, profile) in [("none", Profile::None), ("strict", Profile::Strict)] {
+    for (name, profile, network) in
+        [("none", Profile::None, false), ("strict", Profile::Strict, false), ("network", Profile::Strict, true)]
+    {
         let mut config = SandboxConfig::new(profile, interpreter.clone(), helper.clone(), dir.path().join(name));
         config.slots = CONCURRENCY;
         config.disabled_layers = disabled_layers();
@@ -49,7 +51,7 @@ fn main() {
                     args: Vec::new(),
                     env: Vec::new(),
                     limits: Limits::default(),
-                    network: false,
+                    network,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");

@@ -91,6 +91,23 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// The program that sets up the sandbox; default: this binary with `__sandbox-helper`.
     pub sandbox_helper: Option<PathBuf>,
+    /// Address ranges networked runs may not reach, besides the host's loopback and own addresses, link-local
+    /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub network_deny: Vec<String>,
+}
+
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(deserializer)? {
+        Form::List(list) => list,
+        Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
 impl Default for Config {
@@ -116,6 +133,7 @@ impl Default for Config {
             max_log_bytes: 10 * 1024 * 1024,
             shutdown_grace_seconds: 30,
             sandbox_helper: None,
+            network_deny: Vec::new(),
         }
     }
 }
@@ -166,6 +184,20 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let config = Config { secret_key: Some(SecretString::new("hunter2hunter2")), ..Config::default() };
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn network_deny_is_a_list_or_a_comma_separated_string() {
+        let load = |value: serde_json::Value| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Serialized::defaults(serde_json::json!({ "network_deny": value })))
+                .extract::<Config>()
+                .expect("loads")
+                .network_deny
+        };
+        assert_eq!(load("10.0.0.0/8, fd00::/8".into()), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(load(serde_json::json!(["192.168.0.0/16"])), ["192.168.0.0/16"]);
+        assert!(load("".into()).is_empty());
     }
 
     #[test]

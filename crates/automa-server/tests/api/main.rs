@@ -11,3 +11,4 @@ mod errors;
 mod fuzz;
 mod openapi;
 mod schedule;
+mod sessions;

@@ -41,7 +41,8 @@ pub struct Network {
 impl Network {
     pub fn start() -> Network {
         // 169.254.169.254 is routed host-wide for the test's duration: one test at a time, across processes.
-        let lock = File::create("/run/lock/automa-test-network.lock").expect("create the test's lock file");
+        let lock =
+            File::create(std::env::temp_dir().join("automa-test-network.lock")).expect("create the test's lock file");
         // SAFETY: flock on an fd this process owns, with integer arguments.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
         let id = std::process::id() % 1_000_000;

@@ -31,7 +31,7 @@ pub struct Network {
     metadata_route: String,
     /// Answers on the public address and on 169.254.169.254, inside the public namespace.
     pub public_port: u16,
-    /// Listens on every address of the host, its loopback included.
+    /// Listens on every address of the host, its loopback included, IPv6 too where the host has it.
     pub host_listener: TcpListener,
     stop: Arc<AtomicBool>,
     server: Option<std::thread::JoinHandle<()>>,
@@ -41,7 +41,8 @@ pub struct Network {
 impl Network {
     pub fn start() -> Network {
         // 169.254.169.254 is routed host-wide for the test's duration: one test at a time, across processes.
-        let lock = File::create("/run/lock/automa-test-network.lock").expect("create the test's lock file");
+        let lock =
+            File::create(std::env::temp_dir().join("automa-test-network.lock")).expect("create the test's lock file");
         // SAFETY: flock on an fd this process owns, with integer arguments.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
         let id = std::process::id() % 1_000_000;
@@ -54,7 +55,9 @@ impl Network {
             veth: veth.clone(),
             metadata_route: previous_metadata_route.trim().to_owned(),
             public_port: 0,
-            host_listener: TcpListener::bind("0.0.0.0:0").expect("bind the host listener"),
+            host_listener: TcpListener::bind("[::]:0")
+                .or_else(|_| TcpListener::bind("0.0.0.0:0"))
+                .expect("bind the host listener"),
             stop: Arc::new(AtomicBool::new(false)),
             server: None,
             _lock: lock,
@@ -122,9 +125,21 @@ fn ip(args: &[&str]) -> String {
 
 /// The host's own IPv4 addresses but loopback: its LAN address and the public link's host side among them.
 pub fn host_addresses() -> Vec<String> {
-    ip(&["-4", "-o", "addr", "show"])
+    addresses(&["-4", "-o", "addr", "show"])
+}
+
+/// The host's global IPv6 addresses, when the host listener could take IPv6.
+fn host_addresses_v6(network: &Network) -> Vec<String> {
+    if !network.host_listener.local_addr().expect("addr").is_ipv6() {
+        return Vec::new();
+    }
+    addresses(&["-6", "-o", "addr", "show", "scope", "global"])
+}
+
+fn addresses(ip_args: &[&str]) -> Vec<String> {
+    ip(ip_args)
         .lines()
-        .filter_map(|line| line.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|line| line.split_whitespace().skip_while(|w| !w.starts_with("inet")).nth(1))
         .filter_map(|cidr| cidr.split('/').next())
         .filter(|address| !address.starts_with("127."))
         .map(str::to_owned)
@@ -140,14 +155,18 @@ pub struct Reach {
 }
 
 /// Tries the public host, the host's loopback through slirp's gateway, the metadata address and each of the
-/// host's own addresses, after checking from the host that each of them really answers.
+/// host's own addresses (IPv6 ones too), after checking from the host that each of them really answers.
 pub async fn reach(h: &Harness, network: &Network) -> Reach {
-    let addresses = host_addresses();
+    let addresses: Vec<String> = host_addresses().into_iter().chain(host_addresses_v6(network)).collect();
     let (host_port, public_port) = (network.host_port(), network.public_port);
+    let socket = |address: &str| match address.contains(':') {
+        true => format!("[{address}]:{host_port}"),
+        false => format!("{address}:{host_port}"),
+    };
     for target in
         [format!("127.0.0.1:{host_port}"), format!("{PUBLIC}:{public_port}"), format!("{METADATA}:{public_port}")]
             .into_iter()
-            .chain(addresses.iter().map(|a| format!("{a}:{host_port}")))
+            .chain(addresses.iter().map(|a| socket(a)))
     {
         TcpStream::connect_timeout(&target.parse().expect("addr"), SECOND)
             .unwrap_or_else(|e| panic!("{target} must answer from the host for its refusal to mean anything: {e}"));

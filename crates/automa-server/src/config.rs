@@ -51,6 +51,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may grant a run network access (`network: true` on a task or an ad-hoc run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkGrant {
+    Admin,
+    Operator,
+}
+
 /// Every setting of `automa serve`. Field names are the lower-case forms of the `AUTOMA_*` variables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -91,6 +99,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// The program that sets up the sandbox; default: this binary with `__sandbox-helper`.
     pub sandbox_helper: Option<PathBuf>,
+    /// Who may grant network to a task or an ad-hoc run: `admin` (default) or `operator`.
+    pub network_grant: NetworkGrant,
 }
 
 impl Default for Config {
@@ -116,6 +126,7 @@ impl Default for Config {
             max_log_bytes: 10 * 1024 * 1024,
             shutdown_grace_seconds: 30,
             sandbox_helper: None,
+            network_grant: NetworkGrant::Admin,
         }
     }
 }

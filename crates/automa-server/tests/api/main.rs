@@ -11,3 +11,5 @@ mod errors;
 mod fuzz;
 mod openapi;
 mod schedule;
+mod secrets;
+mod validation;

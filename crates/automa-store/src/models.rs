@@ -485,3 +485,42 @@ pub struct SealedSecret {
     pub ciphertext: Vec<u8>,
     pub nonce: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: i64, labels: &[&str], embedded: bool) -> Agent {
+        Agent {
+            id,
+            name: format!("agent-{id}"),
+            description: String::new(),
+            labels: Json(labels.iter().map(|l| (*l).to_owned()).collect()),
+            max_concurrency: 1,
+            disabled: false,
+            draining: false,
+            embedded,
+            hostname: None,
+            version: None,
+            capabilities: Json(Value::Null),
+            last_seen_at: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_secret_policy_denies_by_default() {
+        let default = SecretPolicy::default();
+        assert!(!default.allows_task(1), "no task until one is named");
+        assert!(default.allows_agent(&agent(1, &[], true)), "the embedded agent");
+        assert!(!default.allows_agent(&agent(2, &["prod"], false)), "no remote agent");
+
+        let listed = SecretPolicy { task_ids: vec![7], agent_labels: vec!["prod".into()], ..SecretPolicy::default() };
+        assert!(listed.allows_task(7) && !listed.allows_task(8));
+        assert!(listed.allows_agent(&agent(2, &["gpu", "prod"], false)));
+        assert!(!listed.allows_agent(&agent(1, &[], true)), "an explicit list replaces the embedded default");
+        let by_id = SecretPolicy { all_tasks: true, agent_ids: vec![3], ..SecretPolicy::default() };
+        assert!(by_id.allows_task(123) && by_id.allows_agent(&agent(3, &[], false)));
+        assert!(!by_id.allows_agent(&agent(4, &[], false)));
+    }
+}

@@ -12,7 +12,7 @@ async fn meaningless_runs_and_tasks_are_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     let admin = app.admin_token().await;
     let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
-    let secret = app.post("/secrets", &admin, json!({"name": "S", "value": "v", "policy": {"all_tasks": true}})).await;
+    let secret = app.post("/secrets", &admin, json!({"name": "S", "value": "v"})).await;
     assert_eq!(secret.status, StatusCode::CREATED);
     let disabled = app.post("/agents", &admin, json!({"name": "off"})).await.body["id"].as_i64().unwrap();
     app.put(&format!("/agents/{disabled}"), &admin, json!({"disabled": true})).await;

@@ -140,10 +140,20 @@ pub(crate) async fn authorize_adhoc_secrets(
     check_agent_allowed(agent, &secrets)
 }
 
-/// Checks, when a task is queued by hand, that every secret it names still exists and still allows it: a
-/// policy narrowed after the task was saved stops its next run.
+/// Checks, when a task is queued by hand, that every secret it names still exists and still allows it (a
+/// policy narrowed after the task was saved stops its next run), and that the agent it is pinned to may
+/// still receive them: otherwise the run would wait for an agent that can never take it.
 pub(crate) async fn check_task_may_run(state: &AppState, task: &Task) -> ApiResult<()> {
     let infos = state.store.secret_infos(&task.secrets.0).await?;
+    if let Some(agent_id) = task.agent_id.filter(|_| !infos.is_empty()) {
+        let agent = state.store.get_agent(agent_id).await?;
+        if let Some(secret) = infos.iter().find(|secret| !secret.policy().allows_agent(&agent)) {
+            return Err(ApiError::Forbidden(format!(
+                "secret '{}' may not be given to agent {agent_id}, which task {} is pinned to",
+                secret.name, task.id
+            )));
+        }
+    }
     for name in &task.secrets.0 {
         match infos.iter().find(|info| &info.name == name) {
             None => {

@@ -11,7 +11,11 @@ use automa_core::Role;
 use automa_store::{SecretInfo, SecretPolicy};
 
 use crate::{
-    api::{Page, Paging, agents::parse_labels, tasks::is_env_name},
+    api::{
+        Page, Paging,
+        agents::parse_labels,
+        tasks::{is_env_name, is_reserved_env},
+    },
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -159,6 +163,9 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<SecretResponse>)> {
     if !is_env_name(&input.name) {
         return Err(ApiError::invalid("name", "must be usable as a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+    }
+    if is_reserved_env(&input.name) {
+        return Err(ApiError::invalid("name", "is set by the sandbox; no run could receive this secret"));
     }
     check_value(&input.value)?;
     let policy = input.policy.unwrap_or_default().parse()?;

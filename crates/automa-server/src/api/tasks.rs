@@ -145,6 +145,11 @@ pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<
     }
 }
 
+/// Whether the sandbox sets this variable itself, so neither `env` nor a secret may name it.
+pub(crate) fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name)
+}
+
 pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')

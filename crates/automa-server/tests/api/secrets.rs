@@ -225,6 +225,20 @@ async fn runs_with_secrets_go_only_to_agents_the_secret_allows(backend: Backend)
     let by_id = app.post("/execute", &admin, json!({"content": "print(5)\n", "secrets": ["VAULT"]})).await;
     assert!(claim(&app, &remote_token).await.is_none());
     assert_eq!(claim(&app, &embedded_token).await.expect("listed by id")["run_id"], by_id.body["id"]);
+
+    // A task pinned to an agent its secret no longer admits is refused when run by hand, not left waiting.
+    app.put("/secrets/VAULT", &admin, json!({"policy": {"agent_ids": [remote]}})).await;
+    let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
+    let body = json!({"name": "pinned", "script_id": script, "secrets": ["VAULT"], "agent_id": remote});
+    let task = app.post("/tasks", &admin, body).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+    let task = task.body["id"].as_i64().unwrap();
+    let policy = app.get("/secrets/VAULT", &admin).await.body["policy"].clone();
+    app.put("/secrets/VAULT", &admin, json!({"policy": {"task_ids": policy["task_ids"], "agent_ids": [embedded]}}))
+        .await;
+    let refused = app.post(&format!("/tasks/{task}/execute"), &admin, json!({})).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert!(refused.detail().contains("pinned"), "{}", refused.detail());
 }
 
 async fn secret_policies_are_validated_and_audited(backend: Backend) {

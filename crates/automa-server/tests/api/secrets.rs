@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, execute_sql, on_both_backends, spawn_app, spawn_app_with};
 
 on_both_backends!(
     operators_cannot_read_secrets_through_adhoc_runs,
@@ -16,6 +16,7 @@ on_both_backends!(
     runs_with_secrets_go_only_to_agents_the_secret_allows,
     secret_policies_are_validated_and_audited,
     network_is_granted_by_admins_unless_configured_otherwise,
+    tasks_that_named_a_secret_before_policies_keep_it,
 );
 
 /// Base64 of the secret: what masking cannot catch, and so what the policy has to stop.
@@ -305,4 +306,30 @@ async fn network_is_granted_by_admins_unless_configured_otherwise(backend: Backe
     assert_eq!(adhoc.status, StatusCode::ACCEPTED, "{:?}", adhoc.body);
     let task = open.post("/tasks", &operator, json!({"name": "t", "script_id": script, "network": true})).await;
     assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+}
+
+/// Migration 0004 on a database from before policies: tasks that already named a secret keep it, nothing else
+/// gains it.
+async fn tasks_that_named_a_secret_before_policies_keep_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    create_secret(&app, &admin, "VAULT", Value::Null).await;
+    create_secret(&app, &admin, "UNUSED", Value::Null).await;
+    let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
+    app.create_task(&admin, "plain", script).await;
+    let old = app.post("/tasks", &admin, json!({"name": "old", "script_id": script, "secrets": ["VAULT"]})).await;
+    let old = old.body["id"].as_i64().unwrap();
+    let app = app
+        .restart(|url| async move {
+            // Back to the schema before 0004, with the tasks as they were.
+            execute_sql(backend, &url, "DELETE FROM _sqlx_migrations WHERE version = 4").await;
+            for column in ["all_tasks", "task_ids", "agent_ids", "agent_labels"] {
+                execute_sql(backend, &url, &format!("ALTER TABLE secrets DROP COLUMN {column}")).await;
+            }
+        })
+        .await;
+    let policy = app.get("/secrets/VAULT", &admin).await.body["policy"].clone();
+    assert_eq!(policy, json!({"all_tasks": false, "task_ids": [old], "agent_ids": [], "agent_labels": []}));
+    assert_eq!(app.get("/secrets/UNUSED", &admin).await.body["policy"]["task_ids"], json!([]));
+    assert_eq!(app.post(&format!("/tasks/{old}/execute"), &admin, json!({})).await.status, StatusCode::ACCEPTED);
 }

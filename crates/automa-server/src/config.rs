@@ -51,6 +51,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may grant a run network access (`network: true` on a task or an ad-hoc run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkGrant {
+    Admin,
+    Operator,
+}
+
 /// Every setting of `automa serve`. Field names are the lower-case forms of the `AUTOMA_*` variables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -99,6 +107,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// The program that sets up the sandbox; default: this binary with `__sandbox-helper`.
     pub sandbox_helper: Option<PathBuf>,
+    /// Who may grant network to a task or an ad-hoc run: `admin` (default) or `operator`.
+    pub network_grant: NetworkGrant,
     /// Address ranges networked runs may not reach, besides the host's loopback and own addresses, link-local
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -145,6 +155,7 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             sandbox_helper: None,
             network_deny: Vec::new(),
+            network_grant: NetworkGrant::Admin,
         }
     }
 }

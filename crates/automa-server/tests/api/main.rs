@@ -12,3 +12,5 @@ mod fuzz;
 mod openapi;
 mod schedule;
 mod sessions;
+mod secrets;
+mod validation;

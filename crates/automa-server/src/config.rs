@@ -80,6 +80,7 @@ pub struct Config {
     /// Lets anyone create a viewer account; off by default: only admins create users.
     pub open_signup: bool,
     /// Origins allowed to call the API from a browser, besides the server's own.
+    #[serde(deserialize_with = "list_or_comma_separated")]
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
     /// `strict` (default) or `none`.
@@ -97,7 +98,8 @@ pub struct Config {
     /// Passwords hashed or checked at once (each argon2 call holds about 19 MiB); default: the number of cores.
     pub password_hashing_concurrency: Option<usize>,
     /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed. Empty (the default): the header is
-    /// ignored and the peer's address is the client's.
+    /// ignored and the peer's address is the client's. A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
     pub trusted_proxies: Vec<String>,
     /// How long a claimed run's lease lasts; agents renew it three times per lease.
     pub lease_seconds: u64,
@@ -234,6 +236,17 @@ mod tests {
         assert_eq!(load("10.0.0.0/8, fd00::/8".into()), ["10.0.0.0/8", "fd00::/8"]);
         assert_eq!(load(serde_json::json!(["192.168.0.0/16"])), ["192.168.0.0/16"]);
         assert!(load("".into()).is_empty());
+    }
+
+    #[test]
+    fn lists_from_the_environment_are_comma_separated() {
+        let config = figment::Jail::expect_with(|jail| {
+            jail.set_env("AUTOMA_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1");
+            jail.set_env("AUTOMA_CORS_ORIGINS", "https://a.example,https://b.example");
+            Ok(Config::load(None, serde_json::json!({})).expect("loads"))
+        });
+        assert_eq!(config.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
+        assert_eq!(config.cors_origins, ["https://a.example", "https://b.example"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app, spawn_app_with};

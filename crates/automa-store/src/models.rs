@@ -87,6 +87,14 @@ pub struct UserUpdate {
     pub active: Option<bool>,
 }
 
+impl UserUpdate {
+    /// Whether the update ends the user's sessions: a new password (whoever knew the old one may hold a
+    /// session), and a deactivation (so that reactivating does not bring old sessions back to life).
+    pub fn ends_sessions(&self) -> bool {
+        self.password_hash.is_some() || self.active == Some(false)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ApiToken {
     pub id: i64,

@@ -113,15 +113,14 @@ impl Store {
             .bind(active)
             .bind(&update.password_hash)
             .bind(id)
-            // A new password ends every session signed in with the old one: whoever knew it may still hold one.
-            .bind(i64::from(update.password_hash.is_some()))
+            .bind(i64::from(update.ends_sessions()))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a user with email '{email}' already exists")))?;
             let details = json!({
                 "email": update.email, "role": update.role.map(|r| r.as_str()), "active": update.active,
                 "password_changed": update.password_hash.is_some(),
-                "sessions_revoked": update.password_hash.is_some(),
+                "sessions_revoked": update.ends_sessions(),
             });
             append_audit!(tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
             tx.commit().await?;

@@ -1,4 +1,4 @@
-//! The binary as an operator meets it: `serve` with no configuration, the production key policy, unknown
+//! The binary as an operator meets it: `serve` with no configuration, the key policy, unknown
 //! variables, `migrate`, `user add --admin` and `audit verify`.
 
 use std::{
@@ -80,6 +80,42 @@ fn production_refuses_to_start_without_a_strong_key() {
         .unwrap();
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
     assert!(!dir.path().join("automa-data/secret.key").exists());
+}
+
+/// Runs `serve` expecting it to refuse to start, and returns what it said. A server that starts after all is
+/// killed (after a bounded wait), so a regression fails instead of hanging.
+fn refused_serve(mut command: Command) -> String {
+    let mut child =
+        command.args(["serve", "--bind", "127.0.0.1:0"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return stderr;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("serve started although it should have refused");
+}
+
+#[test]
+fn development_refuses_an_empty_or_short_key_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_key = |key: &str| {
+        let mut command = automa(dir.path());
+        command.env("AUTOMA_SECRET_KEY", key);
+        command
+    };
+    assert!(refused_serve(with_key("")).contains("AUTOMA_SECRET_KEY is set but empty"));
+    assert!(refused_serve(with_key("too-short")).contains("at least 32 bytes"));
+    assert!(!dir.path().join("automa-data/secret.key").exists(), "an empty key is not taken for an absent one");
+
+    std::fs::create_dir_all(dir.path().join("automa-data")).unwrap();
+    std::fs::write(dir.path().join("automa-data/secret.key"), "").unwrap();
+    let stderr = refused_serve(automa(dir.path()));
+    assert!(stderr.contains("secret.key holds 0 bytes"), "{stderr}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app, spawn_app_with};
@@ -19,6 +19,7 @@ on_both_backends!(
     sessions_end_on_password_change_logout_and_revocation,
     event_streams_end_when_their_session_is_revoked,
     event_streams_end_when_their_session_expires,
+    forwarded_addresses_count_only_from_trusted_proxies,
 );
 
 async fn created_token(app: &TestApp, token: &str, body: Value) -> String {
@@ -173,12 +174,12 @@ async fn a_login_flood_has_bounded_memory() {
     let (checked, refused) = tally(&statuses);
     let growth_mib = peak.saturating_sub(before) / 1024;
     eprintln!("300 parallel logins: {checked} checked, {refused} refused, peak memory grew by {growth_mib} MiB");
-    assert!(checked >= 2, "some logins were checked: {statuses:?}");
-    let busy = statuses.contains(&StatusCode::TOO_MANY_REQUESTS);
-    assert!(busy, "a flood beyond the hashing bound is refused, not queued without end");
     // Two hashing threads at 19 MiB each, plus 300 connections: about 50 MiB. Unbounded, 300 verifications
     // would take 5.7 GB; even ten at once would pass this bound.
     assert!(growth_mib < 160, "300 parallel logins grew the peak memory by {growth_mib} MiB");
+    assert!(checked >= 2, "some logins were checked: {statuses:?}");
+    let busy = statuses.contains(&StatusCode::TOO_MANY_REQUESTS);
+    assert!(busy, "a flood beyond the hashing bound is refused, not queued without end");
 }
 
 async fn audit_entries(app: &TestApp, token: &str, action: &str) -> Vec<Value> {
@@ -196,22 +197,21 @@ async fn oversized_logins_are_refused_before_use(backend: Backend) {
     let app = spawn_app(backend).await;
     let admin = app.admin_token().await;
     let size_before = database_bytes(&app);
-    let form = |username_bytes: usize| {
-        app.client
-            .post(app.url("/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("username={}&password=x", "a".repeat(username_bytes)))
-            .send()
+    // Each on its own connection: a refused body may leave its connection closed behind it.
+    let login_body = |content_type: &'static str, body: String| {
+        reqwest::Client::new().post(app.url("/token")).header("content-type", content_type).body(body).send()
     };
-    // The server answers 413 without reading the body, so the client may still be writing 5 MiB when the
-    // connection closes: a closed connection is a refusal too. What matters is that nothing was stored.
+    let form = |username_bytes: usize| {
+        login_body("application/x-www-form-urlencoded", format!("username={}&password=x", "a".repeat(username_bytes)))
+    };
+    assert_eq!(form(64 * 1024).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let as_json = login_body("application/json", json!({"username": "a".repeat(5000), "password": "x"}).to_string());
+    assert_eq!(as_json.await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE, "the JSON form has the same limit");
+    // Past 1 MiB the server stops reading, so the client may still be writing 5 MiB when the connection
+    // closes: a closed connection is a refusal too. What matters is that nothing was stored.
     if let Ok(huge) = form(5 * 1024 * 1024).await {
         assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
-    assert_eq!(form(64 * 1024).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = json!({"username": "a".repeat(5000), "password": "x"});
-    let as_json = app.request(Method::POST, "/token", None, Some(&body)).await;
-    assert_eq!(as_json.status, StatusCode::PAYLOAD_TOO_LARGE, "the JSON form has the same limit");
     let long_name = app.login(&format!("{}@example.com", "a".repeat(300)), "x").await;
     assert_eq!(
         (long_name.status, long_name.body["field"].as_str()),
@@ -285,8 +285,16 @@ async fn sessions_end_on_password_change_logout_and_revocation(backend: Backend)
     assert_eq!(app.post("/users/999999/sessions/revoke", &admin, json!({})).await.status, StatusCode::NOT_FOUND);
     assert!(alive(app.token_for("u@example.com", "password-2").await).await, "signing in again works");
 
-    let update = audit_entries(&app, &admin, "user.update").await;
-    assert_eq!(update[0]["details"]["sessions_revoked"], true);
+    let session = app.token_for("u@example.com", "password-2").await;
+    for active in [false, true] {
+        let toggled = app.put(&format!("/users/{user_id}"), &admin, json!({"active": active})).await;
+        assert_eq!(toggled.status, StatusCode::OK, "{:?}", toggled.body);
+    }
+    assert!(!alive(session).await, "reactivating a user does not revive their old sessions");
+
+    let updates = audit_entries(&app, &admin, "user.update").await;
+    let revoking = |e: &&Value| e["details"]["sessions_revoked"] == true;
+    assert_eq!(updates.iter().filter(revoking).count(), 2, "the password change and the deactivation: {updates:?}");
     assert_eq!(audit_entries(&app, &admin, "auth.logout").await.len(), 1);
     let revocations = audit_entries(&app, &admin, "user.sessions_revoke").await;
     assert_eq!(revocations[0]["resource_id"], user_id.to_string());
@@ -330,4 +338,33 @@ async fn event_streams_end_when_their_session_expires(backend: Backend) {
     let app = spawn_app_with(backend, |config| config.token_ttl_seconds = 2).await;
     let admin = app.admin_token().await;
     assert!(stream_ends(&app, "/events", &admin, async {}).await, "/events ended when the session expired");
+}
+
+async fn login_address(app: &TestApp, forwarded_for: &str) -> Value {
+    let response = app
+        .client
+        .post(app.url("/token"))
+        .header("x-forwarded-for", forwarded_for)
+        .form(&[("username", "admin@example.com"), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = response.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    audit_entries(app, &token, "auth.login").await[0]["ip"].clone()
+}
+
+async fn forwarded_addresses_count_only_from_trusted_proxies(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.admin_token().await;
+    assert_eq!(login_address(&app, "198.51.100.9").await, "127.0.0.1", "by default the header is ignored");
+
+    let app = spawn_app_with(backend, |config| config.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    app.admin_token().await;
+    assert_eq!(login_address(&app, "198.51.100.9").await, "198.51.100.9");
+    assert_eq!(
+        login_address(&app, "203.0.113.1, 198.51.100.9, 127.0.0.1").await,
+        "198.51.100.9",
+        "the right-most hop that is not a trusted proxy; what the client wrote further left is not believed"
+    );
 }

@@ -42,7 +42,7 @@ impl Store {
                 .map_err(|e| StoreError::from_constraint(e, || format!("a secret named '{}' already exists", sealed.name)))?
             };
             let action = if replace { "secret.update" } else { "secret.create" };
-            append_audit!(tx, actor, AuditEvent::new(action, "secret", Some(info.id), json!({"name": info.name})));
+            append_audit!(self, tx, actor, AuditEvent::new(action, "secret", Some(info.id), json!({"name": info.name})));
             tx.commit().await?;
             Ok(info)
         })
@@ -68,7 +68,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name})));
+            append_audit!(self, tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name})));
             tx.commit().await?;
             Ok(())
         })

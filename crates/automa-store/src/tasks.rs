@@ -88,7 +88,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
-            append_audit!(tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
+            append_audit!(self, tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
@@ -156,7 +156,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
+            append_audit!(self, tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
@@ -171,7 +171,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name})));
+            append_audit!(self, tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name})));
             tx.commit().await?;
             Ok(())
         })

@@ -38,7 +38,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a user with email '{}' already exists", new.email)))?;
             let event = AuditEvent::new("user.create", "user", Some(user.id), json!({"email": user.email, "role": user.role}));
-            append_audit!(tx, actor, event);
+            append_audit!(self, tx, actor, event);
             tx.commit().await?;
             Ok(Some(user))
         })
@@ -120,7 +120,7 @@ impl Store {
                 "email": update.email, "role": update.role.map(|r| r.as_str()), "active": update.active,
                 "password_changed": update.password_hash.is_some(),
             });
-            append_audit!(tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
             tx.commit().await?;
             Ok(user)
         })
@@ -146,7 +146,7 @@ impl Store {
                 }
             }
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
-            append_audit!(tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
+            append_audit!(self, tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
             tx.commit().await?;
             Ok(())
         })
@@ -157,7 +157,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2").bind(now()).bind(user_id).execute(&mut *tx).await?;
-            append_audit!(tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({})));
+            append_audit!(self, tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({})));
             tx.commit().await?;
             Ok(())
         })

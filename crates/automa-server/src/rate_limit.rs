@@ -1,8 +1,9 @@
 //! A general request rate limit: a token bucket per credential, so one client cannot monopolise the server.
 //! Requests with a bearer token are counted per token (agent tokens, which ship output in many small
 //! requests, with their own budget); requests without one per client address. Counting happens before
-//! authentication, so invalid credentials cannot buy a fresh budget: a request answered 401 is also charged
-//! to its address, and an address whose budget is spent is refused whatever token it presents next.
+//! authentication (it protects the token look-up too), so invalid credentials must not buy a fresh budget:
+//! every 401 is also charged to a failed-authentication budget of its address, and an address that has spent
+//! it is refused whatever token it presents next, until the budget refills.
 //!
 //! Buckets live in memory: a restart or a second server starts them afresh, which still bounds any one
 //! client to a small multiple of the limit.
@@ -31,7 +32,10 @@ const MAX_BUCKETS: usize = 100_000;
 enum Key {
     /// SHA-256 of the bearer token: the raw token is never kept.
     Token([u8; 32]),
+    /// Requests without a token from one address.
     Address(IpAddr),
+    /// Failed authentications (401) from one address: once spent, the address's token requests are refused.
+    FailedAuth(IpAddr),
     /// Shared by new clients while the table is full of active buckets, so memory stays bounded.
     Overflow,
 }
@@ -109,10 +113,10 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Whether `address` still has budget, without taking any.
-    fn address_has_budget(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
+    /// Whether `address` may still present tokens: its failed authentications have not spent their budget.
+    fn address_may_authenticate(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match buckets.by_key.get_mut(&Key::Address(address)) {
+        match buckets.by_key.get_mut(&Key::FailedAuth(address)) {
             Some(bucket) => {
                 bucket.refill(now);
                 bucket.check()
@@ -170,7 +174,7 @@ pub async fn limit_requests(State(limiter): State<Arc<RateLimiter>>, request: Re
             let budget = if token.starts_with(AGENT_TOKEN_PREFIX) { limiter.agents } else { limiter.users };
             let key = Key::Token(Sha256::digest(token.as_bytes()).into());
             address
-                .map_or(Ok(()), |address| limiter.address_has_budget(address, now))
+                .map_or(Ok(()), |address| limiter.address_may_authenticate(address, now))
                 .and_then(|()| limiter.take(key, budget, now))
         }
         (None, Some(address)) => limiter.take(Key::Address(address), limiter.users, now),
@@ -188,7 +192,7 @@ pub async fn limit_requests(State(limiter): State<Arc<RateLimiter>>, request: Re
         && let Some(address) = address
     {
         // Failed authentication is paid for by the address, so made-up tokens cannot multiply budgets.
-        let _ = limiter.take(Key::Address(address), limiter.users, Instant::now());
+        let _ = limiter.take(Key::FailedAuth(address), limiter.users, Instant::now());
     }
     response
 }

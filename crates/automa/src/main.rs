@@ -292,10 +292,11 @@ fn read_password() -> anyhow::Result<String> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
+    let stop = shutdown_signal();
     let addr = app.local_addr();
     tracing::info!(database = app.store().backend_name(), "serving on http://{addr}");
     println!("Automa is running: open http://{addr}/ (API docs at http://{addr}/docs)");
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -327,8 +328,9 @@ async fn remote_agent(config: Config, server: &str, token: &str, allow_insecure_
     };
     let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         stop.send_replace(true);
     });
     tracing::info!(%server, concurrency, "agent started");
@@ -336,14 +338,20 @@ async fn remote_agent(config: Config, server: &str, token: &str, allow_insecure_
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives while the server is still starting stops it gracefully instead of
+/// killing it.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on Unix");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 fn init_logging(format: LogFormat) {

@@ -149,6 +149,18 @@ fn execute_sql(database: &Path, sql: &'static str) {
     });
 }
 
+/// The log without its ANSI colour codes.
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(start) = rest.find('\x1b') {
+        plain.push_str(&rest[..start]);
+        rest = rest[start..].find('m').map_or("", |end| &rest[start + end + 1..]);
+    }
+    plain.push_str(rest);
+    plain
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
@@ -181,9 +193,10 @@ fn data_files_are_private_from_the_first_start_and_wider_ones_are_reported() {
     command.env("AUTOMA_BIND", "127.0.0.1:0");
     let (child, _) = serve(command);
     let (_, stderr) = terminate(child);
-    for (path, wanted) in [(data.clone(), "chmod 0700"), (data.join("automa.db"), "chmod 0600")] {
-        let warned = stderr.lines().any(|line| line.contains(&*path.to_string_lossy()) && line.contains(wanted));
-        assert!(warned, "{} is reported: {stderr}", path.display());
+    let stderr = without_colours(&stderr);
+    for (path, wanted) in [("path=automa-data mode", "chmod 0700"), ("path=automa-data/automa.db mode", "chmod 0600")] {
+        let warned = stderr.lines().any(|line| line.contains(path) && line.contains(wanted));
+        assert!(warned, "{path} is reported: {stderr}");
     }
 }
 
@@ -234,7 +247,7 @@ fn the_agent_refuses_plain_http_to_another_host_and_takes_its_token_from_the_env
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains("refusing plain http://192.0.2.10:8080") && stderr.contains("--allow-insecure-http"),
+        stderr.contains("refusing plain http:// to http://192.0.2.10:8080") && stderr.contains("--allow-insecure-http"),
         "{stderr}"
     );
 

@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod audit;
+mod client_limits;
 mod crud;
 mod dashboard;
 mod errors;

@@ -80,9 +80,11 @@ async fn a_client_that_does_not_finish_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
-async fn a_request_whose_body_does_not_arrive_in_time_gets_408_but_the_agent_long_poll_may_wait() {
+async fn a_request_whose_body_does_not_arrive_in_time_gets_408_but_long_polls_and_event_streams_live_on() {
     let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_seconds = 1).await;
     let admin = app.admin_token().await;
+    let mut events = app.client.get(app.url("/events")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
         "POST /scripts HTTP/1.1\r\nHost: automa\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\n\
@@ -99,4 +101,13 @@ async fn a_request_whose_body_does_not_arrive_in_time_gets_408_but_the_agent_lon
     let agent = app.post("/agents", &admin, json!({"name": "remote"})).await.body["token"].as_str().unwrap().to_owned();
     let claim = app.request(Method::POST, "/agent/claim", Some(&agent), Some(&json!({"wait_seconds": 2}))).await;
     assert_eq!(claim.status, StatusCode::NO_CONTENT, "the long-poll is bounded by its own wait: {:?}", claim.body);
+
+    // The event stream opened before the 408 has outlived the request timeout and still delivers.
+    let body = json!({"initial": true, "hostname": "h", "version": "test", "capabilities": {}, "running": []});
+    assert_eq!(app.request(Method::POST, "/agent/heartbeat", Some(&agent), Some(&body)).await.status, StatusCode::OK);
+    let mut received = String::new();
+    while !received.contains("event: agent") {
+        let chunk = tokio::time::timeout(PATIENCE, events.chunk()).await.expect("the stream delivers").unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is still open")));
+    }
 }

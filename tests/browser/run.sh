@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the dashboard's browser tests against an automa binary the caller built:
 #   tests/browser/run.sh target/debug/automa
-# Installs the npm packages on first use. Without Chromium it prints a notice and skips (exit 0), unless
+# Installs the npm packages on first use. Without Node.js or Chromium it prints a notice and skips (exit 0), unless
 # AUTOMA_REQUIRE_BROWSER=1 (CI) makes that a failure.
 set -euo pipefail
 
@@ -17,18 +17,21 @@ if [ ! -x "$binary" ]; then
   exit 2
 fi
 
+skip() {
+  if [ "${AUTOMA_REQUIRE_BROWSER:-}" = 1 ]; then
+    echo "error: browser tests need $1" >&2
+    exit 1
+  fi
+  echo "SKIPPED: dashboard browser tests: no $1"
+  exit 0
+}
+
+command -v node >/dev/null || skip "Node.js (apt-get install -y nodejs npm)"
 cd "$here"
 node --test "$here"/diff.test.js
 
 chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
-if [ ! -x "$chromium" ]; then
-  if [ "${AUTOMA_REQUIRE_BROWSER:-}" = 1 ]; then
-    echo "error: browser tests need Chromium at $chromium (apt-get install -y chromium)" >&2
-    exit 1
-  fi
-  echo "SKIPPED: dashboard browser tests: no Chromium at $chromium (apt-get install -y chromium)"
-  exit 0
-fi
+[ -x "$chromium" ] || skip "Chromium at $chromium (apt-get install -y chromium)"
 
 if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund

@@ -1,6 +1,7 @@
 //! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
-//! directly) against `Profile::None` and `Profile::Strict`, and prints wall times, ratios and the per-run
-//! overhead over bare. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
+//! directly) against `Profile::None`, `Profile::Strict` and `Profile::Strict` with network (slirp4netns and
+//! the egress policy), and prints wall times, ratios and the per-run overhead over bare, and the CPU time the
+//! runs' process trees used per run, which a busy machine distorts less than wall time. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
 //! and AUTOMA_BENCH_DISABLE (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ fn main() {
     std::fs::write(&script, SCRIPT).expect("write hi.py");
     let helper = HelperCommand { program: env!("CARGO_BIN_EXE_automa-sandbox-helper").into(), args: Vec::new() };
 
+    let cpu_before = children_cpu();
     let bare = runtime.block_on(measure(runs, {
         let interpreter = interpreter.clone();
         move || {
@@ -32,12 +34,15 @@ fn main() {
             }
         }
     }));
-    let mut results = vec![("bare", bare)];
-    for (name, profile) in [("none", Profile::None), ("strict", Profile::Strict)] {
+    let mut results = vec![("bare", bare, children_cpu() - cpu_before)];
+    for (name, profile, network) in
+        [("none", Profile::None, false), ("strict", Profile::Strict, false), ("network", Profile::Strict, true)]
+    {
         let mut config = SandboxConfig::new(profile, interpreter.clone(), helper.clone(), dir.path().join(name));
         config.slots = CONCURRENCY;
         config.disabled_layers = disabled_layers();
         let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
+        let cpu_before = children_cpu();
         let elapsed = runtime.block_on(measure(runs, move || {
             let sandbox = sandbox.clone();
             async move {
@@ -49,30 +54,45 @@ fn main() {
                     args: Vec::new(),
                     env: Vec::new(),
                     limits: Limits::default(),
-                    network: false,
+                    network,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");
                 assert_eq!(rx.recv().await.map(|c| c.data), Some("hi\n".to_owned()));
             }
         }));
-        results.push((name, elapsed));
+        results.push((name, elapsed, children_cpu() - cpu_before));
     }
 
     let base = results[0].1;
     let per_run = |d: Duration| d.as_secs_f64() * 1000.0 * CONCURRENCY as f64 / runs as f64;
     println!("{runs} runs of hi.py at concurrency {CONCURRENCY} ({})", interpreter.display());
-    println!("{:<8} {:>10} {:>8} {:>14} {:>18}", "mode", "wall ms", "ratio", "ms per run", "overhead ms/run");
-    for (name, elapsed) in &results {
+    let cpu_per_run = |d: Duration| d.as_secs_f64() * 1000.0 / runs as f64;
+    println!(
+        "{:<8} {:>10} {:>8} {:>14} {:>18} {:>14}",
+        "mode", "wall ms", "ratio", "ms per run", "overhead ms/run", "cpu ms/run"
+    );
+    for (name, elapsed, cpu) in &results {
         println!(
-            "{:<8} {:>10.0} {:>8.2} {:>14.2} {:>18.2}",
+            "{:<8} {:>10.0} {:>8.2} {:>14.2} {:>18.2} {:>14.2}",
             name,
             elapsed.as_secs_f64() * 1000.0,
             elapsed.as_secs_f64() / base.as_secs_f64(),
             per_run(*elapsed),
             per_run(*elapsed) - per_run(base),
+            cpu_per_run(*cpu),
         );
     }
+}
+
+/// User and system time of every reaped descendant so far: the helpers, the interpreters and slirp4netns.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the pointer is valid for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn disabled_layers() -> Vec<automa_runner::Layer> {

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::Slirp;
 use crate::protocol::{Layers, ProbeReport};
-use crate::{Layer, Profile, RunnerError};
+use crate::{Cidr, Layer, Profile, RunnerError};
 
 /// Which cgroup version a controller is used through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +33,14 @@ pub struct Capabilities {
     pub cgroup_pids: Option<CgroupVersion>,
     pub cgroup_cpu: Option<CgroupVersion>,
     pub rlimits: bool,
+    /// What gives networked runs their network, in a namespace of their own: `slirp4netns 1.2.0`. `None`:
+    /// networked runs are refused (profile strict) or, like every run, share the host's network (profile none).
+    pub network_stack: Option<String>,
+    /// Whether networked runs are held to the egress policy (no host loopback, host addresses, link-local,
+    /// multicast, nor `network_deny`).
+    pub network_egress_policy: bool,
+    /// The configured ranges networked runs may not reach, besides those always refused.
+    pub network_deny: Vec<String>,
     /// Whether the helper runs as root, and so switches each run to its slot's unprivileged uid.
     pub running_as_root: bool,
     /// Layers missing or weakened; shown to admins.
@@ -46,6 +55,15 @@ pub(crate) struct Plan {
     pub layers: Layers,
     pub slot_user: bool,
     pub cgroups: bool,
+    /// Whether networked runs get their own namespace with slirp4netns; without it they are refused.
+    pub user_net: bool,
+}
+
+/// What the sandbox knows about networking before deciding: slirp4netns found (or why not) and the
+/// configured deny list.
+pub(crate) struct Networking<'a> {
+    pub slirp: Result<&'a Slirp, &'a str>,
+    pub deny: &'a [Cidr],
 }
 
 /// Decides the layers from the probe. With `Profile::Strict`, a missing required layer is an error: never
@@ -56,6 +74,7 @@ pub(crate) fn plan(
     disabled: &[Layer],
     cgroup_versions: [Option<CgroupVersion>; 3],
     cgroup_warnings: &[String],
+    networking: &Networking<'_>,
 ) -> Result<Plan, RunnerError> {
     let root = probe.euid == 0;
     let mut caps = Capabilities { running_as_root: root, ..Capabilities::default() };
@@ -67,8 +86,13 @@ pub(crate) fn plan(
     if profile == Profile::None {
         caps.rlimits = rlimits;
         caps.warnings.push("sandbox profile is none: scripts run as plain processes without isolation".into());
+        caps.warnings.push(
+            "sandbox profile is none: every run, networked or not, shares the host's network, loopback included; \
+             no egress policy applies"
+                .into(),
+        );
         let layers = Layers { rlimits, ..Layers::default() };
-        return Ok(Plan { capabilities: caps, layers, slot_user: false, cgroups: false });
+        return Ok(Plan { capabilities: caps, layers, slot_user: false, cgroups: false, user_net: false });
     }
 
     let mut missing = Vec::new();
@@ -135,6 +159,16 @@ pub(crate) fn plan(
     caps.seccomp = seccomp;
     caps.landlock = landlock;
     caps.rlimits = rlimits;
+    let user_net = net_ns && networking.slirp.is_ok();
+    match networking.slirp {
+        Ok(slirp) if net_ns => {
+            caps.network_stack = Some(format!("slirp4netns {}", slirp.version));
+            caps.network_egress_policy = on(Layer::NetworkPolicy);
+            caps.network_deny = networking.deny.iter().map(ToString::to_string).collect();
+        }
+        Ok(_) => caps.warnings.push("without a network namespace every run shares the host's network".into()),
+        Err(reason) => caps.warnings.push(format!("runs that ask for network are refused: {reason}")),
+    }
     if !missing.is_empty() {
         caps.missing_required = missing;
         return Err(RunnerError::Unsupported(format!(
@@ -155,12 +189,14 @@ pub(crate) fn plan(
         landlock: landlock.is_some(),
         rlimits,
     };
-    Ok(Plan { capabilities: caps, layers, slot_user: root && on(Layer::SlotUser), cgroups })
+    Ok(Plan { capabilities: caps, layers, slot_user: root && on(Layer::SlotUser), cgroups, user_net })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_SLIRP: Networking<'static> = Networking { slirp: Err("slirp4netns is not installed"), deny: &[] };
 
     fn probe_all_ok(euid: u32) -> ProbeReport {
         ProbeReport {
@@ -177,13 +213,14 @@ mod tests {
             landlock_abi: Some(7),
             rlimits: Ok(()),
             cgroups_writable: Ok(()),
+            tun: Ok(()),
         }
     }
 
     #[test]
     fn strict_refuses_a_host_without_a_required_layer() {
         let probe = ProbeReport { pid_ns: Err("EPERM".into()), ..probe_all_ok(0) };
-        let err = plan(Profile::Strict, &probe, &[], [None; 3], &[]).err().expect("refused");
+        let err = plan(Profile::Strict, &probe, &[], [None; 3], &[], &NO_SLIRP).err().expect("refused");
         assert_eq!(
             err.to_string(),
             "the sandbox cannot run here: required isolation layers are missing: pid namespace: EPERM"
@@ -193,7 +230,7 @@ mod tests {
     #[test]
     fn unprivileged_strict_needs_a_user_namespace() {
         let probe = ProbeReport { user_ns: Err("disabled by sysctl".into()), ..probe_all_ok(1000) };
-        let err = plan(Profile::Strict, &probe, &[], [None; 3], &[]).err().expect("refused");
+        let err = plan(Profile::Strict, &probe, &[], [None; 3], &[], &NO_SLIRP).err().expect("refused");
         assert!(err.to_string().contains("user namespace: disabled by sysctl"), "{err}");
     }
 
@@ -202,7 +239,7 @@ mod tests {
         let probe =
             ProbeReport { landlock_abi: None, cgroups_writable: Err("permission denied".into()), ..probe_all_ok(0) };
         let v1 = Some(CgroupVersion::V1);
-        let Ok(plan) = plan(Profile::Strict, &probe, &[], [v1, v1, v1], &[]) else { panic!("refused") };
+        let Ok(plan) = plan(Profile::Strict, &probe, &[], [v1, v1, v1], &[], &NO_SLIRP) else { panic!("refused") };
         let caps = plan.capabilities;
         assert!(caps.landlock.is_none() && caps.cgroup_memory.is_none() && !plan.cgroups);
         assert!(caps.warnings.iter().any(|w| w.contains("landlock")), "{caps:?}");
@@ -212,9 +249,37 @@ mod tests {
     #[test]
     fn profile_none_needs_nothing_but_says_so() {
         let probe = ProbeReport { mount_ns: Err("EPERM".into()), ..probe_all_ok(0) };
-        let Ok(plan) = plan(Profile::None, &probe, &[], [None; 3], &[]) else { panic!("refused") };
+        let Ok(plan) = plan(Profile::None, &probe, &[], [None; 3], &[], &NO_SLIRP) else { panic!("refused") };
         assert!(plan.layers.rlimits && !plan.layers.mount_ns && !plan.slot_user);
         assert!(plan.capabilities.warnings[0].contains("profile is none"));
+    }
+
+    #[test]
+    fn networked_runs_are_refused_without_slirp_and_reported_with_it() {
+        let Ok(without) = plan(Profile::Strict, &probe_all_ok(0), &[], [None; 3], &[], &NO_SLIRP) else {
+            panic!("refused")
+        };
+        assert!(!without.user_net && without.capabilities.network_stack.is_none());
+        assert!(
+            without.capabilities.warnings.iter().any(|w| w.contains("ask for network are refused")),
+            "{:?}",
+            without.capabilities
+        );
+        let slirp = Slirp { program: "/usr/bin/slirp4netns".into(), version: "1.2.0".into() };
+        let deny = ["10.0.0.0/8".parse().expect("cidr")];
+        let networking = Networking { slirp: Ok(&slirp), deny: &deny };
+        let Ok(with) = plan(Profile::Strict, &probe_all_ok(0), &[], [None; 3], &[], &networking) else {
+            panic!("refused")
+        };
+        assert!(with.user_net, "{:?}", with.capabilities);
+        assert_eq!(with.capabilities.network_stack.as_deref(), Some("slirp4netns 1.2.0"));
+        assert!(with.capabilities.network_egress_policy);
+        assert_eq!(with.capabilities.network_deny, ["10.0.0.0/8"]);
+        let Ok(none) = plan(Profile::None, &probe_all_ok(0), &[], [None; 3], &[], &networking) else {
+            panic!("refused")
+        };
+        assert!(!none.user_net && none.capabilities.network_stack.is_none());
+        assert!(none.capabilities.warnings.iter().any(|w| w.contains("shares the host's network")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod capabilities;
 mod cgroup;
 pub mod helper;
 mod interpreter;
+mod network;
 mod output;
 mod protocol;
 mod sandbox;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use capabilities::{Capabilities, CgroupVersion};
 pub use interpreter::resolve_interpreter;
+pub use network::Cidr;
 pub use sandbox::Sandbox;
 
 /// How much isolation runs get.
@@ -67,6 +69,9 @@ pub enum Layer {
     Landlock,
     Cgroups,
     Rlimits,
+    /// The egress policy of networked runs: the routes that refuse link-local, multicast, the host's own
+    /// addresses and the configured CIDRs, and slirp4netns's refusal of the host's loopback.
+    NetworkPolicy,
 }
 
 /// How the sandbox is set up; read once by [`Sandbox::new`].
@@ -84,6 +89,12 @@ pub struct SandboxConfig {
     /// First host uid used for slots when the helper runs as root. Sandboxes on one host must use disjoint
     /// ranges: RLIMIT_NPROC counts a uid's processes host-wide.
     pub uid_base: u32,
+    /// Destinations networked runs may never reach, on top of those always refused (the host's loopback and
+    /// own addresses, link-local and multicast).
+    pub network_deny: Vec<Cidr>,
+    /// The `slirp4netns` program that gives networked runs their own network namespace; `None` looks for it
+    /// on `PATH` and in the usual directories.
+    pub slirp4netns: Option<PathBuf>,
     /// For tests and diagnostics only: layers to leave out even where the host offers them. A disabled layer
     /// is reported as a warning in [`Capabilities`]; production configuration must leave this empty.
     #[doc(hidden)]
@@ -103,6 +114,8 @@ impl SandboxConfig {
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             work_root,
             uid_base: Self::DEFAULT_UID_BASE,
+            network_deny: Vec::new(),
+            slirp4netns: None,
             disabled_layers: Vec::new(),
         }
     }
@@ -124,7 +137,8 @@ pub struct RunSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub limits: Limits,
-    /// Whether the run may use the host's network; without it the run has an empty network namespace.
+    /// Whether the run may use the network: its own network namespace with user-mode networking behind the
+    /// egress policy. Without it the run has an empty network namespace.
     pub network: bool,
 }
 

@@ -42,6 +42,8 @@ pub(crate) struct ProbeReport {
     pub landlock_abi: Option<u8>,
     pub rlimits: Result<(), String>,
     pub cgroups_writable: Result<(), String>,
+    /// Whether the helper can open `/dev/net/tun`, which slirp4netns needs for networked runs.
+    pub tun: Result<(), String>,
 }
 
 /// The layers a run applies. Every `true` layer must succeed or the run fails: the helper never silently
@@ -81,6 +83,19 @@ pub(crate) struct RunRequest {
     pub limits: crate::Limits,
     /// Whether TCP is allowed (landlock); the network namespace is switched by `layers.net_ns`.
     pub network: bool,
+    /// For a networked run in its own network namespace: how to connect that namespace to the outside.
+    pub user_net: Option<UserNet>,
+}
+
+/// User-mode networking for one run: slirp4netns, started by the supervisor on the host's side of its new
+/// network namespace, and the egress policy installed inside that namespace before the script starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UserNet {
+    pub slirp4netns: PathBuf,
+    /// Whether the egress policy applies; only switched off to show that its test can fail.
+    pub policy: bool,
+    /// Configured destinations to refuse, besides those always refused.
+    pub deny: Vec<crate::Cidr>,
 }
 
 /// How the run ended, from the helper's point of view.

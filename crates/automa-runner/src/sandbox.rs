@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 
-use crate::capabilities::{self, Capabilities};
+use crate::capabilities::{self, Capabilities, Networking};
 use crate::cgroup::{CgroupPool, Hierarchy};
 use crate::output::{self, Budget};
-use crate::protocol::{self, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, WORKDIR};
-use crate::{HelperCommand, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream};
+use crate::protocol::{
+    self, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, UserNet, WORKDIR,
+};
+use crate::{HelperCommand, Layer, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream};
 
 /// How long a helper asked to kill its run may take before it is killed itself.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -38,6 +40,8 @@ pub struct Sandbox {
     work_root: PathBuf,
     system_paths: Vec<PathBuf>,
     cgroups: Option<CgroupPool>,
+    /// How networked runs get their network: slirp4netns and the egress policy, or why they are refused.
+    user_net: Result<UserNet, String>,
     slots: Semaphore,
     free: Mutex<Vec<usize>>,
 }
@@ -79,7 +83,23 @@ impl Sandbox {
         let probe = probe(&config.helper, probe_request)?;
         let (versions, warnings) =
             pool.as_ref().map_or(([None; 3], Vec::new()), |p| (p.versions(), p.warnings.clone()));
-        let plan = capabilities::plan(config.profile, &probe, &config.disabled_layers, versions, &warnings)?;
+        let slirp =
+            crate::network::find_slirp4netns(config.slirp4netns.as_deref()).and_then(|slirp| match &probe.tun {
+                Ok(()) => Ok(slirp),
+                Err(e) => Err(format!("the helper cannot open /dev/net/tun, which slirp4netns needs: {e}")),
+            });
+        let networking = Networking { slirp: slirp.as_ref().map_err(String::as_str), deny: &config.network_deny };
+        let plan =
+            capabilities::plan(config.profile, &probe, &config.disabled_layers, versions, &warnings, &networking)?;
+        let user_net = match slirp {
+            Ok(slirp) if plan.user_net => Ok(UserNet {
+                slirp4netns: slirp.program,
+                policy: !config.disabled_layers.contains(&Layer::NetworkPolicy),
+                deny: config.network_deny.clone(),
+            }),
+            Ok(_) => Err("the sandbox gives runs no network namespace".to_owned()),
+            Err(reason) => Err(reason),
+        };
         if !plan.cgroups {
             if let Some(p) = pool.as_mut() {
                 p.disable();
@@ -101,6 +121,7 @@ impl Sandbox {
             work_root: config.work_root,
             system_paths,
             cgroups: pool,
+            user_net,
             slots: Semaphore::new(config.slots),
             free: Mutex::new((0..config.slots).rev().collect()),
         })
@@ -124,6 +145,12 @@ impl Sandbox {
         mut cancel: watch::Receiver<bool>,
     ) -> Result<Report, RunnerError> {
         validate_spec(&spec)?;
+        if let (true, true, Err(reason)) = (spec.network, self.layers.net_ns, &self.user_net) {
+            // Never a silently less isolated run: sharing the host's network would reach its loopback.
+            return Err(RunnerError::Unsupported(format!(
+                "this run needs network, which cannot be isolated: {reason}"
+            )));
+        }
         let cancelled = Report { cancelled: true, ..Report::default() };
         let Some(slot) = self.acquire(&mut cancel).await else {
             return Ok(cancelled);
@@ -203,8 +230,8 @@ impl Sandbox {
         user: Option<(u32, u32)>,
         host_workdir: &std::path::Path,
     ) -> RunRequest {
-        let mut layers = self.layers;
-        layers.net_ns &= !spec.network;
+        let layers = self.layers;
+        let user_net = if spec.network && layers.net_ns { self.user_net.as_ref().ok().cloned() } else { None };
         let home = if layers.mount_ns { PathBuf::from(WORKDIR) } else { host_workdir.to_path_buf() };
         let home = home.to_string_lossy().into_owned();
         let mut env: Vec<(String, String)> = vec![
@@ -236,6 +263,7 @@ impl Sandbox {
             cgroup_procs: self.cgroups.as_ref().map(|p| p.procs_files(slot)).unwrap_or_default(),
             limits: spec.limits,
             network: spec.network,
+            user_net,
         }
     }
 

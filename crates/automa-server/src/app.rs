@@ -25,7 +25,7 @@ use automa_store::{AuditKey, Store};
 
 use crate::{
     api,
-    auth::{self, Sessions},
+    auth::{self, Passwords, Sessions},
     config::Config,
     error::ApiError,
     events::Hub,
@@ -88,7 +88,17 @@ impl Application {
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
             access: Arc::new(auth::access_table(&openapi_json)),
             syntax: Arc::new(SyntaxChecker::new(interpreter)),
-            login_limiter: Arc::new(LoginLimiter::new(config.login_attempts_per_minute)),
+            login_limiter: Arc::new(LoginLimiter::new(
+                config.login_attempts_per_minute,
+                config.login_attempts_per_account_per_minute,
+            )),
+            passwords: Arc::new(Passwords::new(
+                config
+                    .password_hashing_concurrency
+                    .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)),
+            )?),
+            failed_logins: Arc::default(),
+            trusted_proxies: config.trusted_proxy_networks()?.into(),
             data_dir: config.data_dir.clone(),
             config: Arc::new(config),
         };
@@ -101,6 +111,7 @@ impl Application {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
                     .into_response()
             })
+            .layer(middleware::from_fn_with_state(state.clone(), auth::client_address))
             .layer(cors(&state.config.cors_origins)?)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(middleware::from_fn_with_state(
@@ -142,6 +153,7 @@ impl Application {
         };
         let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
+        let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
         let stopping = self.stopping;
         let signal = async move {
             shutdown.await;
@@ -158,6 +170,9 @@ impl Application {
         }
         if let Err(error) = scheduler.await {
             tracing::error!(%error, "the scheduler task failed");
+        }
+        if let Err(error) = failed_logins.await {
+            tracing::error!(%error, "the failed-login summary task failed");
         }
         state.store.close().await;
         Ok(())

@@ -60,7 +60,8 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     pub bind: String,
     pub env: Environment,
-    /// Signs sessions and encrypts secrets. Required (32+ bytes) in production.
+    /// Signs sessions and encrypts secrets: at least 32 bytes. Required in production; in development a key is
+    /// generated into `data_dir` when this is absent. Set but empty is refused, never taken as absent.
     pub secret_key: Option<SecretString>,
     /// Session lifetime.
     pub token_ttl_seconds: i64,
@@ -81,8 +82,15 @@ pub struct Config {
     pub agent_concurrency: Option<usize>,
     /// Serve the API only, without the embedded agent (for API replicas).
     pub no_agent: bool,
-    /// Failed logins allowed per client address per minute before 429.
+    /// Login attempts allowed per client address per minute before 429 (successful ones are not counted).
     pub login_attempts_per_minute: u32,
+    /// Login attempts allowed per account per minute before 429, from all addresses together.
+    pub login_attempts_per_account_per_minute: u32,
+    /// Passwords hashed or checked at once (each argon2 call holds about 19 MiB); default: the number of cores.
+    pub password_hashing_concurrency: Option<usize>,
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed. Empty (the default): the header is
+    /// ignored and the peer's address is the client's.
+    pub trusted_proxies: Vec<String>,
     /// How long a claimed run's lease lasts; agents renew it three times per lease.
     pub lease_seconds: u64,
     /// Output stored per run; past it a note says what was cut.
@@ -102,8 +110,25 @@ pub struct Config {
     /// Time a client has to send a request's headers, idle keep-alive connections included, before the
     /// connection is closed: slow clients cannot hold connections open.
     pub header_read_timeout_seconds: u64,
-    /// Largest request head (request line and headers); larger ones get 431. At least 8192.
+    /// Largest request head (request line and headers); larger ones get 431. At least 4096.
     pub max_header_bytes: usize,
+    /// Address ranges networked runs may not reach, besides the host's loopback and own addresses, link-local
+    /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub network_deny: Vec<String>,
+}
+
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(deserializer)? {
+        Form::List(list) => list,
+        Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
 impl Default for Config {
@@ -125,6 +150,9 @@ impl Default for Config {
             agent_concurrency: None,
             no_agent: false,
             login_attempts_per_minute: 10,
+            login_attempts_per_account_per_minute: 10,
+            password_hashing_concurrency: None,
+            trusted_proxies: Vec::new(),
             lease_seconds: 30,
             max_log_bytes: 10 * 1024 * 1024,
             shutdown_grace_seconds: 30,
@@ -134,6 +162,7 @@ impl Default for Config {
             request_timeout_seconds: 60,
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
+            network_deny: Vec::new(),
         }
     }
 }
@@ -170,6 +199,20 @@ impl Config {
             .collect()
     }
 
+    /// The trusted proxies as networks; a bare address is a network of one.
+    pub fn trusted_proxy_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("AUTOMA_TRUSTED_PROXIES: '{entry}' is not an address or CIDR"))
+            })
+            .collect()
+    }
+
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.expose().to_owned(),
@@ -190,6 +233,30 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let config = Config { secret_key: Some(SecretString::new("hunter2hunter2")), ..Config::default() };
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn network_deny_is_a_list_or_a_comma_separated_string() {
+        let load = |value: serde_json::Value| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Serialized::defaults(serde_json::json!({ "network_deny": value })))
+                .extract::<Config>()
+                .expect("loads")
+                .network_deny
+        };
+        assert_eq!(load("10.0.0.0/8, fd00::/8".into()), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(load(serde_json::json!(["192.168.0.0/16"])), ["192.168.0.0/16"]);
+        assert!(load("".into()).is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let config = Config { trusted_proxies: vec!["10.0.0.0/8".into(), " ::1 ".into()], ..Config::default() };
+        let networks = config.trusted_proxy_networks().unwrap();
+        assert!(networks[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(networks[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+        let bad = Config { trusted_proxies: vec!["proxy.local".into()], ..Config::default() };
+        assert!(bad.trusted_proxy_networks().unwrap_err().to_string().contains("'proxy.local'"));
     }
 
     #[test]

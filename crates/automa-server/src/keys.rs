@@ -17,16 +17,21 @@ pub const MIN_KEY_BYTES: usize = 32;
 pub const KEY_FILE: &str = "secret.key";
 
 /// The key from configuration, or in development the one kept in the data directory (created if missing).
+/// A key under [`MIN_KEY_BYTES`] is refused in every environment: a short key makes sessions forgeable and
+/// secrets guessable offline, in development as much as anywhere else. `AUTOMA_SECRET_KEY` set but empty is
+/// refused too, never taken for "absent": an empty value is far more likely a deployment mistake (an unset
+/// variable interpolated into a template) than a wish for the development key.
 pub fn secret_key(config: &Config) -> anyhow::Result<Vec<u8>> {
     if let Some(key) = &config.secret_key {
         let key = key.expose().as_bytes();
-        if key.len() < MIN_KEY_BYTES {
-            if config.env == Environment::Production {
-                bail!("AUTOMA_SECRET_KEY must be at least {MIN_KEY_BYTES} bytes (it has {})", key.len());
-            }
-            tracing::warn!(
-                "AUTOMA_SECRET_KEY is shorter than {MIN_KEY_BYTES} bytes; production start-up would refuse it"
+        if key.is_empty() {
+            bail!(
+                "AUTOMA_SECRET_KEY is set but empty; set it to at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), \
+                 or in development unset it to use the generated key file"
             );
+        }
+        if key.len() < MIN_KEY_BYTES {
+            bail!("AUTOMA_SECRET_KEY must be at least {MIN_KEY_BYTES} bytes (it has {})", key.len());
         }
         return Ok(key.to_vec());
     }
@@ -48,7 +53,18 @@ fn development_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
                 tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the secret key file is readable by others; fixing to 0600");
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
             }
-            Ok(existing.trim().as_bytes().to_vec())
+            let key = existing.trim().as_bytes().to_vec();
+            // An empty or short file is not regenerated: sessions and sealed secrets depend on the key, and
+            // replacing it silently would make the secrets unreadable. The operator decides.
+            if key.len() < MIN_KEY_BYTES {
+                bail!(
+                    "the secret key file {} holds {} bytes; a key needs at least {MIN_KEY_BYTES}. If nothing was \
+                     encrypted with it yet, delete the file and a new key is generated; otherwise restore the key",
+                    path.display(),
+                    key.len()
+                );
+            }
+            Ok(key)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
@@ -95,5 +111,28 @@ mod tests {
         let good = Config { secret_key: Some(SecretString::new("k".repeat(32))), ..production };
         assert_eq!(secret_key(&good).unwrap().len(), 32);
         assert!(!dir.path().join(KEY_FILE).exists(), "production never writes a key file");
+    }
+
+    #[test]
+    fn development_refuses_a_short_or_empty_key_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let development = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let empty = Config { secret_key: Some(SecretString::new("")), ..development.clone() };
+        assert!(secret_key(&empty).unwrap_err().to_string().contains("AUTOMA_SECRET_KEY is set but empty"));
+        assert!(!dir.path().join(KEY_FILE).exists(), "an empty key is not taken for an absent one");
+        let short = Config { secret_key: Some(SecretString::new("k".repeat(31))), ..development };
+        assert!(secret_key(&short).unwrap_err().to_string().contains("at least 32 bytes (it has 31)"));
+    }
+
+    #[test]
+    fn an_empty_or_short_key_file_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        for content in ["", "\n", "0123456789abcdef"] {
+            fs::write(dir.path().join(KEY_FILE), content).unwrap();
+            let error = secret_key(&config).unwrap_err().to_string();
+            assert!(error.contains("secret.key") && error.contains("at least 32"), "{error}");
+            assert_eq!(fs::read_to_string(dir.path().join(KEY_FILE)).unwrap(), content, "the file is left alone");
+        }
     }
 }

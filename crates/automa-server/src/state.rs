@@ -8,10 +8,10 @@ use std::{
 use automa_store::Store;
 
 use crate::{
-    auth::{Sessions, SharedAccess},
+    auth::{Passwords, Sessions, SharedAccess},
     config::Config,
     execution::Execution,
-    limits::LoginLimiter,
+    limits::{FailedLogins, LoginLimiter},
     python::SyntaxChecker,
 };
 
@@ -23,6 +23,12 @@ pub struct AppState {
     pub access: SharedAccess,
     pub syntax: Arc<SyntaxChecker>,
     pub login_limiter: Arc<LoginLimiter>,
+    /// Bounds concurrent password hashing.
+    pub passwords: Arc<Passwords>,
+    /// Failed logins waiting to be summarised in the audit log.
+    pub failed_logins: Arc<FailedLogins>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     pub data_dir: PathBuf,
     pub execution: Arc<Execution>,
     /// The embedded agent's sandbox capabilities, or why it refuses to run scripts; `None` without one.

@@ -60,6 +60,8 @@ pub struct User {
     pub active: bool,
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// Sessions issued under an older epoch are refused; bumped to sign the user out everywhere.
+    pub session_epoch: i64,
 }
 
 impl User {

@@ -70,6 +70,22 @@ impl Store {
         })
     }
 
+    /// Whether the token with this id is still unrevoked, unexpired and owned by an active user: long-lived
+    /// requests (event streams) check it again while they run.
+    pub async fn token_is_live(&self, token_id: i64) -> StoreResult<bool> {
+        dispatch!(self, pool => {
+            let live: Option<i64> = sqlx::query_scalar(
+                "SELECT t.id FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1 \
+                 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.active",
+            )
+            .bind(token_id)
+            .bind(now())
+            .fetch_optional(pool)
+            .await?;
+            Ok(live.is_some())
+        })
+    }
+
     /// The live (unrevoked, unexpired) token with this hash and its active owner.
     pub async fn authenticate_token(&self, token_hash: &str) -> StoreResult<Option<(ApiToken, User)>> {
         let at = now();
@@ -84,7 +100,7 @@ impl Store {
             .await?;
             let Some(token) = token else { return Ok(None) };
             let user: Option<User> = sqlx::query_as(
-                "SELECT id, email, role, active, created_at, last_login_at FROM users WHERE id = $1 AND active",
+                "SELECT id, email, role, active, created_at, last_login_at, session_epoch FROM users WHERE id = $1 AND active",
             )
             .bind(token.user_id)
             .fetch_optional(pool)

@@ -7,7 +7,7 @@ use crate::{
     audit::append_audit, composed, dispatch, now,
 };
 
-const USER_COLUMNS: &str = "id, email, role, active, created_at, last_login_at";
+const USER_COLUMNS: &str = "id, email, role, active, created_at, last_login_at, session_epoch";
 
 impl Store {
     pub async fn count_users(&self) -> StoreResult<i64> {
@@ -27,7 +27,7 @@ impl Store {
             }
             let user: User = sqlx::query_as(
                 "INSERT INTO users (email, password_hash, role, active, created_at) VALUES ($1, $2, $3, $4, $5) \
-                 RETURNING id, email, role, active, created_at, last_login_at",
+                 RETURNING id, email, role, active, created_at, last_login_at, session_epoch",
             )
             .bind(&new.email)
             .bind(&new.password_hash)
@@ -105,20 +105,23 @@ impl Store {
             let role = update.role.map(|r| r.as_str().to_owned()).unwrap_or(current.role);
             let active = update.active.unwrap_or(current.active);
             let user: User = sqlx::query_as(
-                "UPDATE users SET email = $1, role = $2, active = $3, password_hash = COALESCE($4, password_hash) \
-                 WHERE id = $5 RETURNING id, email, role, active, created_at, last_login_at",
+                "UPDATE users SET email = $1, role = $2, active = $3, password_hash = COALESCE($4, password_hash), \
+                 session_epoch = session_epoch + $6 WHERE id = $5 RETURNING id, email, role, active, created_at, last_login_at, session_epoch",
             )
             .bind(&email)
             .bind(&role)
             .bind(active)
             .bind(&update.password_hash)
             .bind(id)
+            // A new password ends every session signed in with the old one: whoever knew it may still hold one.
+            .bind(i64::from(update.password_hash.is_some()))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a user with email '{email}' already exists")))?;
             let details = json!({
                 "email": update.email, "role": update.role.map(|r| r.as_str()), "active": update.active,
                 "password_changed": update.password_hash.is_some(),
+                "sessions_revoked": update.password_hash.is_some(),
             });
             append_audit!(self, tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
             tx.commit().await?;
@@ -149,6 +152,25 @@ impl Store {
             append_audit!(self, tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// Ends every session of a user by moving their session epoch on, and records why (`action`, e.g.
+    /// `auth.logout`). API tokens are not affected: they are revoked one by one.
+    pub async fn revoke_sessions(&self, actor: &Actor, user_id: i64, action: &'static str) -> StoreResult<User> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let user: User = sqlx::query_as(composed(format!(
+                "UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            )))
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            let details = json!({"session_epoch": user.session_epoch});
+            append_audit!(self, tx, actor, AuditEvent::new(action, "user", Some(user_id), details));
+            tx.commit().await?;
+            Ok(user)
         })
     }
 

@@ -101,6 +101,9 @@ struct AgentFlags {
     /// Where run directories live.
     #[arg(long, default_value = "automa-agent-data")]
     data_dir: PathBuf,
+    /// Address ranges networked runs may not reach (repeatable, or comma-separated), e.g. 10.0.0.0/8.
+    #[arg(long, value_delimiter = ',')]
+    network_deny: Vec<String>,
 }
 
 /// Flags override the environment and the configuration file.
@@ -218,7 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(client::exit_code(&ended));
         }
         Command::Agent(flags) => {
-            let overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
+            let mut overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
+            if !flags.network_deny.is_empty() {
+                overrides["network_deny"] = flags.network_deny.into();
+            }
             let config = Config::load(cli.config, overrides)?;
             init_logging(config.log_format);
             let token = agent_token(flags.token_file.as_deref())?;

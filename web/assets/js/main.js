@@ -103,7 +103,14 @@ async function showSignIn(message) {
   await page.render(auth, { message, onSignedIn: showApp });
 }
 
-function signOut() {
+async function signOut() {
+  // The server ends the session too (and the user's other sessions), so a copy of the token is worthless.
+  // Signing out here happens whatever it answers: an unreachable server must not keep anyone signed in.
+  try {
+    await api('/logout', { method: 'POST' });
+  } catch {
+    // Already ended, or the server is unreachable: the local sign-out below is what the user asked for.
+  }
   session.clear();
   history.replaceState(null, '', '#/');
   showSignIn('You are logged out.');

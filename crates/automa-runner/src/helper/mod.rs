@@ -5,6 +5,8 @@
 //! - the supervisor: started by the sandbox with a cleared environment, stdin a socket carrying the request
 //!   and, at the end, the report. It creates the namespaces and forks the init; a byte or EOF on the socket
 //!   means "kill the run".
+//! - for a networked run, slirp4netns: forked by the supervisor before it unshares, so it stays in the host's
+//!   network namespace and links it to the run's ([`network`]).
 //! - the init: pid 1 of the new pid namespace, with `PR_SET_PDEATHSIG(SIGKILL)` so the whole namespace dies
 //!   with the supervisor (trap 4). It joins the slot's cgroups, builds the root and reaps.
 //! - the workload: drops privileges, confines itself and execs the interpreter.
@@ -12,6 +14,7 @@
 mod confine;
 mod init;
 mod mounts;
+mod network;
 mod probe;
 mod seccomp;
 
@@ -55,9 +58,20 @@ pub(crate) mod status {
 
 fn supervise(request: &RunRequest, channel: &File) -> RunReport {
     let failed = |message: String| RunReport { outcome: RunOutcome::Failed(message), max_rss_kb: None, cpu_ms: None };
+    let launcher = match request.user_net.as_ref().map(|net| network::Launcher::fork(net, &request.cgroup_procs)) {
+        None => None,
+        Some(Ok(launcher)) => Some(launcher),
+        Some(Err(e)) => return failed(e),
+    };
     if let Err(e) = enter_namespaces(request) {
         return failed(e);
     }
+    // Held to the end of the run: dropping it stops slirp4netns, after the init and its usage are collected.
+    let _slirp = match launcher.map(network::Launcher::start) {
+        None => None,
+        Some(Ok(slirp)) => Some(slirp),
+        Some(Err(e)) => return failed(e),
+    };
     let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .and_then(|s| Ok((s, nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)));
     let ((status_r, status_w), (lifeline_r, lifeline_w)) = match pipes {

@@ -11,6 +11,9 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::protocol::{RunRequest, WORKDIR};
 
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// slirp4netns's built-in DNS forwarder, at the default network's address + 3.
+const SLIRP_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 const DEV_LINKS: &[(&str, &str)] = &[
     ("fd", "/proc/self/fd"),
@@ -26,8 +29,17 @@ pub(super) fn build_root(request: &RunRequest) -> Result<(), String> {
     let root = &request.root_mount;
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_(Some(Path::new("tmpfs")), root, Some("tmpfs"), base, Some("size=1m,mode=0755"))?;
+    let resolv_conf = Path::new(RESOLV_CONF);
     for path in &request.system_paths {
-        bind_read_only(root, path)?;
+        if request.user_net.is_none() || path != resolv_conf {
+            bind_read_only(root, path)?;
+        }
+    }
+    if request.user_net.is_some() {
+        // The host's resolver may be on its loopback, out of the run's reach: slirp4netns answers DNS itself.
+        let target = inside(root, resolv_conf);
+        mkdir(root, "/etc")?;
+        fs::write(&target, SLIRP_RESOLV_CONF).map_err(|e| format!("write {}: {e}", target.display()))?;
     }
     build_dev(root)?;
     // A user namespace may mount proc only while the host's proc is still visible (trap 7).

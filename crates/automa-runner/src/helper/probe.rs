@@ -51,6 +51,12 @@ pub(super) fn run(request: &ProbeRequest) -> ProbeReport {
             .cgroup_procs
             .iter()
             .try_for_each(|p| writable(p).map_err(|e| format!("{}: {e}", p.display()))),
+        tun: std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map(drop)
+            .map_err(|e| e.to_string()),
     }
 }
 

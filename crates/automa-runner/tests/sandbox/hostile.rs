@@ -102,3 +102,10 @@ async fn holds_no_capability_and_no_way_to_gain_one() {
 async fn cannot_read_a_concurrent_runs_directory() {
     assert!(!attacks::read_other_run(&full()).await);
 }
+
+#[tokio::test]
+async fn an_attack_script_that_breaks_before_attacking_fails_its_test() {
+    let out = crate::support::script(&full(), "raise SystemExit('broken before the attack')").await;
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attacks::verdict(&out, &["connect"])));
+    assert!(checked.is_err(), "a script that never attacked passed as stopped: {out:#?}");
+}

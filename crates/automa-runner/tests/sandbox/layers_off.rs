@@ -1,6 +1,6 @@
 //! Evidence that the hostile tests can fail: with the layers that stop an attack switched off, the attack
-//! works. Ignored by default (these runs are deliberately unsafe); run them with
-//! `cargo nextest run -p automa-runner --run-ignored only layers_off`.
+//! works. Ignored by default (these runs are deliberately unsafe); `.ci/run` runs them with
+//! `cargo nextest run -p automa-runner --test sandbox --run-ignored ignored-only layers_off`.
 
 use automa_runner::Layer::{self, *};
 use automa_runner::Profile;
@@ -95,4 +95,19 @@ async fn privileges_can_be_gained_without_no_new_privs() {
 #[ignore = "deliberately weakened sandbox"]
 async fn other_runs_are_readable_without_mount_ns_slot_user_and_landlock() {
     assert!(attacks::read_other_run(&off(&[MountNs, SlotUser, Landlock])).await);
+}
+
+#[tokio::test]
+#[ignore = "deliberately weakened sandbox"]
+async fn host_loopback_metadata_and_host_addresses_are_reachable_without_the_egress_policy() {
+    let reach = crate::network::policy_off_reaches_everything().await;
+    assert!(reach.public, "{reach:#?}");
+    for leak in ["host loopback", "metadata"] {
+        assert!(reach.leaks.iter().any(|l| l == leak), "{leak} was not reached: {reach:#?}");
+    }
+    // IPv6 stays out of reach even then: slirp4netns runs without --enable-ipv6.
+    for address in crate::network::host_addresses() {
+        let leak = format!("host address {address}");
+        assert!(reach.leaks.contains(&leak), "{leak} was not reached: {reach:#?}");
+    }
 }

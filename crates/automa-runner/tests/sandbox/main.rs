@@ -3,6 +3,7 @@
 mod attacks;
 mod hostile;
 mod layers_off;
+mod network;
 mod positive;
 mod support;
 mod unprivileged;

@@ -9,13 +9,17 @@ use axum::{
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::{api::runs::RunResponse, events::Event, state::AppState};
+use crate::{api::runs::RunResponse, auth::Principal, events::Event, state::AppState};
 
 /// Live changes: `run` events carry the run, `agent` events the agent's id. Output is not included (follow
-/// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists.
+/// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists. The
+/// stream ends when the credentials it was opened with expire or are revoked.
 #[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = ["viewer"])),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
-pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
     let stream = BroadcastStream::new(state.execution.hub.subscribe()).filter_map(|event| async move {
         let event = event.ok()?;
         let sse_event = match &*event {
@@ -28,5 +32,6 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
         };
         Some(Ok(sse_event))
     });
+    let stream = stream.take_until(principal.credentials_end(&state));
     Sse::new(stream).keep_alive(sse::KeepAlive::default())
 }

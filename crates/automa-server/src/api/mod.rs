@@ -41,9 +41,11 @@ struct ApiDoc;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(session::login))
+        .routes(routes!(session::logout))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::me, users::update_me))
         .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(users::revoke_sessions))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(agents::list, agents::create))

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response, Sse, sse},
 };
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -227,11 +227,13 @@ pub struct StreamQuery {
 }
 
 /// Follow a run's output live (Server-Sent Events): `log` events (id = sequence number, data = a chunk) until
-/// the run ends, then one `end` event with the run.
+/// the run ends, then one `end` event with the run. The stream also ends, without an `end` event, when the
+/// credentials it was opened with expire or are revoked.
 #[utoipa::path(get, path = "/runs/{id}/logs/stream", tag = "runs", params(StreamQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
 pub async fn stream(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
@@ -250,7 +252,8 @@ pub async fn stream(
     };
     let stream = futures::stream::unfold(follower, |mut follower| async move {
         follower.next_event().await.map(|event| (Ok(event), follower))
-    });
+    })
+    .take_until(principal.credentials_end(&state));
     Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
 }
 

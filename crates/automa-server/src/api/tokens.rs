@@ -10,7 +10,7 @@ use automa_core::{ResourceName, Role};
 use automa_store::{ApiToken, NewApiToken};
 
 use crate::{
-    auth::{self, Principal},
+    auth::{self, Credential, Principal},
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath},
     state::AppState,
@@ -70,7 +70,8 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiRes
     Ok(Json(state.store.list_tokens(principal.user.id).await?.into_iter().map(TokenInfo::from).collect()))
 }
 
-/// Create an API token; the response is the only time the token is shown.
+/// Create an API token; the response is the only time the token is shown. Created with an API token, the new
+/// one must be capped at or below it (else 403), and expires no later than it.
 #[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = CreateToken, security(("bearer" = ["viewer"])),
     responses((status = 201, body = CreatedToken), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
@@ -87,6 +88,7 @@ pub async fn create(
         Some(_) => return Err(ApiError::invalid("expires_in_days", "must be between 1 and 3650")),
         None => None,
     };
+    let expires_at = within_creating_token(&principal, input.role, expires_at)?;
     let token = auth::random_token(auth::API_TOKEN_PREFIX);
     let new = NewApiToken {
         user_id: principal.user.id,
@@ -100,6 +102,30 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedToken { info: created.into(), token })))
 }
 
+/// A token created with an API token gets no more than that token has: a role at or below its cap (an
+/// uncapped token from a capped one would be the owner's full role), and an expiry no later than its own (else
+/// a short-lived token could renew itself forever); a later or absent expiry is brought forward to it. Gives
+/// the new token's expiry.
+fn within_creating_token(
+    principal: &Principal,
+    role: Option<Role>,
+    expires_at: Option<DateTime<Utc>>,
+) -> ApiResult<Option<DateTime<Utc>>> {
+    let Credential::ApiToken { capped, expires_at: creator_expires_at, .. } = &principal.credential else {
+        return Ok(expires_at);
+    };
+    if *capped && role.is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "this API token is capped at {}; the tokens it creates must name a role at or below that",
+            principal.role
+        )));
+    }
+    Ok(match (expires_at, *creator_expires_at) {
+        (Some(requested), Some(limit)) => Some(requested.min(limit)),
+        (requested, limit) => requested.or(limit),
+    })
+}
+
 /// Revoke one of your API tokens. Revoking twice is harmless.
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", security(("bearer" = ["viewer"])),
     responses((status = 200, body = TokenInfo)))]
@@ -109,5 +135,6 @@ pub async fn revoke(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<TokenInfo>> {
     let token = state.store.revoke_token(&principal.actor(), principal.user.id, id).await.map_err(missing("token"))?;
+    state.sessions.announce_revocation(principal.user.id);
     Ok(Json(token.into()))
 }

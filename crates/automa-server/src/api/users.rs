@@ -10,7 +10,7 @@ use automa_core::{Email, Role};
 use automa_store::{Actor, NewUser, User, UserUpdate};
 
 use crate::{
-    api::{Page, Paging},
+    api::{Page, Paging, session::check_password_length},
     auth::{self, ClientIp, Principal},
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -44,7 +44,7 @@ impl From<User> for UserResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub email: String,
-    /// At least 8 characters.
+    /// 8 characters to 1024 bytes.
     pub password: String,
     /// Default `viewer`; the first user is always `admin`.
     pub role: Option<Role>,
@@ -54,21 +54,21 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     pub email: Option<String>,
+    /// 8 characters to 1024 bytes. Changing it ends every session of the user.
     pub password: Option<String>,
+    /// Your current password: needed to change your own e-mail or password.
+    pub current_password: Option<String>,
     pub role: Option<Role>,
     pub active: Option<bool>,
 }
 
 const MIN_PASSWORD: usize = 8;
-const MAX_PASSWORD: usize = 1024;
 
 fn check_password(password: &str) -> ApiResult<()> {
-    let length = password.chars().count();
-    if length < MIN_PASSWORD {
+    // The byte bound comes first: counting characters of a huge string is work an attacker chooses.
+    check_password_length("password", password)?;
+    if password.chars().count() < MIN_PASSWORD {
         return Err(ApiError::invalid("password", format!("must be at least {MIN_PASSWORD} characters")));
-    }
-    if length > MAX_PASSWORD {
-        return Err(ApiError::invalid("password", format!("must be at most {MAX_PASSWORD} characters")));
     }
     Ok(())
 }
@@ -77,7 +77,8 @@ fn check_password(password: &str) -> ApiResult<()> {
 #[utoipa::path(
     post, path = "/users", tag = "users", request_body = CreateUser,
     security(("bearer" = ["admin"]), ()),
-    responses((status = 201, body = UserResponse), (status = 409, description = "E-mail taken", body = crate::error::ErrorBody))
+    responses((status = 201, body = UserResponse), (status = 409, description = "E-mail taken", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many passwords being hashed at once; see `Retry-After`", body = crate::error::ErrorBody))
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -110,7 +111,7 @@ pub async fn create(
         }
         Some(default) => default,
     };
-    let password_hash = auth::hash_password(input.password).await?;
+    let password_hash = state.passwords.hash(input.password).await?;
     let new = NewUser { email: email.as_str().to_owned(), password_hash, role };
     match state.store.create_user(&actor, new, first).await? {
         Some(user) => Ok((StatusCode::CREATED, Json(user.into()))),
@@ -138,9 +139,12 @@ pub async fn me(principal: Principal) -> Json<UserResponse> {
     Json(response)
 }
 
-/// Change your own e-mail or password.
+/// Change your own e-mail or password. Needs a session (not an API token) and your `current_password`: a
+/// stolen session or token alone cannot take the account over. A new password ends all your sessions.
 #[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
-    responses((status = 200, body = UserResponse)))]
+    responses((status = 200, body = UserResponse),
+        (status = 429, description = "Too many wrong current passwords, or too many passwords being checked at once; \
+            see `Retry-After`", body = crate::error::ErrorBody)))]
 pub async fn update_me(
     State(state): State<AppState>,
     principal: Principal,
@@ -159,9 +163,12 @@ pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Ap
     Ok(Json(state.store.get_user(id).await.map_err(missing("user"))?.into()))
 }
 
-/// Change a user's e-mail, password, role or activation.
+/// Change a user's e-mail, password, role or activation. E-mail and password changes need a session, not an
+/// API token; your own also need `current_password`, as on `/users/me`.
 #[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
-    responses((status = 200, body = UserResponse), (status = 409, description = "E-mail taken, or the last admin", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = UserResponse), (status = 409, description = "E-mail taken, or the last admin", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many wrong current passwords, or too many passwords being checked at once; \
+            see `Retry-After`", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -178,11 +185,19 @@ async fn apply_update(
     input: UpdateUser,
 ) -> ApiResult<Json<UserResponse>> {
     let email = input.email.as_deref().map(|raw| Email::parse("email", raw)).transpose()?;
-    let password_hash = match input.password {
-        Some(password) => {
-            check_password(&password)?;
-            Some(auth::hash_password(password).await?)
+    if let Some(password) = &input.password {
+        check_password(password)?;
+    }
+    if email.is_some() || input.password.is_some() {
+        // An e-mail and a password are what a login needs: changing either is taking the account, so it
+        // takes someone who signed in, and for one's own account the password they signed in with.
+        principal.require_session("changing an e-mail or password")?;
+        if id == principal.user.id {
+            confirm_current_password(state, principal, input.current_password).await?;
         }
+    }
+    let password_hash = match input.password {
+        Some(password) => Some(state.passwords.hash(password).await?),
         None => None,
     };
     let update = UserUpdate {
@@ -191,7 +206,51 @@ async fn apply_update(
         role: input.role,
         active: input.active,
     };
-    Ok(Json(state.store.update_user(&principal.actor(), id, update).await.map_err(missing("user"))?.into()))
+    let updated = state.store.update_user(&principal.actor(), id, update).await.map_err(missing("user"))?;
+    // Streams of this user re-check their credentials: the change may have ended their sessions or role.
+    state.sessions.announce_revocation(id);
+    Ok(Json(updated.into()))
+}
+
+/// Checks `current_password` against the principal's, counted like a login attempt so that a stolen session
+/// cannot be used to guess it faster than the login form allows.
+async fn confirm_current_password(state: &AppState, principal: &Principal, current: Option<String>) -> ApiResult<()> {
+    let current = current
+        .ok_or_else(|| ApiError::invalid("current_password", "is required to change your own e-mail or password"))?;
+    check_password_length("current_password", &current)?;
+    let address = principal.ip.as_deref().unwrap_or_default();
+    let attempt = state.login_limiter.reserve(address, &principal.user.email).map_err(|retry_after_seconds| {
+        ApiError::TooManyRequests {
+            detail: "too many wrong passwords for this account; try again later".into(),
+            retry_after_seconds,
+        }
+    })?;
+    let hash = state.store.user_credentials(&principal.user.email).await?.map(|(_, hash)| hash);
+    match state.passwords.verify(current, hash).await {
+        Ok(true) => {
+            attempt.forget();
+            Ok(())
+        }
+        Ok(false) => Err(ApiError::Forbidden("current_password is not your password".into())),
+        Err(busy) => {
+            attempt.forget();
+            Err(busy)
+        }
+    }
+}
+
+/// Sign a user out everywhere: every session they have ends, on every server (open event streams on this one
+/// at once, on others within 30 seconds). Their API tokens stay valid.
+#[utoipa::path(post, path = "/users/{id}/sessions/revoke", tag = "users", security(("bearer" = ["admin"])),
+    responses((status = 204)))]
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.revoke_sessions(&principal.actor(), id, "user.sessions_revoke").await.map_err(missing("user"))?;
+    state.sessions.announce_revocation(id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a user and their API tokens.
@@ -203,5 +262,6 @@ pub async fn delete(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_user(&principal.actor(), id).await.map_err(missing("user"))?;
+    state.sessions.announce_revocation(id);
     Ok(StatusCode::NO_CONTENT)
 }

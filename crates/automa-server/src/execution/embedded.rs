@@ -65,10 +65,17 @@ pub async fn build_sandbox(config: &Config, slots: usize) -> anyhow::Result<Resu
     };
     let python = config.python.clone();
     let work_root = absolute(config.data_dir.join("runs"))?;
+    let network_deny = config
+        .network_deny
+        .iter()
+        .map(|cidr| cidr.parse::<automa_runner::Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("AUTOMA_NETWORK_DENY")?;
     let built = tokio::task::spawn_blocking(move || {
         let interpreter = automa_runner::resolve_interpreter(python.as_deref()).map_err(|e| e.to_string())?;
         let mut sandbox_config = SandboxConfig::new(profile, interpreter, helper, work_root);
         sandbox_config.slots = slots;
+        sandbox_config.network_deny = network_deny;
         Sandbox::new(sandbox_config).map(Arc::new).map_err(|e| e.to_string())
     })
     .await?;

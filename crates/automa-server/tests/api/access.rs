@@ -87,6 +87,10 @@ async fn role_route_matrix(backend: Backend) {
     let mut checked = 0;
     for route in &routes {
         let Some(required) = &route.required else { continue };
+        if route.path == "/logout" {
+            // It ends the caller's sessions, and with them the rest of this matrix; sessions.rs covers it.
+            continue;
+        }
         let path = victims.fill(&route.path);
         let body = matches!(route.method, Method::POST | Method::PUT).then(|| json!({}));
         let anonymous = app.request(route.method.clone(), &path, None, body.as_ref()).await;

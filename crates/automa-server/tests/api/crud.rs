@@ -36,8 +36,10 @@ async fn users_round_trip(backend: Backend) {
     assert_eq!(app.login("ops@example.com", "password-1").await.status, StatusCode::UNAUTHORIZED);
 
     let own = app.token_for("ops@example.com", "new-password").await;
-    let changed = app.put("/users/me", &own, json!({"password": "another-password"})).await;
-    assert_eq!(changed.status, StatusCode::OK);
+    let changed =
+        app.put("/users/me", &own, json!({"password": "another-password", "current_password": "new-password"})).await;
+    assert_eq!(changed.status, StatusCode::OK, "{:?}", changed.body);
+    let own = app.token_for("ops@example.com", "another-password").await;
     assert_eq!(app.put("/users/me", &own, json!({"role": "admin"})).await.status, StatusCode::FORBIDDEN);
 
     let deactivated = app.put(&format!("/users/{id}"), &admin, json!({"active": false})).await;

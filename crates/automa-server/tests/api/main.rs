@@ -13,3 +13,4 @@ mod errors;
 mod fuzz;
 mod openapi;
 mod schedule;
+mod sessions;

@@ -63,6 +63,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/runs/{id}/finish"),
     ("get", "/setup"),
     ("get", "/schedule/preview"),
+    ("post", "/logout"),
+    ("post", "/users/{id}/sessions/revoke"),
 ];
 
 async fn document() -> Value {

@@ -120,3 +120,45 @@ except OSError as error:
     assert_eq!(ready["sandbox"]["profile"], "strict");
     assert_eq!(ready["sandbox"]["pid_ns"], true);
 }
+
+#[tokio::test]
+async fn a_networked_run_cannot_reach_the_server_through_loopback_nor_the_hosts_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AUTOMA_BIND", "0.0.0.0:0")], true).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let lan: Vec<String> =
+        String::from_utf8(std::process::Command::new("ip").args(["-4", "-o", "addr"]).output().unwrap().stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next().map(str::to_owned)
+            })
+            .filter(|a| !a.starts_with("127."))
+            .collect();
+    assert!(!lan.is_empty(), "the host has an address besides loopback");
+    for address in &lan {
+        std::net::TcpStream::connect(format!("{address}:{port}")).expect("the server answers on the host's address");
+    }
+    let script = r#"
+import socket, sys
+for host in ["127.0.0.1", "10.0.2.2"] + sys.argv[2:]:
+    print("REACHED", host)
+    try:
+        socket.create_connection((host, int(sys.argv[1])), timeout=5).close()
+        print("LEAK", host)
+    except OSError as error:
+        print("refused", host, error)
+"#;
+    let args: Vec<String> = std::iter::once(port).chain(lan.iter().cloned()).collect();
+    let run = server.execute(script, json!({"network": true, "args": args})).await;
+    let (chunks, ended) = server.follow(run["id"].as_i64().unwrap()).await;
+    let out = text_of(&chunks, "stdout");
+    assert_eq!(ended["status"], "succeeded", "{out}");
+    for host in ["127.0.0.1", "10.0.2.2"].iter().copied().chain(lan.iter().map(String::as_str)) {
+        assert!(out.contains(&format!("REACHED {host}\n")), "{out}");
+    }
+    assert!(!out.contains("LEAK"), "a networked run reached the server: {out}");
+    let ready = server.get("/ready").await;
+    assert!(ready["sandbox"]["network_stack"].as_str().is_some_and(|s| s.starts_with("slirp4netns")), "{ready}");
+    assert_eq!(ready["sandbox"]["network_egress_policy"], true, "{ready}");
+}

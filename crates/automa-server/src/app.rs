@@ -111,7 +111,6 @@ impl Application {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
                     .into_response()
             })
-            .layer(middleware::from_fn_with_state(state.clone(), auth::client_address))
             .layer(cors(&state.config.cors_origins)?)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(middleware::from_fn_with_state(
@@ -122,6 +121,8 @@ impl Application {
                 Arc::new(RateLimiter::new(state.config.requests_per_minute, state.config.agent_requests_per_minute)),
                 rate_limit::limit_requests,
             ))
+            // Outside the rate limit, which counts anonymous clients by the address resolved here.
+            .layer(middleware::from_fn_with_state(state.clone(), auth::client_address))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
             }))

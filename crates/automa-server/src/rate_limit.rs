@@ -10,20 +10,23 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use sha2::{Digest, Sha256};
 
-use crate::{auth::AGENT_TOKEN_PREFIX, error::ApiError};
+use crate::{
+    auth::{self, AGENT_TOKEN_PREFIX},
+    error::ApiError,
+};
 
 /// Buckets kept before full (idle) ones are forgotten; a full bucket is the same as none.
 const MAX_BUCKETS: usize = 100_000;
@@ -168,7 +171,10 @@ fn bearer_token(request: &Request) -> Option<&str> {
 /// the budget is spent.
 pub async fn limit_requests(State(limiter): State<Arc<RateLimiter>>, request: Request, next: Next) -> Response {
     let now = Instant::now();
-    let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| address_key(addr.ip()));
+    let (parts, body) = request.into_parts();
+    // The client's address as resolved through trusted proxies (the peer's without any).
+    let address = auth::client_ip(&parts).and_then(|ip| ip.parse::<IpAddr>().ok()).map(address_key);
+    let request = Request::from_parts(parts, body);
     let verdict = match (bearer_token(&request), address) {
         (Some(token), address) => {
             let budget = if token.starts_with(AGENT_TOKEN_PREFIX) { limiter.agents } else { limiter.users };

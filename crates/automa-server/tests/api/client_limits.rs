@@ -58,6 +58,21 @@ async fn requests_beyond_the_rate_get_429_per_token_per_address_and_per_failed_a
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_anonymous_clients_are_counted_by_their_forwarded_address() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.requests_per_minute = 2;
+        config.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let health = |client: &'static str| app.client.get(app.url("/health")).header("x-forwarded-for", client).send();
+    for _ in 0..2 {
+        assert_eq!(health("198.51.100.1").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(health("198.51.100.1").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(health("198.51.100.2").await.unwrap().status(), StatusCode::OK, "another client behind the proxy");
+}
+
+#[tokio::test]
 async fn oversized_request_heads_get_431() {
     let app = spawn_app_with(Backend::Sqlite, |config| config.max_header_bytes = 4096).await;
     let health = |padding: usize| app.client.get(app.url("/health")).header("x-padding", "p".repeat(padding)).send();

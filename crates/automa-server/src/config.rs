@@ -51,6 +51,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may grant a run network access (`network: true` on a task or an ad-hoc run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkGrant {
+    Admin,
+    Operator,
+}
+
 /// Every setting of `automa serve`. Field names are the lower-case forms of the `AUTOMA_*` variables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -112,6 +120,8 @@ pub struct Config {
     pub header_read_timeout_seconds: u64,
     /// Largest request head (request line and headers); larger ones get 431. At least 4096.
     pub max_header_bytes: usize,
+    /// Who may grant network to a task or an ad-hoc run: `admin` (default) or `operator`.
+    pub network_grant: NetworkGrant,
     /// Address ranges networked runs may not reach, besides the host's loopback and own addresses, link-local
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -163,6 +173,7 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
+            network_grant: NetworkGrant::Admin,
         }
     }
 }

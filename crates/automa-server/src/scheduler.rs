@@ -68,6 +68,9 @@ impl Scheduler {
             for run in fired.runs.iter().filter(|run| run.status == "skipped") {
                 tracing::info!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire skipped");
             }
+            for run in fired.runs.iter().filter(|run| run.status == "failed") {
+                tracing::warn!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire refused");
+            }
             if fired.tasks < BATCH as usize {
                 return Ok(());
             }

@@ -429,14 +429,57 @@ pub struct RunFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// A secret's name and dates; its value is never read back through the API.
+/// A secret's name, owner, policy and dates; its value is never read back through the API.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SecretInfo {
     pub id: i64,
     pub name: String,
+    /// The owner: with admins, the only user who may change the secret or its policy.
     pub created_by: Option<i64>,
+    pub all_tasks: bool,
+    pub task_ids: Json<Vec<i64>>,
+    pub agent_ids: Json<Vec<i64>>,
+    pub agent_labels: Json<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl SecretInfo {
+    pub fn policy(&self) -> SecretPolicy {
+        SecretPolicy {
+            all_tasks: self.all_tasks,
+            task_ids: self.task_ids.0.clone(),
+            agent_ids: self.agent_ids.0.clone(),
+            agent_labels: self.agent_labels.0.clone(),
+        }
+    }
+}
+
+/// Who may use a secret. Deny by default: no task, and the embedded agent only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SecretPolicy {
+    /// Every task may use the secret (ad-hoc runs still need an admin).
+    pub all_tasks: bool,
+    /// The tasks that may use the secret, when not `all_tasks`.
+    pub task_ids: Vec<i64>,
+    /// Agents that may receive the secret, by id. With `agent_labels`, both empty means the embedded agent only.
+    pub agent_ids: Vec<i64>,
+    /// Agents that may receive the secret: those with any of these labels.
+    pub agent_labels: Vec<String>,
+}
+
+impl SecretPolicy {
+    pub fn allows_task(&self, task_id: i64) -> bool {
+        self.all_tasks || self.task_ids.contains(&task_id)
+    }
+
+    /// The same rule as the claim statement's, checked again when the agent receives the values.
+    pub fn allows_agent(&self, agent: &Agent) -> bool {
+        if self.agent_ids.is_empty() && self.agent_labels.is_empty() {
+            return agent.embedded;
+        }
+        self.agent_ids.contains(&agent.id) || self.agent_labels.iter().any(|label| agent.labels.0.contains(label))
+    }
 }
 
 /// A secret's encrypted value.
@@ -445,4 +488,43 @@ pub struct SealedSecret {
     pub name: String,
     pub ciphertext: Vec<u8>,
     pub nonce: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: i64, labels: &[&str], embedded: bool) -> Agent {
+        Agent {
+            id,
+            name: format!("agent-{id}"),
+            description: String::new(),
+            labels: Json(labels.iter().map(|l| (*l).to_owned()).collect()),
+            max_concurrency: 1,
+            disabled: false,
+            draining: false,
+            embedded,
+            hostname: None,
+            version: None,
+            capabilities: Json(Value::Null),
+            last_seen_at: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_secret_policy_denies_by_default() {
+        let default = SecretPolicy::default();
+        assert!(!default.allows_task(1), "no task until one is named");
+        assert!(default.allows_agent(&agent(1, &[], true)), "the embedded agent");
+        assert!(!default.allows_agent(&agent(2, &["prod"], false)), "no remote agent");
+
+        let listed = SecretPolicy { task_ids: vec![7], agent_labels: vec!["prod".into()], ..SecretPolicy::default() };
+        assert!(listed.allows_task(7) && !listed.allows_task(8));
+        assert!(listed.allows_agent(&agent(2, &["gpu", "prod"], false)));
+        assert!(!listed.allows_agent(&agent(1, &[], true)), "an explicit list replaces the embedded default");
+        let by_id = SecretPolicy { all_tasks: true, agent_ids: vec![3], ..SecretPolicy::default() };
+        assert!(by_id.allows_task(123) && by_id.allows_agent(&agent(3, &[], false)));
+        assert!(!by_id.allows_agent(&agent(4, &[], false)));
+    }
 }

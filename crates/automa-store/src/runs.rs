@@ -34,11 +34,12 @@ const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version
      max_output_bytes, network, created_by FROM runs WHERE id = $1 RETURNING *";
 
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
-/// has, while the agent is neither draining nor disabled and below its concurrency. `{labels}` and `{lock}`
-/// are the backend's subset test and row lock.
+/// has, whose every secret's policy lets this agent receive it, while the agent is neither draining nor
+/// disabled and below its concurrency. `{labels}`, `{secrets}` and `{lock}` are the backend's subset test,
+/// secret policy test and row lock.
 const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1, started_at = $2, lease_until = $3 \
      WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' AND r.not_before <= $2 \
-     AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} \
+     AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} AND {secrets} \
      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
      AND a.max_concurrency > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running')) \
      ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
@@ -46,6 +47,25 @@ const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1,
 const SQLITE_LABELS: &str = "NOT EXISTS (SELECT 1 FROM json_each(r.labels) l WHERE l.value NOT IN \
      (SELECT value FROM json_each((SELECT labels FROM agents WHERE id = $1))))";
 const POSTGRES_LABELS: &str = "r.labels <@ (SELECT labels FROM agents WHERE id = $1)";
+
+/// No secret the run names refuses agent `$1` (`SecretPolicy::allows_agent` is the same rule in Rust): a
+/// policy without agent ids and labels admits only the embedded agent; otherwise the agent's id or one of its
+/// labels must be listed. A secret that does not exist refuses nobody: the run is claimed and fails with a
+/// clear error rather than waiting forever, and no value exists to leak.
+const SQLITE_SECRETS: &str = "NOT EXISTS (SELECT 1 FROM secrets s \
+     WHERE s.name IN (SELECT value FROM json_each(r.secrets)) AND NOT ( \
+     (json_array_length(s.agent_ids) = 0 AND json_array_length(s.agent_labels) = 0 \
+      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND a.embedded)) \
+     OR EXISTS (SELECT 1 FROM json_each(s.agent_ids) i WHERE i.value = $1) \
+     OR EXISTS (SELECT 1 FROM json_each(s.agent_labels) l \
+      WHERE l.value IN (SELECT value FROM json_each((SELECT labels FROM agents WHERE id = $1))))))";
+const POSTGRES_SECRETS: &str = "NOT EXISTS (SELECT 1 FROM secrets s \
+     WHERE r.secrets @> jsonb_build_array(s.name) AND NOT ( \
+     (s.agent_ids = '[]'::jsonb AND s.agent_labels = '[]'::jsonb \
+      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND a.embedded)) \
+     OR s.agent_ids @> jsonb_build_array($1::bigint) \
+     OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(s.agent_labels) l(label) \
+      WHERE (SELECT labels FROM agents WHERE id = $1) @> jsonb_build_array(l.label))))";
 
 /// Ends a running run. `$1` run, `$2` agent (NULL: whichever agent holds it, for the reaper).
 const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_code = $5, signal = $6, timed_out = $7, \
@@ -103,7 +123,7 @@ macro_rules! finish_in_tx {
 }
 
 impl Store {
-    fn is_postgres(&self) -> bool {
+    pub(crate) fn is_postgres(&self) -> bool {
         matches!(&*self.backend, Backend::Postgres(_))
     }
 
@@ -177,7 +197,10 @@ impl Store {
         let at = now();
         let run: Option<Run> = match &*self.backend {
             Backend::Sqlite(pool) => {
-                let sql = CLAIM_TEMPLATE.replace("{labels}", SQLITE_LABELS).replace("{lock}", "");
+                let sql = CLAIM_TEMPLATE
+                    .replace("{labels}", SQLITE_LABELS)
+                    .replace("{secrets}", SQLITE_SECRETS)
+                    .replace("{lock}", "");
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let run = sqlx::query_as(composed(sql))
                     .bind(agent_id)
@@ -189,8 +212,10 @@ impl Store {
                 run
             }
             Backend::Postgres(pool) => {
-                let sql =
-                    CLAIM_TEMPLATE.replace("{labels}", POSTGRES_LABELS).replace("{lock}", "FOR UPDATE SKIP LOCKED");
+                let sql = CLAIM_TEMPLATE
+                    .replace("{labels}", POSTGRES_LABELS)
+                    .replace("{secrets}", POSTGRES_SECRETS)
+                    .replace("{lock}", "FOR UPDATE SKIP LOCKED");
                 sqlx::query_as(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?
             }
         };

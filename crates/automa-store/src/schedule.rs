@@ -2,7 +2,9 @@
 //! run (or its `skipped` record) and advances the task's `next_fire_at` together; the unique
 //! (task_id, scheduled_for) index makes a second run for the same tick impossible however many servers race,
 //! and on PostgreSQL `FOR UPDATE SKIP LOCKED` lets them split the due tasks instead of queueing behind each
-//! other.
+//! other. A fire of a task that names a secret whose policy no longer allows it (or that no longer exists) is
+//! recorded as a failed run saying so: the policy is checked when the run is made, not only when the task was
+//! saved.
 
 use std::collections::HashMap;
 
@@ -12,7 +14,7 @@ use sqlx::types::Json;
 
 use automa_core::{FireOutcome, Schedule};
 
-use crate::{Backend, Run, Store, StoreResult, WritePool, dispatch, now, runs::WAKE_CHANNEL};
+use crate::{Backend, Run, SecretInfo, Store, StoreResult, WritePool, dispatch, now, runs::WAKE_CHANNEL};
 
 /// Tells every server's scheduler that a task's schedule changed (PostgreSQL only; in one process the server
 /// wakes its scheduler directly).
@@ -40,6 +42,7 @@ struct DueTask {
     id: i64,
     schedule: Option<Json<Schedule>>,
     next_fire_at: Option<DateTime<Utc>>,
+    secrets: Json<Vec<String>>,
 }
 
 /// What one batch of fires did.
@@ -51,12 +54,24 @@ pub struct Fired {
     pub tasks: usize,
 }
 
-/// One fire to record: its run, or its skipped record with the reason.
+/// One fire to record: its queued run, or its skipped or failed record with the reason.
 struct FireRow {
     task_id: i64,
     scheduled_for: DateTime<Utc>,
     not_before: DateTime<Utc>,
-    skip: Option<String>,
+    status: &'static str,
+    error: Option<String>,
+}
+
+/// Why a task may not receive its secrets now, if it may not.
+fn secret_refusal(task: &DueTask, secrets: &[SecretInfo]) -> Option<String> {
+    task.secrets.0.iter().find_map(|name| match secrets.iter().find(|s| &s.name == name) {
+        None => Some(format!("secret '{name}' does not exist")),
+        Some(secret) if !secret.policy().allows_task(task.id) => {
+            Some(format!("secret '{name}' does not allow task {}; its owner or an admin can allow it", task.id))
+        }
+        Some(_) => None,
+    })
 }
 
 /// A fire's delay within the task's jitter, derived from the task and tick so that every server computes the
@@ -92,7 +107,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let due: Vec<DueTask> = sqlx::query_as(crate::composed(format!(
-                "SELECT t.id, t.schedule, t.next_fire_at FROM tasks t \
+                "SELECT t.id, t.schedule, t.next_fire_at, t.secrets FROM tasks t \
                  WHERE t.enabled AND t.next_fire_at IS NOT NULL AND t.next_fire_at <= $1 \
                  ORDER BY t.next_fire_at, t.id LIMIT $2{lock}"
             )))
@@ -112,6 +127,23 @@ impl Store {
             }
             count.push(") GROUP BY task_id");
             let active: HashMap<i64, i64> = count.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await?.into_iter().collect();
+            let mut names: Vec<&String> = due.iter().flat_map(|task| task.secrets.0.iter()).collect();
+            names.sort();
+            names.dedup();
+            let secrets: Vec<SecretInfo> = if names.is_empty() {
+                Vec::new()
+            } else {
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT id, name, created_by, all_tasks, task_ids, agent_ids, agent_labels, created_at, updated_at \
+                     FROM secrets WHERE name IN (",
+                );
+                let mut list = select.separated(", ");
+                for name in names {
+                    list.push_bind(name.clone());
+                }
+                select.push(")");
+                select.build_query_as().fetch_all(&mut *tx).await?
+            };
 
             let mut rows = Vec::new();
             let mut next_fires = Vec::with_capacity(due.len());
@@ -121,15 +153,19 @@ impl Store {
                     continue;
                 };
                 let plan = plan(schedule, next_fire_at, at, *active.get(&task.id).unwrap_or(&0));
+                let refusal = secret_refusal(task, &secrets);
                 for fire in plan.fires {
+                    let (status, error) = match (fire.outcome, &refusal) {
+                        (FireOutcome::Skip(reason), _) => ("skipped", Some(reason.describe())),
+                        (FireOutcome::Run, Some(refusal)) => ("failed", Some(refusal.clone())),
+                        (FireOutcome::Run, None) => ("queued", None),
+                    };
                     rows.push(FireRow {
                         task_id: task.id,
                         scheduled_for: fire.scheduled_for,
                         not_before: fire.scheduled_for + jitter(task.id, fire.scheduled_for, schedule.jitter_seconds),
-                        skip: match fire.outcome {
-                            FireOutcome::Run => None,
-                            FireOutcome::Skip(reason) => Some(reason.describe()),
-                        },
+                        status,
+                        error,
                     });
                 }
                 next_fires.push((task.id, plan.next_fire_at));
@@ -144,10 +180,10 @@ impl Store {
                     values
                         .push_bind(row.task_id)
                         .push_bind(row.scheduled_for)
-                        .push_bind(if row.skip.is_some() { "skipped" } else { "queued" })
+                        .push_bind(row.status)
                         .push_bind(row.not_before)
-                        .push_bind(row.skip.as_ref().map(|_| queued_at))
-                        .push_bind(row.skip.clone());
+                        .push_bind(row.error.as_ref().map(|_| queued_at))
+                        .push_bind(row.error.clone());
                 });
                 insert.push(INSERT_FIRES_TAIL);
                 runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);

@@ -1,50 +1,151 @@
-//! Secrets, stored encrypted: the store sees only ciphertext and nonces; the server holds the key.
+//! Secrets, stored encrypted: the store sees only ciphertext and nonces; the server holds the key. Each secret
+//! carries its policy (which tasks may use it, which agents may receive it); the claim statement in `runs.rs`
+//! reads the agent part of it.
 
 use serde_json::json;
+use sqlx::types::Json;
+
+use automa_core::InvalidField;
 
 use crate::{
-    Actor, AuditEvent, Listed, Page, SealedSecret, SecretInfo, Store, StoreError, StoreResult, WritePool,
+    Actor, AuditEvent, Listed, Page, SealedSecret, SecretInfo, SecretPolicy, Store, StoreError, StoreResult, WritePool,
     audit::append_audit, dispatch, now, scripts::actor_user_id,
 };
 
-const SECRET_INFO: &str = "id, name, created_by, created_at, updated_at";
+const SECRET_INFO: &str = "id, name, created_by, all_tasks, task_ids, agent_ids, agent_labels, created_at, updated_at";
+
+/// Adds task `$1` to the policy of secret `$2`, per backend.
+const SQLITE_GRANT_TASK: &str = "UPDATE secrets SET task_ids = json_insert(task_ids, '$[#]', $1) WHERE name = $2";
+const POSTGRES_GRANT_TASK: &str = "UPDATE secrets SET task_ids = task_ids || to_jsonb($1::bigint) WHERE name = $2";
+
+/// Refuses a policy naming tasks or agents that do not exist, inside the write transaction; the error names
+/// the field (`policy.task_ids[2]`).
+macro_rules! check_policy_references {
+    ($tx:expr, $policy:expr) => {{
+        let policy: &SecretPolicy = $policy;
+        for (table, field, ids) in [("tasks", "task_ids", &policy.task_ids), ("agents", "agent_ids", &policy.agent_ids)]
+        {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut select = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
+            let mut list = select.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            select.push(")");
+            let existing: Vec<i64> = select.build_query_scalar().fetch_all(&mut *$tx).await?;
+            if let Some((index, id)) = ids.iter().enumerate().find(|(_, id)| !existing.contains(id)) {
+                let what = if table == "tasks" { "task" } else { "agent" };
+                return Err(InvalidField::new(
+                    format!("policy.{field}[{index}]"),
+                    format!("there is no {what} with id {id}"),
+                )
+                .into());
+            }
+        }
+    }};
+}
+
+/// What a secret change did, for the audit log: never the value, only whether it changed.
+fn audit_details(info: &SecretInfo, value_changed: bool, policy_changed: bool) -> serde_json::Value {
+    let mut details = json!({"name": info.name, "value_changed": value_changed});
+    if policy_changed {
+        details["policy"] = json!(info.policy());
+    }
+    details
+}
 
 impl Store {
-    /// Creates a secret, or with `replace` sets the value of an existing one (a 404 when missing).
-    pub async fn put_secret(&self, actor: &Actor, sealed: SealedSecret, replace: bool) -> StoreResult<SecretInfo> {
+    /// Creates a secret owned by the actor, with its policy.
+    pub async fn create_secret(
+        &self,
+        actor: &Actor,
+        sealed: SealedSecret,
+        policy: &SecretPolicy,
+    ) -> StoreResult<SecretInfo> {
         let created_by = actor_user_id(actor);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            check_policy_references!(tx, policy);
             let at = now();
-            let info: SecretInfo = if replace {
-                sqlx::query_as(crate::composed(format!(
-                    "UPDATE secrets SET ciphertext = $2, nonce = $3, updated_at = $4 WHERE name = $1 RETURNING {SECRET_INFO}"
-                )))
-                .bind(&sealed.name)
-                .bind(&sealed.ciphertext)
-                .bind(&sealed.nonce)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?
-            } else {
-                sqlx::query_as(crate::composed(format!(
-                    "INSERT INTO secrets (name, ciphertext, nonce, created_by, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5) RETURNING {SECRET_INFO}"
-                )))
-                .bind(&sealed.name)
-                .bind(&sealed.ciphertext)
-                .bind(&sealed.nonce)
-                .bind(created_by)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| StoreError::from_constraint(e, || format!("a secret named '{}' already exists", sealed.name)))?
-            };
-            let action = if replace { "secret.update" } else { "secret.create" };
-            append_audit!(self, tx, actor, AuditEvent::new(action, "secret", Some(info.id), json!({"name": info.name})));
+            let info: SecretInfo = sqlx::query_as(crate::composed(format!(
+                "INSERT INTO secrets (name, ciphertext, nonce, created_by, all_tasks, task_ids, agent_ids, agent_labels, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {SECRET_INFO}"
+            )))
+            .bind(&sealed.name)
+            .bind(&sealed.ciphertext)
+            .bind(&sealed.nonce)
+            .bind(created_by)
+            .bind(policy.all_tasks)
+            .bind(Json(&policy.task_ids))
+            .bind(Json(&policy.agent_ids))
+            .bind(Json(&policy.agent_labels))
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_constraint(e, || format!("a secret named '{}' already exists", sealed.name)))?;
+            append_audit!(self, tx, actor, AuditEvent::new("secret.create", "secret", Some(info.id), audit_details(&info, true, true)));
             tx.commit().await?;
             Ok(info)
+        })
+    }
+
+    /// Replaces a secret's value, its policy, or both (a 404 when missing). A policy change is audited with
+    /// the new policy.
+    pub async fn update_secret(
+        &self,
+        actor: &Actor,
+        name: &str,
+        sealed: Option<SealedSecret>,
+        policy: Option<&SecretPolicy>,
+    ) -> StoreResult<SecretInfo> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let at = now();
+            if let Some(sealed) = &sealed {
+                sqlx::query("UPDATE secrets SET ciphertext = $2, nonce = $3, updated_at = $4 WHERE name = $1")
+                    .bind(name)
+                    .bind(&sealed.ciphertext)
+                    .bind(&sealed.nonce)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(policy) = policy {
+                check_policy_references!(tx, policy);
+                sqlx::query(
+                    "UPDATE secrets SET all_tasks = $2, task_ids = $3, agent_ids = $4, agent_labels = $5, updated_at = $6 \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .bind(policy.all_tasks)
+                .bind(Json(&policy.task_ids))
+                .bind(Json(&policy.agent_ids))
+                .bind(Json(&policy.agent_labels))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let info: SecretInfo = sqlx::query_as(crate::composed(format!("SELECT {SECRET_INFO} FROM secrets WHERE name = $1")))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let details = audit_details(&info, sealed.is_some(), policy.is_some());
+            append_audit!(self, tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details));
+            tx.commit().await?;
+            Ok(info)
+        })
+    }
+
+    pub async fn get_secret(&self, name: &str) -> StoreResult<SecretInfo> {
+        dispatch!(self, pool => {
+            sqlx::query_as(crate::composed(format!("SELECT {SECRET_INFO} FROM secrets WHERE name = $1")))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+                .ok_or(StoreError::NotFound)
         })
     }
 
@@ -57,6 +158,22 @@ impl Store {
                 .fetch_all(pool)
                 .await?;
             Ok(Listed { items, total })
+        })
+    }
+
+    /// The named secrets that exist, with their owners and policies.
+    pub async fn secret_infos(&self, names: &[String]) -> StoreResult<Vec<SecretInfo>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, pool => {
+            let mut select = sqlx::QueryBuilder::new(format!("SELECT {SECRET_INFO} FROM secrets WHERE name IN ("));
+            let mut list = select.separated(", ");
+            for name in names {
+                list.push_bind(name.clone());
+            }
+            select.push(")");
+            Ok(select.build_query_as().fetch_all(pool).await?)
         })
     }
 
@@ -88,5 +205,10 @@ impl Store {
             select.push(")");
             Ok(select.build_query_as().fetch_all(pool).await?)
         })
+    }
+
+    /// The statement that adds a task to a secret's policy on this backend (`$1` task, `$2` secret name).
+    pub(crate) fn grant_task_statement(&self) -> &'static str {
+        if self.is_postgres() { POSTGRES_GRANT_TASK } else { SQLITE_GRANT_TASK }
     }
 }

@@ -41,6 +41,20 @@ macro_rules! check_task_references {
     }};
 }
 
+/// Adds the task to each named secret's policy, audited as a change of that secret.
+macro_rules! grant_secrets {
+    ($store:expr, $tx:expr, $actor:expr, $statement:expr, $task_id:expr, $names:expr) => {{
+        for name in $names {
+            let granted = sqlx::query($statement).bind($task_id).bind(name).execute(&mut *$tx).await?;
+            if granted.rows_affected() == 0 {
+                return Err(InvalidField::new("secrets", format!("there is no secret named '{name}'")).into());
+            }
+            let details = json!({"name": name, "granted_task_id": $task_id});
+            append_audit!($store, $tx, $actor, AuditEvent::new("secret.grant", "secret", None, details));
+        }
+    }};
+}
+
 /// On PostgreSQL, tells every server's scheduler, at commit, that a schedule may have changed.
 macro_rules! notify_schedulers {
     ($store:expr, $tx:expr) => {
@@ -51,8 +65,11 @@ macro_rules! notify_schedulers {
 }
 
 impl Store {
-    pub async fn create_task(&self, actor: &Actor, spec: TaskSpec) -> StoreResult<Task> {
+    /// Creates a task. `grants` names secrets whose policies the actor may change and that should allow the
+    /// new task: its id exists only inside this transaction.
+    pub async fn create_task(&self, actor: &Actor, spec: TaskSpec, grants: &[String]) -> StoreResult<Task> {
         let created_by = actor_user_id(actor);
+        let grant = self.grant_task_statement();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             check_task_references!(tx, spec);
@@ -89,6 +106,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
             append_audit!(self, tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
+            grant_secrets!(self, tx, actor, grant, task.id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
@@ -99,6 +117,20 @@ impl Store {
         dispatch!(self, pool => {
             sqlx::query_as("SELECT * FROM tasks WHERE id = $1").bind(id).fetch_optional(pool).await?.ok_or(StoreError::NotFound)
         })
+    }
+
+    /// The secret names of the tasks that run the latest version of a script: a new version reaches them.
+    pub async fn secrets_following_script(&self, script_id: i64) -> StoreResult<Vec<String>> {
+        let lists: Vec<Json<Vec<String>>> = dispatch!(self, pool => {
+            sqlx::query_scalar("SELECT secrets FROM tasks WHERE script_id = $1 AND script_version IS NULL")
+                .bind(script_id)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut names: Vec<String> = lists.into_iter().flat_map(|list| list.0).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     pub async fn get_task_by_name(&self, name: &str) -> StoreResult<Task> {
@@ -120,8 +152,10 @@ impl Store {
         })
     }
 
-    /// Replaces every settable field with `spec` (the server has merged the client's partial update into it).
-    pub async fn update_task(&self, actor: &Actor, id: i64, spec: TaskSpec) -> StoreResult<Task> {
+    /// Replaces every settable field with `spec` (the server has merged the client's partial update into it),
+    /// and adds the task to the policies of the secrets in `grants`.
+    pub async fn update_task(&self, actor: &Actor, id: i64, spec: TaskSpec, grants: &[String]) -> StoreResult<Task> {
+        let grant = self.grant_task_statement();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             check_task_references!(tx, spec);
@@ -157,6 +191,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
             append_audit!(self, tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
+            grant_secrets!(self, tx, actor, grant, id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)

@@ -13,7 +13,9 @@ use automa_store::NewRun;
 
 use crate::{
     api::{
+        grants,
         runs::RunResponse,
+        scripts,
         tasks::{self, in_range},
     },
     auth::Principal,
@@ -22,15 +24,17 @@ use crate::{
     state::AppState,
 };
 
-/// Run a task now, with its parameters.
+/// Run a task now, with its parameters. Refused while a secret the task names no longer allows it.
 #[utoipa::path(post, path = "/tasks/{id}/execute", tag = "runs", security(("bearer" = ["operator"])),
-    responses((status = 202, body = RunResponse)))]
+    responses((status = 202, body = RunResponse),
+        (status = 409, description = "The task names a secret that does not exist", body = crate::error::ErrorBody)))]
 pub async fn task(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let task = state.store.get_task(id).await.map_err(missing("task"))?;
+    grants::check_task_may_run(&state, &task).await?;
     let script = state.store.get_script(task.script_id).await.map_err(missing("script"))?;
     let new = NewRun {
         task_id: Some(task.id),
@@ -62,21 +66,22 @@ pub async fn task(
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     pub script_id: Option<i64>,
-    /// Python source to run once, instead of a stored script.
+    /// Python source to run once, instead of a stored script; syntax-checked like a script.
     pub content: Option<String>,
-    /// File name of inline content (default `main.py`).
+    /// File name of inline content (default `main.py`); not with `script_id`.
     pub filename: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Names of secrets to give the run as environment variables.
+    /// Names of secrets to give the run as environment variables. Admins only.
     #[serde(default)]
     pub secrets: Vec<String>,
     /// Run on this agent; default: any agent.
     pub agent_id: Option<i64>,
     pub timeout_seconds: Option<i64>,
     pub memory_mb: Option<i64>,
+    /// Network access; granted by admins (or operators, with `AUTOMA_NETWORK_GRANT=operator`).
     #[serde(default)]
     pub network: bool,
 }
@@ -91,9 +96,20 @@ pub async fn adhoc(
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     tasks::check_args(&input.args)?;
     tasks::check_env(&input.env)?;
-    tasks::check_secret_names(&input.secrets)?;
+    tasks::check_secret_names(&input.secrets, &input.env)?;
+    if input.network {
+        grants::authorize_network(&state, &principal)?;
+    }
+    let agent = grants::pinned_agent(&state, input.agent_id).await?;
+    grants::authorize_adhoc_secrets(&state, &principal, &input.secrets, agent.as_ref()).await?;
     let (script_id, script_version, content, filename) = match (input.script_id, input.content) {
         (Some(script_id), None) => {
+            if input.filename.is_some() {
+                return Err(ApiError::invalid(
+                    "filename",
+                    "only for inline content; a script runs as its own file name",
+                ));
+            }
             let script = state.store.get_script(script_id).await.map_err(|error| match error {
                 automa_store::StoreError::NotFound => {
                     ApiError::invalid("script_id", format!("there is no script with id {script_id}"))
@@ -103,23 +119,13 @@ pub async fn adhoc(
             (Some(script.id), Some(script.version), None, script.filename)
         }
         (None, Some(content)) => {
-            if content.len() > state.config.max_script_bytes {
-                return Err(ApiError::invalid(
-                    "content",
-                    format!("must be at most {} bytes", state.config.max_script_bytes),
-                ));
-            }
-            (None, None, Some(content), inline_filename(input.filename)?)
+            let filename = inline_filename(input.filename)?;
+            let content = scripts::check_content(&state, &filename, content).await?;
+            (None, None, Some(content), filename)
         }
-        _ => return Err(ApiError::invalid("script_id", "give either script_id or content")),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("content", "give either script_id or content, not both")),
+        (None, None) => return Err(ApiError::invalid("script_id", "give either script_id or content")),
     };
-    if let Some(agent_id) = input.agent_id {
-        state
-            .store
-            .get_agent(agent_id)
-            .await
-            .map_err(|_| ApiError::invalid("agent_id", format!("there is no agent with id {agent_id}")))?;
-    }
     let timeout_seconds = in_range(
         "timeout_seconds",
         input.timeout_seconds.unwrap_or(tasks::DEFAULT_TIMEOUT_SECONDS),
@@ -152,7 +158,7 @@ pub async fn adhoc(
 
 fn inline_filename(filename: Option<String>) -> Result<String, InvalidField> {
     let filename = filename.unwrap_or_else(|| "main.py".into());
-    let valid = filename.len() <= 128
+    let valid = (4..=128).contains(&filename.len())
         && filename.ends_with(".py")
         && filename.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !filename.starts_with('.');

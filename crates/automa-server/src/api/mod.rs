@@ -6,6 +6,7 @@ pub mod agents;
 pub mod audit;
 pub mod events;
 pub mod execute;
+pub mod grants;
 pub mod health;
 pub mod runs;
 pub mod schedule;
@@ -70,7 +71,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::stream))
         .routes(routes!(runs::cancel))
         .routes(routes!(secrets::list, secrets::create))
-        .routes(routes!(secrets::update, secrets::delete))
+        .routes(routes!(secrets::get, secrets::update, secrets::delete))
         .routes(routes!(events::events))
         .routes(routes!(agent_protocol::heartbeat))
         .routes(routes!(agent_protocol::claim))

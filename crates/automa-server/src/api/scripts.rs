@@ -10,7 +10,7 @@ use automa_core::ResourceName;
 use automa_store::{NewScript, Script, ScriptUpdate, ScriptVersion};
 
 use crate::{
-    api::Page,
+    api::{Page, grants},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -130,7 +130,7 @@ fn parse_filename(raw: &str) -> ApiResult<String> {
 }
 
 /// Checks size and syntax; returns the content unchanged when it is fit to store.
-async fn check_content(state: &AppState, filename: &str, content: String) -> ApiResult<String> {
+pub(crate) async fn check_content(state: &AppState, filename: &str, content: String) -> ApiResult<String> {
     let limit = state.config.max_script_bytes;
     if content.len() > limit {
         return Err(ApiError::invalid("content", format!("is {} bytes; the limit is {limit}", content.len())));
@@ -198,8 +198,11 @@ pub async fn update(
     let name = input.name.map(|name| ResourceName::parse("name", &name).map(ResourceName::into_inner)).transpose()?;
     let filename = input.filename.as_deref().map(parse_filename).transpose()?;
     let content = match input.content {
-        Some(content) => Some(check_content(&state, filename.as_deref().unwrap_or(&current.filename), content).await?),
-        None => None,
+        Some(content) if content != current.content => {
+            grants::authorize_script_change(&state, &principal, id).await?;
+            Some(check_content(&state, filename.as_deref().unwrap_or(&current.filename), content).await?)
+        }
+        Some(_) | None => None,
     };
     let update = ScriptUpdate { name, description: input.description, filename, content };
     Ok(Json(state.store.update_script(&principal.actor(), id, update).await.map_err(missing("script"))?.into()))

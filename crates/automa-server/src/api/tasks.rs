@@ -12,7 +12,7 @@ use automa_core::{InvalidField, ResourceName, Schedule, schedule::ScheduleKind};
 use automa_store::{Task, TaskFilter, TaskSpec};
 
 use crate::{
-    api::{Page, agents::parse_labels, present},
+    api::{Page, agents::parse_labels, grants, present},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -135,7 +135,7 @@ pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const DEFAULT_RETRY_BACKOFF_SECONDS: i64 = 10;
 pub(crate) const WEEK_SECONDS: i64 = 7 * 24 * 3600;
 /// Variables the sandbox sets itself; a task may not replace them.
-const RESERVED_ENV: &[&str] = &["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"];
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "TMPDIR"];
 
 pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
     if range.contains(&value) {
@@ -143,6 +143,11 @@ pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<
     } else {
         Err(InvalidField::new(field, format!("must be between {} and {}", range.start(), range.end())))
     }
+}
+
+/// Whether the sandbox sets this variable itself, so neither `env` nor a secret may name it.
+pub(crate) fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name)
 }
 
 pub(crate) fn is_env_name(name: &str) -> bool {
@@ -185,19 +190,37 @@ pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidFie
     Ok(())
 }
 
-pub(crate) fn check_secret_names(secrets: &[String]) -> Result<(), InvalidField> {
+/// Secret names: each a variable name, once, and not also set in `env` (one would silently replace the other).
+pub(crate) fn check_secret_names(secrets: &[String], env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
     if secrets.len() > 64 {
         return Err(InvalidField::new("secrets", "at most 64 secrets"));
     }
     for (index, name) in secrets.iter().enumerate() {
+        let field = format!("secrets[{index}]");
         if !is_env_name(name) || RESERVED_ENV.contains(&name.as_str()) {
+            return Err(InvalidField::new(field, "must be a secret's name, usable as a variable name"));
+        }
+        if secrets[..index].contains(name) {
+            return Err(InvalidField::new(field, format!("'{name}' is listed twice")));
+        }
+        if env.contains_key(name) {
             return Err(InvalidField::new(
-                format!("secrets[{index}]"),
-                "must be a secret's name, usable as a variable name",
+                field,
+                format!("'{name}' is also set in env; a variable comes from one place"),
             ));
         }
     }
     Ok(())
+}
+
+/// Whether a save changes what a task runs: the code, its inputs, or its reach. Such changes to a task that
+/// uses secrets or network need the same rights as granting them.
+fn changes_what_runs(before: &TaskSpec, after: &TaskSpec) -> bool {
+    before.script_id != after.script_id
+        || before.script_version != after.script_version
+        || before.args != after.args
+        || before.env != after.env
+        || before.network != after.network
 }
 
 /// An interval without an anchor counts from when it was set; storing that anchor keeps the rhythm stable
@@ -232,14 +255,14 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
     let env = input.env.unwrap_or(base.env);
     check_env(&env)?;
     let secrets = input.secrets.unwrap_or(base.secrets);
-    check_secret_names(&secrets)?;
+    check_secret_names(&secrets, &env)?;
     let description = input.description.unwrap_or(base.description);
     if description.len() > 4096 {
         return Err(ApiError::invalid("description", "must be at most 4096 bytes"));
     }
     let schedule_given = input.schedule.is_some() || input.scheduled_time.is_some();
     let schedule = match (input.schedule, input.scheduled_time) {
-        (Some(Some(_)), Some(_)) => {
+        (Some(_), Some(_)) => {
             return Err(ApiError::invalid("scheduled_time", "give either schedule or scheduled_time, not both"));
         }
         (_, Some(at)) => Some(Schedule::once(at).validate()?),
@@ -294,6 +317,33 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         enabled,
         next_fire_at,
     })
+}
+
+/// Checks the rights a save needs beyond the operator role: network, and the secrets' policies (see
+/// [`grants`]). Returns the secrets whose policies should take in the task. A newly pinned agent must exist
+/// and be enabled; one pinned before is kept even if it was disabled since, so that other edits still work.
+async fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    task_id: Option<i64>,
+    before: &TaskSpec,
+    after: &TaskSpec,
+    sets_agent: bool,
+) -> ApiResult<Vec<String>> {
+    let changes_what_runs = task_id.is_none() || changes_what_runs(before, after);
+    if after.network && changes_what_runs {
+        grants::authorize_network(state, principal)?;
+    }
+    let agent = if sets_agent {
+        grants::pinned_agent(state, after.agent_id).await?
+    } else {
+        match after.agent_id {
+            Some(agent_id) => state.store.get_agent(agent_id).await.ok(),
+            None => None,
+        }
+    };
+    let change = grants::TaskChange { task_id, secrets: &after.secrets, agent: agent.as_ref(), changes_what_runs };
+    grants::authorize_task_secrets(state, principal, change).await
 }
 
 fn spec_of(task: Task) -> TaskSpec {
@@ -371,8 +421,10 @@ pub async fn create(
         enabled: true,
         next_fire_at: None,
     };
-    let spec = merge(defaults, input, automa_store::now())?;
-    let task = state.store.create_task(&principal.actor(), spec).await?;
+    let sets_agent = input.agent_id.is_some();
+    let spec = merge(defaults.clone(), input, automa_store::now())?;
+    let grants = authorize(&state, &principal, None, &defaults, &spec, sets_agent).await?;
+    let task = state.store.create_task(&principal.actor(), spec, &grants).await?;
     state.schedule_changed.notify_one();
     Ok((StatusCode::CREATED, Json(task.into())))
 }
@@ -403,9 +455,11 @@ pub(crate) async fn apply(
     ApiPath(id): ApiPath<i64>,
     input: TaskInput,
 ) -> ApiResult<Json<TaskResponse>> {
-    let current = state.store.get_task(id).await.map_err(missing("task"))?;
-    let spec = merge(spec_of(current), input, automa_store::now())?;
-    let task = state.store.update_task(&principal.actor(), id, spec).await.map_err(missing("task"))?;
+    let current = spec_of(state.store.get_task(id).await.map_err(missing("task"))?);
+    let sets_agent = input.agent_id.is_some_and(|agent_id| agent_id != current.agent_id);
+    let spec = merge(current.clone(), input, automa_store::now())?;
+    let grants = authorize(&state, &principal, Some(id), &current, &spec, sets_agent).await?;
+    let task = state.store.update_task(&principal.actor(), id, spec, &grants).await.map_err(missing("task"))?;
     state.schedule_changed.notify_one();
     Ok(Json(task.into()))
 }

@@ -12,6 +12,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, watch};
 
 use automa_agent::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
+use automa_core::Role;
 use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store, StoreError};
 
 use crate::{
@@ -139,17 +140,21 @@ impl Execution {
     }
 
     /// Turns a claimed run into what the agent executes, with its secrets' values. A run naming a secret
-    /// that does not exist (or does not decrypt) fails at once; `None` tells the caller to claim again.
+    /// that does not exist, does not decrypt, or whose policy refuses this run or this agent fails at once;
+    /// `None` tells the caller to claim again.
     async fn assignment(&self, agent_id: i64, claimed: ClaimedRun) -> ApiResult<Option<Assignment>> {
         let ClaimedRun { run, content } = claimed;
         let names = run.secrets.0.clone();
-        let sealed = self.store.sealed_secrets(&names).await?;
+        let mut problem = self.secret_refusal(agent_id, &run).await?;
+        let sealed = if problem.is_some() { Vec::new() } else { self.store.sealed_secrets(&names).await? };
         let mut env = run.env.0.clone();
         let mut values = Vec::new();
-        let mut problem = names
-            .iter()
-            .find(|name| !sealed.iter().any(|s| &s.name == *name))
-            .map(|name| format!("secret '{name}' does not exist"));
+        if problem.is_none() {
+            problem = names
+                .iter()
+                .find(|name| !sealed.iter().any(|s| &s.name == *name))
+                .map(|name| format!("secret '{name}' does not exist"));
+        }
         for secret in &sealed {
             match self.sealer.unseal(secret) {
                 Ok(value) => {
@@ -179,6 +184,42 @@ impl Execution {
             max_output_bytes: run.max_output_bytes,
             network: run.network,
         }))
+    }
+
+    /// Why the run may not receive its secrets on this agent, checked again when the values are handed out
+    /// although the claim statement already applied the agent part: the policy may have narrowed since the
+    /// run was queued, and a second, independent check keeps one mistake from leaking a value. A task's run
+    /// needs the task in every secret's policy; a run without a task (ad-hoc, or one whose task was deleted)
+    /// needs an active admin as its creator, as `POST /execute` does.
+    async fn secret_refusal(&self, agent_id: i64, run: &Run) -> ApiResult<Option<String>> {
+        if run.secrets.0.is_empty() {
+            return Ok(None);
+        }
+        let agent = self.store.get_agent(agent_id).await?;
+        if run.task_id.is_none() {
+            let creator = match run.created_by {
+                Some(user_id) => match self.store.get_user(user_id).await {
+                    Ok(user) => Some(user),
+                    Err(StoreError::NotFound) => None,
+                    Err(other) => return Err(other.into()),
+                },
+                None => None,
+            };
+            if !creator.is_some_and(|user| user.active && user.role() == Role::Admin) {
+                return Ok(Some("only an admin's ad-hoc run may receive secrets".into()));
+            }
+        }
+        let infos = self.store.secret_infos(&run.secrets.0).await?;
+        for info in &infos {
+            let policy = info.policy();
+            if let Some(task_id) = run.task_id.filter(|task_id| !policy.allows_task(*task_id)) {
+                return Ok(Some(format!("secret '{}' does not allow task {task_id}", info.name)));
+            }
+            if !policy.allows_agent(&agent) {
+                return Ok(Some(format!("secret '{}' may not be given to agent '{}'", info.name, agent.name)));
+            }
+        }
+        Ok(None)
     }
 
     /// Records a heartbeat, renews the leases of the runs the agent reports, and on an agent's first

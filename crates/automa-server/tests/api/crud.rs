@@ -142,6 +142,8 @@ async fn tasks_round_trip(backend: Backend) {
     let script = app.create_script(&admin, "etl").await;
     let script_id = script["id"].as_i64().unwrap();
     let agent = app.post("/agents", &admin, json!({"name": "a1"})).await.body;
+    let secret = json!({"name": "DB_PASSWORD", "value": "v", "policy": {"agent_ids": [agent["id"]]}});
+    assert_eq!(app.post("/secrets", &admin, secret).await.status, StatusCode::CREATED);
     let body = json!({
         "name": "nightly", "description": "d", "script_id": script_id, "script_version": 1,
         "agent_id": agent["id"], "labels": ["linux"], "args": ["--full", "x y"], "env": {"MODE": "full"},

@@ -13,4 +13,6 @@ mod errors;
 mod fuzz;
 mod openapi;
 mod schedule;
+mod secrets;
 mod sessions;
+mod validation;

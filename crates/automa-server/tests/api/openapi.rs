@@ -51,6 +51,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/runs/{id}/logs/stream"),
     ("get", "/secrets"),
     ("post", "/secrets"),
+    ("get", "/secrets/{name}"),
     ("put", "/secrets/{name}"),
     ("delete", "/secrets/{name}"),
     ("get", "/events"),

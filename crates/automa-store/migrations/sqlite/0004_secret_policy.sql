@@ -1,0 +1,18 @@
+-- Who may use a secret, set by its owner (creator) or an admin. A secret goes only to the tasks its policy
+-- names (or every task with all_tasks), and only to the agents it names by id or label; with neither ids nor
+-- labels, only to the embedded agent, which runs inside the server that already holds the key. Lists are JSON
+-- arrays like the other list columns: an id that no longer exists matches nothing, so deleting a task or an
+-- agent never widens a policy (ids are never reused).
+ALTER TABLE secrets ADD COLUMN all_tasks INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE secrets ADD COLUMN task_ids TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE secrets ADD COLUMN agent_ids TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE secrets ADD COLUMN agent_labels TEXT NOT NULL DEFAULT '[]';
+
+-- Tasks that already name a secret were set up deliberately: they keep it. Ad-hoc use and new tasks need the
+-- new policy.
+UPDATE secrets SET task_ids = (
+    SELECT json_group_array(t.id) FROM (
+        SELECT id FROM tasks WHERE EXISTS (SELECT 1 FROM json_each(tasks.secrets) n WHERE n.value = secrets.name)
+        ORDER BY id
+    ) t
+);

@@ -210,12 +210,24 @@ describe('dashboard', () => {
     await screenshots(page, '15-agents');
   });
 
+  it('enrolls a remote agent with its token in the environment, not on the command line', async () => {
+    await go('/agents');
+    await heading('Agents').waitFor();
+    await page.getByText('Enroll a remote agent').click();
+    await page.getByLabel('Name', { exact: true }).fill('remote-1');
+    await page.getByRole('button', { name: 'Enroll agent' }).click();
+    const command = (await page.locator('.secret-once pre').textContent()).trim();
+    assert.match(command, /^AUTOMA_TOKEN=atma_\S+ automa agent --server http:\/\/127\.0\.0\.1:\d+$/);
+    assert.doesNotMatch(command, /--token/);
+  });
+
   it('verifies the audit log', async () => {
     await go('/audit');
     await heading('Audit log').waitFor();
     await page.getByRole('cell', { name: 'script.create' }).first().waitFor();
     await page.getByRole('button', { name: 'Verify chain' }).click();
     await page.locator('.banner.ok').getByText('Chain intact.').waitFor();
+    await page.locator('.banner.ok', { hasText: 'All are keyed with the server key.' }).waitFor();
     await page.getByLabel('Action').fill('task.update');
     await page.getByRole('button', { name: 'Apply filters' }).click();
     await page.getByRole('cell', { name: 'task.update' }).first().waitFor();

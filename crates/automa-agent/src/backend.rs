@@ -13,6 +13,9 @@ pub enum AgentError {
     /// The server refused the request; retrying the same request will not help.
     #[error("server refused ({status}): {detail}")]
     Rejected { status: u16, detail: String },
+    /// The agent's own settings are unusable (a bad or insecure server URL).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl AgentError {
@@ -20,6 +23,7 @@ impl AgentError {
         match self {
             AgentError::Transport(_) => true,
             AgentError::Rejected { status, .. } => *status >= 500 || *status == 429,
+            AgentError::Config(_) => false,
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The agent protocol over HTTP(S), for `automa agent --server URL --token T`. Connections are outbound only.
+//! The agent protocol over HTTP(S), for `AUTOMA_TOKEN=T automa agent --server URL`. Connections are outbound
+//! only. The agent's token and every run's secrets travel on this connection, so plain `http://` is refused
+//! unless the server is on this host's loopback or the operator explicitly allows it.
 
 use std::time::Duration;
 
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::backend::{AgentBackend, AgentError};
@@ -18,7 +20,10 @@ pub struct HttpBackend {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HttpBackend {
-    pub fn new(server: &str, token: &str) -> Result<HttpBackend, AgentError> {
+    /// A backend for `server`, which must be `https://`, or `http://` on loopback, or `http://` anywhere with
+    /// `allow_insecure_http`.
+    pub fn new(server: &str, token: &str, allow_insecure_http: bool) -> Result<HttpBackend, AgentError> {
+        check_transport(server, allow_insecure_http)?;
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(format!("automa-agent/{}", crate::VERSION))
@@ -61,6 +66,34 @@ impl HttpBackend {
     }
 }
 
+/// Refuses a server URL on which the token and secrets would cross a network in clear, unless allowed.
+pub fn check_transport(server: &str, allow_insecure_http: bool) -> Result<(), AgentError> {
+    let url =
+        Url::parse(server).map_err(|e| AgentError::Config(format!("the server URL '{server}' is invalid: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(&url) => {
+            if !is_loopback(&url) {
+                tracing::warn!(%server, "plain http:// to another host: the agent token and secrets travel in clear");
+            }
+            Ok(())
+        }
+        "http" => Err(AgentError::Config(format!(
+            "refusing plain http:// to {server}: the agent token and run secrets would travel in clear. Use https://, \
+             or --allow-insecure-http (AUTOMA_ALLOW_INSECURE_HTTP=true) on a network you trust"
+        ))),
+        other => Err(AgentError::Config(format!("the server URL '{server}' must be https:// (not {other}://)"))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 impl AgentBackend for HttpBackend {
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, AgentError> {
         self.post_some("/agent/heartbeat", &heartbeat).await
@@ -77,5 +110,37 @@ impl AgentBackend for HttpBackend {
 
     async fn finish(&self, run_id: i64, outcome: Outcome) -> Result<FinishReply, AgentError> {
         self.post_some(&format!("/agent/runs/{run_id}/finish"), &outcome).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_only_for_loopback_unless_allowed() {
+        for allowed in [
+            "https://automa.example.com",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://[::1]:80",
+            "http://localhost:8080/",
+        ] {
+            assert!(check_transport(allowed, false).is_ok(), "{allowed}");
+        }
+        for refused in
+            ["http://automa.example.com", "http://10.0.0.5:8080", "http://[fe80::1]", "http://localhost.evil.com"]
+        {
+            let error = check_transport(refused, false).unwrap_err().to_string();
+            assert!(
+                error.contains("refusing plain http://") && error.contains("--allow-insecure-http"),
+                "{refused}: {error}"
+            );
+            assert!(check_transport(refused, true).is_ok(), "{refused} when explicitly allowed");
+        }
+        assert!(
+            check_transport("ftp://automa.example.com", true).unwrap_err().to_string().contains("must be https://")
+        );
+        assert!(check_transport("automa.example.com:8080", true).is_err());
     }
 }

@@ -63,7 +63,7 @@ pub(crate) async fn execute<B: AgentBackend>(
     if !shipped && outcome.error.is_none() {
         outcome.error = Some("some output could not be delivered to the server".into());
     }
-    deliver(|| backend.finish(run_id, outcome.clone()), run_id, "result").await;
+    let _ = deliver(|| backend.finish(run_id, outcome.clone()), run_id, "result").await;
     running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
 }
 
@@ -127,9 +127,16 @@ async fn ship<B: AgentBackend>(
         }
         let batch = LogBatch { chunks: batch };
         match deliver(|| backend.append_logs(run_id, batch.clone()), run_id, "output").await {
-            Some(reply) if reply.cancel_requested => control.cancel(),
-            Some(_) => {}
-            None => delivered = false,
+            Ok(reply) if reply.cancel_requested => control.cancel(),
+            Ok(_) => {}
+            Err(crate::AgentError::Rejected { status: 404 | 409, detail }) => {
+                // The run ended or went to another agent: nothing this agent does for it counts any more.
+                tracing::warn!(run_id, %detail, "the server no longer takes this run's output; stopping it");
+                control.cancel();
+                while chunks.recv().await.is_some() {}
+                return false;
+            }
+            Err(_) => delivered = false,
         }
     }
     delivered
@@ -144,7 +151,7 @@ fn stream_name(stream: Stream) -> &'static str {
 }
 
 /// Retries a request with backoff while the failure is worth retrying, up to the delivery deadline.
-async fn deliver<T, F, Fut>(mut request: F, run_id: i64, what: &str) -> Option<T>
+async fn deliver<T, F, Fut>(mut request: F, run_id: i64, what: &str) -> Result<T, crate::AgentError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, crate::AgentError>>,
@@ -153,13 +160,13 @@ where
     let mut delay = Duration::from_millis(100);
     loop {
         match request().await {
-            Ok(value) => return Some(value),
+            Ok(value) => return Ok(value),
             Err(error) if error.is_retryable() && tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(run_id, %error, "cannot deliver the run's {what}; retrying");
             }
             Err(error) => {
                 tracing::error!(run_id, %error, "giving up delivering the run's {what}");
-                return None;
+                return Err(error);
             }
         }
         tokio::time::sleep(delay).await;

@@ -8,7 +8,7 @@ pub mod role;
 pub mod run;
 pub mod schedule;
 
-pub use audit::{AuditRecord, GENESIS_HASH};
+pub use audit::{AuditKey, AuditRecord, GENESIS_HASH, HashScheme};
 pub use fire::{FireOutcome, FirePlan, PlannedFire, SkipReason};
 pub use names::{Email, InvalidField, ResourceName};
 pub use role::Role;

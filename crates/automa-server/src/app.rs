@@ -1,7 +1,7 @@
 //! Building and running the server. The listener is bound first, so callers (tests with port 0) know the
 //! address before serving starts; the shutdown signal comes from the caller, so only `main` handles signals.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -21,7 +21,7 @@ use tower_http::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use automa_store::Store;
+use automa_store::{AuditKey, Store};
 
 use crate::{
     api,
@@ -30,11 +30,13 @@ use crate::{
     error::ApiError,
     events::Hub,
     execution::{Execution, embedded},
-    keys,
+    file_modes, keys,
     limits::LoginLimiter,
     python::SyntaxChecker,
+    rate_limit::{self, RateLimiter},
     scheduler::Scheduler,
     sealing::Sealer,
+    serving::{self, ConnectionLimits},
     state::AppState,
 };
 
@@ -49,11 +51,16 @@ pub struct Application {
 impl Application {
     /// Opens and migrates the database, prepares keys and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        check_limits(&config)?;
+        file_modes::prepare_data_dir(&config.data_dir)?;
         let key = keys::secret_key(&config)?;
         let url = config.database_url();
-        let store =
-            Store::connect(&url).await.with_context(|| format!("opening {}", automa_store::redact_url(&url)))?;
+        let store = Store::connect(&url)
+            .await
+            .with_context(|| format!("opening {}", automa_store::redact_url(&url)))?
+            .with_audit_key(AuditKey::derive(&key));
         store.migrate().await.context("migrating the database")?;
+        file_modes::warn_if_exposed(&file_modes::sensitive_paths(&config.data_dir, store.sqlite_path().as_deref()));
         let interpreter = match automa_runner::resolve_interpreter(config.python.as_deref()) {
             Ok(path) => Some(path),
             Err(error) => {
@@ -104,9 +111,18 @@ impl Application {
                 (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "method not allowed"})))
                     .into_response()
             })
-            .layer(middleware::from_fn_with_state(state.clone(), auth::client_address))
             .layer(cors(&state.config.cors_origins)?)
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(middleware::from_fn_with_state(
+                Duration::from_secs(state.config.request_timeout_seconds),
+                serving::limit_request_time,
+            ))
+            .layer(middleware::from_fn_with_state(
+                Arc::new(RateLimiter::new(state.config.requests_per_minute, state.config.agent_requests_per_minute)),
+                rate_limit::limit_requests,
+            ))
+            // Outside the rate limit, which counts anonymous clients by the address resolved here.
+            .layer(middleware::from_fn_with_state(state.clone(), auth::client_address))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
             }))
@@ -145,9 +161,11 @@ impl Application {
             stopping.send_replace(true);
         };
         let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
-        let service =
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
-        axum::serve(self.listener, service).with_graceful_shutdown(signal).await?;
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(state.config.header_read_timeout_seconds),
+            max_header_bytes: state.config.max_header_bytes,
+        };
+        serving::serve(self.listener, service, limits, signal).await;
         if let Some(agent) = agent {
             let _ = agent.await;
         }
@@ -165,6 +183,23 @@ impl Application {
         &self.state.execution
     }
 }
+
+/// Refuses limits that would make the server unusable rather than start with them.
+fn check_limits(config: &Config) -> anyhow::Result<()> {
+    if config.max_header_bytes < MIN_HEADER_BYTES {
+        anyhow::bail!(
+            "AUTOMA_MAX_HEADER_BYTES must be at least {MIN_HEADER_BYTES} (it is {})",
+            config.max_header_bytes
+        );
+    }
+    if config.request_timeout_seconds == 0 || config.header_read_timeout_seconds == 0 {
+        anyhow::bail!("AUTOMA_REQUEST_TIMEOUT_SECONDS and AUTOMA_HEADER_READ_TIMEOUT_SECONDS must be at least 1");
+    }
+    Ok(())
+}
+
+/// Below this, ordinary browser requests (cookies, long tokens) would be refused.
+const MIN_HEADER_BYTES: usize = 4096;
 
 /// Trailing slashes are optional on API paths (`/scripts/` is `/scripts`). The API docs keep theirs: Swagger
 /// UI redirects `/docs` to `/docs/` and resolves its assets relative to that.

@@ -109,6 +109,19 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// The program that sets up the sandbox; default: this binary with `__sandbox-helper`.
     pub sandbox_helper: Option<PathBuf>,
+    /// Requests per minute per user token, or per client address without one (bursts up to this many);
+    /// beyond it 429 with `Retry-After`. 0 turns the limit off.
+    pub requests_per_minute: u32,
+    /// The same for agent tokens, which ship output in many small requests. 0 turns the limit off.
+    pub agent_requests_per_minute: u32,
+    /// Longest time a request may take, body upload included, before 408; the agent long-poll
+    /// (`/agent/claim`) is bounded by its own wait instead, and event streams once they have started.
+    pub request_timeout_seconds: u64,
+    /// Time a client has to send a request's headers, idle keep-alive connections included, before the
+    /// connection is closed: slow clients cannot hold connections open.
+    pub header_read_timeout_seconds: u64,
+    /// Largest request head (request line and headers); larger ones get 431. At least 4096.
+    pub max_header_bytes: usize,
     /// Who may grant network to a task or an ad-hoc run: `admin` (default) or `operator`.
     pub network_grant: NetworkGrant,
     /// Address ranges networked runs may not reach, besides the host's loopback and own addresses, link-local
@@ -156,6 +169,11 @@ impl Default for Config {
             max_log_bytes: 10 * 1024 * 1024,
             shutdown_grace_seconds: 30,
             sandbox_helper: None,
+            requests_per_minute: 1200,
+            agent_requests_per_minute: 12_000,
+            request_timeout_seconds: 60,
+            header_read_timeout_seconds: 10,
+            max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
             network_grant: NetworkGrant::Admin,
         }
@@ -163,8 +181,14 @@ impl Default for Config {
 }
 
 /// `AUTOMA_*` variables that are not settings of `serve` but are still ours: the CLI client's and the tests'.
-const OTHER_KNOWN_VARIABLES: &[&str] =
-    &["AUTOMA_URL", "AUTOMA_TOKEN", "AUTOMA_TEST_PG_URL", "AUTOMA_REQUIRE_PG", "AUTOMA_CONFIG"];
+const OTHER_KNOWN_VARIABLES: &[&str] = &[
+    "AUTOMA_URL",
+    "AUTOMA_TOKEN",
+    "AUTOMA_ALLOW_INSECURE_HTTP",
+    "AUTOMA_TEST_PG_URL",
+    "AUTOMA_REQUIRE_PG",
+    "AUTOMA_CONFIG",
+];
 
 impl Config {
     /// Loads the layered configuration. `overrides` are the command line's flags, applied last.

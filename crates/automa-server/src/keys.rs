@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use crate::config::{Config, Environment};
 
 pub const MIN_KEY_BYTES: usize = 32;
-const KEY_FILE: &str = "secret.key";
+pub const KEY_FILE: &str = "secret.key";
 
 /// The key from configuration, or in development the one kept in the data directory (created if missing).
 /// A key under [`MIN_KEY_BYTES`] is refused in every environment: a short key makes sessions forgeable and

@@ -11,11 +11,14 @@ pub mod error;
 pub mod events;
 pub mod execution;
 pub mod extract;
+pub mod file_modes;
 pub mod keys;
 pub mod limits;
 pub mod python;
+pub mod rate_limit;
 pub mod scheduler;
 pub mod sealing;
+pub mod serving;
 pub mod state;
 
 pub use app::Application;

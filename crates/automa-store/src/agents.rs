@@ -30,7 +30,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("an agent named '{}' already exists", new.name)))?;
             let details = json!({"name": agent.name, "labels": new.labels, "max_concurrency": new.max_concurrency});
-            append_audit!(tx, actor, AuditEvent::new("agent.create", "agent", Some(agent.id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("agent.create", "agent", Some(agent.id), details));
             tx.commit().await?;
             Ok(agent)
         })
@@ -96,7 +96,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("an agent named '{name}' already exists")))?;
             let details = json!({"name": update.name, "description": update.description, "labels": update.labels,
                 "max_concurrency": update.max_concurrency, "disabled": update.disabled, "draining": update.draining});
-            append_audit!(tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details));
             tx.commit().await?;
             Ok(agent)
         })
@@ -111,7 +111,7 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::from_constraint(e, || "the agent still has runs".into()))?;
             let name = name.ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("agent.delete", "agent", Some(id), json!({"name": name})));
+            append_audit!(self, tx, actor, AuditEvent::new("agent.delete", "agent", Some(id), json!({"name": name})));
             tx.commit().await?;
             Ok(())
         })

@@ -2,17 +2,19 @@
 //! verifying the chain.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use automa_core::{AuditRecord, GENESIS_HASH};
+use automa_core::{AuditKey, AuditRecord, GENESIS_HASH, HashScheme};
 
-use crate::{AuditEntry, Listed, Page, Store, StoreResult, dispatch};
+use crate::{AuditEntry, Listed, Page, Store, StoreError, StoreResult, dispatch};
 
-/// Appends one entry for `$event` by `$actor` on the open write transaction `$tx` and evaluates to its id.
-/// The transaction must come from `begin_write`, which serialises writers so that two entries can never
-/// claim the same predecessor.
+/// Appends one entry for `$event` by `$actor` on the open write transaction `$tx` of `$store` and evaluates
+/// to its id. The entry is keyed with the store's audit key; a store opened without one refuses to write
+/// rather than extend the chain with hashes anyone could forge. The transaction must come from
+/// `begin_write`, which serialises writers so that two entries can never claim the same predecessor.
 macro_rules! append_audit {
-    ($tx:expr, $actor:expr, $event:expr) => {{
+    ($store:expr, $tx:expr, $actor:expr, $event:expr) => {{
+        let key = $store.audit_key()?;
         let actor: &$crate::Actor = $actor;
         let event: $crate::AuditEvent = $event;
         let last: Option<(i64, String)> =
@@ -29,10 +31,11 @@ macro_rules! append_audit {
             ip: actor.ip.clone(),
             details: event.details,
         };
-        let hash = record.hash(&prev_hash);
+        let scheme = automa_core::HashScheme::HmacSha256;
+        let hash = record.hash(scheme, key, &prev_hash);
         sqlx::query(
             "INSERT INTO audit_log (id, ts, actor_type, actor_id, action, resource_type, resource_id, ip, details, \
-             prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(record.id)
         .bind(record.ts)
@@ -45,6 +48,7 @@ macro_rules! append_audit {
         .bind(sqlx::types::Json(&record.details))
         .bind(&prev_hash)
         .bind(&hash)
+        .bind(scheme.as_str())
         .execute(&mut *$tx)
         .await?;
         record.id
@@ -64,23 +68,101 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// An entry's position and hash, kept outside the database so that a later verification can tell whether
+/// the chain still reaches that entry unchanged (deleting the newest entries leaves a shorter chain that is
+/// otherwise intact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    pub id: i64,
+    pub hash: String,
+}
+
 /// The result of recomputing the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditVerification {
     pub ok: bool,
     pub checked: i64,
-    /// The first entry whose stored hash or link does not match what its content gives.
+    /// The first entry whose stored hash or link does not match what its content gives, or the checkpoint's
+    /// entry when the chain no longer reaches it unchanged.
     pub first_bad_id: Option<i64>,
+    /// Why verification failed.
+    pub problem: Option<String>,
+    /// The first entry hashed with the audit key; entries before it carry plain SHA-256 hashes from before
+    /// the chain was keyed, which anyone with write access to the database could have recomputed.
+    pub keyed_from_id: Option<i64>,
+    /// The last entry checked, to keep as a checkpoint when the chain is intact.
+    pub head: AuditCheckpoint,
 }
 
 const VERIFY_BATCH: i64 = 1000;
 
+/// Walks the chain entry by entry; holds what has been established so far.
+struct ChainWalk<'k> {
+    key: &'k AuditKey,
+    head: AuditCheckpoint,
+    checked: i64,
+    keyed_from_id: Option<i64>,
+}
+
+impl ChainWalk<'_> {
+    /// Checks one entry against its predecessor; the reason if it does not hold.
+    fn check(&mut self, entry: AuditEntry) -> Result<(), String> {
+        self.checked += 1;
+        let scheme =
+            HashScheme::parse(&entry.scheme).ok_or_else(|| format!("unknown hash scheme '{}'", entry.scheme))?;
+        if scheme == HashScheme::Sha256 && self.keyed_from_id.is_some() {
+            // Unkeyed entries are history from before keying; one after a keyed entry is a forgery or a
+            // downgrade of a keyed entry to a hash anyone can compute.
+            return Err("an unkeyed (sha256) entry follows keyed entries".into());
+        }
+        if entry.prev_hash != self.head.hash {
+            return Err("its prev_hash does not match the previous entry's hash".into());
+        }
+        let record = AuditRecord {
+            id: entry.id,
+            ts: entry.ts,
+            actor_type: entry.actor_type,
+            actor_id: entry.actor_id,
+            action: entry.action,
+            resource_type: entry.resource_type,
+            resource_id: entry.resource_id,
+            ip: entry.ip,
+            details: entry.details.0,
+        };
+        if record.hash(scheme, self.key, &self.head.hash) != entry.hash {
+            return Err(format!("its {} hash does not match its content", scheme.as_str()));
+        }
+        if scheme == HashScheme::HmacSha256 && self.keyed_from_id.is_none() {
+            self.keyed_from_id = Some(entry.id);
+        }
+        self.head = AuditCheckpoint { id: entry.id, hash: entry.hash };
+        Ok(())
+    }
+
+    fn finish(self, first_bad_id: Option<i64>, problem: Option<String>) -> AuditVerification {
+        AuditVerification {
+            ok: problem.is_none(),
+            checked: self.checked,
+            first_bad_id,
+            problem,
+            keyed_from_id: self.keyed_from_id,
+            head: self.head,
+        }
+    }
+}
+
 impl Store {
+    /// The key audit entries are hashed with; a store opened without one cannot write audited changes.
+    pub(crate) fn audit_key(&self) -> StoreResult<&AuditKey> {
+        self.audit_key.as_deref().ok_or(StoreError::NoAuditKey)
+    }
+
     /// Records an event that changes nothing else, such as a login or a failed login.
     pub async fn record_event(&self, actor: &crate::Actor, event: crate::AuditEvent) -> StoreResult<i64> {
         dispatch!(self, pool => {
             let mut tx = crate::WritePool::begin_write(pool).await?;
-            let id = append_audit!(tx, actor, event);
+            let id = append_audit!(self, tx, actor, event);
             tx.commit().await?;
             Ok(id)
         })
@@ -99,41 +181,52 @@ impl Store {
         })
     }
 
-    /// Recomputes every entry's hash from its content and its predecessor's hash, in id order, in batches.
-    pub async fn verify_audit(&self) -> StoreResult<AuditVerification> {
-        let mut prev_hash = GENESIS_HASH.to_owned();
-        let mut after_id = 0_i64;
-        let mut checked = 0_i64;
+    /// Recomputes every entry's hash from its content and its predecessor's hash, in id order, in batches,
+    /// with the scheme each entry was written with. With a `checkpoint`, the chain must also still hold the
+    /// checkpoint's entry with the checkpoint's hash: a shorter chain or a different hash fails.
+    pub async fn verify_audit(&self, checkpoint: Option<&AuditCheckpoint>) -> StoreResult<AuditVerification> {
+        let mut walk = ChainWalk {
+            key: self.audit_key()?,
+            head: AuditCheckpoint { id: 0, hash: GENESIS_HASH.to_owned() },
+            checked: 0,
+            keyed_from_id: None,
+        };
+        // The genesis "entry" 0 is always reached; any other checkpoint only when its entry is seen intact.
+        let mut reached_checkpoint = checkpoint.is_none_or(|c| c.id == 0 && c.hash == GENESIS_HASH);
         loop {
             let batch: Vec<AuditEntry> = dispatch!(self, pool => {
                 sqlx::query_as("SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2")
-                    .bind(after_id)
+                    .bind(walk.head.id)
                     .bind(VERIFY_BATCH)
                     .fetch_all(pool)
                     .await?
             });
             if batch.is_empty() {
-                return Ok(AuditVerification { ok: true, checked, first_bad_id: None });
+                break;
             }
             for entry in batch {
-                let record = AuditRecord {
-                    id: entry.id,
-                    ts: entry.ts,
-                    actor_type: entry.actor_type,
-                    actor_id: entry.actor_id,
-                    action: entry.action,
-                    resource_type: entry.resource_type,
-                    resource_id: entry.resource_id,
-                    ip: entry.ip,
-                    details: entry.details.0,
-                };
-                checked += 1;
-                if entry.prev_hash != prev_hash || record.hash(&prev_hash) != entry.hash {
-                    return Ok(AuditVerification { ok: false, checked, first_bad_id: Some(entry.id) });
+                let id = entry.id;
+                if let Err(problem) = walk.check(entry) {
+                    return Ok(walk.finish(Some(id), Some(problem)));
                 }
-                prev_hash = entry.hash;
-                after_id = entry.id;
+                if let Some(checkpoint) = checkpoint.filter(|c| c.id == id) {
+                    if checkpoint.hash != walk.head.hash {
+                        let problem = format!("entry {id} no longer has the checkpoint's hash");
+                        return Ok(walk.finish(Some(id), Some(problem)));
+                    }
+                    reached_checkpoint = true;
+                }
             }
+        }
+        match checkpoint {
+            Some(checkpoint) if !reached_checkpoint => {
+                let problem = format!(
+                    "the chain ends at entry {} and does not hold the checkpoint's entry {}: entries were deleted",
+                    walk.head.id, checkpoint.id
+                );
+                Ok(walk.finish(Some(checkpoint.id), Some(problem)))
+            }
+            _ => Ok(walk.finish(None, None)),
         }
     }
 }

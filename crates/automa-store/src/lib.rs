@@ -23,7 +23,8 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use audit::{AuditFilter, AuditVerification};
+pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
+pub use automa_core::AuditKey;
 pub use models::*;
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;
@@ -63,6 +64,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the database directory: {0}")]
     Io(#[from] std::io::Error),
+    /// Audited changes need the audit key; a store opened without one refuses them.
+    #[error("the store was opened without the audit key, so it cannot write or verify the audit log")]
+    NoAuditKey,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -87,6 +91,7 @@ pub(crate) enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: std::sync::Arc<Backend>,
+    audit_key: Option<std::sync::Arc<AuditKey>>,
 }
 
 /// The current time as stored: microsecond precision, the finest both databases keep, so a value read back
@@ -105,9 +110,7 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
-            if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
+            create_private_database_file(options.get_filename())?;
             let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -117,7 +120,12 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        Ok(Store { backend: std::sync::Arc::new(backend) })
+        Ok(Store { backend: std::sync::Arc::new(backend), audit_key: None })
+    }
+
+    /// The same store, writing and verifying audit entries with `key` (derived from the server's secret key).
+    pub fn with_audit_key(self, key: AuditKey) -> Store {
+        Store { audit_key: Some(std::sync::Arc::new(key)), ..self }
     }
 
     /// Applies the pending migrations of this backend.
@@ -198,6 +206,23 @@ impl Store {
 
     pub async fn close(&self) {
         dispatch!(self, pool => pool.close().await)
+    }
+}
+
+/// Creates a missing SQLite database file, and any missing directory above it, readable by the owner only
+/// (0600, 0700) before SQLite opens it: SQLite gives the `-wal` and `-shm` files it creates the database
+/// file's mode, so all three stay private whatever the process's umask. An existing file is left as it is.
+fn create_private_database_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => Err(error),
+        _ => Ok(()),
     }
 }
 

@@ -287,6 +287,8 @@ pub struct AuditEntry {
     pub details: Json<Value>,
     pub prev_hash: String,
     pub hash: String,
+    /// `sha256` for entries written before the chain was keyed, `hmac-sha256` after.
+    pub scheme: String,
 }
 
 /// A run as stored: its outcome and the parameters it was queued with, frozen.

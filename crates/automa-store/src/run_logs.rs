@@ -1,6 +1,8 @@
 //! A run's output: append-only chunks numbered by the agent, stored once each whatever number of times a
 //! batch is resent, and capped per run with a final `system` chunk that says what was cut.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use crate::{LogAppend, LogChunk, Store, StoreError, StoreResult, WritePool, dispatch};
@@ -18,8 +20,11 @@ pub struct NewLogChunk {
 }
 
 impl Store {
-    /// Appends chunks to the output of a run `agent_id` holds or held. Chunks already stored (by `seq`) are
-    /// skipped, so resending a batch after a lost response is harmless. Past `cap` bytes, the chunk that
+    /// Appends chunks to the output of a run that is running and held by `agent_id`; anything else (a
+    /// finished run, a run handed to another agent) is refused, so an agent cannot write into history. The
+    /// check locks the run's row for the rest of the transaction, so a finish cannot slip in between and
+    /// concurrent batches of one run count their bytes one after the other. Chunks already stored (by `seq`)
+    /// are skipped, so resending a batch after a lost response is harmless. Past `cap` bytes, the chunk that
     /// crosses it becomes a `system` note and later ones are dropped. Returns the chunks actually stored.
     pub async fn append_logs(
         &self,
@@ -28,30 +33,46 @@ impl Store {
         chunks: &[NewLogChunk],
         cap: i64,
     ) -> StoreResult<LogAppend> {
-        let (Some(first), Some(last)) = (chunks.iter().map(|c| c.seq).min(), chunks.iter().map(|c| c.seq).max()) else {
-            let run = self.get_run(run_id).await?;
-            return Ok(LogAppend { inserted: Vec::new(), cancel_requested: run.cancel_requested });
-        };
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
-            let run: Option<(Option<i64>, i64, bool, bool)> =
-                sqlx::query_as("SELECT agent_id, log_bytes, log_capped, cancel_requested FROM runs WHERE id = $1")
+            let held: Option<(i64, bool, bool)> = sqlx::query_as(
+                "UPDATE runs SET log_bytes = log_bytes WHERE id = $1 AND agent_id = $2 AND status = 'running' \
+                 RETURNING log_bytes, log_capped, cancel_requested",
+            )
+            .bind(run_id)
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((mut bytes, mut capped, cancel_requested)) = held else {
+                let run: Option<(String, Option<i64>)> = sqlx::query_as("SELECT status, agent_id FROM runs WHERE id = $1")
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let (holder, mut bytes, mut capped, cancel_requested) = run.ok_or(StoreError::NotFound)?;
-            if holder != Some(agent_id) {
-                return Err(StoreError::Conflict(format!("run {run_id} is not held by this agent")));
-            }
-            let stored: Vec<i64> = sqlx::query_scalar("SELECT seq FROM run_logs WHERE run_id = $1 AND seq >= $2 AND seq <= $3")
+                return Err(match run {
+                    None => StoreError::NotFound,
+                    Some((status, _)) if status != "running" => {
+                        StoreError::Conflict(format!("run {run_id} is {status}: it takes no more output; stop it"))
+                    }
+                    Some(_) => StoreError::Conflict(format!("run {run_id} is not held by this agent; stop it")),
+                });
+            };
+            let (Some(first), Some(last)) = (chunks.iter().map(|c| c.seq).min(), chunks.iter().map(|c| c.seq).max()) else {
+                tx.commit().await?;
+                return Ok(LogAppend { inserted: Vec::new(), cancel_requested });
+            };
+            // A set, so the duplicate check stays linear in the batch; it also absorbs a seq repeated within
+            // one batch, which would otherwise be counted against the cap twice.
+            let mut seen: HashSet<i64> = sqlx::query_scalar("SELECT seq FROM run_logs WHERE run_id = $1 AND seq >= $2 AND seq <= $3")
                 .bind(run_id)
                 .bind(first)
                 .bind(last)
                 .fetch_all(&mut *tx)
-                .await?;
+                .await?
+                .into_iter()
+                .collect();
             let mut inserted = Vec::new();
-            for chunk in chunks.iter().filter(|c| !stored.contains(&c.seq)) {
-                if capped {
+            for chunk in chunks {
+                if capped || !seen.insert(chunk.seq) {
                     continue;
                 }
                 let size = chunk.data.len() as i64;

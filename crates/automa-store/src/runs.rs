@@ -162,7 +162,7 @@ impl Store {
             if let Some(actor) = actor {
                 let details = json!({"task_id": run.task_id, "script_id": run.script_id, "trigger": run.trigger,
                     "args": new.args, "env_keys": new.env.keys().collect::<Vec<_>>(), "secrets": new.secrets});
-                append_audit!(tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details));
+                append_audit!(self, tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details));
             }
             if postgres {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
@@ -343,7 +343,7 @@ impl Store {
                 other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
             };
             let details = json!({"status_before": status});
-            append_audit!(tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details));
             tx.commit().await?;
             Ok(run)
         })

@@ -85,7 +85,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a secret named '{}' already exists", sealed.name)))?;
-            append_audit!(tx, actor, AuditEvent::new("secret.create", "secret", Some(info.id), audit_details(&info, true, true)));
+            append_audit!(self, tx, actor, AuditEvent::new("secret.create", "secret", Some(info.id), audit_details(&info, true, true)));
             tx.commit().await?;
             Ok(info)
         })
@@ -133,7 +133,7 @@ impl Store {
                 .await?
                 .ok_or(StoreError::NotFound)?;
             let details = audit_details(&info, sealed.is_some(), policy.is_some());
-            append_audit!(tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details));
             tx.commit().await?;
             Ok(info)
         })
@@ -185,7 +185,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name})));
+            append_audit!(self, tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name})));
             tx.commit().await?;
             Ok(())
         })

@@ -43,14 +43,14 @@ macro_rules! check_task_references {
 
 /// Adds the task to each named secret's policy, audited as a change of that secret.
 macro_rules! grant_secrets {
-    ($tx:expr, $actor:expr, $statement:expr, $task_id:expr, $names:expr) => {{
+    ($store:expr, $tx:expr, $actor:expr, $statement:expr, $task_id:expr, $names:expr) => {{
         for name in $names {
             let granted = sqlx::query($statement).bind($task_id).bind(name).execute(&mut *$tx).await?;
             if granted.rows_affected() == 0 {
                 return Err(InvalidField::new("secrets", format!("there is no secret named '{name}'")).into());
             }
             let details = json!({"name": name, "granted_task_id": $task_id});
-            append_audit!($tx, $actor, AuditEvent::new("secret.grant", "secret", None, details));
+            append_audit!($store, $tx, $actor, AuditEvent::new("secret.grant", "secret", None, details));
         }
     }};
 }
@@ -105,8 +105,8 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
-            append_audit!(tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
-            grant_secrets!(tx, actor, grant, task.id, grants);
+            append_audit!(self, tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
+            grant_secrets!(self, tx, actor, grant, task.id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
@@ -190,8 +190,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
-            grant_secrets!(tx, actor, grant, id, grants);
+            append_audit!(self, tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
+            grant_secrets!(self, tx, actor, grant, id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
             Ok(task)
@@ -206,7 +206,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name})));
+            append_audit!(self, tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name})));
             tx.commit().await?;
             Ok(())
         })

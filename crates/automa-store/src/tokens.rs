@@ -32,7 +32,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("you already have a token named '{}'", new.name)))?;
             let details = json!({"name": token.name, "prefix": token.prefix, "role_cap": token.role_cap,
                 "expires_at": token.expires_at});
-            append_audit!(tx, actor, AuditEvent::new("token.create", "api_token", Some(token.id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("token.create", "api_token", Some(token.id), details));
             tx.commit().await?;
             Ok(token)
         })
@@ -64,7 +64,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-            append_audit!(tx, actor, AuditEvent::new("token.revoke", "api_token", Some(token_id), json!({"name": token.name})));
+            append_audit!(self, tx, actor, AuditEvent::new("token.revoke", "api_token", Some(token_id), json!({"name": token.name})));
             tx.commit().await?;
             Ok(token)
         })

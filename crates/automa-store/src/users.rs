@@ -38,7 +38,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a user with email '{}' already exists", new.email)))?;
             let event = AuditEvent::new("user.create", "user", Some(user.id), json!({"email": user.email, "role": user.role}));
-            append_audit!(tx, actor, event);
+            append_audit!(self, tx, actor, event);
             tx.commit().await?;
             Ok(Some(user))
         })
@@ -122,7 +122,7 @@ impl Store {
                 "password_changed": update.password_hash.is_some(),
                 "sessions_revoked": update.ends_sessions(),
             });
-            append_audit!(tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
+            append_audit!(self, tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
             tx.commit().await?;
             Ok(user)
         })
@@ -148,7 +148,7 @@ impl Store {
                 }
             }
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
-            append_audit!(tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
+            append_audit!(self, tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
             tx.commit().await?;
             Ok(())
         })
@@ -167,7 +167,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
             let details = json!({"session_epoch": user.session_epoch});
-            append_audit!(tx, actor, AuditEvent::new(action, "user", Some(user_id), details));
+            append_audit!(self, tx, actor, AuditEvent::new(action, "user", Some(user_id), details));
             tx.commit().await?;
             Ok(user)
         })
@@ -178,7 +178,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2").bind(now()).bind(user_id).execute(&mut *tx).await?;
-            append_audit!(tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({})));
+            append_audit!(self, tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({})));
             tx.commit().await?;
             Ok(())
         })

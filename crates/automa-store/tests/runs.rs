@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use automa_core::{RunStatus, Trigger};
-use automa_store::{Actor, NewAgent, NewLogChunk, NewRun, NewScript, RunEnd, Store};
+use automa_store::{Actor, AuditKey, NewAgent, NewLogChunk, NewRun, NewScript, RunEnd, Store};
 use chrono::Duration;
 
 /// A store on a fresh database; the guard drops the PostgreSQL database at the end.
@@ -17,7 +17,10 @@ struct TestDb {
 impl TestDb {
     async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap()
+            .with_audit_key(test_key());
         store.migrate().await.unwrap();
         TestDb { store, _dir: Some(dir), pg: None }
     }
@@ -39,7 +42,7 @@ impl TestDb {
             Some(slash) => format!("{}/{name}", &url[..slash]),
             None => unreachable!("a PostgreSQL URL has a path"),
         };
-        let store = Store::connect(&db_url).await.unwrap();
+        let store = Store::connect(&db_url).await.unwrap().with_audit_key(test_key());
         store.migrate().await.unwrap();
         Some(TestDb { store, _dir: None, pg: Some((url, name)) })
     }
@@ -52,6 +55,10 @@ impl TestDb {
             admin.close().await;
         }
     }
+}
+
+fn test_key() -> AuditKey {
+    AuditKey::derive(b"a test server key of 32 bytes...")
 }
 
 fn rand_u64() -> u64 {
@@ -219,9 +226,30 @@ async fn logs_are_stored_once_and_capped(store: &Store) {
     assert_eq!(streams, vec![(1, "stdout"), (2, "stdout"), (3, "system")]);
     assert!(logs[2].data.contains("log limit of 20 bytes"), "{}", logs[2].data);
     let other = agent(store, "other", &[], 1).await;
-    assert!(store.append_logs(run.id, other, &[chunk(9, "x")], 20).await.is_err(), "only the holder appends");
+    let refused = store.append_logs(run.id, other, &[chunk(9, "x")], 20).await.unwrap_err();
+    assert_eq!(refused.to_string(), format!("run {} is not held by this agent; stop it", run.id));
 }
 both_backends!(logs, logs_are_stored_once_and_capped);
+
+async fn a_finished_run_takes_no_more_output(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let chunk = |seq: i64| NewLogChunk { seq, stream: "stdout".into(), ts: automa_store::now(), data: "x\n".into() };
+    let repeated: Vec<_> = [1, 2, 2, 3, 1].into_iter().map(chunk).collect();
+    let stored = store.append_logs(run.id, a, &repeated, 1_000).await.unwrap().inserted;
+    assert_eq!(stored.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3], "a seq repeated in one batch counts once");
+    assert_eq!(store.get_run(run.id).await.unwrap().log_bytes, 6);
+    store.finish_run(run.id, Some(a), &RunEnd::new(RunStatus::Succeeded)).await.unwrap();
+    let refused = store.append_logs(run.id, a, &[chunk(4)], 1_000).await.unwrap_err();
+    assert_eq!(refused.to_string(), format!("run {} is succeeded: it takes no more output; stop it", run.id));
+    let refused = store.append_logs(run.id, a, &[], 1_000).await.unwrap_err();
+    assert!(refused.to_string().contains("takes no more output"), "even an empty batch is refused: {refused}");
+    assert_eq!(store.run_logs(run.id, 0, 100).await.unwrap().len(), 3, "history is unchanged");
+    assert!(matches!(store.append_logs(999_999, a, &[chunk(1)], 1_000).await, Err(automa_store::StoreError::NotFound)));
+}
+both_backends!(finished_logs, a_finished_run_takes_no_more_output);
 
 async fn concurrent_claimers_never_share_a_run(store: &Store) {
     let s = script(store).await;

@@ -16,8 +16,9 @@ use automa_server::{
     Application, Config,
     config::{LogFormat, SecretString},
     execution::embedded,
+    file_modes,
 };
-use automa_store::{Actor, NewUser, Store};
+use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
 
 #[derive(Parser)]
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
@@ -80,14 +81,20 @@ struct RunFlags {
     args: Vec<String>,
 }
 
+/// The agent's token (atma_..., shown once when the agent was created) comes from the AUTOMA_TOKEN
+/// environment variable or from --token-file, never from the command line, where every local user could read
+/// it in the process list.
 #[derive(Args)]
 struct AgentFlags {
-    /// The server's URL.
+    /// The server's URL: https://, or http:// on this host's loopback.
     #[arg(long, env = "AUTOMA_URL")]
     server: String,
-    /// The agent's enrollment token (atma_...), shown once when the agent was created.
-    #[arg(long, env = "AUTOMA_TOKEN", hide_env_values = true)]
-    token: String,
+    /// A file holding the agent's token (instead of the AUTOMA_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on loopback: the token and run secrets travel in clear.
+    #[arg(long, env = "AUTOMA_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
     /// Runs at once (default: the number of cores).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -144,8 +151,19 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain; exits 1 and names the first bad entry if it is broken.
-    Verify(StoreFlags),
+    /// Recompute the hash chain; exits 1 and names the first bad entry if it is broken. Needs the server's
+    /// secret key (the same configuration as `serve`), since entries are keyed with it.
+    Verify {
+        /// A checkpoint printed earlier by `automa audit checkpoint` (the JSON itself, or a file holding it):
+        /// also fail if the chain no longer holds that entry with that hash.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Verify the chain and print its head as one JSON line ({"id":..,"hash":..}) to keep outside the
+    /// database, e.g. in a log shipper; exits 1 without printing a head if the chain is broken.
+    Checkpoint(StoreFlags),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -209,28 +227,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = Config::load(cli.config, overrides)?;
             init_logging(config.log_format);
-            remote_agent(config, &flags.server, &flags.token).await
+            let token = agent_token(flags.token_file.as_deref())?;
+            automa_agent::check_transport(&flags.server, flags.allow_insecure_http)?;
+            remote_agent(config, &flags.server, &token, flags.allow_insecure_http).await
         }
         Command::Bench { what: BenchKind::Runs, python } => bench::bench(python).await,
         Command::Bench { what: BenchKind::Schedule, .. } => bench_schedule::bench().await,
-        Command::Audit(AuditCommand::Verify(flags)) => {
-            let config = Config::load(cli.config, &flags)?;
+        Command::Audit(AuditCommand::Verify { checkpoint, store }) => {
+            let config = Config::load(cli.config, &store)?;
             init_logging(config.log_format);
+            let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose()?;
             let store = open_store(&config).await?;
-            let result = store.verify_audit().await?;
+            let result = store.verify_audit(checkpoint.as_ref()).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             if !result.ok {
                 std::process::exit(1);
             }
             Ok(())
         }
+        Command::Audit(AuditCommand::Checkpoint(flags)) => {
+            let config = Config::load(cli.config, &flags)?;
+            init_logging(config.log_format);
+            let store = open_store(&config).await?;
+            let result = store.verify_audit(None).await?;
+            if !result.ok {
+                eprintln!("{}", serde_json::to_string_pretty(&result)?);
+                bail!("the audit chain is broken: no checkpoint taken");
+            }
+            println!("{}", serde_json::to_string(&result.head)?);
+            Ok(())
+        }
     }
 }
 
+/// A checkpoint given inline as JSON, or the path of a file holding one.
+fn read_checkpoint(value: &str) -> anyhow::Result<AuditCheckpoint> {
+    let text = if value.trim_start().starts_with('{') {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value).with_context(|| format!("reading the checkpoint file {value}"))?
+    };
+    serde_json::from_str(text.trim())
+        .with_context(|| format!("the checkpoint is not {{\"id\":N,\"hash\":\"...\"}}: {value}"))
+}
+
+/// Opens the database as the server does, keyed with the same audit key, so that entries written by the CLI
+/// join the server's chain and verification checks them with the server's key.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    file_modes::prepare_data_dir(&config.data_dir)?;
+    let key = automa_server::keys::secret_key(config)?;
     let url = config.database_url();
-    let store = Store::connect(&url).await.with_context(|| format!("opening {}", automa_store::redact_url(&url)))?;
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("opening {}", automa_store::redact_url(&url)))?
+        .with_audit_key(AuditKey::derive(&key));
     store.migrate().await?;
+    file_modes::warn_if_exposed(&file_modes::sensitive_paths(&config.data_dir, store.sqlite_path().as_deref()));
     Ok(store)
 }
 
@@ -246,19 +298,35 @@ fn read_password() -> anyhow::Result<String> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
+    let stop = shutdown_signal();
     let addr = app.local_addr();
     tracing::info!(database = app.store().backend_name(), "serving on http://{addr}");
     println!("Automa is running: open http://{addr}/ (API docs at http://{addr}/docs)");
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn remote_agent(config: Config, server: &str, token: &str) -> anyhow::Result<()> {
+/// The agent token from `--token-file`, else from AUTOMA_TOKEN.
+fn agent_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => std::env::var("AUTOMA_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the agent needs its token: set AUTOMA_TOKEN or pass --token-file PATH");
+    }
+    Ok(token.to_owned())
+}
+
+async fn remote_agent(config: Config, server: &str, token: &str, allow_insecure_http: bool) -> anyhow::Result<()> {
+    // Run directories hold scripts and, while they run, their output: keep them from other local users.
+    file_modes::prepare_data_dir(&config.data_dir)?;
     let concurrency =
         config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
-    let backend = automa_agent::HttpBackend::new(server, token)?;
+    let backend = automa_agent::HttpBackend::new(server, token, allow_insecure_http)?;
     let agent_config = automa_agent::AgentConfig {
         concurrency,
         shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_seconds),
@@ -266,8 +334,9 @@ async fn remote_agent(config: Config, server: &str, token: &str) -> anyhow::Resu
     };
     let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         stop.send_replace(true);
     });
     tracing::info!(%server, concurrency, "agent started");
@@ -275,14 +344,20 @@ async fn remote_agent(config: Config, server: &str, token: &str) -> anyhow::Resu
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives while the server is still starting stops it gracefully instead of
+/// killing it.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on Unix");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 fn init_logging(format: LogFormat) {

@@ -1,8 +1,9 @@
 //! The binary as an operator meets it: `serve` with no configuration, the key policy, unknown
-//! variables, `migrate`, `user add --admin` and `audit verify`.
+//! variables, private data files, `migrate`, `user add --admin`, `audit verify` and `audit checkpoint`.
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::Path,
     process::{Child, Command, Stdio},
 };
@@ -172,10 +173,122 @@ fn operations_commands_work_on_the_database_directly() {
 }
 
 fn tamper(database: &Path) {
+    execute_sql(database, "UPDATE audit_log SET action = 'user.nothing' WHERE id = 1");
+}
+
+fn execute_sql(database: &Path, sql: &'static str) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use sqlx::Connection;
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await.unwrap();
-        sqlx::query("UPDATE audit_log SET action = 'user.nothing' WHERE id = 1").execute(&mut conn).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
     });
+}
+
+/// The log without its ANSI colour codes.
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(start) = rest.find('\x1b') {
+        plain.push_str(&rest[..start]);
+        rest = rest[start..].find('m').map_or("", |end| &rest[start + end + 1..]);
+    }
+    plain.push_str(rest);
+    plain
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn data_files_are_private_from_the_first_start_and_wider_ones_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = automa(dir.path());
+    command.env("AUTOMA_BIND", "127.0.0.1:0");
+    // The most permissive umask: the modes must come from the server, not from the environment.
+    // SAFETY: umask is async-signal-safe and touches only the child's own process state.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+            Ok(())
+        })
+    };
+    let (child, url) = serve(command);
+    assert_eq!(get(&format!("{url}/ready")).0, 200);
+    let data = dir.path().join("automa-data");
+    let files = ["automa.db", "automa.db-wal", "automa.db-shm", "secret.key"];
+    let modes: Vec<(&str, u32)> = files.iter().map(|file| (*file, mode(&data.join(file)))).collect();
+    assert_eq!((mode(&data), modes), (0o700, files.iter().map(|file| (*file, 0o600)).collect()));
+    let (exit, stderr) = terminate(child);
+    assert!(exit.success() && !stderr.contains("chmod"), "nothing to warn about: {stderr}");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("automa.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = automa(dir.path());
+    command.env("AUTOMA_BIND", "127.0.0.1:0");
+    let (child, _) = serve(command);
+    let (_, stderr) = terminate(child);
+    let stderr = without_colours(&stderr);
+    for (path, wanted) in [("path=automa-data mode", "chmod 0700"), ("path=automa-data/automa.db mode", "chmod 0600")] {
+        let warned = stderr.lines().any(|line| line.contains(path) && line.contains(wanted));
+        assert!(warned, "{path} is reported: {stderr}");
+    }
+}
+
+#[test]
+fn a_checkpoint_taken_earlier_exposes_deleted_newest_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    for email in ["a@example.com", "b@example.com"] {
+        let added =
+            automa(dir.path()).args(["user", "add", email]).env("AUTOMA_PASSWORD", "a-long-password").output().unwrap();
+        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    }
+    let taken = automa(dir.path()).args(["audit", "checkpoint"]).output().unwrap();
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    let checkpoint = String::from_utf8(taken.stdout).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(checkpoint.trim()).unwrap();
+    assert_eq!((parsed["id"].as_i64(), checkpoint.trim().lines().count()), (Some(2), 1), "one JSON line: {checkpoint}");
+    let file = dir.path().join("checkpoint.json");
+    std::fs::write(&file, &checkpoint).unwrap();
+    let verify_against =
+        |checkpoint: &str| automa(dir.path()).args(["audit", "verify", "--checkpoint", checkpoint]).output().unwrap();
+    assert!(verify_against(file.to_str().unwrap()).status.success());
+
+    execute_sql(&dir.path().join("automa-data/automa.db"), "DELETE FROM audit_log WHERE id = 2");
+    let alone = automa(dir.path()).args(["audit", "verify"]).output().unwrap();
+    assert!(alone.status.success(), "the shorter chain is intact on its own");
+    for given in [file.to_str().unwrap(), checkpoint.trim()] {
+        let caught = verify_against(given);
+        assert_eq!(caught.status.code(), Some(1));
+        let report = String::from_utf8_lossy(&caught.stdout);
+        assert!(report.contains("entries were deleted") && report.contains("\"first_bad_id\": 2"), "{report}");
+    }
+    let garbage = verify_against("{\"id\": 1}");
+    assert!(
+        String::from_utf8_lossy(&garbage.stderr).contains("the checkpoint is not"),
+        "a malformed checkpoint is refused"
+    );
+}
+
+#[test]
+fn the_agent_refuses_plain_http_to_another_host_and_takes_its_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = |server: &str| {
+        let mut command = automa(dir.path());
+        command.args(["agent", "--server", server, "--data-dir", "agent"]);
+        command
+    };
+    let refused = agent("http://192.0.2.10:8080").env("AUTOMA_TOKEN", "atma_x").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("refusing plain http:// to http://192.0.2.10:8080") && stderr.contains("--allow-insecure-http"),
+        "{stderr}"
+    );
+
+    let tokenless = agent("https://automa.example.com").output().unwrap();
+    assert!(String::from_utf8_lossy(&tokenless.stderr).contains("set AUTOMA_TOKEN or pass --token-file"));
+    let on_the_command_line = agent("https://automa.example.com").args(["--token", "atma_x"]).output().unwrap();
+    assert!(!on_the_command_line.status.success(), "a token on the command line (visible in ps) is not accepted");
 }

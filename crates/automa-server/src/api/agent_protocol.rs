@@ -46,9 +46,11 @@ pub async fn claim(
     })
 }
 
-/// Append numbered output chunks; chunks already stored are skipped.
+/// Append numbered output chunks; chunks already stored are skipped. Only to a run that is running and held by
+/// this agent: output for a run that ended or went to another agent is refused, and the agent should stop it.
 #[utoipa::path(post, path = "/agent/runs/{id}/logs", tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
-    responses((status = 200, body = LogsReply)))]
+    responses((status = 200, body = LogsReply),
+        (status = 409, description = "The run is not running or not held by this agent: stop it", body = crate::error::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     principal: AgentPrincipal,

@@ -104,6 +104,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         database_url: Some(SecretString::new(database_url.clone())),
         bind: "127.0.0.1:0".into(),
         login_attempts_per_minute: 1000,
+        // Tests send bursts from one address; the rate limit has its own tests.
+        requests_per_minute: 0,
+        agent_requests_per_minute: 0,
         // These tests are about the API; execution has its own end-to-end tests with the real sandbox helper.
         no_agent: true,
         ..Config::default()

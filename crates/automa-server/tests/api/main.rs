@@ -4,13 +4,15 @@
 mod helpers;
 
 mod access;
+mod agent_protocol;
 mod audit;
+mod client_limits;
 mod crud;
 mod dashboard;
 mod errors;
 mod fuzz;
 mod openapi;
 mod schedule;
-mod sessions;
 mod secrets;
+mod sessions;
 mod validation;

@@ -53,7 +53,8 @@ async fn a_remote_agent_executes_runs_over_http() {
         server.post("/agents", json!({"name": "remote", "labels": ["py"], "max_concurrency": 2})).await;
     assert_eq!(status, 201, "{agent}");
     let mut process = crate::support::command(dir.path(), &[])
-        .args(["agent", "--server", &server.base, "--token", agent["token"].as_str().unwrap()])
+        .args(["agent", "--server", &server.base])
+        .env("AUTOMA_TOKEN", agent["token"].as_str().unwrap())
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
         .stdout(Stdio::null())

@@ -102,8 +102,11 @@ function enrollForm(reload) {
         const created = await api('/agents', { method: 'POST', body: {
           name: name.value.trim(), labels: labels.value.split(',').map((l) => l.trim()).filter(Boolean), max_concurrency: Number(concurrency.value),
         } });
+        // The token goes in the environment, never on the command line, where every local user sees it in `ps`.
         mount(result, h('div.secret-once', { role: 'status' }, h('p', h('strong', 'Enrollment token — shown only now. '), 'Start the agent with:'),
-          h('pre.mono', `automa agent --server ${location.origin} --token ${created.token}`)));
+          h('pre.mono', agentCommand(created.token)),
+          h('p.hint', 'The token travels in AUTOMA_TOKEN (or a file given with --token-file), not on the command line. '
+            + 'Agents refuse plain http:// to a server on another host: serve Automa over https://.')));
         form.reset();
         reload();
       } catch (error) {
@@ -112,6 +115,11 @@ function enrollForm(reload) {
     });
   });
   return h('details.panel.enroll', h('summary', 'Enroll a remote agent'), form);
+}
+
+/** The command that starts a remote agent for this server with `token`. */
+export function agentCommand(token) {
+  return `AUTOMA_TOKEN=${token} automa agent --server ${location.origin}`;
 }
 
 function applyMeters(root) {

@@ -76,9 +76,9 @@ export async function render(main, _params, ctx) {
       try {
         const result = await api('/audit/verify');
         mount(verifyResult, result.ok
-          ? h('div.banner.ok', h('strong', 'Chain intact. '), `All ${result.checked} entries match their hashes.`)
+          ? h('div.banner.ok', h('strong', 'Chain intact. '), `All ${result.checked} entries match their hashes. ${keyedNote(result)}`)
           : h('div.banner.bad', { role: 'alert' }, h('strong', 'Chain broken. '),
-            `Entry #${result.first_bad_id} does not match its hash: it or an earlier entry was changed or removed (${result.checked} checked).`));
+            `Entry #${result.first_bad_id}: ${result.problem}. It or an earlier entry was changed or removed (${result.checked} checked).`));
       } catch (error) {
         mount(verifyResult, failure(error));
       }
@@ -86,4 +86,12 @@ export async function render(main, _params, ctx) {
   }
   await load();
   return undefined;
+}
+
+/** Says from which entry on the chain is keyed with the server's key (earlier entries predate keying). */
+function keyedNote(result) {
+  if (result.checked === 0) return '';
+  if (result.keyed_from_id === null) return 'None is keyed with the server key: anyone able to write the database could have recomputed them.';
+  if (result.keyed_from_id === 1) return 'All are keyed with the server key.';
+  return `Keyed with the server key from entry #${result.keyed_from_id}; earlier entries predate keying.`;
 }

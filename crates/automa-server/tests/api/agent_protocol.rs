@@ -1,0 +1,58 @@
+//! The agent protocol over HTTP as a remote agent speaks it: output is taken only for a run the agent holds
+//! while it runs, so an agent cannot write into another agent's run or into history.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app};
+
+on_both_backends!(output_is_taken_only_from_the_agent_running_the_run);
+
+async fn agent(app: &TestApp, admin: &str, name: &str) -> String {
+    let created = app.post("/agents", admin, json!({"name": name})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let token = created.body["token"].as_str().unwrap().to_owned();
+    let heartbeat = json!({"initial": true, "hostname": name, "version": "test", "capabilities": {}, "running": []});
+    assert_eq!(
+        app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&heartbeat)).await.status,
+        StatusCode::OK
+    );
+    token
+}
+
+fn batch(seq: i64, line: &str) -> Value {
+    json!({"chunks": [{"seq": seq, "stream": "stdout", "ts": "2026-01-01T00:00:00Z", "data": line}]})
+}
+
+async fn output_is_taken_only_from_the_agent_running_the_run(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let holder = agent(&app, &admin, "holder").await;
+    let other = agent(&app, &admin, "other").await;
+    let queued = app.post("/execute", &admin, json!({"content": "print('hello')\n"})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let claim = app.request(Method::POST, "/agent/claim", Some(&holder), Some(&json!({"wait_seconds": 0}))).await;
+    let run = claim.body["run_id"].as_i64().expect("the holder claims the run");
+    let logs = format!("/agent/runs/{run}/logs");
+
+    assert_eq!(
+        app.request(Method::POST, &logs, Some(&holder), Some(&batch(1, "hello\n"))).await.status,
+        StatusCode::OK
+    );
+    let intruder = app.request(Method::POST, &logs, Some(&other), Some(&batch(2, "forged\n"))).await;
+    assert_eq!(intruder.status, StatusCode::CONFLICT);
+    assert!(intruder.detail().contains("not held by this agent"), "{}", intruder.detail());
+
+    let outcome = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 6});
+    let finished = app.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(&holder), Some(&outcome)).await;
+    assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
+    let late = app.request(Method::POST, &logs, Some(&holder), Some(&batch(3, "rewritten history\n"))).await;
+    assert_eq!(
+        (late.status, late.detail()),
+        (StatusCode::CONFLICT, format!("run {run} is succeeded: it takes no more output; stop it").as_str())
+    );
+    let text = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
+    assert_eq!(text.unwrap().text().await.unwrap(), "hello\n", "only the holder's output while it ran is stored");
+    let missing = app.request(Method::POST, "/agent/runs/999999/logs", Some(&holder), Some(&batch(1, "x\n"))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}

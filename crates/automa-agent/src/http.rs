@@ -74,12 +74,12 @@ pub fn check_transport(server: &str, allow_insecure_http: bool) -> Result<(), Ag
         "https" => Ok(()),
         "http" if allow_insecure_http || is_loopback(&url) => {
             if !is_loopback(&url) {
-                tracing::warn!(%server, "plain http:// to another host: the agent token and secrets travel in clear");
+                tracing::warn!(%server, "plain http:// to another host: the token and secrets travel in clear");
             }
             Ok(())
         }
         "http" => Err(AgentError::Config(format!(
-            "refusing plain http:// to {server}: the agent token and run secrets would travel in clear. Use https://, \
+            "refusing plain http:// to {server}: the token and run secrets would travel in clear. Use https://, \
              or --allow-insecure-http (AUTOMA_ALLOW_INSECURE_HTTP=true) on a network you trust"
         ))),
         other => Err(AgentError::Config(format!("the server URL '{server}' must be https:// (not {other}://)"))),

@@ -73,9 +73,13 @@ struct RunFlags {
     /// The server's URL.
     #[arg(long, env = "AUTOMA_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// An API token (atm_...) or session token.
-    #[arg(long, env = "AUTOMA_TOKEN", hide_env_values = true)]
-    token: String,
+    /// A file holding an API token (atm_...) or session token, instead of the AUTOMA_TOKEN environment variable;
+    /// never the command line, where every local user could read it in the process list.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on loopback: the token travels in clear.
+    #[arg(long, env = "AUTOMA_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
     /// Arguments for a script file (after --).
     #[arg(last = true)]
     args: Vec<String>,
@@ -210,7 +214,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(flags) => {
-            let api = client::Api::new(&flags.url, &flags.token)?;
+            automa_agent::check_transport(&flags.url, flags.allow_insecure_http)?;
+            let token = token_from(flags.token_file.as_deref(), "automa run")?;
+            let api = client::Api::new(&flags.url, &token)?;
             let run = api.start(&flags.target, &flags.args).await?;
             let id = run["id"].as_i64().context("the server returned no run id")?;
             if !flags.follow {
@@ -227,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = Config::load(cli.config, overrides)?;
             init_logging(config.log_format);
-            let token = agent_token(flags.token_file.as_deref())?;
+            let token = token_from(flags.token_file.as_deref(), "the agent")?;
             automa_agent::check_transport(&flags.server, flags.allow_insecure_http)?;
             remote_agent(config, &flags.server, &token, flags.allow_insecure_http).await
         }
@@ -307,15 +313,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent token from `--token-file`, else from AUTOMA_TOKEN.
-fn agent_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+/// A token from `--token-file`, else from AUTOMA_TOKEN; `who` names the command in the error.
+fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<String> {
     let token = match file {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         None => std::env::var("AUTOMA_TOKEN").unwrap_or_default(),
     };
     let token = token.trim();
     if token.is_empty() {
-        bail!("the agent needs its token: set AUTOMA_TOKEN or pass --token-file PATH");
+        bail!("{who} needs its token: set AUTOMA_TOKEN or pass --token-file PATH");
     }
     Ok(token.to_owned())
 }

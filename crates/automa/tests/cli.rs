@@ -292,3 +292,23 @@ fn the_agent_refuses_plain_http_to_another_host_and_takes_its_token_from_the_env
     let on_the_command_line = agent("https://automa.example.com").args(["--token", "atma_x"]).output().unwrap();
     assert!(!on_the_command_line.status.success(), "a token on the command line (visible in ps) is not accepted");
 }
+
+#[test]
+fn run_refuses_plain_http_to_another_host_and_takes_its_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        let mut command = automa(dir.path());
+        command.args(["run", "hello.py", "--url", url]);
+        command
+    };
+    let refused = run("http://192.0.2.10:8080").env("AUTOMA_TOKEN", "atm_x").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("refusing plain http:// to http://192.0.2.10:8080"), "{stderr}");
+
+    let tokenless = run("https://automa.example.com").output().unwrap();
+    let stderr = String::from_utf8_lossy(&tokenless.stderr);
+    assert!(stderr.contains("automa run needs its token: set AUTOMA_TOKEN or pass --token-file"), "{stderr}");
+    let on_the_command_line = run("https://automa.example.com").args(["--token", "atm_x"]).output().unwrap();
+    assert!(!on_the_command_line.status.success(), "a token on the command line (visible in ps) is not accepted");
+}

@@ -21,7 +21,7 @@ use crate::{
 
 /// Register (with `initial`) or heartbeat: report capabilities and running runs; renews their leases and
 /// returns cancel requests.
-#[utoipa::path(post, path = "/agent/heartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/heartbeat", operation_id = "agentHeartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
     responses((status = 200, body = HeartbeatReply)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -32,7 +32,7 @@ pub async fn heartbeat(
 }
 
 /// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204.
-#[utoipa::path(post, path = "/agent/claim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/claim", operation_id = "agentClaim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
     responses((status = 200, body = automa_agent::Assignment), (status = 204, description = "No run came within the wait")))]
 pub async fn claim(
     State(state): State<AppState>,
@@ -47,7 +47,7 @@ pub async fn claim(
 }
 
 /// Append numbered output chunks; chunks already stored are skipped.
-#[utoipa::path(post, path = "/agent/runs/{id}/logs", tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/runs/{id}/logs", operation_id = "agentAppendLogs", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
     responses((status = 200, body = LogsReply)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -59,7 +59,7 @@ pub async fn logs(
 }
 
 /// Report how a run ended; a repeated or late report changes nothing.
-#[utoipa::path(post, path = "/agent/runs/{id}/finish", tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/runs/{id}/finish", operation_id = "agentFinishRun", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
     responses((status = 200, body = FinishReply)))]
 pub async fn finish(
     State(state): State<AppState>,

@@ -80,7 +80,7 @@ impl From<AuditVerification> for VerifyResponse {
 }
 
 /// The audit log, newest first.
-#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/audit", operation_id = "listAuditEntries", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AuditEntryResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -104,7 +104,7 @@ pub async fn list(
 }
 
 /// The audit log under the seed's name; the same as `GET /audit`.
-#[utoipa::path(get, path = "/logs", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/logs", operation_id = "listAuditEntriesAtLogs", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AuditEntryResponse>)))]
 pub async fn list_alias(
     state: State<AppState>,
@@ -114,7 +114,7 @@ pub async fn list_alias(
 }
 
 /// Recompute the hash chain and name the first entry that does not match.
-#[utoipa::path(get, path = "/audit/verify", tag = "audit", security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/audit/verify", operation_id = "verifyAuditChain", tag = "audit", security(("bearer" = ["admin"])),
     responses((status = 200, body = VerifyResponse)))]
 pub async fn verify(State(state): State<AppState>) -> ApiResult<Json<VerifyResponse>> {
     Ok(Json(state.store.verify_audit().await?.into()))

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Run a task now, with its parameters.
-#[utoipa::path(post, path = "/tasks/{id}/execute", tag = "runs", security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/tasks/{id}/execute", operation_id = "executeTask", params(("id" = i64, Path, description = "The task's id")), tag = "runs", security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse)))]
 pub async fn task(
     State(state): State<AppState>,
@@ -82,7 +82,7 @@ pub struct ExecuteRequest {
 }
 
 /// Run a script, or inline code, once.
-#[utoipa::path(post, path = "/execute", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/execute", operation_id = "executeAdhoc", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse)))]
 pub async fn adhoc(
     State(state): State<AppState>,

@@ -62,7 +62,7 @@ fn check_value(value: &str) -> ApiResult<()> {
 }
 
 /// Secret names (never values).
-#[utoipa::path(get, path = "/secrets", tag = "secrets", params(Paging), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/secrets", operation_id = "listSecrets", tag = "secrets", params(Paging), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<SecretResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -73,7 +73,7 @@ pub async fn list(
 }
 
 /// Create a secret.
-#[utoipa::path(post, path = "/secrets", tag = "secrets", request_body = CreateSecret, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/secrets", operation_id = "createSecret", tag = "secrets", request_body = CreateSecret, security(("bearer" = ["operator"])),
     responses((status = 201, body = SecretResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -90,7 +90,7 @@ pub async fn create(
 }
 
 /// Replace a secret's value.
-#[utoipa::path(put, path = "/secrets/{name}", tag = "secrets", request_body = UpdateSecret, security(("bearer" = ["operator"])),
+#[utoipa::path(put, path = "/secrets/{name}", operation_id = "updateSecret", params(("name" = String, Path, description = "The secret's name")), tag = "secrets", request_body = UpdateSecret, security(("bearer" = ["operator"])),
     responses((status = 200, body = SecretResponse)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -104,7 +104,7 @@ pub async fn update(
 }
 
 /// Delete a secret; runs that name it fail until it exists again.
-#[utoipa::path(delete, path = "/secrets/{name}", tag = "secrets", security(("bearer" = ["operator"])),
+#[utoipa::path(delete, path = "/secrets/{name}", operation_id = "deleteSecret", params(("name" = String, Path, description = "The secret's name")), tag = "secrets", security(("bearer" = ["operator"])),
     responses((status = 204)))]
 pub async fn delete(
     State(state): State<AppState>,

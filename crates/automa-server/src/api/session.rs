@@ -61,7 +61,7 @@ impl<S: Send + Sync> FromRequest<S> for LoginBody {
 
 /// Exchange an e-mail and password for a session token.
 #[utoipa::path(
-    post, path = "/token", tag = "auth",
+    post, path = "/token", operation_id = "login", security(()), tag = "auth",
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse), (status = 429, description = "Too many failed logins", body = crate::error::ErrorBody))
 )]

@@ -75,7 +75,7 @@ fn check_password(password: &str) -> ApiResult<()> {
 
 /// Create a user. Without credentials this works only while there are no users: the first becomes admin.
 #[utoipa::path(
-    post, path = "/users", tag = "users", request_body = CreateUser,
+    post, path = "/users", operation_id = "createUser", tag = "users", request_body = CreateUser,
     security(("bearer" = ["admin"]), ()),
     responses((status = 201, body = UserResponse), (status = 409, description = "E-mail taken", body = crate::error::ErrorBody))
 )]
@@ -119,7 +119,7 @@ pub async fn create(
 }
 
 /// List users.
-#[utoipa::path(get, path = "/users", tag = "users", params(Paging), security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/users", operation_id = "listUsers", tag = "users", params(Paging), security(("bearer" = ["admin"])),
     responses((status = 200, body = Page<UserResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -130,7 +130,7 @@ pub async fn list(
 }
 
 /// The user the credentials belong to, with the role they act with.
-#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/users/me", operation_id = "getCurrentUser", tag = "users", security(("bearer" = ["viewer"])),
     responses((status = 200, body = UserResponse)))]
 pub async fn me(principal: Principal) -> Json<UserResponse> {
     let mut response = UserResponse::from(principal.user);
@@ -139,7 +139,7 @@ pub async fn me(principal: Principal) -> Json<UserResponse> {
 }
 
 /// Change your own e-mail or password.
-#[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
+#[utoipa::path(put, path = "/users/me", operation_id = "updateCurrentUser", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
     responses((status = 200, body = UserResponse)))]
 pub async fn update_me(
     State(state): State<AppState>,
@@ -153,14 +153,14 @@ pub async fn update_me(
 }
 
 /// A user.
-#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/users/{id}", operation_id = "getUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", security(("bearer" = ["admin"])),
     responses((status = 200, body = UserResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<UserResponse>> {
     Ok(Json(state.store.get_user(id).await.map_err(missing("user"))?.into()))
 }
 
 /// Change a user's e-mail, password, role or activation.
-#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
+#[utoipa::path(put, path = "/users/{id}", operation_id = "updateUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
     responses((status = 200, body = UserResponse), (status = 409, description = "E-mail taken, or the last admin", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -195,7 +195,7 @@ async fn apply_update(
 }
 
 /// Delete a user and their API tokens.
-#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+#[utoipa::path(delete, path = "/users/{id}", operation_id = "deleteUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", security(("bearer" = ["admin"])),
     responses((status = 204), (status = 409, description = "The last admin", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod access;
+mod agent_fuzz;
 mod audit;
 mod crud;
 mod dashboard;

@@ -14,7 +14,7 @@ use automa_agent::{ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatc
 
 use crate::{
     auth::AgentPrincipal,
-    error::ApiResult,
+    error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath},
     state::AppState,
 };
@@ -28,6 +28,9 @@ pub async fn heartbeat(
     principal: AgentPrincipal,
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
+    if !heartbeat.capabilities.is_object() {
+        return Err(ApiError::invalid("capabilities", "must be an object"));
+    }
     Ok(Json(state.execution.heartbeat(principal.agent.id, heartbeat).await?))
 }
 

@@ -14,7 +14,7 @@ use crate::{api::runs::RunResponse, events::Event, state::AppState};
 /// Live changes: `run` events carry the run, `agent` events the agent's id. Output is not included (follow
 /// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists.
 #[utoipa::path(get, path = "/events", operation_id = "streamEvents", tag = "events", security(("bearer" = ["viewer"])),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
     let stream = BroadcastStream::new(state.execution.hub.subscribe()).filter_map(|event| async move {
         let event = event.ok()?;

@@ -172,6 +172,15 @@ fn operations(item: &mut openapi::PathItem) -> impl Iterator<Item = &mut openapi
     [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
 }
 
+/// One event of a Server-Sent Events stream, as a client reads it: `event` names its kind, `data` is JSON text
+/// (the run, the agent's id, or an output chunk), `id` is a log chunk's sequence number, for resuming.
+#[derive(ToSchema)]
+pub struct ServerSentEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
 /// `limit` and `offset` of every list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

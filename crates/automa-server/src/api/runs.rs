@@ -188,7 +188,8 @@ pub struct LogQuery {
 
 /// A run's output, in order.
 #[utoipa::path(get, path = "/runs/{id}/logs", operation_id = "getRunLogs", tag = "runs", params(("id" = i64, Path, description = "The run's id"), LogQuery), security(("bearer" = ["viewer"])),
-    responses((status = 200, body = RunLogs), (status = 200, description = "With format=text", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "The output: a page of chunks, or with format=text all of it as plain text",
+        content((RunLogs = "application/json"), (String = "text/plain")))))]
 pub async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -229,7 +230,7 @@ pub struct StreamQuery {
 /// Follow a run's output live (Server-Sent Events): `log` events (id = sequence number, data = a chunk) until
 /// the run ends, then one `end` event with the run.
 #[utoipa::path(get, path = "/runs/{id}/logs/stream", operation_id = "streamRunLogs", tag = "runs", params(("id" = i64, Path, description = "The run's id"), StreamQuery), security(("bearer" = ["viewer"])),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn stream(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,

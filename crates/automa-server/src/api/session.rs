@@ -63,7 +63,7 @@ impl<S: Send + Sync> FromRequest<S> for LoginBody {
 #[utoipa::path(
     post, path = "/token", operation_id = "login", security(()), tag = "auth",
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = TokenResponse), (status = 429, description = "Too many failed logins", body = crate::error::ErrorBody))
+    responses((status = 200, body = TokenResponse), (status = 401, description = "Wrong e-mail or password", body = crate::error::ErrorBody), (status = 429, description = "Too many failed logins", body = crate::error::ErrorBody))
 )]
 pub async fn login(
     State(state): State<AppState>,

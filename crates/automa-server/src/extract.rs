@@ -45,7 +45,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Text never holds NUL: no name, value or message needs it, and PostgreSQL cannot store it (in `text` or
 /// `jsonb`), so letting one through would turn bad input into a server error on one backend only.
-const NO_NUL: &str = "must not contain NUL characters";
+const NO_NUL: &str = "must not contain null (NUL) characters";
 
 /// The dotted path of the first string (or key) holding a NUL, if any.
 fn nul_in(value: &serde_json::Value, path: &str) -> Option<String> {

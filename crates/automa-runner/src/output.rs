@@ -78,10 +78,15 @@ pub(crate) async fn drain(
             Ok(n) => n,
         };
         let grant = budget.take(n);
-        pending.extend_from_slice(&buf[..grant.keep]);
-        while let Some(cut) = chunk_end(&pending) {
-            let rest = pending.split_off(cut);
-            send(&out, stream, &std::mem::replace(&mut pending, rest)).await;
+        let read = &buf[..grant.keep];
+        pending.extend_from_slice(read);
+        // Only a read that brings a newline or fills a chunk can end one: looking through all that is pending
+        // after every read would cost quadratic time for a script that writes a long line a byte at a time.
+        if read.contains(&b'\n') || pending.len() >= MAX_CHUNK {
+            while let Some(cut) = chunk_end(&pending) {
+                let rest = pending.split_off(cut);
+                send(&out, stream, &std::mem::replace(&mut pending, rest)).await;
+            }
         }
         if grant.first_truncation {
             send(&out, stream, &std::mem::take(&mut pending)).await;
@@ -92,10 +97,11 @@ pub(crate) async fn drain(
     send(&out, stream, &pending).await;
 }
 
-/// Where the next chunk of `pending` ends: after its last newline, or, for a long line, at the last UTF-8
-/// character boundary within the chunk size.
+/// Where the next chunk of `pending` ends: after its last newline within the chunk size, or, for a long line,
+/// at the last UTF-8 character boundary within it. Looking for newlines beyond the chunk size would let a
+/// chunk grow to nearly twice it (a partial line pending plus a full read).
 fn chunk_end(pending: &[u8]) -> Option<usize> {
-    if let Some(newline) = pending.iter().rposition(|&b| b == b'\n') {
+    if let Some(newline) = pending[..pending.len().min(MAX_CHUNK)].iter().rposition(|&b| b == b'\n') {
         return Some(newline + 1);
     }
     if pending.len() < MAX_CHUNK {
@@ -112,7 +118,8 @@ pub(crate) async fn send(out: &mpsc::Sender<OutputChunk>, stream: Stream, bytes:
     if bytes.is_empty() {
         return;
     }
-    let chunk = OutputChunk { stream, data: String::from_utf8_lossy(bytes).into_owned() };
+    // NUL is replaced like invalid UTF-8: stored output is text, and PostgreSQL's text cannot hold it.
+    let chunk = OutputChunk { stream, data: String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}") };
     let _ = out.send(chunk).await;
 }
 
@@ -156,5 +163,114 @@ mod tests {
         assert_eq!(text, "0123456789\na");
         assert!(chunks.iter().any(|c| c.stream == Stream::System && c.data.contains("truncated")));
         assert_eq!(totals, (18, true));
+    }
+}
+
+/// Log chunking against arbitrary output, written in arbitrary pieces: nothing is lost or altered under the
+/// budget, chunks stay line-aligned and bounded, a long line is cut only at character boundaries, and past the
+/// budget exactly the first `limit` bytes are kept, with one note.
+#[cfg(test)]
+mod chunking_properties {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use proptest::prelude::*;
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// A pipe that hands over its bytes in the given piece sizes, as a script's writes may arrive.
+    struct Pieces {
+        data: Vec<u8>,
+        sizes: Vec<usize>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let size = self.sizes[self.piece % self.sizes.len()];
+            let end = (self.at + size).min(self.data.len()).min(self.at + buf.remaining());
+            let start = self.at;
+            buf.put_slice(&self.data[start..end]);
+            self.at = end;
+            self.piece += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn drained(data: Vec<u8>, sizes: Vec<usize>, limit: u64) -> (Vec<OutputChunk>, (u64, bool)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let (tx, mut rx) = mpsc::channel(1 << 16);
+            let budget = Budget::new(limit);
+            drain(Pieces { data, sizes, at: 0, piece: 0 }, Stream::Stdout, budget.clone(), tx).await;
+            let mut chunks = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                chunks.push(chunk);
+            }
+            (chunks, budget.totals())
+        })
+    }
+
+    /// Output made of short lines, long lines and runs without newlines, in one- to four-byte characters.
+    fn output() -> impl Strategy<Value = String> {
+        let character = prop::sample::select(vec!['a', '\n', 'é', '€', '𝄞', ' ', '\r', '\t']);
+        let segment = prop_oneof![
+            4 => "[a-z ]{0,80}\n",
+            2 => (character.clone(), 1usize..140_000).prop_map(|(c, n)| c.to_string().repeat(n)),
+            1 => ".{0,200}".prop_map(|text| text.replace('\0', "")),
+        ];
+        prop::collection::vec(segment, 0..12).prop_map(|segments| segments.concat())
+    }
+
+    fn piece_sizes() -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(prop_oneof![1 => 1usize..8, 4 => 1usize..70_000], 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn under_the_budget_output_arrives_whole_in_bounded_line_aligned_chunks(text in output(), sizes in piece_sizes()) {
+            let (chunks, totals) = drained(text.clone().into_bytes(), sizes, u64::MAX / 4);
+            prop_assert_eq!(totals, (text.len() as u64, false));
+            prop_assert_eq!(chunks.iter().map(|c| c.data.as_str()).collect::<String>(), text);
+            for (index, chunk) in chunks.iter().enumerate() {
+                prop_assert!(!chunk.data.is_empty() && chunk.data.len() <= MAX_CHUNK, "chunk {} has {} bytes", index, chunk.data.len());
+                let last = index + 1 == chunks.len();
+                // A chunk ends a line, or is a long line cut within three bytes of the size (a character
+                // boundary), or is the end of the output.
+                prop_assert!(last || chunk.data.ends_with('\n') || chunk.data.len() > MAX_CHUNK - 4, "chunk {} of {} bytes", index, chunk.data.len());
+                prop_assert_eq!(chunk.stream, Stream::Stdout);
+            }
+        }
+
+        #[test]
+        fn past_the_budget_exactly_the_first_bytes_are_kept(text in "[a-z\n]{0,3000}", sizes in piece_sizes(), limit in 0u64..3000) {
+            let (chunks, totals) = drained(text.clone().into_bytes(), sizes, limit);
+            let over = text.len() as u64 > limit;
+            prop_assert_eq!(totals, (text.len() as u64, over));
+            let kept: String = chunks.iter().filter(|c| c.stream == Stream::Stdout).map(|c| c.data.as_str()).collect();
+            prop_assert_eq!(kept.as_str(), &text[..text.len().min(limit as usize)]);
+            let notes = chunks.iter().filter(|c| c.stream == Stream::System).count();
+            prop_assert_eq!(notes, usize::from(over));
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_chunked_without_loss_of_length_bounds(data in prop::collection::vec(any::<u8>(), 0..200_000), sizes in piece_sizes()) {
+            let (chunks, totals) = drained(data.clone(), sizes, u64::MAX / 4);
+            prop_assert_eq!(totals, (data.len() as u64, false));
+            // Invalid UTF-8 is replaced (at most three bytes per byte), never dropped silently.
+            let received: usize = chunks.iter().map(|c| c.data.len()).sum();
+            prop_assert!(received >= data.len() && received <= 3 * data.len());
+            prop_assert!(chunks.iter().all(|c| !c.data.contains('\0')), "NUL never reaches stored text");
+        }
     }
 }

@@ -86,7 +86,9 @@ impl Application {
             schedule_changed: Arc::default(),
             store,
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
-            access: Arc::new(auth::access_table(&openapi_json)),
+            access: Arc::new(
+                auth::access_table(&openapi_json).context("reading the access rules from the OpenAPI document")?,
+            ),
             syntax: Arc::new(SyntaxChecker::new(interpreter)),
             login_limiter: Arc::new(LoginLimiter::new(
                 config.login_attempts_per_minute,

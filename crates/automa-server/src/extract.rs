@@ -31,18 +31,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 /// Deserialises JSON, naming the offending field when the shape is wrong.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|error| ApiError::BadRequest(format!("malformed JSON: {error}")))?;
+    if let Some(field) = nul_in(&value, "") {
+        return Err(ApiError::invalid(if field.is_empty() { "body" } else { &field }, NO_NUL));
+    }
+    serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
-        let inner = error.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::invalid(&field, strip_position(&inner.to_string()))
-            }
-            _ => ApiError::BadRequest(format!("malformed JSON: {inner}")),
-        }
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::invalid(&field, strip_position(&error.into_inner().to_string()))
     })
+}
+
+/// Text never holds NUL: no name, value or message needs it, and PostgreSQL cannot store it (in `text` or
+/// `jsonb`), so letting one through would turn bad input into a server error on one backend only.
+const NO_NUL: &str = "must not contain null (NUL) characters";
+
+/// The dotted path of the first string (or key) holding a NUL, if any.
+fn nul_in(value: &serde_json::Value, path: &str) -> Option<String> {
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match value {
+        serde_json::Value::String(text) => text.contains('\0').then(|| path.to_owned()),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(index, item)| nul_in(item, &format!("{path}[{index}]")))
+        }
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains('\0') { Some(join(&key.replace('\0', "\\0"))) } else { nul_in(item, &join(key)) }
+        }),
+        _ => None,
+    }
 }
 
 /// serde's messages end with " at line 1 column 42", which means nothing to a client sending a field.
@@ -66,6 +83,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).find(|(_, value)| value.contains('\0')) {
+            return Err(ApiError::invalid(&name, NO_NUL));
+        }
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(ApiQuery)
@@ -80,9 +100,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let not_found = || ApiError::NotFound("no resource at this address".into());
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state).await.map_err(|_| not_found())?;
+        if raw.iter().any(|(_, value)| value.contains('\0')) {
+            return Err(not_found());
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
-            .map_err(|_| ApiError::NotFound("no resource at this address".into()))
+            .map_err(|_| not_found())
     }
 }

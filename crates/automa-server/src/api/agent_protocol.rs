@@ -14,25 +14,28 @@ use automa_agent::{ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatc
 
 use crate::{
     auth::AgentPrincipal,
-    error::ApiResult,
+    error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath},
     state::AppState,
 };
 
 /// Register (with `initial`) or heartbeat: report capabilities and running runs; renews their leases and
 /// returns cancel requests.
-#[utoipa::path(post, path = "/agent/heartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/heartbeat", operation_id = "agentHeartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
     responses((status = 200, body = HeartbeatReply)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     principal: AgentPrincipal,
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
+    if !heartbeat.capabilities.is_object() {
+        return Err(ApiError::invalid("capabilities", "must be an object"));
+    }
     Ok(Json(state.execution.heartbeat(principal.agent.id, heartbeat).await?))
 }
 
 /// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204.
-#[utoipa::path(post, path = "/agent/claim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/claim", operation_id = "agentClaim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
     responses((status = 200, body = automa_agent::Assignment), (status = 204, description = "No run came within the wait")))]
 pub async fn claim(
     State(state): State<AppState>,
@@ -48,7 +51,7 @@ pub async fn claim(
 
 /// Append numbered output chunks; chunks already stored are skipped. Only to a run that is running and held by
 /// this agent: output for a run that ended or went to another agent is refused, and the agent should stop it.
-#[utoipa::path(post, path = "/agent/runs/{id}/logs", tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/runs/{id}/logs", operation_id = "agentAppendLogs", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = LogBatch, security(("agent" = [])),
     responses((status = 200, body = LogsReply),
         (status = 409, description = "The run is not running or not held by this agent: stop it", body = crate::error::ErrorBody)))]
 pub async fn logs(
@@ -61,7 +64,7 @@ pub async fn logs(
 }
 
 /// Report how a run ended; a repeated or late report changes nothing.
-#[utoipa::path(post, path = "/agent/runs/{id}/finish", tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
+#[utoipa::path(post, path = "/agent/runs/{id}/finish", operation_id = "agentFinishRun", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
     responses((status = 200, body = FinishReply)))]
 pub async fn finish(
     State(state): State<AppState>,

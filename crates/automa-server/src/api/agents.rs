@@ -114,7 +114,7 @@ fn parse_concurrency(value: i64) -> ApiResult<i64> {
 }
 
 /// List agents.
-#[utoipa::path(get, path = "/agents", tag = "agents", params(Paging), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/agents", operation_id = "listAgents", tag = "agents", params(Paging), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AgentResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -125,7 +125,7 @@ pub async fn list(
 }
 
 /// Register an agent; the response carries its enrollment token, once.
-#[utoipa::path(post, path = "/agents", tag = "agents", request_body = CreateAgent, security(("bearer" = ["admin"])),
+#[utoipa::path(post, path = "/agents", operation_id = "createAgent", tag = "agents", request_body = CreateAgent, security(("bearer" = ["admin"])),
     responses((status = 201, body = CreatedAgent), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -149,14 +149,14 @@ pub async fn create(
 }
 
 /// An agent.
-#[utoipa::path(get, path = "/agents/{id}", tag = "agents", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/agents/{id}", operation_id = "getAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", security(("bearer" = ["viewer"])),
     responses((status = 200, body = AgentResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<AgentResponse>> {
     Ok(Json(state.store.get_agent(id).await.map_err(missing("agent"))?.into()))
 }
 
 /// Rename, relabel, drain or disable an agent.
-#[utoipa::path(put, path = "/agents/{id}", tag = "agents", request_body = UpdateAgent, security(("bearer" = ["admin"])),
+#[utoipa::path(put, path = "/agents/{id}", operation_id = "updateAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", request_body = UpdateAgent, security(("bearer" = ["admin"])),
     responses((status = 200, body = AgentResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -176,7 +176,7 @@ pub async fn update(
 }
 
 /// Delete an agent; tasks pinned to it fall back to label matching.
-#[utoipa::path(delete, path = "/agents/{id}", tag = "agents", security(("bearer" = ["admin"])),
+#[utoipa::path(delete, path = "/agents/{id}", operation_id = "deleteAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", security(("bearer" = ["admin"])),
     responses((status = 204)))]
 pub async fn delete(
     State(state): State<AppState>,

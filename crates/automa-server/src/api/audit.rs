@@ -189,7 +189,7 @@ impl VerifyQuery {
 }
 
 /// The audit log, newest first.
-#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/audit", operation_id = "listAuditEntries", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AuditEntryResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -215,7 +215,7 @@ pub async fn list(
 }
 
 /// The audit log under the seed's name; the same as `GET /audit`.
-#[utoipa::path(get, path = "/logs", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/logs", operation_id = "listAuditEntriesAtLogs", tag = "audit", params(AuditQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AuditEntryResponse>)))]
 pub async fn list_alias(
     state: State<AppState>,
@@ -227,7 +227,7 @@ pub async fn list_alias(
 
 /// Recompute the hash chain and name the first entry that does not match; with a checkpoint, also fail when
 /// the chain no longer holds that entry with that hash (e.g. the newest entries were deleted).
-#[utoipa::path(get, path = "/audit/verify", tag = "audit", params(VerifyQuery), security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/audit/verify", operation_id = "verifyAuditChain", tag = "audit", params(VerifyQuery), security(("bearer" = ["admin"])),
     responses((status = 200, body = VerifyResponse)))]
 pub async fn verify(
     State(state): State<AppState>,

@@ -14,8 +14,8 @@ use crate::{api::runs::RunResponse, auth::Principal, events::Event, state::AppSt
 /// Live changes: `run` events carry the run, `agent` events the agent's id. Output is not included (follow
 /// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists. The
 /// stream ends when the credentials it was opened with expire or are revoked.
-#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = ["viewer"])),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/events", operation_id = "streamEvents", tag = "events", security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Run a task now, with its parameters. Refused while a secret the task names no longer allows it.
-#[utoipa::path(post, path = "/tasks/{id}/execute", tag = "runs", security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/tasks/{id}/execute", operation_id = "executeTask", params(("id" = i64, Path, description = "The task's id")), tag = "runs", security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse),
         (status = 409, description = "The task names a secret that does not exist", body = crate::error::ErrorBody)))]
 pub async fn task(
@@ -87,7 +87,7 @@ pub struct ExecuteRequest {
 }
 
 /// Run a script, or inline code, once.
-#[utoipa::path(post, path = "/execute", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/execute", operation_id = "executeAdhoc", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse)))]
 pub async fn adhoc(
     State(state): State<AppState>,

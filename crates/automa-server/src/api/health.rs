@@ -29,13 +29,13 @@ pub struct Readiness {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", operation_id = "getHealth", security(()), tag = "health", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// The server can serve requests: the database answers and is migrated.
-#[utoipa::path(get, path = "/ready", tag = "health",
+#[utoipa::path(get, path = "/ready", operation_id = "getReadiness", security(()), tag = "health",
     responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database_ready = state.store.is_ready().await;

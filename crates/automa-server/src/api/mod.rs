@@ -111,8 +111,9 @@ impl Modify for SecuritySchemes {
 }
 
 /// Adds the error responses every operation can give, derived from what it is: secured routes can answer 401
-/// and 403, routes with a path parameter 404, routes with a body 400, 413 and 422. Declaring them here rather
-/// than on each handler keeps the document truthful as routes are added.
+/// and 403, routes with a path parameter 404, routes with a body 400 and 413, and every route 422 (an invalid
+/// field or parameter, or an undeclared query parameter). Declaring them here rather than on each handler keeps
+/// the document truthful as routes are added.
 struct ErrorResponses;
 
 impl Modify for ErrorResponses {
@@ -134,10 +135,12 @@ impl Modify for ErrorResponses {
             let has_path_parameter = path.contains('{');
             for operation in operations(item) {
                 let responses = &mut operation.responses.responses;
+                describe_responses(responses);
                 let mut add = |status: &str, description: &str| {
                     responses.entry(status.to_owned()).or_insert_with(|| error(description));
                 };
-                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                let anonymous = openapi::security::SecurityRequirement::default();
+                if operation.security.iter().flatten().any(|requirement| *requirement != anonymous) {
                     add("401", "Missing, invalid or expired credentials");
                     add("403", "The credentials' role is not enough for this route");
                 }
@@ -147,10 +150,34 @@ impl Modify for ErrorResponses {
                 if operation.request_body.is_some() {
                     add("400", "Malformed body");
                     add("413", "Body larger than the server accepts");
-                    add("422", "A field is invalid; `field` names it");
                 }
+                // Every operation refuses query parameters it does not declare (see `auth::enforce_access`).
+                add("422", "A field or query parameter is invalid, or a query parameter is unknown; `field` names it");
+                // The client limits of `rate_limit` and `serving` apply to every operation.
+                add("408", "The request did not arrive in time (`AUTOMA_REQUEST_TIMEOUT_SECONDS`)");
+                add("429", "Too many requests from this token or address; `Retry-After` says when to try again");
                 add("500", "Server fault; details are in the server's log");
+                // Answered by the HTTP layer before any route, without a body.
+                responses.entry("431".to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        openapi::ResponseBuilder::new()
+                            .description("The request head is larger than the server accepts (no body)")
+                            .build(),
+                    )
+                });
             }
+        }
+    }
+}
+
+/// OpenAPI requires a description on every response; one the handler left without gets its status's name.
+fn describe_responses(responses: &mut std::collections::BTreeMap<String, RefOr<Response>>) {
+    for (status, response) in responses.iter_mut() {
+        if let RefOr::T(response) = response
+            && response.description.is_empty()
+        {
+            let reason = status.parse().ok().and_then(|code| axum::http::StatusCode::from_u16(code).ok());
+            response.description = reason.and_then(|code| code.canonical_reason()).unwrap_or("Success").to_owned();
         }
     }
 }
@@ -159,13 +186,23 @@ fn operations(item: &mut openapi::PathItem) -> impl Iterator<Item = &mut openapi
     [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
 }
 
+/// One event of a Server-Sent Events stream, as a client reads it: `event` names its kind, `data` is JSON text
+/// (the run, the agent's id, or an output chunk), `id` is a log chunk's sequence number, for resuming.
+#[derive(ToSchema)]
+pub struct ServerSentEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
 /// `limit` and `offset` of every list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct Paging {
-    /// Items per page, 1-500 (default 50).
+    /// Items per page (default 50); a value outside 1-500 is clamped to that range.
     pub limit: Option<i64>,
-    /// Items to skip.
+    /// Items to skip (default 0); a negative value counts as 0.
     pub offset: Option<i64>,
 }
 

@@ -118,7 +118,7 @@ pub struct RunQuery {
 }
 
 /// Run history, newest first.
-#[utoipa::path(get, path = "/runs", tag = "runs", params(RunQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/runs", operation_id = "listRuns", tag = "runs", params(RunQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<RunResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -144,14 +144,14 @@ pub async fn list(
 }
 
 /// A run.
-#[utoipa::path(get, path = "/runs/{id}", tag = "runs", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/runs/{id}", operation_id = "getRun", params(("id" = i64, Path, description = "The run's id")), tag = "runs", security(("bearer" = ["viewer"])),
     responses((status = 200, body = RunResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<RunResponse>> {
     Ok(Json(state.store.get_run(id).await.map_err(missing("run"))?.into()))
 }
 
 /// Cancel a run: a queued run ends at once; a running one is killed by its agent (status 202 either way).
-#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/runs/{id}/cancel", operation_id = "cancelRun", params(("id" = i64, Path, description = "The run's id")), tag = "runs", security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse), (status = 409, description = "The run already ended", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -187,8 +187,9 @@ pub struct LogQuery {
 }
 
 /// A run's output, in order.
-#[utoipa::path(get, path = "/runs/{id}/logs", tag = "runs", params(LogQuery), security(("bearer" = ["viewer"])),
-    responses((status = 200, body = RunLogs), (status = 200, description = "With format=text", content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/runs/{id}/logs", operation_id = "getRunLogs", tag = "runs", params(("id" = i64, Path, description = "The run's id"), LogQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "The output: a page of chunks, or with format=text all of it as plain text",
+        content((RunLogs = "application/json"), (String = "text/plain")))))]
 pub async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -229,8 +230,8 @@ pub struct StreamQuery {
 /// Follow a run's output live (Server-Sent Events): `log` events (id = sequence number, data = a chunk) until
 /// the run ends, then one `end` event with the run. The stream also ends, without an `end` event, when the
 /// credentials it was opened with expire or are revoked.
-#[utoipa::path(get, path = "/runs/{id}/logs/stream", tag = "runs", params(StreamQuery), security(("bearer" = ["viewer"])),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/runs/{id}/logs/stream", operation_id = "streamRunLogs", tag = "runs", params(("id" = i64, Path, description = "The run's id"), StreamQuery), security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,

@@ -36,7 +36,7 @@ pub struct ScheduleQuery {
 const MAX_TASKS: i64 = 500;
 
 /// Upcoming fires of enabled tasks, soonest first.
-#[utoipa::path(get, path = "/schedule", tag = "schedule", params(ScheduleQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/schedule", operation_id = "listUpcomingFires", tag = "schedule", params(ScheduleQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Vec<UpcomingFire>)))]
 pub async fn upcoming(
     State(state): State<AppState>,
@@ -71,14 +71,14 @@ pub async fn upcoming(
 }
 
 /// Pause a task's schedule: it stops firing until resumed (it can still be run by hand).
-#[utoipa::path(post, path = "/tasks/{id}/pause", tag = "schedule", security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/tasks/{id}/pause", operation_id = "pauseTask", params(("id" = i64, Path, description = "The task's id")), tag = "schedule", security(("bearer" = ["operator"])),
     responses((status = 200, body = TaskResponse)))]
 pub async fn pause(state: State<AppState>, principal: Principal, id: ApiPath<i64>) -> ApiResult<Json<TaskResponse>> {
     tasks::apply(state, principal, id, TaskInput { enabled: Some(false), ..TaskInput::default() }).await
 }
 
 /// Resume a paused schedule from its next tick (missed ticks while paused are not run).
-#[utoipa::path(post, path = "/tasks/{id}/resume", tag = "schedule", security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/tasks/{id}/resume", operation_id = "resumeTask", params(("id" = i64, Path, description = "The task's id")), tag = "schedule", security(("bearer" = ["operator"])),
     responses((status = 200, body = TaskResponse)))]
 pub async fn resume(state: State<AppState>, principal: Principal, id: ApiPath<i64>) -> ApiResult<Json<TaskResponse>> {
     tasks::apply(state, principal, id, TaskInput { enabled: Some(true), ..TaskInput::default() }).await

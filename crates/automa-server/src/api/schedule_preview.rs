@@ -51,7 +51,7 @@ pub struct Preview {
 }
 
 /// Preview the next fire times of a schedule without saving it. A bad field is a 422 naming the parameter.
-#[utoipa::path(get, path = "/schedule/preview", tag = "tasks", params(PreviewQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/schedule/preview", operation_id = "previewSchedule", tag = "tasks", params(PreviewQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Preview), (status = 422, description = "A parameter is invalid; `field` names it", body = crate::error::ErrorBody)))]
 pub async fn preview(ApiQuery(query): ApiQuery<PreviewQuery>) -> ApiResult<Json<Preview>> {
     let count = query.count.unwrap_or(DEFAULT_COUNT);

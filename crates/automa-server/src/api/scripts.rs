@@ -112,6 +112,7 @@ pub struct ScriptQuery {
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     pub limit: Option<i64>,
     pub offset: Option<i64>,
@@ -151,7 +152,7 @@ pub(crate) async fn check_content(state: &AppState, filename: &str, content: Str
 }
 
 /// List scripts with their current version.
-#[utoipa::path(get, path = "/scripts", tag = "scripts", params(ScriptQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/scripts", operation_id = "listScripts", tag = "scripts", params(ScriptQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<ScriptResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -163,7 +164,7 @@ pub async fn list(
 }
 
 /// Create a script (version 1).
-#[utoipa::path(post, path = "/scripts", tag = "scripts", request_body = CreateScript, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/scripts", operation_id = "createScript", tag = "scripts", request_body = CreateScript, security(("bearer" = ["operator"])),
     responses((status = 201, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -179,14 +180,14 @@ pub async fn create(
 }
 
 /// A script with its current version.
-#[utoipa::path(get, path = "/scripts/{id}", tag = "scripts", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/scripts/{id}", operation_id = "getScript", params(("id" = i64, Path, description = "The script's id")), tag = "scripts", security(("bearer" = ["viewer"])),
     responses((status = 200, body = ScriptResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<ScriptResponse>> {
     Ok(Json(state.store.get_script(id).await.map_err(missing("script"))?.into()))
 }
 
 /// Update a script; new content appends a version.
-#[utoipa::path(put, path = "/scripts/{id}", tag = "scripts", request_body = UpdateScript, security(("bearer" = ["operator"])),
+#[utoipa::path(put, path = "/scripts/{id}", operation_id = "updateScript", params(("id" = i64, Path, description = "The script's id")), tag = "scripts", request_body = UpdateScript, security(("bearer" = ["operator"])),
     responses((status = 200, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -209,7 +210,7 @@ pub async fn update(
 }
 
 /// Delete a script and its versions; refused (409) while a task uses it.
-#[utoipa::path(delete, path = "/scripts/{id}", tag = "scripts", security(("bearer" = ["operator"])),
+#[utoipa::path(delete, path = "/scripts/{id}", operation_id = "deleteScript", params(("id" = i64, Path, description = "The script's id")), tag = "scripts", security(("bearer" = ["operator"])),
     responses((status = 204), (status = 409, description = "Used by a task", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -221,7 +222,7 @@ pub async fn delete(
 }
 
 /// A script's versions, newest first.
-#[utoipa::path(get, path = "/scripts/{id}/versions", tag = "scripts", params(VersionQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/scripts/{id}/versions", operation_id = "listScriptVersions", tag = "scripts", params(("id" = i64, Path, description = "The script's id"), VersionQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<VersionResponse>)))]
 pub async fn versions(
     State(state): State<AppState>,
@@ -234,7 +235,7 @@ pub async fn versions(
 }
 
 /// One version of a script.
-#[utoipa::path(get, path = "/scripts/{id}/versions/{version}", tag = "scripts", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/scripts/{id}/versions/{version}", operation_id = "getScriptVersion", params(("id" = i64, Path, description = "The script's id"), ("version" = i64, Path, description = "The version number, from 1")), tag = "scripts", security(("bearer" = ["viewer"])),
     responses((status = 200, body = VersionResponse)))]
 pub async fn version(
     State(state): State<AppState>,

@@ -143,7 +143,7 @@ fn require_manager(principal: &Principal, secret: &SecretInfo) -> ApiResult<()> 
 }
 
 /// Secret names and policies (never values).
-#[utoipa::path(get, path = "/secrets", tag = "secrets", params(Paging), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/secrets", operation_id = "listSecrets", tag = "secrets", params(Paging), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<SecretResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -154,7 +154,7 @@ pub async fn list(
 }
 
 /// Create a secret; the caller owns it.
-#[utoipa::path(post, path = "/secrets", tag = "secrets", request_body = CreateSecret, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/secrets", operation_id = "createSecret", tag = "secrets", request_body = CreateSecret, security(("bearer" = ["operator"])),
     responses((status = 201, body = SecretResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -175,7 +175,7 @@ pub async fn create(
 }
 
 /// A secret's name, owner and policy.
-#[utoipa::path(get, path = "/secrets/{name}", tag = "secrets", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/secrets/{name}", operation_id = "getSecret", tag = "secrets", security(("bearer" = ["viewer"])),
     params(("name" = String, Path, description = "The secret's name")),
     responses((status = 200, body = SecretResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<SecretResponse>> {
@@ -183,7 +183,7 @@ pub async fn get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) 
 }
 
 /// Replace a secret's value, its policy, or both (owner or admin).
-#[utoipa::path(put, path = "/secrets/{name}", tag = "secrets", request_body = UpdateSecret, security(("bearer" = ["operator"])),
+#[utoipa::path(put, path = "/secrets/{name}", operation_id = "updateSecret", tag = "secrets", request_body = UpdateSecret, security(("bearer" = ["operator"])),
     params(("name" = String, Path, description = "The secret's name")),
     responses((status = 200, body = SecretResponse)))]
 pub async fn update(
@@ -214,7 +214,7 @@ pub async fn update(
 }
 
 /// Delete a secret (owner or admin); runs that name it fail until it exists again.
-#[utoipa::path(delete, path = "/secrets/{name}", tag = "secrets", security(("bearer" = ["operator"])),
+#[utoipa::path(delete, path = "/secrets/{name}", operation_id = "deleteSecret", tag = "secrets", security(("bearer" = ["operator"])),
     params(("name" = String, Path, description = "The secret's name")),
     responses((status = 204)))]
 pub async fn delete(

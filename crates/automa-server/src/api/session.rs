@@ -92,7 +92,7 @@ impl<S: Send + Sync> FromRequest<S> for LoginBody {
 /// Exchange an e-mail and password for a session token. Attempts are limited per client address and per
 /// account (429 with `Retry-After`), and so is the number of passwords checked at once.
 #[utoipa::path(
-    post, path = "/token", tag = "auth",
+    post, path = "/token", operation_id = "login", security(()), tag = "auth",
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, body = TokenResponse),
@@ -210,7 +210,8 @@ pub async fn flush_failed_logins(state: AppState, mut stopping: tokio::sync::wat
 
 /// End your session, and every other session you have: sessions carry your session epoch, which this moves
 /// on. API tokens stay valid (revoke them with `DELETE /tokens/{id}`). Needs a session, not an API token.
-#[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 204)))]
+#[utoipa::path(post, path = "/logout", operation_id = "logout", tag = "auth", security(("bearer" = ["viewer"])),
+    responses((status = 204, description = "Every session of the caller has ended")))]
 pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<StatusCode> {
     principal.require_session("logging out")?;
     state.store.revoke_sessions(&principal.actor(), principal.user.id, "auth.logout").await?;

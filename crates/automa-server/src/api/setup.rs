@@ -14,7 +14,7 @@ pub struct SetupStatus {
 }
 
 /// Whether the first admin still has to be created.
-#[utoipa::path(get, path = "/setup", tag = "auth", responses((status = 200, body = SetupStatus)))]
+#[utoipa::path(get, path = "/setup", operation_id = "getSetupStatus", security(()), tag = "auth", responses((status = 200, body = SetupStatus)))]
 pub async fn status(State(state): State<AppState>) -> ApiResult<Json<SetupStatus>> {
     Ok(Json(SetupStatus { needs_admin: state.store.count_users().await? == 0 }))
 }

@@ -371,7 +371,7 @@ fn spec_of(task: Task) -> TaskSpec {
 }
 
 /// List tasks.
-#[utoipa::path(get, path = "/tasks", tag = "tasks", params(TaskQuery), security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/tasks", operation_id = "listTasks", tag = "tasks", params(TaskQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<TaskResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -389,7 +389,7 @@ pub async fn list(
 }
 
 /// Create a task.
-#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
+#[utoipa::path(post, path = "/tasks", operation_id = "createTask", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
     responses((status = 201, body = TaskResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -430,14 +430,14 @@ pub async fn create(
 }
 
 /// A task.
-#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/tasks/{id}", operation_id = "getTask", params(("id" = i64, Path, description = "The task's id")), tag = "tasks", security(("bearer" = ["viewer"])),
     responses((status = 200, body = TaskResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<TaskResponse>> {
     Ok(Json(state.store.get_task(id).await.map_err(missing("task"))?.into()))
 }
 
 /// Update a task; absent fields keep their value.
-#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
+#[utoipa::path(put, path = "/tasks/{id}", operation_id = "updateTask", params(("id" = i64, Path, description = "The task's id")), tag = "tasks", request_body = TaskInput, security(("bearer" = ["operator"])),
     responses((status = 200, body = TaskResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn update(
     state: State<AppState>,
@@ -465,7 +465,7 @@ pub(crate) async fn apply(
 }
 
 /// Delete a task.
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", security(("bearer" = ["operator"])),
+#[utoipa::path(delete, path = "/tasks/{id}", operation_id = "deleteTask", params(("id" = i64, Path, description = "The task's id")), tag = "tasks", security(("bearer" = ["operator"])),
     responses((status = 204)))]
 pub async fn delete(
     State(state): State<AppState>,

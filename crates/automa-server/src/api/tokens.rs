@@ -64,7 +64,7 @@ pub struct CreateToken {
 }
 
 /// Your API tokens, revoked ones included.
-#[utoipa::path(get, path = "/tokens", tag = "tokens", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/tokens", operation_id = "listTokens", tag = "tokens", security(("bearer" = ["viewer"])),
     responses((status = 200, body = Vec<TokenInfo>)))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<TokenInfo>>> {
     Ok(Json(state.store.list_tokens(principal.user.id).await?.into_iter().map(TokenInfo::from).collect()))
@@ -72,7 +72,7 @@ pub async fn list(State(state): State<AppState>, principal: Principal) -> ApiRes
 
 /// Create an API token; the response is the only time the token is shown. Created with an API token, the new
 /// one must be capped at or below it (else 403), and expires no later than it.
-#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = CreateToken, security(("bearer" = ["viewer"])),
+#[utoipa::path(post, path = "/tokens", operation_id = "createToken", tag = "tokens", request_body = CreateToken, security(("bearer" = ["viewer"])),
     responses((status = 201, body = CreatedToken), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -127,7 +127,7 @@ fn within_creating_token(
 }
 
 /// Revoke one of your API tokens. Revoking twice is harmless.
-#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", security(("bearer" = ["viewer"])),
+#[utoipa::path(delete, path = "/tokens/{id}", operation_id = "revokeToken", params(("id" = i64, Path, description = "The API token's id")), tag = "tokens", security(("bearer" = ["viewer"])),
     responses((status = 200, body = TokenInfo)))]
 pub async fn revoke(
     State(state): State<AppState>,

@@ -75,7 +75,7 @@ fn check_password(password: &str) -> ApiResult<()> {
 
 /// Create a user. Without credentials this works only while there are no users: the first becomes admin.
 #[utoipa::path(
-    post, path = "/users", tag = "users", request_body = CreateUser,
+    post, path = "/users", operation_id = "createUser", tag = "users", request_body = CreateUser,
     security(("bearer" = ["admin"]), ()),
     responses((status = 201, body = UserResponse), (status = 409, description = "E-mail taken", body = crate::error::ErrorBody),
         (status = 429, description = "Too many passwords being hashed at once; see `Retry-After`", body = crate::error::ErrorBody))
@@ -120,7 +120,7 @@ pub async fn create(
 }
 
 /// List users.
-#[utoipa::path(get, path = "/users", tag = "users", params(Paging), security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/users", operation_id = "listUsers", tag = "users", params(Paging), security(("bearer" = ["admin"])),
     responses((status = 200, body = Page<UserResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -131,7 +131,7 @@ pub async fn list(
 }
 
 /// The user the credentials belong to, with the role they act with.
-#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = ["viewer"])),
+#[utoipa::path(get, path = "/users/me", operation_id = "getCurrentUser", tag = "users", security(("bearer" = ["viewer"])),
     responses((status = 200, body = UserResponse)))]
 pub async fn me(principal: Principal) -> Json<UserResponse> {
     let mut response = UserResponse::from(principal.user);
@@ -141,7 +141,7 @@ pub async fn me(principal: Principal) -> Json<UserResponse> {
 
 /// Change your own e-mail or password. Needs a session (not an API token) and your `current_password`: a
 /// stolen session or token alone cannot take the account over. A new password ends all your sessions.
-#[utoipa::path(put, path = "/users/me", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
+#[utoipa::path(put, path = "/users/me", operation_id = "updateCurrentUser", tag = "users", request_body = UpdateUser, security(("bearer" = ["viewer"])),
     responses((status = 200, body = UserResponse),
         (status = 429, description = "Too many wrong current passwords, or too many passwords being checked at once; \
             see `Retry-After`", body = crate::error::ErrorBody)))]
@@ -157,7 +157,7 @@ pub async fn update_me(
 }
 
 /// A user.
-#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/users/{id}", operation_id = "getUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", security(("bearer" = ["admin"])),
     responses((status = 200, body = UserResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<UserResponse>> {
     Ok(Json(state.store.get_user(id).await.map_err(missing("user"))?.into()))
@@ -165,7 +165,7 @@ pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Ap
 
 /// Change a user's e-mail, password, role or activation. E-mail and password changes need a session, not an
 /// API token; your own also need `current_password`, as on `/users/me`.
-#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
+#[utoipa::path(put, path = "/users/{id}", operation_id = "updateUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", request_body = UpdateUser, security(("bearer" = ["admin"])),
     responses((status = 200, body = UserResponse), (status = 409, description = "E-mail taken, or the last admin", body = crate::error::ErrorBody),
         (status = 429, description = "Too many wrong current passwords, or too many passwords being checked at once; \
             see `Retry-After`", body = crate::error::ErrorBody)))]
@@ -241,8 +241,9 @@ async fn confirm_current_password(state: &AppState, principal: &Principal, curre
 
 /// Sign a user out everywhere: every session they have ends, on every server (open event streams on this one
 /// at once, on others within 30 seconds). Their API tokens stay valid.
-#[utoipa::path(post, path = "/users/{id}/sessions/revoke", tag = "users", security(("bearer" = ["admin"])),
-    responses((status = 204)))]
+#[utoipa::path(post, path = "/users/{id}/sessions/revoke", operation_id = "revokeUserSessions", tag = "users",
+    params(("id" = i64, Path, description = "The user's id")), security(("bearer" = ["admin"])),
+    responses((status = 204, description = "Every session of the user has ended")))]
 pub async fn revoke_sessions(
     State(state): State<AppState>,
     principal: Principal,
@@ -254,7 +255,7 @@ pub async fn revoke_sessions(
 }
 
 /// Delete a user and their API tokens.
-#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = ["admin"])),
+#[utoipa::path(delete, path = "/users/{id}", operation_id = "deleteUser", params(("id" = i64, Path, description = "The user's id")), tag = "users", security(("bearer" = ["admin"])),
     responses((status = 204), (status = 409, description = "The last admin", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod access;
+mod agent_fuzz;
 mod agent_protocol;
 mod audit;
 mod client_limits;

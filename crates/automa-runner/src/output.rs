@@ -208,13 +208,21 @@ mod chunking_properties {
     fn drained(data: Vec<u8>, sizes: Vec<usize>, limit: u64) -> (Vec<OutputChunk>, (u64, bool)) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(async {
-            let (tx, mut rx) = mpsc::channel(1 << 16);
+            // Received while draining, as the runner does: a newline written byte by byte makes a chunk per
+            // read, more than any channel holds.
+            let (tx, mut rx) = mpsc::channel(64);
             let budget = Budget::new(limit);
-            drain(Pieces { data, sizes, at: 0, piece: 0 }, Stream::Stdout, budget.clone(), tx).await;
-            let mut chunks = Vec::new();
-            while let Some(chunk) = rx.recv().await {
-                chunks.push(chunk);
-            }
+            let receive = async {
+                let mut chunks = Vec::new();
+                while let Some(chunk) = rx.recv().await {
+                    chunks.push(chunk);
+                }
+                chunks
+            };
+            let ((), chunks) = tokio::join!(
+                drain(Pieces { data, sizes, at: 0, piece: 0 }, Stream::Stdout, budget.clone(), tx),
+                receive
+            );
             (chunks, budget.totals())
         })
     }

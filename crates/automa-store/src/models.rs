@@ -536,3 +536,13 @@ mod tests {
         assert!(!by_id.allows_agent(&agent(4, &[], false)));
     }
 }
+
+/// What a new version of a script reaches: the tasks that run its latest version.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptReach {
+    pub task_ids: Vec<i64>,
+    /// The secrets those tasks name.
+    pub secrets: Vec<String>,
+    /// Whether any of those tasks has network.
+    pub network: bool,
+}

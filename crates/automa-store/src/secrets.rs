@@ -9,7 +9,7 @@ use automa_core::InvalidField;
 
 use crate::{
     Actor, AuditEvent, Listed, Page, SealedSecret, SecretInfo, SecretPolicy, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, dispatch, now, scripts::actor_user_id,
+    audit::append_audit, composed, dispatch, now, scripts::actor_user_id,
 };
 
 const SECRET_INFO: &str = "id, name, created_by, all_tasks, task_ids, agent_ids, agent_labels, created_at, updated_at";
@@ -175,6 +175,25 @@ impl Store {
             select.push(")");
             Ok(select.build_query_as().fetch_all(pool).await?)
         })
+    }
+
+    /// Secrets whose policy names any of `task_ids` (not those open to all tasks): their owners vetted what those
+    /// tasks run, whether or not the tasks name the secret at the moment. Secrets are few and human-made, so
+    /// the policies are read whole and matched here rather than in per-backend JSON SQL.
+    pub async fn secrets_listing_tasks(&self, task_ids: &[i64]) -> StoreResult<Vec<SecretInfo>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all: Vec<SecretInfo> = dispatch!(self, pool => {
+            sqlx::query_as(composed(format!("SELECT {SECRET_INFO} FROM secrets"))).fetch_all(pool).await?
+        });
+        Ok(all
+            .into_iter()
+            .filter(|secret| {
+                let policy = secret.policy();
+                !policy.all_tasks && policy.task_ids.iter().any(|id| task_ids.contains(id))
+            })
+            .collect())
     }
 
     pub async fn delete_secret(&self, actor: &Actor, name: &str) -> StoreResult<()> {

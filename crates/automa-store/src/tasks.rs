@@ -6,7 +6,8 @@ use sqlx::types::Json;
 use automa_core::InvalidField;
 
 use crate::{
-    Actor, AuditEvent, Listed, Page, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec, WritePool,
+    Actor, AuditEvent, Listed, Page, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
+    WritePool,
     audit::append_audit,
     dispatch, now,
     scripts::{actor_user_id, like_pattern},
@@ -119,18 +120,23 @@ impl Store {
         })
     }
 
-    /// The secret names of the tasks that run the latest version of a script: a new version reaches them.
-    pub async fn secrets_following_script(&self, script_id: i64) -> StoreResult<Vec<String>> {
-        let lists: Vec<Json<Vec<String>>> = dispatch!(self, pool => {
-            sqlx::query_scalar("SELECT secrets FROM tasks WHERE script_id = $1 AND script_version IS NULL")
+    /// What a new version of a script reaches: the tasks that run its latest version, the secrets they name, and
+    /// whether any of them has network.
+    pub async fn script_reach(&self, script_id: i64) -> StoreResult<ScriptReach> {
+        let followers: Vec<(i64, Json<Vec<String>>, bool)> = dispatch!(self, pool => {
+            sqlx::query_as("SELECT id, secrets, network FROM tasks WHERE script_id = $1 AND script_version IS NULL")
                 .bind(script_id)
                 .fetch_all(pool)
                 .await?
         });
-        let mut names: Vec<String> = lists.into_iter().flat_map(|list| list.0).collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
+        let mut secrets: Vec<String> = followers.iter().flat_map(|(_, names, _)| names.0.iter().cloned()).collect();
+        secrets.sort();
+        secrets.dedup();
+        Ok(ScriptReach {
+            task_ids: followers.iter().map(|(id, _, _)| *id).collect(),
+            secrets,
+            network: followers.iter().any(|(_, _, network)| *network),
+        })
     }
 
     pub async fn get_task_by_name(&self, name: &str) -> StoreResult<Task> {

@@ -89,7 +89,6 @@ export async function all(path, query = {}, maxItems = 5000) {
   let offset = 0;
   for (;;) {
     const page = await api(path, { query: { ...query, limit: 500, offset } });
-    if (Array.isArray(page)) return page;
     items.push(...page.items);
     offset += page.items.length;
     if (page.items.length === 0 || offset >= page.total || items.length >= maxItems) return items;

@@ -80,6 +80,17 @@ pub(crate) async fn authorize_task_secrets(
 ) -> ApiResult<Vec<String>> {
     let secrets = existing_secrets(state, change.secrets).await?;
     check_agent_allowed(change.agent, &secrets)?;
+    if let (Some(task_id), true) = (change.task_id, change.changes_what_runs) {
+        // A policy that lists the task vouches for what it runs, named at the moment or not: otherwise one could
+        // drop the secret, change the code, and name the secret again under the same policy entry.
+        let vouching = state.store.secrets_listing_tasks(&[task_id]).await?;
+        if let Some(secret) = vouching.iter().find(|secret| !may_manage(principal, secret)) {
+            return Err(ApiError::Forbidden(format!(
+                "secret '{}' allows this task: only the secret's owner or an admin may change what it runs",
+                secret.name
+            )));
+        }
+    }
     let mut grants = Vec::new();
     for secret in &secrets {
         let policy = secret.policy();
@@ -106,19 +117,30 @@ pub(crate) async fn authorize_task_secrets(
     Ok(grants)
 }
 
-/// A new version of a script reaches every task that runs its latest version, with their secrets: for a
-/// secret not open to all tasks, only its owner or an admin may change that code.
+/// A new version of a script reaches every task that runs its latest version, with their secrets and network:
+/// for a secret not open to all tasks (named by such a task, or whose policy lists one), only its owner or an
+/// admin may change that code, and for a networked task only who may grant network.
 pub(crate) async fn authorize_script_change(state: &AppState, principal: &Principal, script_id: i64) -> ApiResult<()> {
-    let names = state.store.secrets_following_script(script_id).await?;
-    let secrets = state.store.secret_infos(&names).await?;
-    match secrets.iter().find(|secret| !secret.all_tasks && !may_manage(principal, secret)) {
-        Some(secret) => Err(ApiError::Forbidden(format!(
-            "a task running this script's latest version uses secret '{}': only the secret's owner or an admin \
+    let reach = state.store.script_reach(script_id).await?;
+    let mut secrets = state.store.secret_infos(&reach.secrets).await?;
+    secrets.extend(state.store.secrets_listing_tasks(&reach.task_ids).await?);
+    if let Some(secret) = secrets.iter().find(|secret| !secret.all_tasks && !may_manage(principal, secret)) {
+        return Err(ApiError::Forbidden(format!(
+            "a task running this script's latest version may use secret '{}': only the secret's owner or an admin \
              may change its code",
             secret.name
-        ))),
-        None => Ok(()),
+        )));
     }
+    if reach.network {
+        authorize_network(state, principal).map_err(|_| {
+            ApiError::Forbidden(
+                "a task running this script's latest version has network: changing its code grants network to new \
+                 code, which needs the role that grants network (AUTOMA_NETWORK_GRANT)"
+                    .into(),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Secrets in an ad-hoc run are an admin's decision: otherwise any operator could print any secret.

@@ -17,6 +17,8 @@ on_both_backends!(
     secret_policies_are_validated_and_audited,
     network_is_granted_by_admins_unless_configured_otherwise,
     tasks_that_named_a_secret_before_policies_keep_it,
+    dropping_a_secret_does_not_free_a_task_to_change_what_it_runs,
+    new_code_for_a_networked_task_needs_the_network_grant,
 );
 
 /// Base64 of the secret: what masking cannot catch, and so what the policy has to stop.
@@ -332,4 +334,56 @@ async fn tasks_that_named_a_secret_before_policies_keep_it(backend: Backend) {
     assert_eq!(policy, json!({"all_tasks": false, "task_ids": [old], "agent_ids": [], "agent_labels": []}));
     assert_eq!(app.get("/secrets/UNUSED", &admin).await.body["policy"]["task_ids"], json!([]));
     assert_eq!(app.post(&format!("/tasks/{old}/execute"), &admin, json!({})).await.status, StatusCode::ACCEPTED);
+}
+
+/// Found by review: a policy entry vouches for what the task runs, whether the task names the secret at the
+/// moment or not. Dropping the secret, changing the code (through the task or its script) and naming the
+/// secret again must not get a stranger's code run with it.
+async fn dropping_a_secret_does_not_free_a_task_to_change_what_it_runs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    create_secret(&app, &admin, "VAULT", Value::Null).await;
+    let vetted = app.post("/scripts", &admin, json!({"name": "vetted", "content": "print('nightly')\n"})).await;
+    let vetted = vetted.body["id"].as_i64().unwrap();
+    let leak = app.post("/scripts", &operator, json!({"name": "leak", "content": EXFILTRATE})).await;
+    let leak = leak.body["id"].as_i64().unwrap();
+    let task = app.post("/tasks", &admin, json!({"name": "nightly", "script_id": vetted, "secrets": ["VAULT"]})).await;
+    let task = task.body["id"].as_i64().unwrap();
+    let path = format!("/tasks/{task}");
+
+    // Through the task: drop the secret, swap the script, name the secret again.
+    let dropped = app.put(&path, &operator, json!({"secrets": []})).await;
+    assert_eq!(dropped.status, StatusCode::OK, "dropping a secret takes nothing away from its owner");
+    let swapped = app.put(&path, &operator, json!({"script_id": leak, "script_version": null})).await;
+    assert_eq!(swapped.status, StatusCode::FORBIDDEN, "the policy still lists the task: {:?}", swapped.body);
+    assert!(swapped.detail().contains("secret 'VAULT' allows this task"), "{}", swapped.detail());
+
+    // Through the script the task follows.
+    let new_code = app.put(&format!("/scripts/{vetted}"), &operator, json!({"content": EXFILTRATE})).await;
+    assert_eq!(new_code.status, StatusCode::FORBIDDEN, "the task may name VAULT again: {:?}", new_code.body);
+    let renamed = app.put(&path, &operator, json!({"secrets": ["VAULT"]})).await;
+    assert_eq!(renamed.status, StatusCode::OK, "naming it again without changing the code is fine");
+    let runs = app.post(&format!("{path}/execute"), &operator, json!({})).await;
+    assert_eq!(runs.status, StatusCode::ACCEPTED);
+    assert_eq!(runs.body["script_id"], vetted, "the vetted code runs with the secret: {:?}", runs.body);
+    assert_eq!(runs.body["script_version"], 1, "{:?}", runs.body);
+}
+
+/// Found by review: a networked task that follows its script's latest version gets network for whatever code
+/// is saved next, so a new version needs the role that grants network.
+async fn new_code_for_a_networked_task_needs_the_network_grant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    let script = app.post("/scripts", &operator, json!({"name": "fetch", "content": "print('fetch')\n"})).await;
+    let script = script.body["id"].as_i64().unwrap();
+    let networked = app.post("/tasks", &admin, json!({"name": "fetch", "script_id": script, "network": true})).await;
+    assert_eq!(networked.status, StatusCode::CREATED, "{:?}", networked.body);
+
+    let new_code = app.put(&format!("/scripts/{script}"), &operator, json!({"content": "print('exfiltrate')\n"})).await;
+    assert_eq!(new_code.status, StatusCode::FORBIDDEN, "{:?}", new_code.body);
+    assert!(new_code.detail().contains("has network"), "{}", new_code.detail());
+    let by_admin = app.put(&format!("/scripts/{script}"), &admin, json!({"content": "print('v2')\n"})).await;
+    assert_eq!(by_admin.status, StatusCode::OK, "{:?}", by_admin.body);
 }

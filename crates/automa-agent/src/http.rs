@@ -23,12 +23,7 @@ impl HttpBackend {
     /// A backend for `server`, which must be `https://`, or `http://` on loopback, or `http://` anywhere with
     /// `allow_insecure_http`.
     pub fn new(server: &str, token: &str, allow_insecure_http: bool) -> Result<HttpBackend, AgentError> {
-        check_transport(server, allow_insecure_http)?;
-        let client = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(format!("automa-agent/{}", crate::VERSION))
-            .build()
-            .map_err(|e| AgentError::Transport(e.to_string()))?;
+        let client = client_for(server, allow_insecure_http, &format!("automa-agent/{}", crate::VERSION))?;
         Ok(HttpBackend { client, base: server.trim_end_matches('/').to_owned(), token: token.to_owned() })
     }
 
@@ -64,6 +59,22 @@ impl HttpBackend {
             .await?
             .ok_or_else(|| AgentError::Transport(format!("{path} answered without a body")))
     }
+}
+
+/// An HTTP client that carries a token to `server` and nowhere else: the transport is checked first; redirects
+/// are not followed (the protocol has none, and a bearer token must not follow one to another host); and for
+/// plain http:// on loopback no proxy from the environment is used and `localhost` is pinned to 127.0.0.1,
+/// since either would carry the token in clear past this host.
+pub fn client_for(server: &str, allow_insecure_http: bool, user_agent: &str) -> Result<Client, AgentError> {
+    check_transport(server, allow_insecure_http)?;
+    let mut builder = Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none());
+    if Url::parse(server).is_ok_and(|url| is_loopback(&url)) {
+        builder = builder.no_proxy().resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    builder.build().map_err(|e| AgentError::Transport(e.to_string()))
 }
 
 /// Refuses a server URL on which the token and secrets would cross a network in clear, unless allowed.

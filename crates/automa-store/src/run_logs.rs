@@ -48,12 +48,13 @@ impl Store {
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
+                // Another agent's runs, and runs that do not exist, get the same answer: an agent learns nothing
+                // about runs that are not its own.
                 return Err(match run {
-                    None => StoreError::NotFound,
-                    Some((status, _)) if status != "running" => {
+                    Some((status, holder)) if holder == Some(agent_id) => {
                         StoreError::Conflict(format!("run {run_id} is {status}: it takes no more output; stop it"))
                     }
-                    Some(_) => StoreError::Conflict(format!("run {run_id} is not held by this agent; stop it")),
+                    _ => StoreError::Conflict(format!("run {run_id} is not held by this agent; stop it")),
                 });
             };
             let (Some(first), Some(last)) = (chunks.iter().map(|c| c.seq).min(), chunks.iter().map(|c| c.seq).max()) else {

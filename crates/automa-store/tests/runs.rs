@@ -255,7 +255,8 @@ async fn a_finished_run_takes_no_more_output(store: &Store) {
     let refused = store.append_logs(run.id, a, &[], 1_000).await.unwrap_err();
     assert!(refused.to_string().contains("takes no more output"), "even an empty batch is refused: {refused}");
     assert_eq!(store.run_logs(run.id, 0, 100).await.unwrap().len(), 3, "history is unchanged");
-    assert!(matches!(store.append_logs(999_999, a, &[chunk(1)], 1_000).await, Err(automa_store::StoreError::NotFound)));
+    let missing = store.append_logs(999_999, a, &[chunk(1)], 1_000).await.unwrap_err();
+    assert_eq!(missing.to_string(), "run 999999 is not held by this agent; stop it", "as another agent's run would");
 }
 both_backends!(finished_logs, a_finished_run_takes_no_more_output);
 

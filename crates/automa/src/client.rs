@@ -19,9 +19,9 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(url: &str, token: &str) -> anyhow::Result<Api> {
+    pub fn new(url: &str, token: &str, allow_insecure_http: bool) -> anyhow::Result<Api> {
         Ok(Api {
-            client: Client::builder().build()?,
+            client: automa_agent::client_for(url, allow_insecure_http, concat!("automa/", env!("CARGO_PKG_VERSION")))?,
             base: url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         })

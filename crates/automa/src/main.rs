@@ -214,9 +214,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(flags) => {
-            automa_agent::check_transport(&flags.url, flags.allow_insecure_http)?;
             let token = token_from(flags.token_file.as_deref(), "automa run")?;
-            let api = client::Api::new(&flags.url, &token)?;
+            let api = client::Api::new(&flags.url, &token, flags.allow_insecure_http)?;
             let run = api.start(&flags.target, &flags.args).await?;
             let id = run["id"].as_i64().context("the server returned no run id")?;
             if !flags.follow {
@@ -326,9 +325,10 @@ fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<Strin
     Ok(token.to_owned())
 }
 
-async fn remote_agent(config: Config, server: &str, token: &str, allow_insecure_http: bool) -> anyhow::Result<()> {
+async fn remote_agent(mut config: Config, server: &str, token: &str, allow_insecure_http: bool) -> anyhow::Result<()> {
     // Run directories hold scripts and, while they run, their output: keep them from other local users.
     file_modes::prepare_data_dir(&config.data_dir)?;
+    deny_the_server(&mut config, server).await;
     let concurrency =
         config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
@@ -348,6 +348,30 @@ async fn remote_agent(config: Config, server: &str, token: &str, allow_insecure_
     tracing::info!(%server, concurrency, "agent started");
     agent.run(stopping).await;
     Ok(())
+}
+
+/// Networked runs on a remote agent must not reach the Automa server any more than runs on the server's own
+/// agent do: its addresses, as resolved at start, join the deny list. (This host's own addresses and loopback
+/// are refused to networked runs already.)
+async fn deny_the_server(config: &mut Config, server: &str) {
+    let Some((host, port)) = reqwest::Url::parse(server)
+        .ok()
+        .and_then(|url| Some((url.host_str()?.trim_matches(['[', ']']).to_owned(), url.port_or_known_default()?)))
+    else {
+        return;
+    };
+    match tokio::net::lookup_host((host.as_str(), port)).await {
+        Ok(addresses) => {
+            let addresses: Vec<String> =
+                addresses.map(|a| a.ip()).filter(|ip| !ip.is_loopback()).map(|ip| ip.to_string()).collect();
+            tracing::info!(?addresses, "networked runs may not reach the server's addresses");
+            config.network_deny.extend(addresses);
+        }
+        Err(error) => tracing::warn!(
+            %host, %error,
+            "cannot resolve the server's address: networked runs are not kept from reaching it; list it in --network-deny"
+        ),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is

@@ -73,6 +73,18 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// Socket options that make a socket send through a named interface. A route lookup that fails for such a
+/// socket, the egress policy's `prohibit` routes included, is taken to mean "on-link" and the packet leaves on
+/// that interface anyway, so a networked run could address what the policy refuses directly on slirp's tap.
+/// (`IP_PKTINFO` with an interface index, a control message, cannot be filtered here; libslirp answers ARP only
+/// for its own gateway and DNS addresses, which is what stops that path.)
+const INTERFACE_PINNING_OPTIONS: &[(libc::c_int, libc::c_int)] = &[
+    (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
+    (libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX),
+    (libc::IPPROTO_IP, libc::IP_UNICAST_IF),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_IF),
+];
+
 /// The two filters: the deny-list (EPERM) and `clone3` (ENOSYS). `clone3` passes its flags in memory that
 /// seccomp cannot read, so it is refused as unknown and glibc falls back to `clone`, whose flags the first
 /// filter checks (trap 10).
@@ -89,6 +101,19 @@ pub(super) fn filters() -> Result<Vec<BpfProgram>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("seccomp: {e}"))?;
     denied.insert(libc::SYS_clone, clone_rules);
+    let setsockopt_rules = INTERFACE_PINNING_OPTIONS
+        .iter()
+        .map(|&(level, option)| {
+            let level = u64::try_from(level).unwrap_or(0);
+            let option = u64::try_from(option).unwrap_or(0);
+            SeccompRule::new(vec![
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, level)?,
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, option)?,
+            ])
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("seccomp: {e}"))?;
+    denied.insert(libc::SYS_setsockopt, setsockopt_rules);
     let eperm = errno(libc::EPERM);
     let deny = SeccompFilter::new(denied, SeccompAction::Allow, eperm, arch).map_err(|e| format!("seccomp: {e}"))?;
     let no_clone3 = SeccompFilter::new(

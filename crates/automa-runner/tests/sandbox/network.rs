@@ -175,7 +175,7 @@ pub async fn reach(h: &Harness, network: &Network) -> Reach {
     s.network = true;
     s.args = [host_port.to_string(), public_port.to_string()].into_iter().chain(addresses.iter().cloned()).collect();
     let out = run(h, s).await;
-    let mut expected = vec!["public".to_owned(), "host loopback".into(), "metadata".into()];
+    let mut expected = vec!["public".to_owned(), "host loopback".into(), "metadata".into(), "pinned".into()];
     expected.extend(addresses.iter().map(|a| format!("host address {a}")));
     assert_reached(&out, &expected.iter().map(String::as_str).collect::<Vec<_>>());
     let lines = |prefix: &str| -> Vec<String> {
@@ -207,6 +207,14 @@ targets += [("host address " + a, a, host_port) for a in addresses]
 for name, host, port in targets:
     if connect(name, host, port):
         print("LEAK", name)
+# A socket pinned to slirp's interface is sent there even where a prohibit route refuses the address.
+print("REACHED pinned")
+pinned = socket.socket()
+try:
+    pinned.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"tap0")
+    print("LEAK pinned")
+except OSError as e:
+    print("refused pinned", e)
 "#;
 
 #[tokio::test]

@@ -241,7 +241,7 @@ impl Execution {
     /// Stores a batch of output with secret values masked. Masking happens here, not on the agent, so an agent
     /// on another host cannot skip it.
     pub async fn append_logs(&self, agent_id: i64, run_id: i64, batch: LogBatch) -> ApiResult<LogsReply> {
-        let masks = self.masks_for(run_id).await?;
+        let masks = self.masks_for(agent_id, run_id).await?;
         let mut chunks = Vec::with_capacity(batch.chunks.len());
         for chunk in batch.chunks {
             if !matches!(chunk.stream.as_str(), "stdout" | "stderr" | "system") {
@@ -257,12 +257,19 @@ impl Execution {
         Ok(LogsReply { cancel_requested: appended.cancel_requested })
     }
 
-    async fn masks_for(&self, run_id: i64) -> ApiResult<Arc<Vec<String>>> {
+    async fn masks_for(&self, agent_id: i64, run_id: i64) -> ApiResult<Arc<Vec<String>>> {
         if let Some(masks) = self.masks.lock().unwrap_or_else(|e| e.into_inner()).get(&run_id) {
             return Ok(masks.clone());
         }
-        // Claimed by another server, or before a restart: derive the masks from the database.
-        let run = self.store.get_run(run_id).await?;
+        // Claimed by another server, or before a restart: derive the masks from the database, but only for the
+        // agent that holds the run, so another agent cannot make the server decrypt a run's secrets on demand.
+        let run = match self.store.get_run(run_id).await {
+            Ok(run) if run.agent_id == Some(agent_id) => run,
+            Ok(_) | Err(StoreError::NotFound) => {
+                return Err(ApiError::Conflict(format!("run {run_id} is not held by this agent; stop it")));
+            }
+            Err(other) => return Err(other.into()),
+        };
         let sealed = self.store.sealed_secrets(&run.secrets.0).await?;
         let values = sealed.iter().filter_map(|secret| self.sealer.unseal(secret).ok()).collect();
         let masks = Arc::new(sealing::mask_order(values));

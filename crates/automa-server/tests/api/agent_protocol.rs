@@ -53,6 +53,15 @@ async fn output_is_taken_only_from_the_agent_running_the_run(backend: Backend) {
     );
     let text = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
     assert_eq!(text.unwrap().text().await.unwrap(), "hello\n", "only the holder's output while it ran is stored");
+    // Another agent's finished run and a run that does not exist look the same: nothing about others' runs.
+    let after = app.request(Method::POST, &logs, Some(&other), Some(&batch(4, "x\n"))).await;
     let missing = app.request(Method::POST, "/agent/runs/999999/logs", Some(&holder), Some(&batch(1, "x\n"))).await;
-    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (after.status, after.detail()),
+        (StatusCode::CONFLICT, format!("run {run} is not held by this agent; stop it").as_str())
+    );
+    assert_eq!(
+        (missing.status, missing.detail()),
+        (StatusCode::CONFLICT, "run 999999 is not held by this agent; stop it")
+    );
 }

@@ -221,7 +221,8 @@ pub enum Credential {
     /// A session token from `POST /token`, issued under the user's `epoch`, valid until `expires_at` (Unix
     /// seconds).
     Session { epoch: i64, expires_at: i64 },
-    /// An API token; `capped` when its role cap is below its owner's role.
+    /// An API token; `capped` when it has a role cap, even one at or above its owner's current role: the cap
+    /// still holds after the owner is promoted, so the token must not create an uncapped one that would not.
     ApiToken { id: i64, capped: bool, expires_at: Option<chrono::DateTime<Utc>> },
 }
 
@@ -601,8 +602,11 @@ async fn authenticate(state: &AppState, parts: &Parts) -> ApiResult<Principal> {
         let (api_token, user) = state.store.authenticate_token(&token_hash(token)).await?.ok_or_else(invalid)?;
         let cap = api_token.role_cap.as_deref().and_then(|r| r.parse().ok()).unwrap_or(Role::Admin);
         let role = user.role().min(cap);
-        let credential =
-            Credential::ApiToken { id: api_token.id, capped: role < user.role(), expires_at: api_token.expires_at };
+        let credential = Credential::ApiToken {
+            id: api_token.id,
+            capped: api_token.role_cap.is_some(),
+            expires_at: api_token.expires_at,
+        };
         return Ok(Principal { user, role, credential, ip });
     }
     let claims = state.sessions.verify(token).ok_or_else(invalid)?;

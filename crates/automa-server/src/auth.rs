@@ -30,6 +30,7 @@ use automa_store::{Actor, User};
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
+    rate_limit,
     state::AppState,
 };
 
@@ -533,17 +534,20 @@ pub async fn enforce_access(State(state): State<AppState>, request: Request, nex
         }
         return Ok(method_not_allowed(&allowed));
     };
-    match rule.access {
-        Access::Public => {}
+    let authenticated = match rule.access {
+        Access::Public => false,
         Access::Agent => {
             let agent = authenticate_agent(&state, &parts).await?;
             parts.extensions.insert(agent);
+            true
         }
         Access::Optional(_) => {
-            if bearer(&parts).is_some() {
+            let has_token = bearer(&parts).is_some();
+            if has_token {
                 let principal = authenticate(&state, &parts).await?;
                 parts.extensions.insert(principal);
             }
+            has_token
         }
         Access::Role(required) => {
             let principal = authenticate(&state, &parts).await?;
@@ -554,10 +558,15 @@ pub async fn enforce_access(State(state): State<AppState>, request: Request, nex
                 )));
             }
             parts.extensions.insert(principal);
+            true
         }
-    }
+    };
     check_query(&parts, &rule.query)?;
-    Ok(next.run(Request::from_parts(parts, body)).await)
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if authenticated {
+        response.extensions_mut().insert(rate_limit::Authenticated);
+    }
+    Ok(response)
 }
 
 /// Unknown query parameters are refused, as unknown body fields are: a misspelt filter would otherwise be

@@ -30,6 +30,7 @@ use automa_store::{Actor, User};
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
+    rate_limit,
     state::AppState,
 };
 
@@ -221,7 +222,8 @@ pub enum Credential {
     /// A session token from `POST /token`, issued under the user's `epoch`, valid until `expires_at` (Unix
     /// seconds).
     Session { epoch: i64, expires_at: i64 },
-    /// An API token; `capped` when its role cap is below its owner's role.
+    /// An API token; `capped` when it has a role cap, even one at or above its owner's current role: the cap
+    /// still holds after the owner is promoted, so the token must not create an uncapped one that would not.
     ApiToken { id: i64, capped: bool, expires_at: Option<chrono::DateTime<Utc>> },
 }
 
@@ -532,17 +534,20 @@ pub async fn enforce_access(State(state): State<AppState>, request: Request, nex
         }
         return Ok(method_not_allowed(&allowed));
     };
-    match rule.access {
-        Access::Public => {}
+    let authenticated = match rule.access {
+        Access::Public => false,
         Access::Agent => {
             let agent = authenticate_agent(&state, &parts).await?;
             parts.extensions.insert(agent);
+            true
         }
         Access::Optional(_) => {
-            if bearer(&parts).is_some() {
+            let has_token = bearer(&parts).is_some();
+            if has_token {
                 let principal = authenticate(&state, &parts).await?;
                 parts.extensions.insert(principal);
             }
+            has_token
         }
         Access::Role(required) => {
             let principal = authenticate(&state, &parts).await?;
@@ -553,10 +558,15 @@ pub async fn enforce_access(State(state): State<AppState>, request: Request, nex
                 )));
             }
             parts.extensions.insert(principal);
+            true
         }
-    }
+    };
     check_query(&parts, &rule.query)?;
-    Ok(next.run(Request::from_parts(parts, body)).await)
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if authenticated {
+        response.extensions_mut().insert(rate_limit::Authenticated);
+    }
+    Ok(response)
 }
 
 /// Unknown query parameters are refused, as unknown body fields are: a misspelt filter would otherwise be
@@ -601,8 +611,11 @@ async fn authenticate(state: &AppState, parts: &Parts) -> ApiResult<Principal> {
         let (api_token, user) = state.store.authenticate_token(&token_hash(token)).await?.ok_or_else(invalid)?;
         let cap = api_token.role_cap.as_deref().and_then(|r| r.parse().ok()).unwrap_or(Role::Admin);
         let role = user.role().min(cap);
-        let credential =
-            Credential::ApiToken { id: api_token.id, capped: role < user.role(), expires_at: api_token.expires_at };
+        let credential = Credential::ApiToken {
+            id: api_token.id,
+            capped: api_token.role_cap.is_some(),
+            expires_at: api_token.expires_at,
+        };
         return Ok(Principal { user, role, credential, ip });
     }
     let claims = state.sessions.verify(token).ok_or_else(invalid)?;

@@ -5,13 +5,23 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 
+use crate::rate_limit::address_key;
+
 const WINDOW: Duration = Duration::from_secs(60);
+
+/// The address a login attempt is counted under: grouped as the general rate limit groups it (IPv6 by /64),
+/// since one host usually holds a whole /64 and could otherwise guess from a fresh address each time.
+/// Anything that is not an address (none is known) stays as it is.
+fn address_group(address: &str) -> String {
+    address.parse::<IpAddr>().map_or_else(|_| address.to_owned(), |ip| address_key(ip).to_string())
+}
 
 /// How many addresses and accounts are tracked at most. An attacker cannot grow the table faster than the
 /// password hashing bound lets attempts through, so the cap is never reached by honest traffic; when it is,
@@ -50,7 +60,7 @@ impl LoginLimiter {
     /// `Err(seconds to wait)` when either has used up its attempts.
     pub fn reserve(&self, address: &str, account: &str) -> Result<LoginAttempt<'_>, u64> {
         let now = Instant::now();
-        let subjects = [Subject::Address(address.to_owned()), Subject::Account(account.to_owned())];
+        let subjects = [Subject::Address(address_group(address)), Subject::Account(account.to_owned())];
         let limits = [self.per_address, self.per_account];
         let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if attempts.len() >= MAX_TRACKED {
@@ -98,9 +108,10 @@ impl LoginAttempt<'_> {
     }
 }
 
-/// Failed logins of one address at one account within a window, for the audit log.
+/// Failed logins of one address (an IPv6 one's whole /64) at one account within a window, for the audit log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedLoginSummary {
+    /// The address of the window's first failure.
     pub address: Option<String>,
     pub email: String,
     /// Failures in the window, the first included.
@@ -144,7 +155,7 @@ impl FailedLogins {
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let closed = take_closed(&mut open, now, false);
-        let key = (address.map(str::to_owned), email.to_owned());
+        let key = (address.map(address_group), email.to_owned());
         if let Some(window) = open.get_mut(&key) {
             window.summary.count += 1;
             return (Noted::Repeat, closed);
@@ -154,7 +165,7 @@ impl FailedLogins {
             return (Noted::First, closed);
         }
         let summary = FailedLoginSummary {
-            address: key.0.clone(),
+            address: address.map(str::to_owned),
             email: key.1.clone(),
             count: 1,
             window_started_at: Utc::now(),
@@ -167,7 +178,7 @@ impl FailedLogins {
     /// Remembers the id of the entry that recorded a window's first failure.
     pub fn first_written(&self, address: Option<&str>, email: &str, entry_id: i64) {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(window) = open.get_mut(&(address.map(str::to_owned), email.to_owned())) {
+        if let Some(window) = open.get_mut(&(address.map(address_group), email.to_owned())) {
             window.summary.first_entry_id = Some(entry_id);
         }
     }
@@ -221,6 +232,29 @@ mod tests {
         drop(limiter.reserve("b", "x@example.com").unwrap());
         assert!(limiter.reserve("c", "x@example.com").is_err());
         assert!(limiter.reserve("c", "y@example.com").is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64() {
+        let limiter = LoginLimiter::new(2, 100);
+        drop(limiter.reserve("2001:db8:1:2::1", "x@example.com").unwrap());
+        drop(limiter.reserve("2001:db8:1:2:ffff::2", "y@example.com").unwrap());
+        assert!(limiter.reserve("2001:db8:1:2:abcd::3", "z@example.com").is_err(), "the same /64");
+        assert!(limiter.reserve("2001:db8:1:3::1", "z@example.com").is_ok(), "another /64");
+        drop(limiter.reserve("::ffff:192.0.2.1", "z@example.com").unwrap());
+        drop(limiter.reserve("192.0.2.1", "z@example.com").unwrap());
+        assert!(limiter.reserve("192.0.2.1", "w@example.com").is_err(), "a mapped IPv4 address is that address");
+        assert!(limiter.reserve("192.0.2.2", "w@example.com").is_ok(), "IPv4 addresses are not grouped");
+
+        let failures = FailedLogins::default();
+        assert_eq!(failures.note(Some("2001:db8:1:2::1"), "x@example.com").0, Noted::First);
+        failures.first_written(Some("2001:db8:1:2::7"), "x@example.com", 3);
+        assert_eq!(failures.note(Some("2001:db8:1:2::2"), "x@example.com").0, Noted::Repeat, "the same /64");
+        assert_eq!(failures.note(Some("2001:db8:1:3::1"), "x@example.com").0, Noted::First, "another /64");
+        let summaries = failures.take_closed(true);
+        assert_eq!(summaries.len(), 1, "{summaries:?}");
+        assert_eq!(summaries[0].address.as_deref(), Some("2001:db8:1:2::1"), "the first address is reported");
+        assert_eq!((summaries[0].count, summaries[0].first_entry_id), (2, Some(3)));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! A general request rate limit: a token bucket per credential, so one client cannot monopolise the server.
-//! Requests with a bearer token are counted per token (agent tokens, which ship output in many small
-//! requests, with their own budget); requests without one per client address. Counting happens before
-//! authentication (it protects the token look-up too), so invalid credentials must not buy a fresh budget:
-//! every 401 is also charged to a failed-authentication budget of its address, and an address that has spent
-//! it is refused whatever token it presents next, until the budget refills.
+//! Counting happens before authentication (it protects the token look-up too), so a bearer token earns a
+//! bucket of its own only once it has authenticated a request: until then, and for requests without one,
+//! the request is counted under the client's address, so made-up tokens cannot buy fresh budgets. The request
+//! that first authenticates a token is moved from its address's bucket to the token's. Agent tokens, which
+//! ship output in many small requests, have their own, larger budget. A token that is revoked or expires
+//! keeps its bucket until that is forgotten: it gains nothing it did not have while it was good (dropping the
+//! bucket on a 401 would let a good token reset its budget through a route it is not good for).
 //!
 //! Buckets live in memory: a restart or a second server starts them afresh, which still bounds any one
 //! client to a small multiple of the limit.
@@ -17,7 +19,7 @@ use std::{
 
 use axum::{
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::header,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -31,14 +33,17 @@ use crate::{
 /// Buckets kept before full (idle) ones are forgotten; a full bucket is the same as none.
 const MAX_BUCKETS: usize = 100_000;
 
+/// Set on the response by the access check when the request's bearer token authenticated it, so that the
+/// token is counted under its own bucket from then on.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    /// SHA-256 of the bearer token: the raw token is never kept.
+    /// SHA-256 of a bearer token that has authenticated a request: the raw token is never kept.
     Token([u8; 32]),
-    /// Requests without a token from one address.
+    /// Requests from one address without a token, or with one that has not authenticated yet.
     Address(IpAddr),
-    /// Failed authentications (401) from one address: once spent, the address's token requests are refused.
-    FailedAuth(IpAddr),
     /// Shared by new clients while the table is full of active buckets, so memory stays bounded.
     Overflow,
 }
@@ -116,16 +121,31 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Whether `address` may still present tokens: its failed authentications have not spent their budget.
-    fn address_may_authenticate(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
+    /// Takes one request from `key`'s bucket if it has one; `None` if it has none.
+    fn take_existing(&self, key: &Key, now: Instant) -> Option<Result<(), u64>> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match buckets.by_key.get_mut(&Key::FailedAuth(address)) {
-            Some(bucket) => {
-                bucket.refill(now);
-                bucket.check()
-            }
-            None => Ok(()),
+        let bucket = buckets.by_key.get_mut(key)?;
+        if bucket.budget.per_minute == 0 {
+            return Some(Ok(()));
         }
+        bucket.refill(now);
+        Some(bucket.check().map(|()| bucket.tokens -= 1.0))
+    }
+
+    /// Moves one request from `address`'s bucket to the bucket of the token it authenticated, creating that.
+    fn charge_to_token(&self, address: Option<IpAddr>, token: Key, budget: Budget, now: Instant) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(bucket) = address.and_then(|address| buckets.by_key.get_mut(&Key::Address(address))) {
+            bucket.tokens = (bucket.tokens + 1.0).min(bucket.budget.capacity());
+        }
+        let key = buckets.admit(token, now);
+        if key == Key::Overflow {
+            // No room for the token's bucket: it stays counted under its address.
+            return;
+        }
+        let bucket = buckets.by_key.entry(key).or_insert(Bucket { tokens: budget.capacity(), updated: now, budget });
+        bucket.refill(now);
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
     }
 }
 
@@ -148,9 +168,9 @@ impl Buckets {
     }
 }
 
-/// The address a client is counted under: IPv6 clients by their /64, since one host usually holds a whole
-/// /64 and could otherwise take a fresh budget per address.
-fn address_key(addr: IpAddr) -> IpAddr {
+/// The address a client is counted under, here and by the login limits: IPv6 clients by their /64, since one
+/// host usually holds a whole /64 and could otherwise take a fresh budget per address.
+pub(crate) fn address_key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let segments = v6.segments();
@@ -167,25 +187,21 @@ fn bearer_token(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|token| !token.is_empty())
 }
 
-/// Counts every request against its token's or its address's budget; answers 429 with `Retry-After` when
-/// the budget is spent.
+/// Counts every request against its authenticated token's or else its address's budget; answers 429 with
+/// `Retry-After` when the budget is spent.
 pub async fn limit_requests(State(limiter): State<Arc<RateLimiter>>, request: Request, next: Next) -> Response {
     let now = Instant::now();
     let (parts, body) = request.into_parts();
     // The client's address as resolved through trusted proxies (the peer's without any).
     let address = auth::client_ip(&parts).and_then(|ip| ip.parse::<IpAddr>().ok()).map(address_key);
     let request = Request::from_parts(parts, body);
-    let verdict = match (bearer_token(&request), address) {
-        (Some(token), address) => {
-            let budget = if token.starts_with(AGENT_TOKEN_PREFIX) { limiter.agents } else { limiter.users };
-            let key = Key::Token(Sha256::digest(token.as_bytes()).into());
-            address
-                .map_or(Ok(()), |address| limiter.address_may_authenticate(address, now))
-                .and_then(|()| limiter.take(key, budget, now))
-        }
-        (None, Some(address)) => limiter.take(Key::Address(address), limiter.users, now),
-        (None, None) => Ok(()),
-    };
+    let token = bearer_token(&request).map(|token| {
+        let budget = if token.starts_with(AGENT_TOKEN_PREFIX) { limiter.agents } else { limiter.users };
+        (Key::Token(Sha256::digest(token.as_bytes()).into()), budget)
+    });
+    let counted_by_token = token.as_ref().and_then(|(key, _)| limiter.take_existing(key, now));
+    let verdict = counted_by_token
+        .unwrap_or_else(|| address.map_or(Ok(()), |address| limiter.take(Key::Address(address), limiter.users, now)));
     if let Err(retry_after_seconds) = verdict {
         return ApiError::TooManyRequests {
             detail: format!("too many requests: try again in {retry_after_seconds} s"),
@@ -194,11 +210,11 @@ pub async fn limit_requests(State(limiter): State<Arc<RateLimiter>>, request: Re
         .into_response();
     }
     let response = next.run(request).await;
-    if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(address) = address
+    if counted_by_token.is_none()
+        && response.extensions().get::<Authenticated>().is_some()
+        && let Some((key, budget)) = token
     {
-        // Failed authentication is paid for by the address, so made-up tokens cannot multiply budgets.
-        let _ = limiter.take(Key::FailedAuth(address), limiter.users, Instant::now());
+        limiter.charge_to_token(address, key, budget, Instant::now());
     }
     response
 }

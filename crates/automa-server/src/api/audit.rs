@@ -1,6 +1,9 @@
 //! The audit log: filtered, paginated reading, and verification of the hash chain. Admins read the log whole;
-//! everyone else reads it with failed logins and other users' e-mail addresses redacted, because a failed
-//! login's details hold whatever was typed (sometimes a password in the wrong field) and where from.
+//! everyone else reads it with failed logins, other users' e-mail addresses and other actors' addresses
+//! redacted, because a failed login's details hold whatever was typed (sometimes a password in the wrong
+//! field) and where from, and a login's address says where someone is. Nor do they get the chain's hashes:
+//! verification is for admins, and an entry's hash from before the chain was keyed is a plain SHA-256 of its
+//! whole content, against which a redacted value could be guessed offline.
 
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
@@ -33,11 +36,14 @@ pub struct AuditEntryResponse {
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
+    /// The actor's address; for readers other than admins only on their own entries.
     pub ip: Option<String>,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
-    pub prev_hash: String,
-    pub hash: String,
+    /// The previous entry's hash; `null` for readers other than admins.
+    pub prev_hash: Option<String>,
+    /// This entry's hash; `null` for readers other than admins.
+    pub hash: Option<String>,
     /// `hmac-sha256` (keyed with the server's key), or `sha256` for entries from before the chain was keyed.
     pub scheme: String,
     /// Whether parts of `details` or `ip` are hidden from the reader (only admins read every entry whole).
@@ -56,8 +62,8 @@ impl From<AuditEntry> for AuditEntryResponse {
             resource_id: entry.resource_id,
             ip: entry.ip,
             details: entry.details.0,
-            prev_hash: entry.prev_hash,
-            hash: entry.hash,
+            prev_hash: Some(entry.prev_hash),
+            hash: Some(entry.hash),
             scheme: entry.scheme,
             redacted: false,
         }
@@ -65,19 +71,27 @@ impl From<AuditEntry> for AuditEntryResponse {
 }
 
 impl AuditEntryResponse {
-    /// The entry as `reader` may see it. Failed authentication attempts lose their details and address
-    /// entirely; elsewhere every `email` in the details other than the reader's own is replaced.
+    /// The entry as `reader` may see it. Only admins get hashes. Failed authentication attempts lose their
+    /// details and address entirely; elsewhere the address is kept only on the reader's own entries, and
+    /// every `email` in the details other than the reader's own is replaced.
     fn redacted_for(mut self, reader: &Principal) -> AuditEntryResponse {
         if reader.role.allows(Role::Admin) {
             return self;
         }
+        self.prev_hash = None;
+        self.hash = None;
         if self.action.starts_with("auth.") && self.action.contains("fail") {
             self.details = Value::Object(Default::default());
             self.ip = None;
             self.redacted = true;
             return self;
         }
-        self.redacted = redact_emails(&mut self.details, &reader.user.email);
+        let own = self.actor_type == "user" && self.actor_id == Some(reader.user.id.to_string());
+        let hides_address = !own && self.ip.is_some();
+        if hides_address {
+            self.ip = None;
+        }
+        self.redacted = redact_emails(&mut self.details, &reader.user.email) | hides_address;
         self
     }
 }

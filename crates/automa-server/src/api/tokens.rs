@@ -103,9 +103,9 @@ pub async fn create(
 }
 
 /// A token created with an API token gets no more than that token has: a role at or below its cap (an
-/// uncapped token from a capped one would be the owner's full role), and an expiry no later than its own (else
-/// a short-lived token could renew itself forever); a later or absent expiry is brought forward to it. Gives
-/// the new token's expiry.
+/// uncapped token from a capped one would follow the owner's role, now and after a promotion), and an expiry
+/// no later than its own (else a short-lived token could renew itself forever); a later or absent expiry is
+/// brought forward to it. Gives the new token's expiry.
 fn within_creating_token(
     principal: &Principal,
     role: Option<Role>,

@@ -16,6 +16,7 @@ on_both_backends!(
     a_checkpoint_detects_deleted_newest_entries,
     history_from_before_keying_still_verifies,
     non_admins_read_the_log_redacted,
+    non_admins_get_no_hashes_and_no_addresses_but_their_own,
 );
 
 /// What `GET /audit/verify` answers for an intact chain of `checked` entries, all keyed.
@@ -279,4 +280,43 @@ async fn non_admins_read_the_log_redacted(backend: Backend) {
     let whole = app.get("/audit?limit=500", &admin).await.body.to_string();
     assert!(whole.contains("hunter2") && whole.contains("admin@example.com"), "admins read everything");
     assert!(!whole.contains("\"redacted\":true"));
+}
+
+/// A hash lets a reader test guesses at what redaction hid (plainly so for entries hashed with SHA-256 before
+/// the chain was keyed), and a login's address says where someone is: neither is for non-admins.
+async fn non_admins_get_no_hashes_and_no_addresses_but_their_own(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let viewer = app.user_token(&admin, "viewer").await;
+    let viewer_id = app.get("/users/me", &viewer).await.body["id"].as_i64().unwrap().to_string();
+    let logins_as = |log: &Value| -> Vec<(String, Value, Value)> {
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "auth.login")
+            .map(|e| (e["actor_id"].as_str().unwrap().to_owned(), e["ip"].clone(), e["redacted"].clone()))
+            .collect()
+    };
+
+    let seen_by_viewer = app.get("/audit?limit=500", &viewer).await.body;
+    for entry in seen_by_viewer["items"].as_array().unwrap() {
+        assert_eq!((&entry["hash"], &entry["prev_hash"]), (&Value::Null, &Value::Null), "{entry}");
+    }
+    let logins = logins_as(&seen_by_viewer);
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    for (actor_id, ip, redacted) in logins {
+        if actor_id == viewer_id {
+            assert_eq!((ip, redacted), (json!("127.0.0.1"), json!(false)), "a reader sees its own address");
+        } else {
+            assert_eq!((ip, redacted), (Value::Null, json!(true)), "another user's address is hidden");
+        }
+    }
+
+    let seen_by_admin = app.get("/audit?limit=500", &admin).await.body;
+    for entry in seen_by_admin["items"].as_array().unwrap() {
+        assert_eq!(entry["hash"].as_str().map(str::len), Some(64), "{entry}");
+        assert_eq!(entry["prev_hash"].as_str().map(str::len), Some(64), "{entry}");
+    }
+    assert!(logins_as(&seen_by_admin).iter().all(|(_, ip, _)| ip == "127.0.0.1"), "admins see every address");
 }

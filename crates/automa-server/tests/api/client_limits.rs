@@ -19,13 +19,14 @@ async fn heartbeat(app: &TestApp, agent_token: &str) -> StatusCode {
 }
 
 #[tokio::test]
-async fn requests_beyond_the_rate_get_429_per_token_per_address_and_per_failed_authentication() {
+async fn requests_beyond_the_rate_get_429_per_authenticated_token_else_per_address() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.requests_per_minute = 6;
         config.agent_requests_per_minute = 100;
     })
     .await;
-    // Anonymous so far: POST /users, POST /token (twice, with user_token's login).
+    // Anonymous, counted under the address: POST /users, POST /token (twice, with user_token's login). A
+    // token's first request is moved from the address to the token once it has authenticated.
     let admin = app.admin_token().await;
     let viewer = app.user_token(&admin, "viewer").await;
     let agent = app.post("/agents", &admin, json!({"name": "remote"})).await.body["token"].as_str().unwrap().to_owned();
@@ -41,20 +42,32 @@ async fn requests_beyond_the_rate_get_429_per_token_per_address_and_per_failed_a
     assert_eq!(retry_after, 10, "a 6-a-minute budget refills one request every 10 s");
 
     assert_eq!(app.get("/scripts", &viewer).await.status, StatusCode::OK, "another token has its own budget");
-    for _ in 0..3 {
-        assert_eq!(app.request(Method::GET, "/health", None, None).await.status, StatusCode::OK);
-    }
-    assert_eq!(app.request(Method::GET, "/health", None, None).await.status, StatusCode::TOO_MANY_REQUESTS);
     for _ in 0..20 {
         assert_eq!(heartbeat(&app, &agent).await, StatusCode::OK, "agents have their own, larger budget");
     }
-
-    for n in 0..6 {
+    for n in 0..3 {
         assert_eq!(app.get("/scripts", &format!("atm_made-up-{n}")).await.status, StatusCode::UNAUTHORIZED);
     }
-    let next_guess = app.get("/scripts", "atm_made-up-6").await;
-    assert_eq!(next_guess.status, StatusCode::TOO_MANY_REQUESTS, "made-up tokens do not buy fresh budgets");
-    assert_eq!(app.get("/scripts", &viewer).await.status, StatusCode::TOO_MANY_REQUESTS, "the address is refused");
+    let next_guess = app.get("/scripts", "atm_made-up-3").await;
+    assert_eq!(next_guess.status, StatusCode::TOO_MANY_REQUESTS, "made-up tokens spend the address's budget");
+    assert_eq!(app.request(Method::GET, "/health", None, None).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.get("/scripts", &viewer).await.status, StatusCode::OK, "an authenticated token keeps its own");
+}
+
+/// A bearer token that has not authenticated anything buys no budget of its own, on routes that never look
+/// at it (public ones, unknown ones) as on those that answer 401.
+#[tokio::test]
+async fn made_up_bearer_tokens_on_public_and_unknown_routes_spend_the_addresss_budget() {
+    let app = spawn_app_with(Backend::Sqlite, |config| config.requests_per_minute = 5).await;
+    for n in 0..20 {
+        let ready = app.request(Method::GET, "/ready", Some(&format!("atm_junk-{n}")), None).await;
+        let expected = if n < 5 { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_eq!(ready.status, expected, "request {n}: {:?}", ready.body);
+    }
+    for path in ["/health", "/openapi.json", "/setup", "/no-such-route"] {
+        let answer = app.request(Method::GET, path, Some("atm_junk-again"), None).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
+    }
 }
 
 #[tokio::test]

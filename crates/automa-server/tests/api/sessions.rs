@@ -12,6 +12,7 @@ use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app, spawn_app_wi
 
 on_both_backends!(
     capped_tokens_cannot_escalate,
+    a_cap_at_the_owners_role_still_holds_after_promotion,
     credential_changes_need_a_session_and_the_current_password,
     parallel_guesses_are_counted_before_any_check,
     oversized_logins_are_refused_before_use,
@@ -62,6 +63,30 @@ async fn capped_tokens_cannot_escalate(backend: Backend) {
         assert!(changed.detail().contains("not an API token"), "{}", changed.detail());
     }
     assert_eq!(app.login("admin@example.com", "correct horse").await.status, StatusCode::OK);
+}
+
+/// A cap equal to its owner's role today is still a cap: once the owner is promoted, neither the token nor
+/// anything it created acts above it.
+async fn a_cap_at_the_owners_role_still_holds_after_promotion(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    let operator_id = app.get("/users/me", &operator).await.body["id"].as_i64().unwrap();
+    let operator_cap = created_token(&app, &operator, json!({"name": "ops", "role": "operator"})).await;
+
+    let uncapped = app.post("/tokens", &operator_cap, json!({"name": "follows-the-owner"})).await;
+    assert_eq!(uncapped.status, StatusCode::FORBIDDEN, "{:?}", uncapped.body);
+    assert!(uncapped.detail().contains("capped at operator"), "{}", uncapped.detail());
+    let child = created_token(&app, &operator_cap, json!({"name": "ops-child", "role": "operator"})).await;
+
+    let promoted = app.put(&format!("/users/{operator_id}"), &admin, json!({"role": "admin"})).await;
+    assert_eq!(promoted.status, StatusCode::OK, "{:?}", promoted.body);
+    for token in [&operator_cap, &child] {
+        assert_eq!(app.get("/users/me", token).await.body["role"], "operator");
+        assert_eq!(app.get("/users", token).await.status, StatusCode::FORBIDDEN);
+        let minted = app.post("/tokens", token, json!({"name": "after-promotion"})).await;
+        assert_eq!(minted.status, StatusCode::FORBIDDEN, "{:?}", minted.body);
+    }
 }
 
 async fn credential_changes_need_a_session_and_the_current_password(backend: Backend) {

@@ -28,10 +28,44 @@ pub async fn heartbeat(
     principal: AgentPrincipal,
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
+    check_heartbeat(&heartbeat)?;
+    Ok(Json(state.execution.heartbeat(principal.agent.id, heartbeat).await?))
+}
+
+/// The largest capabilities report stored, serialised; a real one is a few hundred bytes.
+const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
+/// Numbers beyond ±2^53 do not survive the trip through PostgreSQL's JSONB and back exactly, and some not at
+/// all (a value read back as out of range would fail every later read of the agent).
+const MAX_SAFE_NUMBER: f64 = 9_007_199_254_740_991.0;
+
+/// What an agent says about itself is stored and shown to every user: bounded, and made of values every backend
+/// stores and returns unchanged.
+fn check_heartbeat(heartbeat: &Heartbeat) -> ApiResult<()> {
+    if heartbeat.hostname.chars().count() > 253 {
+        return Err(ApiError::invalid("hostname", "must be at most 253 characters"));
+    }
+    if heartbeat.version.chars().count() > 64 {
+        return Err(ApiError::invalid("version", "must be at most 64 characters"));
+    }
     if !heartbeat.capabilities.is_object() {
         return Err(ApiError::invalid("capabilities", "must be an object"));
     }
-    Ok(Json(state.execution.heartbeat(principal.agent.id, heartbeat).await?))
+    if heartbeat.capabilities.to_string().len() > MAX_CAPABILITIES_BYTES {
+        return Err(ApiError::invalid("capabilities", format!("must be at most {MAX_CAPABILITIES_BYTES} bytes")));
+    }
+    if !numbers_are_safe(&heartbeat.capabilities) {
+        return Err(ApiError::invalid("capabilities", "numbers must be within ±2^53"));
+    }
+    Ok(())
+}
+
+fn numbers_are_safe(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(number) => number.as_f64().is_some_and(|n| n.abs() <= MAX_SAFE_NUMBER),
+        serde_json::Value::Array(items) => items.iter().all(numbers_are_safe),
+        serde_json::Value::Object(fields) => fields.values().all(numbers_are_safe),
+        _ => true,
+    }
 }
 
 /// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204.

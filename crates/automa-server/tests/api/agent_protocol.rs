@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app};
 
-on_both_backends!(output_is_taken_only_from_the_agent_running_the_run);
+on_both_backends!(output_is_taken_only_from_the_agent_running_the_run, what_an_agent_reports_is_bounded_and_reads_back);
 
 async fn agent(app: &TestApp, admin: &str, name: &str) -> String {
     let created = app.post("/agents", admin, json!({"name": name})).await;
@@ -64,4 +64,28 @@ async fn output_is_taken_only_from_the_agent_running_the_run(backend: Backend) {
         (missing.status, missing.detail()),
         (StatusCode::CONFLICT, "run 999999 is not held by this agent; stop it")
     );
+}
+
+/// Found by schemathesis: a number PostgreSQL's JSONB keeps but cannot give back as a double made every later
+/// read of the agent a 500. What an agent reports about itself is bounded and made of values that read back.
+async fn what_an_agent_reports_is_bounded_and_reads_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let token = agent(&app, &admin, "reporter").await;
+    let report = |hostname: &str, capabilities: Value| json!({"initial": false, "hostname": hostname, "version": "test", "capabilities": capabilities, "running": []});
+    for (body, field) in [
+        (report("reporter", json!({"slots": 1.7976931348623157e308})), "capabilities"),
+        (report("reporter", json!({"nested": [{"big": 123456789012345678901234567890.0}]})), "capabilities"),
+        (report("reporter", json!({"padding": "x".repeat(20_000)})), "capabilities"),
+        (report(&"h".repeat(254), json!({})), "hostname"),
+    ] {
+        let reply = app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", reply.body);
+        assert_eq!(reply.body["field"], field);
+    }
+    let fine = report("reporter", json!({"slots": 9007199254740991_i64, "ratio": 0.5, "ok": true}));
+    assert_eq!(app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&fine)).await.status, StatusCode::OK);
+    let agents = app.get("/agents", &admin).await;
+    assert_eq!(agents.status, StatusCode::OK, "{:?}", agents.body);
+    assert_eq!(agents.body["items"][0]["capabilities"]["slots"], 9007199254740991_i64);
 }

@@ -1,7 +1,7 @@
 //! Starts a real server per test on its own database — a fresh SQLite file, or a fresh PostgreSQL database
 //! when `AUTOMA_TEST_PG_URL` is set — and gives the test a small typed client.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -278,5 +278,21 @@ pub async fn execute_sql(backend: Backend, database_url: &str, sql: &str) {
             let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
         }
+    }
+}
+
+/// Polls the task's runs until `done` holds, for at most 30 s.
+pub async fn runs_until(app: &TestApp, token: &str, task: i64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = app.get(&format!("/runs?task_id={task}&limit=500"), token).await.body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if done(&runs) {
+            return runs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting; task {task} has {runs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,31 +1,13 @@
 //! The scheduler through the API: fires become runs, the misfire policy is applied as configured across a
 //! restart, and the upcoming-fires list follows pauses.
 
-use std::time::Duration;
-
 use chrono::{SecondsFormat, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, execute_sql, on_both_backends, spawn_app};
+use crate::helpers::{Backend, execute_sql, on_both_backends, runs_until, spawn_app};
 
 on_both_backends!(misfire_policy_applies_after_a_restart, upcoming_fires_follow_pauses, interval_fires_become_runs);
-
-/// Polls the task's runs until `done` holds, for at most 30 s.
-async fn runs_until(app: &TestApp, token: &str, task: i64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let runs = app.get(&format!("/runs?task_id={task}&limit=500"), token).await.body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if done(&runs) {
-            return runs;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting; task {task} has {runs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn statuses(runs: &[Value]) -> Vec<(String, String)> {
     let mut list: Vec<(String, String)> = runs

@@ -1,12 +1,10 @@
 //! Secret policies: who may give a run a secret (finding 7), on which agents it may land, and who may grant
 //! network (finding 8, server side). Agents claim over HTTP here, exactly as remote agents do.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, execute_sql, on_both_backends, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, execute_sql, on_both_backends, runs_until, spawn_app, spawn_app_with};
 
 on_both_backends!(
     operators_cannot_read_secrets_through_adhoc_runs,
@@ -172,22 +170,6 @@ async fn a_narrowed_policy_turns_scheduled_fires_into_failed_runs(backend: Backe
     assert_eq!(failed["trigger"], "schedule");
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("secret 'VAULT' does not allow task"), "{error}");
-}
-
-/// Polls the task's runs until `done` holds, for at most 30 s.
-async fn runs_until(app: &TestApp, token: &str, task: i64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let runs = app.get(&format!("/runs?task_id={task}&limit=500"), token).await.body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if done(&runs) {
-            return runs;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting; task {task} has {runs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn runs_with_secrets_go_only_to_agents_the_secret_allows(backend: Backend) {

@@ -197,7 +197,7 @@ pub fn connect(flags: &ClientFlags, who: &str) -> anyhow::Result<Api> {
 pub fn print_object<T: Serialize>(output: Output, answer: &Answer<T>) -> anyhow::Result<()> {
     match output {
         Output::Json => print_raw(&answer.raw),
-        Output::Table => table::fields(&serde_json::to_value(&answer.value)?, &[]).print(),
+        Output::Table => table::fields(&answer.value, &[])?.print(),
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ pub enum TaskCommand {
         #[arg(long)]
         script: String,
         #[command(flatten)]
-        fields: TaskFields,
+        fields: Box<TaskFields>,
     },
     /// Change a task; fields not given keep their value, lists given replace the old ones.
     Update {
@@ -119,7 +119,7 @@ pub enum TaskCommand {
         #[arg(long)]
         script: Option<String>,
         #[command(flatten)]
-        fields: TaskFields,
+        fields: Box<TaskFields>,
     },
     /// Delete a task.
     Delete { task: String },
@@ -333,7 +333,7 @@ fn show_script<T: serde::Serialize>(
         print!("{content}");
     } else if output == Output::Table {
         // The source would drown the other fields; --content prints it.
-        super::table::fields(&serde_json::to_value(&answer.value)?, &["content"]).print();
+        super::table::fields(&answer.value, &["content"])?.print();
     } else {
         print_raw(&answer.raw);
     }
@@ -403,14 +403,14 @@ pub async fn tasks(flags: &ClientFlags, command: TaskCommand) -> anyhow::Result<
             print_object(output, &api.get::<TaskResponse>(&format!("/tasks/{id}"), &[]).await?)?;
         }
         TaskCommand::Create { name, script, fields } => {
-            let mut body = task_input(&api, fields).await?;
+            let mut body = task_input(&api, *fields).await?;
             body.name = Some(name);
             body.script_id = Some(api.script_id(&script).await?);
             print_object(output, &api.post::<_, TaskResponse>("/tasks", &body).await?)?;
         }
         TaskCommand::Update { task, name, script, fields } => {
             let id = api.task_id(&task).await?;
-            let mut body = task_input(&api, fields).await?;
+            let mut body = task_input(&api, *fields).await?;
             body.name = name;
             if let Some(script) = script {
                 body.script_id = Some(api.script_id(&script).await?);

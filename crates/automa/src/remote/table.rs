@@ -3,6 +3,10 @@
 
 use std::io::IsTerminal;
 
+use serde::{
+    Deserialize, Serialize,
+    de::{MapAccess, Visitor},
+};
 use serde_json::Value;
 
 /// Columns are never cut narrower than this.
@@ -15,17 +19,39 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-/// An object's fields, one per line (`hide` leaves some out), values as plain text or compact JSON.
-pub fn fields(value: &Value, hide: &[&str]) -> Table {
-    let rows = match value {
-        Value::Object(map) => map
-            .iter()
-            .filter(|(key, _)| !hide.contains(&key.as_str()))
-            .map(|(key, value)| vec![key.clone(), plain(value)])
-            .collect(),
-        other => vec![vec![plain(other)]],
-    };
-    Table { headers: Vec::new(), rows }
+/// An object's fields in the order the API gives them, one per line (`hide` leaves some out), values as plain
+/// text or compact JSON.
+pub fn fields<T: Serialize>(value: &T, hide: &[&str]) -> anyhow::Result<Table> {
+    let Fields(fields) = serde_json::from_str(&serde_json::to_string(value)?)?;
+    let rows = fields
+        .into_iter()
+        .filter(|(key, _)| !hide.contains(&key.as_str()))
+        .map(|(key, value)| vec![key, plain(&value)])
+        .collect();
+    Ok(Table { headers: Vec::new(), rows })
+}
+
+/// A JSON object's members in their order (`serde_json::Map` sorts them, which would scatter related fields).
+struct Fields(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Fields(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 fn plain(value: &Value) -> String {

@@ -6,6 +6,7 @@
 mod admin;
 mod login;
 mod resources;
+mod runs;
 mod table;
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use automa_server::api::Page;
 
 pub use admin::{AuditListFlags, audit_list, audit_verify};
-pub use resources::{RunFlags, run};
+pub use runs::{RunFlags, run};
 
 use crate::client::{Answer, Api};
 
@@ -77,7 +78,7 @@ pub enum Remote {
         #[command(flatten)]
         flags: ClientFlags,
         #[command(subcommand)]
-        command: resources::RunCommand,
+        command: runs::RunCommand,
     },
     /// A run's output; with --follow, live until the run ends, then exit with the script's exit code.
     Logs {
@@ -141,8 +142,8 @@ pub async fn main(command: Remote) -> ! {
         Remote::Logout(flags) => login::logout(flags).await,
         Remote::Scripts { flags, command } => resources::scripts(&flags, command).await,
         Remote::Tasks { flags, command } => resources::tasks(&flags, command).await,
-        Remote::Runs { flags, command } => resources::runs(&flags, command).await,
-        Remote::Logs { run, follow, flags } => resources::logs(&flags, run, follow).await,
+        Remote::Runs { flags, command } => runs::runs(&flags, command).await,
+        Remote::Logs { run, follow, flags } => runs::logs(&flags, run, follow).await,
         Remote::Agents { flags, command } => admin::agents(&flags, command).await,
         Remote::Users { flags, command } => admin::users(&flags, command).await,
         Remote::Secrets { flags, command } => admin::secrets(&flags, command).await,
@@ -225,6 +226,14 @@ pub fn print_rows<T>(items: &[T], columns: &[Column<T>]) {
 
 /// A column of a table: its header and how to read its cell from an item.
 pub type Column<T> = (&'static str, fn(&T) -> String);
+
+/// A message for people: on standard output for tables, on standard error beside JSON, which stays parseable.
+pub fn say(output: Output, message: &str) {
+    match output {
+        Output::Table => println!("{message}"),
+        Output::Json => eprintln!("{message}"),
+    }
+}
 
 pub fn print_raw(raw: &str) {
     if raw.ends_with('\n') {

@@ -2,7 +2,7 @@
 //! server can return most of them as they are.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -410,7 +410,7 @@ pub struct LeaseRenewal {
 }
 
 /// One piece of a run's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LogChunk {
     pub seq: i64,
     pub stream: String,

@@ -4,11 +4,12 @@
 mod bench;
 mod bench_schedule;
 mod client;
+mod remote;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 
 use automa_core::{Email, Role};
@@ -39,11 +40,16 @@ enum Command {
     /// Manage users directly in the database.
     #[command(subcommand)]
     User(UserCommand),
-    /// Inspect the audit log directly in the database.
+    /// The audit log: verify it or take a checkpoint in the database directly, or list and verify it through
+    /// the API.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Run a task (by name or id) or a local script.py through the server.
-    Run(RunFlags),
+    Run(remote::RunFlags),
+    #[command(flatten)]
+    Remote(remote::Remote),
+    /// Print a shell completion script, e.g. `automa completions bash > /etc/bash_completion.d/automa`.
+    Completions { shell: clap_complete::Shell },
     /// Execute runs for a server: a remote agent, connecting out to the server only.
     Agent(AgentFlags),
     /// Measure: `runs` (default), the overhead of running scripts through the API against starting Python
@@ -61,28 +67,6 @@ enum Command {
 enum BenchKind {
     Runs,
     Schedule,
-}
-
-#[derive(Args)]
-struct RunFlags {
-    /// A task's name or id, or the path of a .py file to run once.
-    target: String,
-    /// Stream the output and exit with the script's exit code.
-    #[arg(long)]
-    follow: bool,
-    /// The server's URL.
-    #[arg(long, env = "AUTOMA_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// A file holding an API token (atm_...) or session token, instead of the AUTOMA_TOKEN environment variable;
-    /// never the command line, where every local user could read it in the process list.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Allow plain http:// to a server that is not on loopback: the token travels in clear.
-    #[arg(long, env = "AUTOMA_ALLOW_INSECURE_HTTP")]
-    allow_insecure_http: bool,
-    /// Arguments for a script file (after --).
-    #[arg(last = true)]
-    args: Vec<String>,
 }
 
 /// The agent's token (atma_..., shown once when the agent was created) comes from the AUTOMA_TOKEN
@@ -155,16 +139,24 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain; exits 1 and names the first bad entry if it is broken. Needs the server's
-    /// secret key (the same configuration as `serve`), since entries are keyed with it.
+    /// Recompute the hash chain; exits 1 and names the first bad entry if it is broken. Reads the database
+    /// directly and needs the server's secret key (the same configuration as `serve`), since entries are keyed
+    /// with it; with --remote, asks the server through the API instead (admins).
     Verify {
         /// A checkpoint printed earlier by `automa audit checkpoint` (the JSON itself, or a file holding it):
         /// also fail if the chain no longer holds that entry with that hash.
         #[arg(long)]
         checkpoint: Option<String>,
+        /// Verify through the API of the server you are signed in to (see `automa login`).
+        #[arg(long)]
+        remote: bool,
         #[command(flatten)]
         store: StoreFlags,
+        #[command(flatten)]
+        client: remote::ClientFlags,
     },
+    /// The audit log through the API, newest first.
+    List(remote::AuditListFlags),
     /// Verify the chain and print its head as one JSON line ({"id":..,"hash":..}) to keep outside the
     /// database, e.g. in a log shipper; exits 1 without printing a head if the chain is broken.
     Checkpoint(StoreFlags),
@@ -213,17 +205,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created {} ({}) with id {}", user.email, user.role, user.id);
             Ok(())
         }
-        Command::Run(flags) => {
-            let token = token_from(flags.token_file.as_deref(), "automa run")?;
-            let api = client::Api::new(&flags.url, &token, flags.allow_insecure_http)?;
-            let run = api.start(&flags.target, &flags.args).await?;
-            let id = run["id"].as_i64().context("the server returned no run id")?;
-            if !flags.follow {
-                println!("{}", serde_json::to_string_pretty(&run)?);
-                return Ok(());
-            }
-            let ended = api.follow(id).await?;
-            std::process::exit(client::exit_code(&ended));
+        Command::Run(flags) => remote::run(flags).await,
+        Command::Remote(command) => remote::main(command).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "automa", &mut std::io::stdout());
+            Ok(())
         }
         Command::Agent(flags) => {
             let mut overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
@@ -238,7 +224,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { what: BenchKind::Runs, python } => bench::bench(python).await,
         Command::Bench { what: BenchKind::Schedule, .. } => bench_schedule::bench().await,
-        Command::Audit(AuditCommand::Verify { checkpoint, store }) => {
+        Command::Audit(AuditCommand::Verify { checkpoint, remote: true, client, .. }) => {
+            let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose();
+            match checkpoint {
+                Ok(checkpoint) => remote::audit_verify(&client, checkpoint).await,
+                Err(error) => remote::exit(Err(remote::usage(format!("{error:#}")))),
+            }
+        }
+        Command::Audit(AuditCommand::List(flags)) => remote::audit_list(flags).await,
+        Command::Audit(AuditCommand::Verify { checkpoint, store, .. }) => {
             let config = Config::load(cli.config, &store)?;
             init_logging(config.log_format);
             let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose()?;

@@ -19,7 +19,7 @@ use crate::{
 /// An agent is offline when no heartbeat came for this long.
 pub const OFFLINE_AFTER_SECONDS: i64 = 90;
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentResponse {
     pub id: i64,
     pub name: String,
@@ -27,7 +27,7 @@ pub struct AgentResponse {
     pub labels: Vec<String>,
     pub max_concurrency: i64,
     /// `online`, `offline`, `draining` or `disabled`.
-    pub status: &'static str,
+    pub status: String,
     /// Whether this is the agent inside `automa serve`.
     pub embedded: bool,
     pub hostname: Option<String>,
@@ -42,7 +42,7 @@ pub struct AgentResponse {
 impl From<Agent> for AgentResponse {
     fn from(agent: Agent) -> Self {
         AgentResponse {
-            status: agent.status(Utc::now(), chrono::Duration::seconds(OFFLINE_AFTER_SECONDS)),
+            status: agent.status(Utc::now(), chrono::Duration::seconds(OFFLINE_AFTER_SECONDS)).to_owned(),
             id: agent.id,
             name: agent.name,
             description: agent.description,
@@ -58,7 +58,7 @@ impl From<Agent> for AgentResponse {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedAgent {
     #[serde(flatten)]
     pub agent: AgentResponse,
@@ -66,7 +66,7 @@ pub struct CreatedAgent {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
     pub name: String,
@@ -78,7 +78,7 @@ pub struct CreateAgent {
     pub max_concurrency: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
     pub name: Option<String>,

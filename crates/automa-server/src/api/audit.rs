@@ -25,7 +25,7 @@ use crate::{
 /// What a redacted value reads as.
 const REDACTED: &str = "***";
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntryResponse {
     pub id: i64,
     pub ts: DateTime<Utc>,
@@ -138,13 +138,13 @@ pub struct AuditQuery {
 }
 
 /// An entry's id and hash as `automa audit checkpoint` prints them, to keep outside the database.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CheckpointResponse {
     pub id: i64,
     pub hash: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VerifyResponse {
     /// Whether every entry's hash matches its content and its predecessor (and the checkpoint, if given).
     pub ok: bool,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use automa_core::{InvalidField, Trigger};
@@ -62,7 +62,7 @@ pub async fn task(
 }
 
 /// An ad-hoc run: `script_id` (its current version) or inline `content`, with optional parameters.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     pub script_id: Option<i64>,

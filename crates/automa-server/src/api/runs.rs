@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// A run (DESIGN §8).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunResponse {
     pub id: i64,
     pub task_id: Option<i64>,
@@ -164,7 +164,7 @@ pub async fn cancel(
 }
 
 /// A page of a run's output.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RunLogs {
     pub run_id: i64,
     /// `{seq, stream, ts, data}`, in order.

@@ -18,7 +18,7 @@ use crate::{
     state::AppState,
 };
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ScriptResponse {
     pub id: i64,
     pub name: String,
@@ -53,7 +53,7 @@ impl From<Script> for ScriptResponse {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VersionResponse {
     pub script_id: i64,
     pub version: i64,
@@ -78,7 +78,7 @@ impl From<ScriptVersion> for VersionResponse {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateScript {
     pub name: String,
@@ -90,7 +90,7 @@ pub struct CreateScript {
     pub filename: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateScript {
     pub name: Option<String>,

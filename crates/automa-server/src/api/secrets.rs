@@ -79,7 +79,7 @@ impl From<SecretPolicy> for SecretPolicyBody {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecret {
     /// The environment variable name runs see.
@@ -90,7 +90,7 @@ pub struct CreateSecret {
 }
 
 /// A new value, a new policy (replacing the whole policy), or both.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSecret {
     pub value: Option<String>,
@@ -98,7 +98,7 @@ pub struct UpdateSecret {
 }
 
 /// A secret's name, owner, policy and dates.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SecretResponse {
     pub id: i64,
     pub name: String,

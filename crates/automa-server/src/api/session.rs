@@ -21,18 +21,18 @@ use crate::{
 };
 
 /// The OAuth2 password form (`application/x-www-form-urlencoded`); JSON with the same fields is accepted too.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LoginForm {
     /// The user's e-mail address.
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     /// Always `bearer`.
-    pub token_type: &'static str,
+    pub token_type: String,
     /// Seconds until the token expires.
     pub expires_in: i64,
 }
@@ -136,7 +136,7 @@ pub async fn login(
     state.store.record_login(&Actor::user(user.id, ip), user.id).await?;
     Ok(axum::Json(TokenResponse {
         access_token: state.sessions.issue(&user)?,
-        token_type: "bearer",
+        token_type: "bearer".to_owned(),
         expires_in: state.sessions.ttl_seconds,
     }))
 }

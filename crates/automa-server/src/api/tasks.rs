@@ -19,7 +19,7 @@ use crate::{
     state::AppState,
 };
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskResponse {
     pub id: i64,
     pub name: String,
@@ -83,16 +83,16 @@ impl From<Task> for TaskResponse {
 
 /// The fields of a task. On create, `name` and `script_id` are required; on update every field is optional and
 /// absent fields keep their value (`null` clears a nullable one).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskInput {
     pub name: Option<String>,
     pub description: Option<String>,
     pub script_id: Option<i64>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<i64>)]
     pub script_version: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<i64>)]
     pub agent_id: Option<Option<i64>>,
     pub labels: Option<Vec<String>>,
@@ -106,7 +106,7 @@ pub struct TaskInput {
     pub network: Option<bool>,
     pub retries: Option<i64>,
     pub retry_backoff_seconds: Option<i64>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Schedule>)]
     pub schedule: Option<Option<Schedule>>,
     /// Shorthand for a one-off schedule at this time.

@@ -16,7 +16,7 @@ use crate::{
     state::AppState,
 };
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub id: i64,
     pub name: String,
@@ -45,7 +45,7 @@ impl From<ApiToken> for TokenInfo {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub info: TokenInfo,
@@ -53,7 +53,7 @@ pub struct CreatedToken {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,

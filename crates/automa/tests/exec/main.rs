@@ -7,4 +7,7 @@ mod api;
 mod cli;
 mod crash;
 mod load;
+#[path = "../pg_database/mod.rs"]
+mod pg_database;
+mod restart;
 mod support;

@@ -125,12 +125,20 @@ async fn ship<B: AgentBackend>(
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(chunk) = next.take() {
-            bytes += chunk.data.len();
-            seq += 1;
-            batch.push(WireChunk { seq, stream: stream_name(chunk.stream).into(), ts: Utc::now(), data: chunk.data });
+            // The sandbox notes a stop as a cancel; after a shutdown's stop the server writes what happened
+            // (the run was handed back), which a "cancelled" line would contradict.
+            if chunk.stream != Stream::System || !control.abandoned.load(Ordering::SeqCst) {
+                bytes += chunk.data.len();
+                seq += 1;
+                let stream = stream_name(chunk.stream).into();
+                batch.push(WireChunk { seq, stream, ts: Utc::now(), data: chunk.data });
+            }
             if bytes < BATCH_BYTES {
                 next = chunks.try_recv().ok();
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let batch = LogBatch { chunks: batch };
         match deliver(|| backend.append_logs(run_id, batch.clone()), run_id, "output").await {

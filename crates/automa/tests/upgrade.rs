@@ -52,7 +52,7 @@ fn previous_version(backend: &str, into: &Path) -> (PathBuf, String) {
 
 /// Runs `serve` expecting a refusal; returns what it wrote. A server that starts after all is killed after a
 /// bounded wait, so a regression fails instead of hanging.
-fn refused(mut command: Command) -> String {
+fn refused(command: &mut Command) -> String {
     let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
     while std::time::Instant::now() < deadline {
@@ -70,7 +70,7 @@ fn refused(mut command: Command) -> String {
 }
 
 /// Starts `serve`, waits (bounded) until it says it is running, and stops it with SIGTERM; returns its stderr.
-fn serves_and_stops(mut command: Command) -> String {
+fn serves_and_stops(command: &mut Command) -> String {
     let mut child: Child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let (found, receive) = std::sync::mpsc::channel();
@@ -109,10 +109,10 @@ async fn upgrade(backend: &str, database_url: &str, dir: &Path) {
     let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
     if backend == "sqlite" {
         let mut db = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        migrator.run_direct(&mut db).await.unwrap();
+        migrator.run(&mut db).await.unwrap();
     } else {
         let mut db = sqlx::PgConnection::connect(database_url).await.unwrap();
-        migrator.run_direct(&mut db).await.unwrap();
+        migrator.run(&mut db).await.unwrap();
     }
     let total = migrations(backend).len() as i64;
     assert_eq!(applied(database_url).await, total - 1, "the database is one migration behind");
@@ -122,7 +122,7 @@ async fn upgrade(backend: &str, database_url: &str, dir: &Path) {
     assert!(stderr.contains("automa migrate"), "says how to apply it: {stderr}");
     assert_eq!(applied(database_url).await, total - 1, "a refusal changes nothing");
 
-    let stderr = serves_and_stops(automa(dir, database_url));
+    let stderr = serves_and_stops(&mut automa(dir, database_url));
     assert!(stderr.contains("applying pending database migrations"), "{stderr}");
     assert_eq!(applied(database_url).await, total, "serve applied the pending migration itself");
     serves_and_stops(automa(dir, database_url).env("AUTOMA_AUTO_MIGRATE", "false"));

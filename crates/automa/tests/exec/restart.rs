@@ -208,3 +208,39 @@ async fn a_rolling_restart_of_two_servers_finishes_every_run_exactly_once() {
     }
     assert!(handed_back >= 4, "each restart interrupted runs (both agents were busy): {handed_back} hand-backs");
 }
+
+#[tokio::test]
+async fn a_remote_agent_hands_back_its_runs_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AUTOMA_NO_AGENT", "true")], true).await;
+    let (status, agent) = server.post("/agents", json!({"name": "remote", "max_concurrency": 1})).await;
+    assert_eq!(status, 201, "{agent}");
+    let start_agent = || {
+        crate::support::command(dir.path(), &[("AUTOMA_SHUTDOWN_GRACE_SECONDS", "1")])
+            .args(["agent", "--server", &server.base])
+            .env("AUTOMA_TOKEN", agent["token"].as_str().unwrap())
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut process = start_agent();
+    let run = server.execute(SLOW, json!({"agent_id": agent["id"]})).await;
+    let id = run["id"].as_i64().unwrap();
+    wait_until_started(&server, id).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exited = tokio::task::spawn_blocking(move || process.wait());
+    let status = tokio::time::timeout(PATIENCE, exited).await.expect("the agent stops").unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let handed = server.get(&format!("/runs/{id}")).await;
+    assert_eq!((handed["status"].as_str(), handed["attempt"].as_i64()), (Some("queued"), Some(1)), "{handed}");
+
+    let mut process = start_agent();
+    let (chunks, ended) = server.follow(id).await;
+    let _ = process.kill();
+    let _ = process.wait();
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(text_of(&chunks, "stdout"), "started\nstarted\ndone\n");
+    assert_eq!(text_of(&chunks, "system"), "agent 'remote' shut down; run handed back and requeued\n");
+}

@@ -154,9 +154,8 @@ impl Store {
                 (sqlx::migrate!("./migrations/sqlite"), applied)
             }
             Backend::Postgres(pool) => {
-                let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                    .fetch_one(pool)
-                    .await?;
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
                 let applied: Vec<i64> = if exists {
                     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
                 } else {

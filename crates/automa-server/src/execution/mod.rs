@@ -323,7 +323,9 @@ impl Execution {
             // Another agent's runs, and runs that do not exist, get the same answer.
             None => match self.store.get_run(run_id).await {
                 Ok(run) if run.agent_id == Some(agent_id) => Ok(FinishReply { status: run.status }),
-                Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("run")),
+                Ok(_) | Err(StoreError::NotFound) => {
+                    Err(ApiError::Conflict(format!("run {run_id} is not held by this agent")))
+                }
                 Err(other) => Err(other.into()),
             },
         }

@@ -47,7 +47,8 @@ async fn misfire_policy_applies_after_a_restart(backend: Backend) {
     // away, so nothing in the test depends on how long the test takes (a slow machine changes no outcome).
     let anchor = (Utc::now() - chrono::Duration::minutes(210)).to_rfc3339_opts(SecondsFormat::Micros, false);
     let mut ids = Vec::new();
-    for (name, grace, coalesce) in [("skip-late", 3600, false), ("coalesce", 86_400, true), ("run-all", 86_400, false)] {
+    for (name, grace, coalesce) in [("skip-late", 3600, false), ("coalesce", 86_400, true), ("run-all", 86_400, false)]
+    {
         let schedule = json!({"kind": "interval", "every_seconds": 3600, "at": anchor, "misfire_grace_seconds": grace,
             "coalesce": coalesce, "max_instances": 10});
         let task = app.post("/tasks", &admin, json!({"name": name, "script_id": script, "schedule": schedule})).await;

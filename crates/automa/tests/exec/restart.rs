@@ -175,7 +175,8 @@ async fn a_rolling_restart_of_two_servers_finishes_every_run_exactly_once() {
     let (first, second) = (settings("embedded-first"), settings("embedded-second"));
     let first: Vec<(&str, &str)> = first.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let second: Vec<(&str, &str)> = second.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut servers = [Server::start(dirs[0].path(), &first, true).await, Server::start(dirs[1].path(), &second, false).await];
+    let mut servers =
+        [Server::start(dirs[0].path(), &first, true).await, Server::start(dirs[1].path(), &second, false).await];
     let task = task_running(&servers[0], 0).await;
     let mut queued = 0;
     for round in 0..2 {

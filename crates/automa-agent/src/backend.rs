@@ -36,4 +36,7 @@ pub trait AgentBackend: Send + Sync + 'static {
     fn claim(&self, wait: Duration) -> impl Future<Output = Result<Option<Assignment>, AgentError>> + Send;
     fn append_logs(&self, run_id: i64, batch: LogBatch) -> impl Future<Output = Result<LogsReply, AgentError>> + Send;
     fn finish(&self, run_id: i64, outcome: Outcome) -> impl Future<Output = Result<FinishReply, AgentError>> + Send;
+    /// Gives back a run this agent stopped because it is shutting down: the server queues it again without
+    /// counting an attempt.
+    fn hand_back(&self, run_id: i64) -> impl Future<Output = Result<FinishReply, AgentError>> + Send;
 }

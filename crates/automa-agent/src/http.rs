@@ -122,6 +122,10 @@ impl AgentBackend for HttpBackend {
     async fn finish(&self, run_id: i64, outcome: Outcome) -> Result<FinishReply, AgentError> {
         self.post_some(&format!("/agent/runs/{run_id}/finish"), &outcome).await
     }
+
+    async fn hand_back(&self, run_id: i64) -> Result<FinishReply, AgentError> {
+        self.post_some(&format!("/agent/runs/{run_id}/hand-back"), &serde_json::json!({})).await
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ pub struct Assignment {
     pub cpu_seconds: i64,
     pub max_output_bytes: i64,
     pub network: bool,
+    /// The run's output already stored (a run handed back by an agent that shut down, claimed again): this
+    /// execution numbers its chunks after it, so they follow the earlier output instead of being taken for
+    /// resends of it.
+    #[serde(default)]
+    pub last_log_seq: i64,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -108,8 +113,8 @@ pub struct Outcome {
     pub truncated: bool,
     /// Why the run could not be executed or was stopped, when it was.
     pub error: Option<String>,
-    /// The agent gave the run up (it shut down before the run ended): the run is lost and retried if it has
-    /// retries left.
+    /// The agent gave the run up (it shut down before the run ended). Agents hand such runs back instead
+    /// (`/agent/runs/{id}/hand-back`); the server treats this flag the same way, for agents that send it.
     #[serde(default)]
     pub abandoned: bool,
 }

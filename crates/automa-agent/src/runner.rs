@@ -52,14 +52,20 @@ pub(crate) async fn execute<B: AgentBackend>(
     let control = Arc::new(RunControl { stop, abandoned: AtomicBool::new(false) });
     running.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, control.clone());
     let (output, chunks) = mpsc::channel(CHANNEL_CHUNKS);
-    let shipper = tokio::spawn(ship(backend.clone(), run_id, chunks, control.clone()));
+    let shipper = tokio::spawn(ship(backend.clone(), run_id, work.last_log_seq, chunks, control.clone()));
     let result = sandbox.run(spec(work), output, stopped).await;
     let shipped = shipper.await.unwrap_or(false);
     let mut outcome = match result {
         Ok(report) => outcome(&report),
         Err(error) => Outcome { error: Some(error.to_string()), ..Outcome::default() },
     };
-    outcome.abandoned = control.abandoned.load(Ordering::SeqCst);
+    if control.abandoned.load(Ordering::SeqCst) && (outcome.cancelled || outcome.error.is_some()) {
+        // Stopped by this agent's shutdown, not by anything the script did: the run is not over. (A script that
+        // ended by itself just as the grace ran out is reported as it ended.)
+        let _ = deliver(|| backend.hand_back(run_id), run_id, "hand-back").await;
+        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+        return;
+    }
     if !shipped && outcome.error.is_none() {
         outcome.error = Some("some output could not be delivered to the server".into());
     }
@@ -108,22 +114,31 @@ fn outcome(report: &Report) -> Outcome {
 async fn ship<B: AgentBackend>(
     backend: Arc<B>,
     run_id: i64,
+    last_log_seq: i64,
     mut chunks: mpsc::Receiver<OutputChunk>,
     control: Arc<RunControl>,
 ) -> bool {
-    let mut seq = 0_i64;
+    let mut seq = last_log_seq.max(0);
     let mut delivered = true;
     while let Some(first) = chunks.recv().await {
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(chunk) = next.take() {
-            bytes += chunk.data.len();
-            seq += 1;
-            batch.push(WireChunk { seq, stream: stream_name(chunk.stream).into(), ts: Utc::now(), data: chunk.data });
+            // The sandbox notes a stop as a cancel; after a shutdown's stop the server writes what happened
+            // (the run was handed back), which a "cancelled" line would contradict.
+            if chunk.stream != Stream::System || !control.abandoned.load(Ordering::SeqCst) {
+                bytes += chunk.data.len();
+                seq += 1;
+                let stream = stream_name(chunk.stream).into();
+                batch.push(WireChunk { seq, stream, ts: Utc::now(), data: chunk.data });
+            }
             if bytes < BATCH_BYTES {
                 next = chunks.try_recv().ok();
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let batch = LogBatch { chunks: batch };
         match deliver(|| backend.append_logs(run_id, batch.clone()), run_id, "output").await {

@@ -1,6 +1,7 @@
 //! The agent loop: an initial heartbeat, then periodic heartbeats that renew leases and deliver cancel
 //! requests, and a claim loop that long-polls for work whenever a slot is free. On shutdown it stops claiming,
-//! lets running runs finish within a grace period and gives up the rest, which the server then retries.
+//! lets running runs finish within a grace period, then stops the rest and hands them back to the server, which
+//! queues them again without counting an attempt.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -141,7 +142,7 @@ impl<B: AgentBackend> Agent<B> {
         self.drain(runs).await;
     }
 
-    /// Lets running runs finish within the grace period, then abandons the rest.
+    /// Lets running runs finish within the grace period, then stops the rest and hands them back.
     async fn drain(&self, mut runs: JoinSet<()>) {
         if runs.is_empty() {
             return;

@@ -59,7 +59,7 @@ impl Application {
             .await
             .with_context(|| format!("opening {}", automa_store::redact_url(&url)))?
             .with_audit_key(AuditKey::derive(&key));
-        store.migrate().await.context("migrating the database")?;
+        migrate_or_refuse(&store, config.auto_migrate).await?;
         file_modes::warn_if_exposed(&file_modes::sensitive_paths(&config.data_dir, store.sqlite_path().as_deref()));
         let interpreter = match automa_runner::resolve_interpreter(config.python.as_deref()) {
             Ok(path) => Some(path),
@@ -184,6 +184,27 @@ impl Application {
     pub fn execution(&self) -> &Arc<Execution> {
         &self.state.execution
     }
+}
+
+/// Brings the database up to this build's schema, or with `auto_migrate` off refuses to serve an older one:
+/// the code expects every migration applied. Several servers starting at once are safe, since the migrator
+/// holds a database lock while it applies them.
+async fn migrate_or_refuse(store: &Store, auto_migrate: bool) -> anyhow::Result<()> {
+    let pending = store.pending_migrations().await.context("reading the database's migrations")?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if !auto_migrate {
+        anyhow::bail!(
+            "the database is behind this version of Automa: {} pending migration(s): {}. AUTOMA_AUTO_MIGRATE is \
+             false, so apply them with `automa migrate` (same configuration), then start again",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    tracing::info!(migrations = %pending.join(", "), "applying pending database migrations");
+    store.migrate().await.context("migrating the database")?;
+    Ok(())
 }
 
 /// Refuses limits that would make the server unusable rather than start with them.

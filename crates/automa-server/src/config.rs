@@ -128,6 +128,14 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+
+    // Restarts and upgrades.
+    /// Apply pending database migrations when `serve` starts (default). Off: `serve` refuses to start while
+    /// any is pending and names them, so migrations run only through `automa migrate`.
+    pub auto_migrate: bool,
+    /// The embedded agent's name; default `embedded-<hostname>`. Servers sharing one database on one host need
+    /// different names, since an agent that starts gives up every run its record held.
+    pub embedded_agent_name: Option<String>,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -176,6 +184,8 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
             network_grant: NetworkGrant::Admin,
+            auto_migrate: true,
+            embedded_agent_name: None,
         }
     }
 }

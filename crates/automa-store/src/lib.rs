@@ -137,6 +137,40 @@ impl Store {
         Ok(())
     }
 
+    /// The migrations of this build not yet applied to the database, as `version_description`, oldest first.
+    pub async fn pending_migrations(&self) -> StoreResult<Vec<String>> {
+        let (migrator, applied) = match &*self.backend {
+            Backend::Sqlite(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                let applied: Vec<i64> = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/sqlite"), applied)
+            }
+            Backend::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+                let applied: Vec<i64> = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/postgres"), applied)
+            }
+        };
+        Ok(migrator
+            .iter()
+            .filter(|migration| migration.migration_type.is_up_migration() && !applied.contains(&migration.version))
+            .map(|migration| format!("{:04}_{}", migration.version, migration.description.replace(' ', "_")))
+            .collect())
+    }
+
     /// Whether the database answers and every migration of this build is applied, for `/ready`.
     pub async fn is_ready(&self) -> bool {
         let expected = match &*self.backend {

@@ -371,6 +371,9 @@ pub struct NewRun {
 pub struct ClaimedRun {
     pub run: Run,
     pub content: String,
+    /// The highest output chunk number the run already has (0 for a fresh run): a run handed back and
+    /// claimed again continues its log after it.
+    pub last_log_seq: i64,
 }
 
 /// How a run ended, as its agent reports it.

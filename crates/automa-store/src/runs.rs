@@ -233,7 +233,15 @@ impl Store {
             }),
         };
         match content {
-            Some(content) => Ok(Some(ClaimedRun { run, content })),
+            Some(content) => {
+                let last_log_seq = dispatch!(self, pool => {
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1")
+                        .bind(run.id)
+                        .fetch_one(pool)
+                        .await?
+                });
+                Ok(Some(ClaimedRun { run, content, last_log_seq }))
+            }
             None => {
                 let end = RunEnd::failed("the script version of this run no longer exists");
                 self.finish_run(run.id, Some(agent_id), &end).await?;
@@ -283,6 +291,52 @@ impl Store {
             Some(finished) => Ok(finished),
             None => Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None }),
         }
+    }
+
+    /// Gives a running run back to the queue because its agent is shutting down, not because the run failed:
+    /// the same run (same id, same attempt, so its retries are untouched) becomes `queued` again at the head of
+    /// the queue, with a `system` line in its output saying why, in the transaction that releases the agent's
+    /// lease. A run whose cancellation was requested ends `cancelled` instead. `None` when the run is not
+    /// running on `agent_id` (already ended, reaped or handed back), so a repeated hand-back changes nothing.
+    pub async fn hand_back_run(&self, run_id: i64, agent_id: i64, reason: &str) -> StoreResult<Option<Finished>> {
+        let postgres = self.is_postgres();
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_with_lock().await?;
+            let run: Option<Run> = sqlx::query_as(
+                "UPDATE runs SET status = 'queued', agent_id = NULL, started_at = NULL, lease_until = NULL, \
+                 not_before = $3 WHERE id = $1 AND agent_id = $2 AND status = 'running' AND NOT cancel_requested \
+                 RETURNING *",
+            )
+            .bind(run_id)
+            .bind(agent_id)
+            .bind(now())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let finished = match run {
+                Some(run) => {
+                    sqlx::query(
+                        "INSERT INTO run_logs (run_id, seq, stream, ts, data) SELECT $1, COALESCE(MAX(seq), 0) + 1, \
+                         'system', $2, $3 FROM run_logs WHERE run_id = $1",
+                    )
+                    .bind(run_id)
+                    .bind(now())
+                    .bind(format!("{reason}\n"))
+                    .execute(&mut *tx)
+                    .await?;
+                    if postgres {
+                        sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+                    }
+                    Some(Finished { run, changed: true, retry: None })
+                }
+                None => {
+                    let error = Some("cancelled; its agent shut down before it stopped".to_owned());
+                    let end = RunEnd { error, ..RunEnd::new(RunStatus::Cancelled) };
+                    finish_in_tx!(tx, run_id, Some(agent_id), &end)
+                }
+            };
+            tx.commit().await?;
+            Ok(finished)
+        })
     }
 
     /// Marks `lost` every running run whose lease expired before `at` (or, with `agent_id`, every running run

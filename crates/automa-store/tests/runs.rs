@@ -7,7 +7,7 @@ use automa_core::{RunStatus, Trigger};
 use automa_store::{Actor, AuditKey, NewAgent, NewLogChunk, NewRun, NewScript, RunEnd, Store};
 use chrono::Duration;
 
-/// A store on a fresh database; the guard drops the PostgreSQL database at the end.
+/// A store on a fresh database. Dropping it drops the PostgreSQL database, also when the test panicked.
 struct TestDb {
     store: Store,
     _dir: Option<tempfile::TempDir>,
@@ -42,26 +42,36 @@ impl TestDb {
             Some(slash) => format!("{}/{name}", &url[..slash]),
             None => unreachable!("a PostgreSQL URL has a path"),
         };
-        let store = Store::connect(&db_url).await.unwrap().with_audit_key(test_key());
-        store.migrate().await.unwrap();
-        Some(TestDb { store, _dir: None, pg: Some((url, name)) })
+        // Owned by the guard before anything can fail, so the database is dropped whatever happens next.
+        let mut db = TestDb { store: Store::connect(&db_url).await.unwrap(), _dir: None, pg: Some((url, name)) };
+        db.store = db.store.clone().with_audit_key(test_key());
+        db.store.migrate().await.unwrap();
+        Some(db)
     }
+}
 
-    async fn drop_db(self) {
-        self.store.close().await;
-        if let Some((url, name)) = self.pg {
-            // Clean-up, not the test: an autovacuum worker on the database (a superuser's backend, which the
-            // test role may not terminate) can make the drop fail for a moment, so it is retried, then left.
-            let admin = Store::connect(&url).await.unwrap();
-            for attempt in 1..=5 {
-                match admin.execute_raw(&format!("DROP DATABASE {name} WITH (FORCE)")).await {
-                    Ok(()) => break,
-                    Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((url, name)) = self.pg.take() else { return };
+        // Drop cannot await, and may run while the test's runtime unwinds: a thread with a runtime of its own
+        // does the clean-up. `WITH (FORCE)` ends the test's own connections, which are still open.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let admin = Store::connect(&url).await.unwrap();
+                // Clean-up, not the test: an autovacuum worker on the database (a superuser's backend, which
+                // the test role may not terminate) can make the drop fail for a moment, so it is retried.
+                for attempt in 1..=5 {
+                    match admin.execute_raw(&format!("DROP DATABASE {name} WITH (FORCE)")).await {
+                        Ok(()) => break,
+                        Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    }
                 }
-            }
-            admin.close().await;
-        }
+                admin.close().await;
+            })
+        });
+        let _ = dropped.join();
     }
 }
 
@@ -82,14 +92,12 @@ macro_rules! both_backends {
             async fn sqlite() {
                 let db = super::TestDb::sqlite().await;
                 super::$body(&db.store).await;
-                db.drop_db().await;
             }
 
             #[tokio::test]
             async fn postgres() {
                 if let Some(db) = super::TestDb::postgres().await {
                     super::$body(&db.store).await;
-                    db.drop_db().await;
                 }
             }
         }
@@ -290,3 +298,60 @@ async fn concurrent_claimers_never_share_a_run(store: &Store) {
     assert_eq!(seen.len(), 100);
 }
 both_backends!(concurrent_claims, concurrent_claimers_never_share_a_run);
+
+async fn a_handed_back_run_is_queued_again_without_spending_a_retry(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let b = agent(store, "b", &[], 4).await;
+    let older = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let chunk = |seq: i64| NewLogChunk { seq, stream: "stdout".into(), ts: automa_store::now(), data: "x\n".into() };
+    assert_eq!(store.claim_run(a, lease()).await.unwrap().unwrap().run.id, older.id);
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
+    assert_eq!((claimed.run.id, claimed.last_log_seq), (run.id, 0));
+    store.append_logs(run.id, a, &[chunk(1), chunk(2)], 1_000).await.unwrap();
+
+    assert!(store.hand_back_run(run.id, b, "not b's").await.unwrap().is_none(), "only its holder hands it back");
+    let handed = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().expect("handed back");
+    assert_eq!((handed.run.status.as_str(), handed.run.attempt, handed.run.agent_id), ("queued", 1, None));
+    assert!(handed.retry.is_none(), "no new run: the same one goes back to the queue");
+    assert!(handed.run.started_at.is_none() && handed.run.lease_until.is_none(), "its lease is released");
+    assert!(store.hand_back_run(run.id, a, "again").await.unwrap().is_none(), "a repeated hand-back changes nothing");
+    let lost = store.lose_runs(automa_store::now(), Some(a), "restart").await.unwrap();
+    assert_eq!(lost.iter().map(|f| f.run.id).collect::<Vec<_>>(), [older.id], "the handed-back run is not lost");
+
+    let again = store.claim_run(b, lease()).await.unwrap().expect("claimable at once");
+    assert_eq!((again.run.id, again.run.attempt, again.last_log_seq), (run.id, 1, 3), "after the system line");
+    store.append_logs(run.id, b, &[chunk(4)], 1_000).await.unwrap();
+    let end = RunEnd { exit_code: Some(1), ..RunEnd::new(RunStatus::Failed) };
+    let finished = store.finish_run(run.id, Some(b), &end).await.unwrap();
+    assert!(finished.retry.is_none(), "retries 0: the hand-back spent no attempt, and no retry is left");
+    let logs = store.run_logs(run.id, 0, 100).await.unwrap();
+    let streams: Vec<_> = logs.iter().map(|c| (c.seq, c.stream.as_str(), c.data.as_str())).collect();
+    assert_eq!(
+        streams,
+        vec![(1, "stdout", "x\n"), (2, "stdout", "x\n"), (3, "system", "the server shut down\n"), (4, "stdout", "x\n")]
+    );
+
+    let cancelled = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    store.cancel_run(&Actor::system(), cancelled.id).await.unwrap();
+    let ended = store.hand_back_run(cancelled.id, a, "the server shut down").await.unwrap().unwrap();
+    assert_eq!(ended.run.status, "cancelled", "a run whose cancel was requested is not run again");
+}
+both_backends!(hand_back, a_handed_back_run_is_queued_again_without_spending_a_retry);
+
+async fn a_handed_back_run_keeps_its_retry_budget(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    for _ in 0..3 {
+        store.claim_run(a, lease()).await.unwrap().unwrap();
+        store.hand_back_run(run.id, a, "the server shut down").await.unwrap().unwrap();
+    }
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let end = RunEnd { exit_code: Some(1), ..RunEnd::new(RunStatus::Failed) };
+    let retry = store.finish_run(run.id, Some(a), &end).await.unwrap().retry.expect("its one retry is still there");
+    assert_eq!(retry.attempt, 2);
+}
+both_backends!(hand_back_budget, a_handed_back_run_keeps_its_retry_budget);

@@ -6,6 +6,7 @@ use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::Path,
     process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
@@ -17,24 +18,58 @@ fn automa(dir: &Path) -> Command {
     command
 }
 
+/// How long a server may take to start or to stop before the test fails rather than hangs.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The first line of the child's standard output that `wanted` accepts, read on a thread so that the wait is
+/// bounded: `None` when the output ended (the child exited) or nothing came within [`PATIENCE`].
+fn first_line(child: &mut Child, wanted: impl Fn(&str) -> bool + Send + 'static) -> Option<String> {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (found, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if wanted(&line) {
+                let _ = found.send(line);
+                break;
+            }
+        }
+    });
+    receive.recv_timeout(PATIENCE).ok()
+}
+
+/// Waits for the child to exit, killing it and failing the test after [`PATIENCE`].
+fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts `serve` and returns it with the URL it printed.
 fn serve(mut command: Command) -> (Child, String) {
     let mut child = command.arg("serve").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("Automa is running: open ") {
-            let url = rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
-            return (child, url);
-        }
+    if let Some(line) = first_line(&mut child, |line| line.starts_with("Automa is running: open ")) {
+        let rest = line.strip_prefix("Automa is running: open ").unwrap();
+        let url = rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+        return (child, url);
     }
+    let _ = child.kill();
     let output = child.wait_with_output().unwrap();
-    panic!("serve exited early: {}", String::from_utf8_lossy(&output.stderr));
+    panic!("serve exited early or never said it was ready: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
+    let status = wait_bounded(&mut child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status, stderr)
@@ -127,7 +162,7 @@ fn configuration_file_environment_and_flags_layer_in_order() {
     command.env("AUTOMA_BIND", "127.0.0.1:2").args(["--config", "automa.toml"]);
     command.args(["serve", "--bind", "127.0.0.1:0"]);
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let line = first_line(&mut child, |_| true).expect("serve prints its address");
     let port = line.split("http://127.0.0.1:").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default();
     assert!(!["", "1", "2"].contains(&port), "the flag's port 0 won over file and environment: {line}");
     assert!(dir.path().join("from-file/automa.db").exists(), "the file's data_dir applies");
@@ -137,7 +172,7 @@ fn configuration_file_environment_and_flags_layer_in_order() {
 
 fn terminate_quietly(mut child: Child) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    wait_bounded(&mut child);
 }
 
 #[test]

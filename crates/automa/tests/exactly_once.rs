@@ -11,6 +11,9 @@ use std::{
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+#[path = "pg_database/mod.rs"]
+mod pg_database;
+
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
 
 type Instant = chrono::DateTime<chrono::Utc>;
@@ -44,22 +47,27 @@ fn serve(database_url: &str, data_dir: &std::path::Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("Automa is running: open ") {
-            return (child, rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
-        }
+    // Read on a thread, so that a server that never says it is running fails the test instead of hanging it.
+    let (found, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let address = stdout.lines().map_while(Result::ok).find_map(|line| {
+            let rest = line.strip_prefix("Automa is running: open ")?.to_owned();
+            Some(rest.split_whitespace().next()?.trim_end_matches('/').to_owned())
+        });
+        let _ = found.send(address);
+    });
+    if let Ok(Some(address)) = receive.recv_timeout(Duration::from_secs(60)) {
+        return (child, address);
     }
+    let _ = child.kill();
     let _ = child.wait();
-    panic!("serve exited before printing its address");
+    panic!("serve exited or did not say it was running within 60 s");
 }
 
-async fn fresh_database(server_url: &str) -> String {
+async fn fresh_database(server_url: &str) -> pg_database::Database {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let name = format!("automa_once_{}_{nanos}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(server_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    format!("{}/{name}", server_url.rsplit_once('/').unwrap().0)
+    pg_database::Database::create(server_url, &name).await
 }
 
 /// The fewest runs any task has.
@@ -80,10 +88,27 @@ async fn wait_for_runs(db: &mut sqlx::PgConnection, at_least: i64) {
     }
 }
 
+/// Waits for a stopping server, killing it and failing the test after a minute.
+fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not stop within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_fire_every_tick_exactly_once() {
     let Some(server_url) = postgres_url() else { return };
-    let database_url = fresh_database(&server_url).await;
+    let database = fresh_database(&server_url).await;
+    let database_url = database.url.clone();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut first, base) = serve(&database_url, dirs.0.path());
     let (mut second, _) = serve(&database_url, dirs.1.path());
@@ -133,7 +158,7 @@ async fn two_servers_fire_every_tick_exactly_once() {
     second.wait().unwrap();
     wait_for_runs(&mut db, TICKS).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(first.wait().unwrap().success());
+    assert!(wait_bounded(&mut first).success(), "a graceful stop exits 0");
 
     let rows: Vec<(i64, String, Instant, Instant)> = sqlx::query_as(
         "SELECT r.task_id, r.status, r.scheduled_for, (t.schedule->>'at')::timestamptz FROM runs r \

@@ -108,3 +108,18 @@ pub async fn finish(
 ) -> ApiResult<Json<FinishReply>> {
     Ok(Json(state.execution.finish(principal.agent.id, id, outcome).await?))
 }
+
+/// Give back a run this agent stopped because it is shutting down: the run is queued again for any agent,
+/// keeping its id, its output so far (followed by a `system` line saying why) and its attempt, so its retries
+/// are not spent. A run whose cancellation was requested ends `cancelled` instead. Repeating it changes nothing
+/// (409: the run is no longer this agent's).
+#[utoipa::path(post, path = "/agent/runs/{id}/hand-back", operation_id = "agentHandBackRun", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", security(("agent" = [])),
+    responses((status = 200, body = FinishReply),
+        (status = 409, description = "The run is not held by this agent (another agent's, or already handed back)", body = crate::error::ErrorBody)))]
+pub async fn hand_back(
+    State(state): State<AppState>,
+    principal: AgentPrincipal,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<FinishReply>> {
+    Ok(Json(state.execution.hand_back(principal.agent.id, id).await?))
+}

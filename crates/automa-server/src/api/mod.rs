@@ -77,6 +77,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_protocol::claim))
         .routes(routes!(agent_protocol::logs))
         .routes(routes!(agent_protocol::finish))
+        .routes(routes!(agent_protocol::hand_back))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(setup::status))

@@ -48,6 +48,10 @@ impl AgentBackend for EmbeddedBackend {
     async fn finish(&self, run_id: i64, outcome: Outcome) -> Result<FinishReply, AgentError> {
         self.execution.finish(self.agent_id, run_id, outcome).await.map_err(agent_error)
     }
+
+    async fn hand_back(&self, run_id: i64) -> Result<FinishReply, AgentError> {
+        self.execution.hand_back(self.agent_id, run_id).await.map_err(agent_error)
+    }
 }
 
 /// Builds the sandbox as configured, or says why it cannot be built. `strict` never falls back to less.
@@ -98,7 +102,7 @@ pub async fn start(
         config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let hostname = automa_agent::hostname();
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
-    let name = format!("embedded-{hostname}");
+    let name = config.embedded_agent_name.clone().unwrap_or_else(|| format!("embedded-{hostname}"));
     let record = execution
         .store
         .ensure_embedded_agent(&name, &auth::token_hash(&token), i64::try_from(concurrency).unwrap_or(1))

@@ -143,7 +143,7 @@ impl Execution {
     /// that does not exist, does not decrypt, or whose policy refuses this run or this agent fails at once;
     /// `None` tells the caller to claim again.
     async fn assignment(&self, agent_id: i64, claimed: ClaimedRun) -> ApiResult<Option<Assignment>> {
-        let ClaimedRun { run, content } = claimed;
+        let ClaimedRun { run, content, last_log_seq } = claimed;
         let names = run.secrets.0.clone();
         let mut problem = self.secret_refusal(agent_id, &run).await?;
         let sealed = if problem.is_some() { Vec::new() } else { self.store.sealed_secrets(&names).await? };
@@ -183,6 +183,7 @@ impl Execution {
             cpu_seconds: run.cpu_seconds,
             max_output_bytes: run.max_output_bytes,
             network: run.network,
+            last_log_seq,
         }))
     }
 
@@ -281,6 +282,9 @@ impl Execution {
 
     /// Ends a run the agent holds. Idempotent: a report about a run that already ended changes nothing.
     pub async fn finish(&self, agent_id: i64, run_id: i64, outcome: Outcome) -> ApiResult<FinishReply> {
+        if outcome.abandoned {
+            return self.hand_back(agent_id, run_id).await;
+        }
         let end = RunEnd {
             status: outcome.status(),
             exit_code: outcome.exit_code,
@@ -299,6 +303,32 @@ impl Execution {
         };
         self.published_finish(&finished);
         Ok(FinishReply { status: finished.run.status })
+    }
+
+    /// Takes back a run its agent stopped because it is shutting down and queues it again (the store's
+    /// `hand_back_run` says how). Idempotent: a run that is no longer running on this agent is left as it is.
+    pub async fn hand_back(&self, agent_id: i64, run_id: i64) -> ApiResult<FinishReply> {
+        let agent = self.store.get_agent(agent_id).await?;
+        let reason = if agent.embedded {
+            "the server shut down; run handed back and requeued".to_owned()
+        } else {
+            format!("agent '{}' shut down; run handed back and requeued", agent.name)
+        };
+        match self.store.hand_back_run(run_id, agent_id, &reason).await? {
+            Some(handed) => {
+                tracing::info!(run_id, agent = %agent.name, status = %handed.run.status, "run handed back");
+                self.published_finish(&handed);
+                Ok(FinishReply { status: handed.run.status })
+            }
+            // Another agent's runs, and runs that do not exist, get the same answer.
+            None => match self.store.get_run(run_id).await {
+                Ok(run) if run.agent_id == Some(agent_id) => Ok(FinishReply { status: run.status }),
+                Ok(_) | Err(StoreError::NotFound) => {
+                    Err(ApiError::Conflict(format!("run {run_id} is not held by this agent")))
+                }
+                Err(other) => Err(other.into()),
+            },
+        }
     }
 
     /// Marks runs with expired leases lost, every third of a lease. Agents renew at the same pace, so a

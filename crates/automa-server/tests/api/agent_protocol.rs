@@ -6,7 +6,11 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app};
 
-on_both_backends!(output_is_taken_only_from_the_agent_running_the_run, what_an_agent_reports_is_bounded_and_reads_back);
+on_both_backends!(
+    output_is_taken_only_from_the_agent_running_the_run,
+    what_an_agent_reports_is_bounded_and_reads_back,
+    a_run_handed_back_is_queued_again_for_any_agent
+);
 
 async fn agent(app: &TestApp, admin: &str, name: &str) -> String {
     let created = app.post("/agents", admin, json!({"name": name})).await;
@@ -88,4 +92,38 @@ async fn what_an_agent_reports_is_bounded_and_reads_back(backend: Backend) {
     let agents = app.get("/agents", &admin).await;
     assert_eq!(agents.status, StatusCode::OK, "{:?}", agents.body);
     assert_eq!(agents.body["items"][0]["capabilities"]["slots"], 9007199254740991_i64);
+}
+
+async fn a_run_handed_back_is_queued_again_for_any_agent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let first = agent(&app, &admin, "first").await;
+    let second = agent(&app, &admin, "second").await;
+    let queued = app.post("/execute", &admin, json!({"content": "print('hello')\n"})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let claim = |token: String| {
+        let app = &app;
+        async move { app.request(Method::POST, "/agent/claim", Some(&token), Some(&json!({"wait_seconds": 0}))).await }
+    };
+    let run = claim(first.clone()).await.body["run_id"].as_i64().expect("the first agent claims the run");
+    let logs = format!("/agent/runs/{run}/logs");
+    assert_eq!(app.request(Method::POST, &logs, Some(&first), Some(&batch(1, "hello\n"))).await.status, StatusCode::OK);
+    let hand_back = format!("/agent/runs/{run}/hand-back");
+
+    let intruder = app.request(Method::POST, &hand_back, Some(&second), None).await;
+    assert_eq!(
+        (intruder.status, intruder.detail()),
+        (StatusCode::CONFLICT, format!("run {run} is not held by this agent").as_str())
+    );
+    let handed = app.request(Method::POST, &hand_back, Some(&first), None).await;
+    assert_eq!((handed.status, handed.body["status"].as_str()), (StatusCode::OK, Some("queued")), "{:?}", handed.body);
+    let again = app.request(Method::POST, &hand_back, Some(&first), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "a repeated hand-back changes nothing");
+    let listed = app.get(&format!("/runs/{run}"), &admin).await.body;
+    assert_eq!((listed["status"].as_str(), listed["attempt"].as_i64()), (Some("queued"), Some(1)), "{listed}");
+
+    let reclaimed = claim(second.clone()).await.body;
+    assert_eq!((reclaimed["run_id"].as_i64(), reclaimed["last_log_seq"].as_i64()), (Some(run), Some(2)), "{reclaimed}");
+    let text = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
+    assert_eq!(text.unwrap().text().await.unwrap(), "hello\nagent 'first' shut down; run handed back and requeued\n");
 }

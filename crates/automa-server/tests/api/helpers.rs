@@ -61,6 +61,39 @@ pub struct TestApp {
     data_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Shared with the server that replaces this one on a restart; the last holder drops the database.
+    database: Option<std::sync::Arc<PostgresDatabase>>,
+}
+
+/// A PostgreSQL test database, dropped when the last handle goes, whether the test passed or panicked.
+pub struct PostgresDatabase {
+    server_url: String,
+    name: String,
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop cannot await and may run while a panicking test unwinds: a thread with its own runtime drops
+        // the database, `WITH (FORCE)` ending the connections of a server that may still be stopping.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(mut admin) = sqlx::PgConnection::connect(&server_url).await else { return };
+                // An autovacuum worker on the database can make the drop fail for a moment: retried, then left.
+                for attempt in 1..=5 {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    match sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await {
+                        Ok(_) => break,
+                        Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+        });
+        let _ = dropped.join();
+    }
 }
 
 impl Drop for TestApp {
@@ -77,14 +110,15 @@ fn random_suffix() -> String {
     hex::encode(bytes)
 }
 
-/// A fresh database on the PostgreSQL server, named for this test only.
-async fn fresh_postgres_database(server_url: &str) -> String {
+/// A fresh database on the PostgreSQL server, named for this test only: its URL and the guard that drops it.
+pub async fn fresh_postgres_database(server_url: &str) -> (String, std::sync::Arc<PostgresDatabase>) {
     use sqlx::Connection;
     let name = format!("automa_test_{}", random_suffix());
     let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connecting to AUTOMA_TEST_PG_URL");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let guard = std::sync::Arc::new(PostgresDatabase { server_url: server_url.to_owned(), name: name.clone() });
     let (base, _) = server_url.rsplit_once('/').expect("a PostgreSQL URL ends with /database");
-    format!("{base}/{name}")
+    (format!("{base}/{name}"), guard)
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -93,10 +127,12 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}", data_dir.path().join("automa.db").display()),
+    let (database_url, database) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}", data_dir.path().join("automa.db").display()), None),
         Backend::Postgres => {
-            fresh_postgres_database(&postgres_url().expect("the PostgreSQL tier needs a server")).await
+            let (url, guard) =
+                fresh_postgres_database(&postgres_url().expect("the PostgreSQL tier needs a server")).await;
+            (url, Some(guard))
         }
     };
     let mut config = Config {
@@ -112,10 +148,16 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         ..Config::default()
     };
     adjust(&mut config);
-    start(config, database_url, backend, data_dir).await
+    start(config, database_url, backend, data_dir, database).await
 }
 
-async fn start(config: Config, database_url: String, backend: Backend, data_dir: tempfile::TempDir) -> TestApp {
+async fn start(
+    config: Config,
+    database_url: String,
+    backend: Backend,
+    data_dir: tempfile::TempDir,
+    database: Option<std::sync::Arc<PostgresDatabase>>,
+) -> TestApp {
     let app = Application::build(config.clone()).await.expect("the server starts");
     let addr = app.local_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -131,6 +173,7 @@ async fn start(config: Config, database_url: String, backend: Backend, data_dir:
         data_dir: Some(data_dir),
         shutdown: Some(shutdown),
         server: Some(server),
+        database,
     }
 }
 
@@ -157,7 +200,7 @@ impl TestApp {
         let data_dir = self.data_dir.take().expect("kept until the restart");
         let mut config = self.config.clone();
         config.bind = "127.0.0.1:0".into();
-        start(config, self.database_url.clone(), self.backend, data_dir).await
+        start(config, self.database_url.clone(), self.backend, data_dir, self.database.clone()).await
     }
 
     pub fn url(&self, path: &str) -> String {

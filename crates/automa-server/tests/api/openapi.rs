@@ -64,6 +64,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/claim"),
     ("post", "/agent/runs/{id}/logs"),
     ("post", "/agent/runs/{id}/finish"),
+    ("post", "/agent/runs/{id}/hand-back"),
     ("get", "/setup"),
     ("get", "/schedule/preview"),
     ("post", "/logout"),

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use crate::support::{BIN, Server};
+use crate::support::{BIN, PATIENCE, Server};
 
 #[tokio::test]
 async fn run_follow_streams_output_and_exits_with_the_scripts_code() {
@@ -11,7 +11,7 @@ async fn run_follow_streams_output_and_exits_with_the_scripts_code() {
     let script = dir.path().join("job.py");
     std::fs::write(&script, "import sys\nprint('out', sys.argv[1:])\nprint('err', file=sys.stderr)\nsys.exit(7)\n")
         .unwrap();
-    let output = tokio::process::Command::new(BIN)
+    let follow = tokio::process::Command::new(BIN)
         .args(["run", script.to_str().unwrap(), "--follow", "--", "x"])
         .env("AUTOMA_URL", &server.base)
         .env("AUTOMA_TOKEN", &server.token)
@@ -19,9 +19,10 @@ async fn run_follow_streams_output_and_exits_with_the_scripts_code() {
         .env("HTTP_PROXY", "http://192.0.2.1:9")
         .env("http_proxy", "http://192.0.2.1:9")
         .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
+        // A follower that never sees the run end is killed when the bounded wait below gives up.
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, follow).await.expect("`automa run --follow` ends").unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "out ['x']\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
     assert_eq!(output.status.code(), Some(7));

@@ -8,4 +8,7 @@ mod cli;
 mod client;
 mod crash;
 mod load;
+#[path = "../pg_database/mod.rs"]
+mod pg_database;
+mod restart;
 mod support;

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -50,22 +51,26 @@ pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
     command
 }
 
+/// The longest wait for a server to start or stop, or for the next event of a stream: past it the test fails
+/// instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 impl Server {
     /// Starts a server on `data_dir` and signs in (creating the first admin when `first` is set).
     pub async fn start(data_dir: &Path, extra: &[(&str, &str)], first: bool) -> Server {
         let mut child = command(data_dir, extra).arg("serve").spawn().expect("automa serve starts");
         let stdout = child.stdout.take().expect("piped");
-        let base = tokio::task::spawn_blocking(move || {
-            for line in BufReader::new(stdout).lines() {
-                let line = line.expect("readable stdout");
-                if let Some(rest) = line.strip_prefix("Automa is running: open ") {
-                    return rest.split_whitespace().next().expect("an address").trim_end_matches('/').to_owned();
-                }
-            }
-            panic!("automa serve exited before it was ready");
-        })
-        .await
-        .unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout).lines().map_while(Result::ok).find_map(|line| {
+                let rest = line.strip_prefix("Automa is running: open ")?.to_owned();
+                Some(rest.split_whitespace().next()?.trim_end_matches('/').to_owned())
+            })
+        });
+        let Ok(Ok(Some(base))) = tokio::time::timeout(PATIENCE, ready).await else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("automa serve exited or did not say it was running within {PATIENCE:?}");
+        };
         let client = reqwest::Client::new();
         let (email, password) = ("admin@example.com", "admin password");
         if first {
@@ -141,8 +146,16 @@ pub struct Events {
 }
 
 impl Events {
-    /// The next event's name and data; `None` when the stream closes.
+    /// The next event's name and data; `None` when the stream closes. Panics when none comes within
+    /// [`PATIENCE`] (keep-alive comments do not count): a missed event fails the test.
     pub async fn next(&mut self) -> Option<(String, String)> {
+        match tokio::time::timeout(PATIENCE, self.next_unbounded()).await {
+            Ok(event) => event,
+            Err(_) => panic!("no event within {PATIENCE:?}"),
+        }
+    }
+
+    async fn next_unbounded(&mut self) -> Option<(String, String)> {
         let (mut name, mut data) = (String::new(), String::new());
         loop {
             while let Some(newline) = self.buffer.find('\n') {

@@ -1,0 +1,44 @@
+//! A PostgreSQL database for one test, dropped when the guard goes: when the test passes and when it panics.
+//! Shared by the test binaries with `#[path]`.
+
+use sqlx::Connection;
+
+pub struct Database {
+    pub url: String,
+    server_url: String,
+    name: String,
+}
+
+impl Database {
+    /// Creates `name` on the server `server_url` points at.
+    pub async fn create(server_url: &str, name: &str) -> Database {
+        let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connecting to AUTOMA_TEST_PG_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+        let (base, _) = server_url.rsplit_once('/').expect("a PostgreSQL URL ends with /database");
+        Database { url: format!("{base}/{name}"), server_url: server_url.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop cannot await and may run while a panicking test unwinds: a thread with its own runtime drops the
+        // database, `WITH (FORCE)` ending the connections of servers that may still be running.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(mut admin) = sqlx::PgConnection::connect(&server_url).await else { return };
+                // An autovacuum worker on the database can make the drop fail for a moment: retried, then left.
+                for attempt in 1..=5 {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    match sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await {
+                        Ok(_) => break,
+                        Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    }
+                }
+            })
+        });
+        let _ = dropped.join();
+    }
+}

@@ -56,6 +56,10 @@ pub struct Assignment {
     pub cpu_seconds: i64,
     pub max_output_bytes: i64,
     pub network: bool,
+    /// The JSON body of the hook call that started the run: the sandbox writes it to a read-only file and
+    /// names it in `AUTOMA_TRIGGER_PAYLOAD`. Absent for other runs (and from servers that predate hooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 impl std::fmt::Debug for Assignment {

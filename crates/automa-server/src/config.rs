@@ -128,6 +128,12 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+
+    // Triggers (webhooks).
+    /// Runs a new hook may start per rolling minute when its creator names no rate.
+    pub hook_rate_per_minute: u32,
+    /// The highest rate a hook may be given.
+    pub hook_max_rate_per_minute: u32,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -176,6 +182,8 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
             network_grant: NetworkGrant::Admin,
+            hook_rate_per_minute: 60,
+            hook_max_rate_per_minute: 1000,
         }
     }
 }

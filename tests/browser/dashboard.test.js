@@ -209,8 +209,10 @@ describe('dashboard', () => {
     await page.locator('pre.log').getByText('ref refs/heads/main').waitFor();
     await screenshots(page, '10b-run-by-hook');
 
-    await go('/runs?trigger=after');
-    await page.locator('tbody tr').first().getByRole('link').click();
+    await go('/tasks');
+    await page.getByRole('link', { name: 'after-push' }).click();
+    await heading('after-push').waitFor();
+    await page.locator('section[aria-labelledby="task-runs"] tbody tr').first().getByRole('link').click();
     await page.locator('.trigger').getByRole('link', { name: `#${runId}` }).waitFor();
     await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: 30000 });
     await page.locator('pre.log').getByText('followed').waitFor();

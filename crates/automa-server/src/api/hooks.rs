@@ -161,7 +161,11 @@ pub async fn trigger(
     let token_hash = auth::token_hash(&token);
     let hook = state.store.live_hook(&token_hash).await?.ok_or_else(unknown)?;
     let payload = read_payload(&headers, body).await?;
-    let task = state.store.get_task(hook.task_id).await.map_err(|_| unknown())?;
+    let task = state.store.get_task(hook.task_id).await.map_err(|error| match error {
+        // Deleted since the look-up, with its hooks.
+        automa_store::StoreError::NotFound => unknown(),
+        other => other.into(),
+    })?;
     if !task.enabled {
         return Err(ApiError::Conflict("the hook's task is disabled".into()));
     }

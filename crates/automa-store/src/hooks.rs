@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use crate::{
-    Actor, AuditEvent, Hook, HookTrigger, NewHook, Run, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, dispatch, now, runs::WAKE_CHANNEL, scripts::actor_user_id,
+    Actor, AuditEvent, Hook, HookTrigger, NewHook, Run, Store, StoreError, StoreResult, WritePool, audit::append_audit,
+    dispatch, now, runs::WAKE_CHANNEL, scripts::actor_user_id,
 };
 
 const HOOK_COLUMNS: &str =
@@ -158,7 +158,7 @@ impl Store {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(HookTrigger::Queued(run))
+            Ok(HookTrigger::Queued(Box::new(run)))
         })
     }
 }

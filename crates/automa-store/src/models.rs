@@ -295,11 +295,13 @@ pub struct NewHook {
 /// What calling a hook did.
 #[derive(Debug, Clone)]
 pub enum HookTrigger {
-    Queued(Run),
+    Queued(Box<Run>),
     /// No live hook has this token: it never existed or was revoked (the caller cannot tell which).
     Unknown,
     /// The hook started `rate_per_minute` runs in the last minute; one more fits in this many seconds.
-    Limited { retry_after_seconds: i64 },
+    Limited {
+        retry_after_seconds: i64,
+    },
 }
 
 /// Every settable field of a task, already validated. Create and update both write a whole `TaskSpec`: an

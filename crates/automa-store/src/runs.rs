@@ -35,7 +35,8 @@ const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version
      max_output_bytes, network, created_by, hook_id, upstream_run_id FROM runs WHERE id = $1 RETURNING *";
 
 /// A retry gets the payload of the hook call that started the attempt before it (`$1` retry, `$2` attempt).
-const COPY_PAYLOAD: &str = "INSERT INTO run_payloads (run_id, payload) SELECT $1, payload FROM run_payloads WHERE run_id = $2";
+const COPY_PAYLOAD: &str =
+    "INSERT INTO run_payloads (run_id, payload) SELECT $1, payload FROM run_payloads WHERE run_id = $2";
 
 /// Queues a run of every enabled task that runs after task `$2` when its run ends in `$3`, for run `$1` that
 /// just ended so, copying each task's fields like the scheduler does. The unique (upstream_run_id, task_id)
@@ -138,13 +139,15 @@ macro_rules! finish_in_tx {
                     sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut *$tx).await?;
                 }
                 let downstream: Vec<Run> = match (&retry, run.task_id) {
-                    (None, Some(task_id)) => sqlx::query_as(QUEUE_AFTER)
-                        .bind(run.id)
-                        .bind(task_id)
-                        .bind(&run.status)
-                        .bind(at)
-                        .fetch_all(&mut *$tx)
-                        .await?,
+                    (None, Some(task_id)) => {
+                        sqlx::query_as(QUEUE_AFTER)
+                            .bind(run.id)
+                            .bind(task_id)
+                            .bind(&run.status)
+                            .bind(at)
+                            .fetch_all(&mut *$tx)
+                            .await?
+                    }
                     _ => Vec::new(),
                 };
                 Some(Finished { run, changed: true, retry, downstream })
@@ -324,7 +327,9 @@ impl Store {
         });
         match finished {
             Some(finished) => Ok(finished),
-            None => Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None, downstream: Vec::new() }),
+            None => {
+                Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None, downstream: Vec::new() })
+            }
         }
     }
 

@@ -65,8 +65,10 @@ macro_rules! set_run_after {
         let links: &[RunAfter] = $links;
         sqlx::query("DELETE FROM task_run_after WHERE task_id = $1").bind(task_id).execute(&mut *$tx).await?;
         for (index, link) in links.iter().enumerate() {
-            let upstream: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1").bind(link.task_id).fetch_optional(&mut *$tx).await?;
+            let upstream: Option<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1")
+                .bind(link.task_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
             if upstream.is_none() {
                 let field = format!("run_after[{index}].task_id");
                 return Err(InvalidField::new(field, format!("there is no task with id {}", link.task_id)).into());
@@ -87,8 +89,10 @@ macro_rules! set_run_after {
             if let Some(cycle) = find_cycle(task_id, &edges) {
                 let mut names = Vec::with_capacity(cycle.len());
                 for id in &cycle {
-                    let name: String =
-                        sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1").bind(id).fetch_one(&mut *$tx).await?;
+                    let name: String = sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *$tx)
+                        .await?;
                     names.push(format!("'{name}'"));
                 }
                 let message = format!("would make a cycle: {} (each runs after the next)", names.join(" → "));

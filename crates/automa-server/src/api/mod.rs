@@ -9,6 +9,7 @@ pub mod execute;
 pub mod grants;
 pub mod health;
 pub mod hooks;
+pub mod run_after;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;

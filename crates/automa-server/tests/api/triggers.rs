@@ -90,15 +90,16 @@ async fn a_hook_starts_its_task_and_a_revoked_hook_looks_unknown(backend: Backen
 
     let audit = app.get("/audit?resource_type=hook", &admin).await.body;
     let entries = audit["items"].as_array().unwrap();
-    let actions: Vec<(&str, &str)> = entries
-        .iter()
-        .map(|e| (e["action"].as_str().unwrap(), e["actor_type"].as_str().unwrap()))
-        .collect();
+    let actions: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["action"].as_str().unwrap(), e["actor_type"].as_str().unwrap())).collect();
     for expected in [("hook.create", "user"), ("hook.trigger", "hook"), ("hook.revoke", "user")] {
         assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
     }
     let trigger = entries.iter().find(|e| e["action"] == "hook.trigger").unwrap();
-    assert_eq!((trigger["actor_id"].as_str(), trigger["details"]["run_id"].as_i64()), (Some(&*hook_id.to_string()), Some(run_id)));
+    assert_eq!(
+        (trigger["actor_id"].as_str(), trigger["details"]["run_id"].as_i64()),
+        (Some(&*hook_id.to_string()), Some(run_id))
+    );
     assert!(!audit.to_string().contains(&token), "no token in the audit log");
     assert!(!audit.to_string().contains("refs/heads/main"), "no payload in the audit log");
     assert_eq!(app.get("/audit/verify", &admin).await.body["ok"], true);
@@ -142,8 +143,12 @@ async fn each_hook_has_its_own_rate_limit(backend: Backend) {
     let app = spawn_app(backend).await;
     let admin = app.admin_token().await;
     let task = task(&app, &admin, "limited").await;
-    let too_fast = app.post(&format!("/tasks/{task}/hooks"), &admin, json!({"name": "x", "rate_per_minute": 1001})).await;
-    assert_eq!((too_fast.status, too_fast.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("rate_per_minute")));
+    let too_fast =
+        app.post(&format!("/tasks/{task}/hooks"), &admin, json!({"name": "x", "rate_per_minute": 1001})).await;
+    assert_eq!(
+        (too_fast.status, too_fast.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("rate_per_minute"))
+    );
     let slow = hook(&app, &admin, task, json!({"name": "slow", "rate_per_minute": 2})).await.body["path"]
         .as_str()
         .unwrap()
@@ -168,8 +173,12 @@ async fn agent(app: &TestApp, admin: &str) -> String {
     let created = app.post("/agents", admin, json!({"name": "driver", "max_concurrency": 50})).await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let token = created.body["token"].as_str().unwrap().to_owned();
-    let heartbeat = json!({"initial": true, "hostname": "driver", "version": "test", "capabilities": {}, "running": []});
-    assert_eq!(app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&heartbeat)).await.status, StatusCode::OK);
+    let heartbeat =
+        json!({"initial": true, "hostname": "driver", "version": "test", "capabilities": {}, "running": []});
+    assert_eq!(
+        app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&heartbeat)).await.status,
+        StatusCode::OK
+    );
     token
 }
 
@@ -182,14 +191,16 @@ async fn run_next(app: &TestApp, agent: &str, exit_code: i64) -> i64 {
 }
 
 async fn finish(app: &TestApp, agent: &str, run: i64, exit_code: i64) -> Reply {
-    let outcome = json!({"exit_code": exit_code, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0});
+    let outcome =
+        json!({"exit_code": exit_code, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0});
     let finished = app.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(agent), Some(&outcome)).await;
     assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
     finished
 }
 
 async fn runs_of(app: &TestApp, token: &str, task: i64) -> Vec<Value> {
-    let mut runs = app.get(&format!("/runs?task_id={task}&limit=500"), token).await.body["items"].as_array().unwrap().clone();
+    let mut runs =
+        app.get(&format!("/runs?task_id={task}&limit=500"), token).await.body["items"].as_array().unwrap().clone();
     runs.reverse();
     runs
 }
@@ -220,7 +231,8 @@ async fn run_after_fires_once_per_upstream_run_on_its_final_outcome(backend: Bac
     let loads = runs_of(&app, &admin, on_success).await;
     let recorded: Vec<(Option<&str>, Option<i64>)> =
         loads.iter().map(|r| (r["trigger"].as_str(), r["upstream_run_id"].as_i64())).collect();
-    let expected: Vec<(Option<&str>, Option<i64>)> = upstream_runs.iter().map(|id| (Some("after"), Some(*id))).collect();
+    let expected: Vec<(Option<&str>, Option<i64>)> =
+        upstream_runs.iter().map(|id| (Some("after"), Some(*id))).collect();
     assert_eq!(recorded, expected);
     assert!(runs_of(&app, &admin, on_failure).await.is_empty(), "not on a status it does not wait for");
     // A repeated report changes nothing, and downstream runs are runs like any other.
@@ -243,7 +255,12 @@ async fn run_after_fires_once_per_upstream_run_on_its_final_outcome(backend: Bac
 
     // A cancelled queued run is an end too; a disabled downstream task does not start.
     app.put(&format!("/tasks/{on_failure}"), &admin, link(json!(["cancelled"]))).await;
-    app.put(&format!("/tasks/{on_success}"), &admin, json!({"enabled": false, "run_after": [{"task_id": upstream, "on": ["cancelled"]}]})).await;
+    app.put(
+        &format!("/tasks/{on_success}"),
+        &admin,
+        json!({"enabled": false, "run_after": [{"task_id": upstream, "on": ["cancelled"]}]}),
+    )
+    .await;
     let queued = app.post(&format!("/tasks/{upstream}/execute"), &admin, json!({})).await.body["id"].as_i64().unwrap();
     assert_eq!(app.post(&format!("/runs/{queued}/cancel"), &admin, json!({})).await.status, StatusCode::ACCEPTED);
     let alerts = runs_of(&app, &admin, on_failure).await;
@@ -256,7 +273,13 @@ async fn run_after_fires_once_per_upstream_run_on_its_final_outcome(backend: Bac
 }
 
 /// Two servers on one database take the same finish report at the same moment: one downstream run.
-async fn two_servers_finishing_one_run_fire_once(app: &TestApp, admin: &str, driver: &str, upstream: i64, downstream: i64) {
+async fn two_servers_finishing_one_run_fire_once(
+    app: &TestApp,
+    admin: &str,
+    driver: &str,
+    upstream: i64,
+    downstream: i64,
+) {
     let replica = app.replica().await;
     // Earlier outcomes left downstream runs queued: done with them first, so each claim below is the upstream's.
     loop {
@@ -264,7 +287,8 @@ async fn two_servers_finishing_one_run_fire_once(app: &TestApp, admin: &str, dri
         let Some(run) = claim.body["run_id"].as_i64() else { break };
         finish(app, driver, run, 0).await;
     }
-    app.put(&format!("/tasks/{downstream}"), admin, json!({"run_after": [{"task_id": upstream, "on": ["succeeded"]}]})).await;
+    app.put(&format!("/tasks/{downstream}"), admin, json!({"run_after": [{"task_id": upstream, "on": ["succeeded"]}]}))
+        .await;
     for _ in 0..10 {
         app.post(&format!("/tasks/{upstream}/execute"), admin, json!({})).await;
         let claim = app.request(Method::POST, "/agent/claim", Some(driver), Some(&json!({"wait_seconds": 0}))).await;
@@ -289,12 +313,20 @@ async fn run_after_refuses_cycles_and_unknown_tasks_and_guards_deletes(backend: 
     let cycle = app.put(&format!("/tasks/{a}"), &admin, after(c)).await;
     assert_eq!((cycle.status, cycle.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("run_after")));
     assert_eq!(cycle.detail(), "run_after: would make a cycle: 'a' → 'c' → 'b' → 'a' (each runs after the next)");
-    assert!(app.get(&format!("/tasks/{a}"), &admin).await.body["run_after"].as_array().unwrap().is_empty(), "nothing saved");
+    assert!(
+        app.get(&format!("/tasks/{a}"), &admin).await.body["run_after"].as_array().unwrap().is_empty(),
+        "nothing saved"
+    );
     let itself = app.put(&format!("/tasks/{a}"), &admin, after(a)).await;
     assert_eq!(itself.detail(), "run_after: would make a cycle: 'a' → 'a' (each runs after the next)");
     let script = app.get(&format!("/tasks/{a}"), &admin).await.body["script_id"].as_i64().unwrap();
-    let created = app.post("/tasks", &admin, json!({"name": "d", "script_id": script, "run_after": [{"task_id": 999_999}]})).await;
-    assert_eq!((created.status, created.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("run_after[0].task_id")));
+    let created = app
+        .post("/tasks", &admin, json!({"name": "d", "script_id": script, "run_after": [{"task_id": 999_999}]}))
+        .await;
+    assert_eq!(
+        (created.status, created.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("run_after[0].task_id"))
+    );
     for (body, field) in [
         (json!([{"task_id": a, "on": ["skipped"]}]), "run_after[0].on"),
         (json!([{"task_id": a, "on": []}]), "run_after[0].on"),
@@ -304,7 +336,12 @@ async fn run_after_refuses_cycles_and_unknown_tasks_and_guards_deletes(backend: 
         (json!([{"task_id": a, "when": "always"}]), "run_after[0].when"),
     ] {
         let reply = app.put(&format!("/tasks/{c}"), &admin, json!({"run_after": body})).await;
-        assert_eq!((reply.status, reply.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{body}: {:?}", reply.body);
+        assert_eq!(
+            (reply.status, reply.body["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{body}: {:?}",
+            reply.body
+        );
     }
 
     let refused = app.delete(&format!("/tasks/{a}"), &admin).await;

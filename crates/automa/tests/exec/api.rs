@@ -177,7 +177,10 @@ async fn a_hook_payload_reaches_the_script_and_its_success_starts_the_next_task(
     assert_eq!(status, 201, "{task}");
     let (_, next_script) = server.post("/scripts", json!({"name": "next", "content": "print('next ran')\n"})).await;
     let (status, next) = server
-        .post("/tasks", json!({"name": "notify", "script_id": next_script["id"], "run_after": [{"task_id": task["id"]}]}))
+        .post(
+            "/tasks",
+            json!({"name": "notify", "script_id": next_script["id"], "run_after": [{"task_id": task["id"]}]}),
+        )
         .await;
     assert_eq!(status, 201, "{next}");
     let (status, hook) = server.post(&format!("/tasks/{}/hooks", task["id"]), json!({"name": "ci"})).await;

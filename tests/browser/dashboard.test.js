@@ -20,6 +20,10 @@ const FAILING = `import sys
 print("about to fail", file=sys.stderr)
 sys.exit(3)
 `;
+const READS_PAYLOAD = `import json, os
+
+print("ref", json.load(open(os.environ["AUTOMA_TRIGGER_PAYLOAD"]))["ref"])
+`;
 const LONG = `import time
 
 print("started", flush=True)
@@ -166,6 +170,61 @@ describe('dashboard', () => {
     await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: 30000 });
     await log.getByText('all done').waitFor();
     await screenshots(page, '10-run-succeeded');
+  });
+
+  it('creates a hook, shows its URL once, and the hook starts the task with its payload', async () => {
+    await createScript('reader', READS_PAYLOAD);
+    await go('/tasks/new');
+    await page.getByLabel('Name', { exact: true }).fill('on-push');
+    await page.getByLabel('Script', { exact: true }).selectOption({ label: 'reader' });
+    await page.getByRole('button', { name: 'Create task' }).click();
+    await heading('on-push').waitFor();
+    const hookForm = page.getByRole('form', { name: 'New hook' });
+    await hookForm.getByLabel('Name').fill('ci');
+    await hookForm.getByRole('button', { name: 'Create hook' }).click();
+    const url = await page.getByLabel('New hook URL').inputValue();
+    assert.match(url, new RegExp(`^${server.url}/hooks/atmh_[A-Za-z0-9_-]{43}$`));
+    await page.locator('tr[data-hook="ci"]').waitFor();
+    assert.doesNotMatch(await page.locator('section[aria-labelledby="task-hooks"] table').textContent(), new RegExp(url.split('/').pop()));
+    await screenshots(page, '10a-task-hooks');
+
+    // A task that runs after on-push succeeds, set in the form.
+    await createScript('follower', 'print("followed")\n');
+    await go('/tasks/new');
+    await page.getByLabel('Name', { exact: true }).fill('after-push');
+    await page.getByLabel('Script', { exact: true }).selectOption({ label: 'follower' });
+    await page.getByRole('button', { name: 'Add a task to run after' }).click();
+    await page.getByLabel('Run after task').selectOption({ label: 'on-push' });
+    assert.equal(await page.getByLabel('when it succeeded').isChecked(), true);
+    await page.getByRole('button', { name: 'Create task' }).click();
+    await heading('after-push').waitFor();
+    assert.equal(await page.getByLabel('Run after task').locator('option:checked').textContent(), 'on-push');
+
+    const called = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"ref": "refs/heads/main"}' });
+    assert.equal(called.status, 202);
+    const { run_id: runId } = await called.json();
+    await go(`/runs/${runId}`);
+    await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: 30000 });
+    await page.locator('.trigger').getByText('hook (hook ci)').waitFor();
+    await page.locator('pre.log').getByText('ref refs/heads/main').waitFor();
+    await screenshots(page, '10b-run-by-hook');
+
+    await go('/tasks');
+    await page.getByRole('link', { name: 'after-push' }).click();
+    await heading('after-push').waitFor();
+    await page.locator('section[aria-labelledby="task-runs"] tbody tr').first().getByRole('link').click();
+    await page.locator('.trigger').getByRole('link', { name: `#${runId}` }).waitFor();
+    await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: 30000 });
+    await page.locator('pre.log').getByText('followed').waitFor();
+
+    await go('/tasks');
+    await page.getByRole('link', { name: 'on-push' }).click();
+    await heading('on-push').waitFor();
+    await page.locator('tr[data-hook="ci"]').getByRole('button', { name: 'Revoke' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Revoke hook' }).click();
+    await page.locator('tr[data-hook="ci"]').getByText('revoked').waitFor();
+    const refused = await fetch(url, { method: 'POST' });
+    assert.equal(refused.status, 404);
   });
 
   it("shows a failed run's error", async () => {

@@ -61,6 +61,10 @@ pub struct Assignment {
     /// resends of it.
     #[serde(default)]
     pub last_log_seq: i64,
+    /// The JSON body of the hook call that started the run: the sandbox writes it to a read-only file and
+    /// names it in `AUTOMA_TRIGGER_PAYLOAD`. Absent for other runs (and from servers that predate hooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 impl std::fmt::Debug for Assignment {

@@ -88,6 +88,7 @@ fn spec(work: Assignment) -> RunSpec {
             ..Limits::default()
         },
         network: work.network,
+        payload: work.payload,
     }
 }
 

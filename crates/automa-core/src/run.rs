@@ -78,6 +78,10 @@ pub enum Trigger {
     Schedule,
     Api,
     Retry,
+    /// A webhook (`POST /hooks/{token}`): the run records the hook's id.
+    Hook,
+    /// Another task's run ended in a status this task waits for: the run records that upstream run's id.
+    After,
 }
 
 impl Trigger {
@@ -87,6 +91,8 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Api => "api",
             Trigger::Retry => "retry",
+            Trigger::Hook => "hook",
+            Trigger::After => "after",
         }
     }
 }
@@ -95,7 +101,7 @@ impl FromStr for Trigger {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Trigger::Manual, Trigger::Schedule, Trigger::Api, Trigger::Retry]
+        [Trigger::Manual, Trigger::Schedule, Trigger::Api, Trigger::Retry, Trigger::Hook, Trigger::After]
             .into_iter()
             .find(|trigger| trigger.as_str() == s)
             .ok_or_else(|| format!("unknown trigger '{s}'"))

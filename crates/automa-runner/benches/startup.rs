@@ -55,6 +55,7 @@ fn main() {
                     env: Vec::new(),
                     limits: Limits::default(),
                     network,
+                    payload: None,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");

@@ -26,6 +26,11 @@ pub use interpreter::resolve_interpreter;
 pub use network::Cidr;
 pub use sandbox::Sandbox;
 
+/// The variable that names the payload file of a run started by a hook with a body; set only then.
+pub const TRIGGER_PAYLOAD_ENV: &str = "AUTOMA_TRIGGER_PAYLOAD";
+/// The payload file's name in the run's work directory. Not a `.py` name, so no script can be saved over it.
+pub const TRIGGER_PAYLOAD_FILE: &str = ".automa-trigger-payload.json";
+
 /// How much isolation runs get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +145,9 @@ pub struct RunSpec {
     /// Whether the run may use the network: its own network namespace with user-mode networking behind the
     /// egress policy. Without it the run has an empty network namespace.
     pub network: bool,
+    /// Data the run was started with (a hook's JSON body): written next to the script as a read-only file
+    /// named [`TRIGGER_PAYLOAD_FILE`], whose path the script finds in [`TRIGGER_PAYLOAD_ENV`].
+    pub payload: Option<String>,
 }
 
 /// Resource budget of one run.

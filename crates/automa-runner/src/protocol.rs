@@ -71,6 +71,8 @@ pub(crate) struct RunRequest {
     pub interpreter: PathBuf,
     pub script_name: String,
     pub script: String,
+    /// Written beside the script, read-only, as `TRIGGER_PAYLOAD_FILE`.
+    pub payload: Option<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Where the new root is assembled when the mount namespace is used.

@@ -243,11 +243,17 @@ impl Sandbox {
         ];
         if !layers.mount_ns {
             // The host's /tmp is shared with everyone: temporary files go to the run's own directory.
-            env.push(("TMPDIR".into(), home));
+            env.push(("TMPDIR".into(), home.clone()));
         }
         for (key, value) in &spec.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
+        }
+        // Set last, after the run's own variables, so that nothing the task sets can point it elsewhere.
+        env.retain(|(k, _)| k != crate::TRIGGER_PAYLOAD_ENV);
+        if spec.payload.is_some() {
+            let path = std::path::Path::new(&home).join(crate::TRIGGER_PAYLOAD_FILE);
+            env.push((crate::TRIGGER_PAYLOAD_ENV.into(), path.to_string_lossy().into_owned()));
         }
         RunRequest {
             layers,
@@ -255,6 +261,7 @@ impl Sandbox {
             interpreter: self.interpreter.clone(),
             script_name: spec.script_name.clone(),
             script: spec.script.clone(),
+            payload: spec.payload.clone(),
             args: spec.args.clone(),
             env,
             root_mount: self.work_root.join(format!("slot-{slot}")),
@@ -447,6 +454,9 @@ fn validate_spec(spec: &RunSpec) -> Result<(), RunnerError> {
     let name = &spec.script_name;
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || name.len() > 255 {
         return bad(format!("script name {name:?} must be a plain file name"));
+    }
+    if name == crate::TRIGGER_PAYLOAD_FILE {
+        return bad(format!("script name {name:?} is the payload file's"));
     }
     if spec.args.iter().any(|a| a.contains('\0')) {
         return bad("arguments may not contain NUL bytes".into());

@@ -136,6 +136,11 @@ pub struct Config {
     /// The embedded agent's name; default `embedded-<hostname>`. Servers sharing one database on one host need
     /// different names, since an agent that starts gives up every run its record held.
     pub embedded_agent_name: Option<String>,
+    // Triggers (webhooks).
+    /// Runs a new hook may start per rolling minute when its creator names no rate.
+    pub hook_rate_per_minute: u32,
+    /// The highest rate a hook may be given.
+    pub hook_max_rate_per_minute: u32,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -186,6 +191,8 @@ impl Default for Config {
             network_grant: NetworkGrant::Admin,
             auto_migrate: true,
             embedded_agent_name: None,
+            hook_rate_per_minute: 60,
+            hook_max_rate_per_minute: 1000,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod agents;
 mod audit;
+mod hooks;
 mod models;
 mod run_logs;
 mod runs;

@@ -30,6 +30,10 @@ impl Actor {
     pub fn anonymous(ip: Option<String>) -> Actor {
         Actor { actor_type: "anonymous", actor_id: None, ip }
     }
+    /// A webhook that started a run: its token is the credential, so the hook is who acted.
+    pub fn hook(id: i64, ip: Option<String>) -> Actor {
+        Actor { actor_type: "hook", actor_id: Some(id.to_string()), ip }
+    }
 }
 
 /// What a change was, for the audit log. `details` never holds a secret.
@@ -238,6 +242,66 @@ pub struct Task {
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tasks whose runs start this one, from `task_run_after`; filled in by the store after the row.
+    #[sqlx(skip)]
+    pub run_after: Vec<RunAfter>,
+}
+
+/// Start a task when a run of task `task_id` ends in one of `on`, once per such run. Only a run's final
+/// outcome counts: a failed attempt that is retried does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunAfter {
+    pub task_id: i64,
+    pub on: Vec<automa_core::RunStatus>,
+}
+
+impl RunAfter {
+    /// The statuses a run-after link may wait for: every way a started run ends. `skipped` is a fire that
+    /// never became a run.
+    pub const STATUSES: [automa_core::RunStatus; 5] = [
+        automa_core::RunStatus::Succeeded,
+        automa_core::RunStatus::Failed,
+        automa_core::RunStatus::TimedOut,
+        automa_core::RunStatus::Cancelled,
+        automa_core::RunStatus::Lost,
+    ];
+}
+
+/// A webhook that starts a task. Its token is shown once, at creation; the store keeps only its hash.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Hook {
+    pub id: i64,
+    pub task_id: i64,
+    pub name: String,
+    /// The token's first characters, to recognise it.
+    pub prefix: String,
+    /// Runs the hook may start per rolling minute.
+    pub rate_per_minute: i64,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub last_triggered_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewHook {
+    pub task_id: i64,
+    pub name: String,
+    pub token_hash: String,
+    pub prefix: String,
+    pub rate_per_minute: i64,
+}
+
+/// What calling a hook did.
+#[derive(Debug, Clone)]
+pub enum HookTrigger {
+    Queued(Box<Run>),
+    /// No live hook has this token: it never existed or was revoked (the caller cannot tell which).
+    Unknown,
+    /// The hook started `rate_per_minute` runs in the last minute; one more fits in this many seconds.
+    Limited {
+        retry_after_seconds: i64,
+    },
 }
 
 /// Every settable field of a task, already validated. Create and update both write a whole `TaskSpec`: an
@@ -263,6 +327,7 @@ pub struct TaskSpec {
     pub schedule: Option<Schedule>,
     pub enabled: bool,
     pub next_fire_at: Option<DateTime<Utc>>,
+    pub run_after: Vec<RunAfter>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -334,6 +399,10 @@ pub struct Run {
     pub log_bytes: i64,
     pub log_capped: bool,
     pub created_by: Option<i64>,
+    /// The hook that started the run (trigger `hook`, and its retries).
+    pub hook_id: Option<i64>,
+    /// The run whose end started this one (trigger `after`, and its retries).
+    pub upstream_run_id: Option<i64>,
 }
 
 impl Run {
@@ -374,6 +443,8 @@ pub struct ClaimedRun {
     /// The highest output chunk number the run already has (0 for a fresh run): a run handed back and
     /// claimed again continues its log after it.
     pub last_log_seq: i64,
+    /// The JSON body of the hook call that started the run, if it had one.
+    pub payload: Option<String>,
 }
 
 /// How a run ended, as its agent reports it.
@@ -400,6 +471,8 @@ pub struct Finished {
     pub changed: bool,
     /// The run queued to retry it, if any.
     pub retry: Option<Run>,
+    /// Runs of tasks that run after this one, queued because it ended (finally) in a status they wait for.
+    pub downstream: Vec<Run>,
 }
 
 /// What a heartbeat learned about the runs an agent says it is running.

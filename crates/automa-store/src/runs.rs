@@ -28,10 +28,28 @@ const INSERT_RUN: &str = "INSERT INTO runs (task_id, script_id, script_version, 
 /// Copies a finished run into a new queued attempt. `scheduled_for` stays behind: it is unique per tick.
 const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, \
      target_agent_id, labels, trigger, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, \
-     env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) \
+     env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by, hook_id, \
+     upstream_run_id) \
      SELECT task_id, script_id, script_version, content, filename, target_agent_id, labels, 'retry', attempt + 1, \
      retries, retry_backoff_seconds, 'queued', $2, $3, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, \
-     max_output_bytes, network, created_by FROM runs WHERE id = $1 RETURNING *";
+     max_output_bytes, network, created_by, hook_id, upstream_run_id FROM runs WHERE id = $1 RETURNING *";
+
+/// A retry gets the payload of the hook call that started the attempt before it (`$1` retry, `$2` attempt).
+const COPY_PAYLOAD: &str =
+    "INSERT INTO run_payloads (run_id, payload) SELECT $1, payload FROM run_payloads WHERE run_id = $2";
+
+/// Queues a run of every enabled task that runs after task `$2` when its run ends in `$3`, for run `$1` that
+/// just ended so, copying each task's fields like the scheduler does. The unique (upstream_run_id, task_id)
+/// index makes a second run for the same upstream run impossible.
+const QUEUE_AFTER: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, \
+     trigger, upstream_run_id, retries, retry_backoff_seconds, status, queued_at, not_before, args, env, secrets, \
+     timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, t.labels, \
+     'after', $1, t.retries, t.retry_backoff_seconds, 'queued', $4, $4, t.args, t.env, t.secrets, t.timeout_seconds, \
+     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
+     FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
+     WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
+     ON CONFLICT (upstream_run_id, task_id) WHERE trigger = 'after' DO NOTHING RETURNING *";
 
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
 /// has, whose every secret's policy lets this agent receive it, while the agent is neither draining nor
@@ -79,8 +97,9 @@ fn retry_delay(run: &Run) -> Duration {
     Duration::seconds(seconds)
 }
 
-/// Finishes `$run_id` with `$end` inside `$tx` and queues its retry when it ended retryably with attempts left;
-/// evaluates to `Option<Finished>` (None: the run was not running, or not held by `$agent`).
+/// Finishes `$run_id` with `$end` inside `$tx` and queues its retry when it ended retryably with attempts left,
+/// or else, its outcome being final, the runs of the tasks that run after it; evaluates to `Option<Finished>`
+/// (None: the run was not running, or not held by `$agent`).
 macro_rules! finish_in_tx {
     ($tx:expr, $run_id:expr, $agent:expr, $end:expr) => {{
         let end: &RunEnd = $end;
@@ -116,7 +135,22 @@ macro_rules! finish_in_tx {
                 } else {
                     None
                 };
-                Some(Finished { run, changed: true, retry })
+                if let Some(retry) = &retry {
+                    sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut *$tx).await?;
+                }
+                let downstream: Vec<Run> = match (&retry, run.task_id) {
+                    (None, Some(task_id)) => {
+                        sqlx::query_as(QUEUE_AFTER)
+                            .bind(run.id)
+                            .bind(task_id)
+                            .bind(&run.status)
+                            .bind(at)
+                            .fetch_all(&mut *$tx)
+                            .await?
+                    }
+                    _ => Vec::new(),
+                };
+                Some(Finished { run, changed: true, retry, downstream })
             }
         }
     }};
@@ -234,13 +268,16 @@ impl Store {
         };
         match content {
             Some(content) => {
-                let last_log_seq = dispatch!(self, pool => {
-                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1")
-                        .bind(run.id)
-                        .fetch_one(pool)
-                        .await?
+                let (last_log_seq, payload): (i64, Option<String>) = dispatch!(self, pool => {
+                    sqlx::query_as(
+                        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1), \
+                         (SELECT payload FROM run_payloads WHERE run_id = $1)",
+                    )
+                    .bind(run.id)
+                    .fetch_one(pool)
+                    .await?
                 });
-                Ok(Some(ClaimedRun { run, content, last_log_seq }))
+                Ok(Some(ClaimedRun { run, content, last_log_seq, payload }))
             }
             None => {
                 let end = RunEnd::failed("the script version of this run no longer exists");
@@ -281,15 +318,21 @@ impl Store {
     /// Ends a run `agent_id` holds (any holder when `None`), queueing its retry in the same transaction. A run
     /// that is no longer running is returned unchanged.
     pub async fn finish_run(&self, run_id: i64, agent_id: Option<i64>, end: &RunEnd) -> StoreResult<Finished> {
+        let postgres = self.is_postgres();
         let finished = dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let finished = finish_in_tx!(tx, run_id, agent_id, end);
+            if postgres && finished.as_ref().is_some_and(|f: &Finished| !f.downstream.is_empty()) {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             finished
         });
         match finished {
             Some(finished) => Ok(finished),
-            None => Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None }),
+            None => {
+                Ok(Finished { run: self.get_run(run_id).await?, changed: false, retry: None, downstream: Vec::new() })
+            }
         }
     }
 
@@ -326,7 +369,7 @@ impl Store {
                     if postgres {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }
-                    Some(Finished { run, changed: true, retry: None })
+                    Some(Finished { run, changed: true, retry: None, downstream: Vec::new() })
                 }
                 None => {
                     let error = Some("cancelled; its agent shut down before it stopped".to_owned());
@@ -348,6 +391,7 @@ impl Store {
         reason: &str,
     ) -> StoreResult<Vec<Finished>> {
         let end = RunEnd { error: Some(reason.to_owned()), ..RunEnd::new(RunStatus::Lost) };
+        let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let expired: Vec<i64> = match agent_id {
@@ -366,13 +410,18 @@ impl Store {
                     lost.push(finished);
                 }
             }
+            if postgres && lost.iter().any(|f| !f.downstream.is_empty()) {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(lost)
         })
     }
 
-    /// Cancels a run: a queued one at once, a running one by asking its agent. Anything else is a conflict.
-    pub async fn cancel_run(&self, actor: &Actor, run_id: i64) -> StoreResult<Run> {
+    /// Cancels a run: a queued one at once (which starts the tasks that run after it on `cancelled`), a running
+    /// one by asking its agent. Anything else is a conflict.
+    pub async fn cancel_run(&self, actor: &Actor, run_id: i64) -> StoreResult<Finished> {
+        let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
@@ -396,10 +445,23 @@ impl Store {
                     .await?,
                 other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
             };
+            let downstream: Vec<Run> = match run.task_id.filter(|_| run.status == "cancelled") {
+                Some(task_id) => sqlx::query_as(QUEUE_AFTER)
+                    .bind(run.id)
+                    .bind(task_id)
+                    .bind(&run.status)
+                    .bind(now())
+                    .fetch_all(&mut *tx)
+                    .await?,
+                None => Vec::new(),
+            };
             let details = json!({"status_before": status});
             append_audit!(self, tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details));
+            if postgres && !downstream.is_empty() {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            Ok(run)
+            Ok(Finished { run, changed: true, retry: None, downstream })
         })
     }
 }

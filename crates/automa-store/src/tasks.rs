@@ -3,10 +3,10 @@
 use serde_json::json;
 use sqlx::types::Json;
 
-use automa_core::InvalidField;
+use automa_core::{InvalidField, RunStatus};
 
 use crate::{
-    Actor, AuditEvent, Listed, Page, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
+    Actor, AuditEvent, Listed, Page, RunAfter, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
     WritePool,
     audit::append_audit,
     dispatch, now,
@@ -52,6 +52,52 @@ macro_rules! grant_secrets {
             }
             let details = json!({"name": name, "granted_task_id": $task_id});
             append_audit!($store, $tx, $actor, AuditEvent::new("secret.grant", "secret", None, details));
+        }
+    }};
+}
+
+/// Replaces the task's run-after links with `$links` and refuses (422, naming the tasks) an upstream task that
+/// does not exist or a cycle. Checked inside the write transaction, which serialises every task save, so two
+/// saves cannot each close half of a cycle.
+macro_rules! set_run_after {
+    ($tx:expr, $task_id:expr, $links:expr) => {{
+        let task_id: i64 = $task_id;
+        let links: &[RunAfter] = $links;
+        sqlx::query("DELETE FROM task_run_after WHERE task_id = $1").bind(task_id).execute(&mut *$tx).await?;
+        for (index, link) in links.iter().enumerate() {
+            let upstream: Option<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1")
+                .bind(link.task_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if upstream.is_none() {
+                let field = format!("run_after[{index}].task_id");
+                return Err(InvalidField::new(field, format!("there is no task with id {}", link.task_id)).into());
+            }
+            for status in &link.on {
+                sqlx::query("INSERT INTO task_run_after (task_id, after_task_id, on_status) VALUES ($1, $2, $3)")
+                    .bind(task_id)
+                    .bind(link.task_id)
+                    .bind(status.as_str())
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+        if !links.is_empty() {
+            let edges: Vec<(i64, i64)> = sqlx::query_as("SELECT DISTINCT task_id, after_task_id FROM task_run_after")
+                .fetch_all(&mut *$tx)
+                .await?;
+            if let Some(cycle) = find_cycle(task_id, &edges) {
+                let mut names = Vec::with_capacity(cycle.len());
+                for id in &cycle {
+                    let name: String = sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                    names.push(format!("'{name}'"));
+                }
+                let message = format!("would make a cycle: {} (each runs after the next)", names.join(" → "));
+                return Err(InvalidField::new("run_after", message).into());
+            }
         }
     }};
 }
@@ -106,18 +152,51 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
+            set_run_after!(tx, task.id, &spec.run_after);
             append_audit!(self, tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
             grant_secrets!(self, tx, actor, grant, task.id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
-            Ok(task)
+            Ok(Task { run_after: spec.run_after, ..task })
         })
     }
 
     pub async fn get_task(&self, id: i64) -> StoreResult<Task> {
-        dispatch!(self, pool => {
+        let task: Task = dispatch!(self, pool => {
             sqlx::query_as("SELECT * FROM tasks WHERE id = $1").bind(id).fetch_optional(pool).await?.ok_or(StoreError::NotFound)
-        })
+        })?;
+        self.with_run_after(vec![task]).await.map(|mut tasks| tasks.remove(0))
+    }
+
+    /// Fills in the tasks' run-after links, each link's statuses in `RunStatus` order.
+    async fn with_run_after(&self, mut tasks: Vec<Task>) -> StoreResult<Vec<Task>> {
+        if tasks.is_empty() {
+            return Ok(tasks);
+        }
+        let rows: Vec<(i64, i64, String)> = dispatch!(self, pool => {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT task_id, after_task_id, on_status FROM task_run_after WHERE task_id IN (");
+            let mut ids = select.separated(", ");
+            for task in &tasks {
+                ids.push_bind(task.id);
+            }
+            select.push(") ORDER BY task_id, after_task_id");
+            select.build_query_as().fetch_all(pool).await?
+        });
+        for (task_id, after_task_id, status) in rows {
+            let Ok(status) = status.parse::<RunStatus>() else { continue };
+            let Some(task) = tasks.iter_mut().find(|task| task.id == task_id) else { continue };
+            match task.run_after.iter_mut().find(|link| link.task_id == after_task_id) {
+                Some(link) => link.on.push(status),
+                None => task.run_after.push(RunAfter { task_id: after_task_id, on: vec![status] }),
+            }
+        }
+        for task in &mut tasks {
+            for link in &mut task.run_after {
+                link.on.sort_by_key(|status| RunStatus::ALL.iter().position(|s| s == status));
+            }
+        }
+        Ok(tasks)
     }
 
     /// What a new version of a script reaches: the tasks that run its latest version, the secrets they name, and
@@ -140,9 +219,10 @@ impl Store {
     }
 
     pub async fn get_task_by_name(&self, name: &str) -> StoreResult<Task> {
-        dispatch!(self, pool => {
+        let task: Task = dispatch!(self, pool => {
             sqlx::query_as("SELECT * FROM tasks WHERE name = $1").bind(name).fetch_optional(pool).await?.ok_or(StoreError::NotFound)
-        })
+        })?;
+        self.with_run_after(vec![task]).await.map(|mut tasks| tasks.remove(0))
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter, page: Page) -> StoreResult<Listed<Task>> {
@@ -153,8 +233,8 @@ impl Store {
             let mut select = sqlx::QueryBuilder::new("SELECT * FROM tasks WHERE 1=1");
             push_task_filter(&mut select, filter);
             select.push(" ORDER BY id LIMIT ").push_bind(page.limit).push(" OFFSET ").push_bind(page.offset);
-            let items = select.build_query_as().fetch_all(pool).await?;
-            Ok(Listed { items, total })
+            let items: Vec<Task> = select.build_query_as().fetch_all(pool).await?;
+            Ok(Listed { items: self.with_run_after(items).await?, total })
         })
     }
 
@@ -196,17 +276,34 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
+            set_run_after!(tx, id, &spec.run_after);
             append_audit!(self, tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
             grant_secrets!(self, tx, actor, grant, id, grants);
             notify_schedulers!(self, tx);
             tx.commit().await?;
-            Ok(task)
+            Ok(Task { run_after: spec.run_after, ..task })
         })
     }
 
+    /// Deletes a task. Refused (`InUse`, naming them) while other tasks run after it: they would silently never
+    /// run again.
     pub async fn delete_task(&self, actor: &Actor, id: i64) -> StoreResult<()> {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            let dependants: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT DISTINCT t.id, t.name FROM task_run_after a JOIN tasks t ON t.id = a.task_id \
+                 WHERE a.after_task_id = $1 AND a.task_id <> $1 ORDER BY t.id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !dependants.is_empty() {
+                let named: Vec<String> = dependants.iter().map(|(id, name)| format!("'{name}' (id {id})")).collect();
+                return Err(StoreError::InUse(format!(
+                    "tasks run after this task: {}; remove it from their run_after first",
+                    named.join(", ")
+                )));
+            }
             let name: String = sqlx::query_scalar("DELETE FROM tasks WHERE id = $1 RETURNING name")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -219,9 +316,40 @@ impl Store {
     }
 }
 
+/// The path from `start` back to itself along "runs after" edges `(task, upstream)`, if the edges hold one.
+/// Every cycle a save can make passes through the saved task, so starting there finds it.
+fn find_cycle(start: i64, edges: &[(i64, i64)]) -> Option<Vec<i64>> {
+    let mut path = vec![start];
+    let mut visited = std::collections::HashSet::new();
+    fn walk(
+        node: i64,
+        start: i64,
+        edges: &[(i64, i64)],
+        path: &mut Vec<i64>,
+        visited: &mut std::collections::HashSet<i64>,
+    ) -> bool {
+        for &(_, upstream) in edges.iter().filter(|(task, _)| *task == node) {
+            if upstream == start {
+                path.push(start);
+                return true;
+            }
+            if visited.insert(upstream) {
+                path.push(upstream);
+                if walk(upstream, start, edges, path, visited) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    walk(start, start, edges, &mut path, &mut visited).then_some(path)
+}
+
 /// What the audit log keeps of a task: everything but the environment's values, which may be sensitive.
 fn audit_details(spec: &TaskSpec) -> serde_json::Value {
     json!({
+        "run_after": spec.run_after,
         "name": spec.name, "script_id": spec.script_id, "script_version": spec.script_version,
         "agent_id": spec.agent_id, "labels": spec.labels, "args": spec.args,
         "env_keys": spec.env.keys().collect::<Vec<_>>(), "secrets": spec.secrets,
@@ -253,5 +381,20 @@ where
     };
     if let Some(needle) = &filter.name_contains {
         builder.push(" AND lower(name) LIKE ").push_bind(like_pattern(needle)).push(" ESCAPE '\\'");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_cycle;
+
+    #[test]
+    fn cycles_through_the_saved_task_are_found_and_named_in_order() {
+        assert_eq!(find_cycle(1, &[(1, 1)]), Some(vec![1, 1]), "a task after itself");
+        assert_eq!(find_cycle(1, &[(1, 2), (2, 3), (3, 1)]), Some(vec![1, 2, 3, 1]));
+        assert_eq!(find_cycle(1, &[(1, 2), (2, 3), (4, 1)]), None, "a chain is not a cycle");
+        assert_eq!(find_cycle(1, &[(1, 2), (1, 3), (3, 2), (2, 4)]), None, "a diamond is not a cycle");
+        assert_eq!(find_cycle(1, &[(1, 2), (2, 3), (3, 2)]), None, "a cycle elsewhere is another save's");
+        assert_eq!(find_cycle(1, &[(1, 2), (1, 3), (3, 4), (4, 1)]), Some(vec![1, 3, 4, 1]));
     }
 }

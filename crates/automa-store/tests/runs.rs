@@ -215,10 +215,10 @@ async fn cancel_queued_and_running(store: &Store) {
     let s = script(store).await;
     let a = agent(store, "a", &[], 4).await;
     let queued = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
-    assert_eq!(store.cancel_run(&Actor::system(), queued.id).await.unwrap().status, "cancelled");
+    assert_eq!(store.cancel_run(&Actor::system(), queued.id).await.unwrap().run.status, "cancelled");
     let running = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
     store.claim_run(a, lease()).await.unwrap().unwrap();
-    let requested = store.cancel_run(&Actor::system(), running.id).await.unwrap();
+    let requested = store.cancel_run(&Actor::system(), running.id).await.unwrap().run;
     assert_eq!((requested.status.as_str(), requested.cancel_requested), ("running", true));
     assert_eq!(store.renew_leases(a, &[running.id], lease()).await.unwrap().cancel, vec![running.id]);
     let error = store.cancel_run(&Actor::system(), queued.id).await.unwrap_err();

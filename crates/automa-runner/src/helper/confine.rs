@@ -71,6 +71,9 @@ fn confine_and_exec(request: &RunRequest) -> Result<Infallible, String> {
         clear_capabilities()?;
     }
     write_script(&workdir.join(&request.script_name), &request.script)?;
+    if let Some(payload) = &request.payload {
+        write_read_only(&workdir.join(crate::TRIGGER_PAYLOAD_FILE), payload)?;
+    }
     close_inherited_fds()?;
     if layers.no_new_privs {
         super::seccomp::apply(&filters)?;
@@ -181,6 +184,19 @@ fn restrict_filesystem(request: &RunRequest, workdir: &Path) -> Result<(), Strin
 
 fn write_script(path: &Path, script: &str) -> Result<(), String> {
     std::fs::write(path, script).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Creates `path` with mode 0444, so the script can read but not rewrite it: data it was started with stays as
+/// it came. `create_new` refuses to follow anything already there.
+fn write_read_only(path: &Path, content: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    file.write_all(content.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// Marks every fd above stderr close-on-exec, so nothing the helper held reaches the script.

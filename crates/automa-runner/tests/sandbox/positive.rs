@@ -49,6 +49,33 @@ async fn workdir_holds_the_script_and_is_writable() {
     assert_eq!(out.ok(), "/work ['main.py', 'out.txt']\n");
 }
 
+/// A hook's payload is a read-only file beside the script, named by `AUTOMA_TRIGGER_PAYLOAD`, under either
+/// profile; a task's own variable of that name cannot point the script elsewhere. Under `strict` the script
+/// cannot write it; under `none` (possibly root, who ignores modes) only its mode says so.
+#[tokio::test]
+async fn the_payload_is_a_read_only_file_named_in_the_environment() {
+    let payload = r#"{"ref": "refs/heads/main", "note": "ünïcode \u0000 and \"quotes\""}"#;
+    let read = "import os, json, stat\n\
+        path = os.environ['AUTOMA_TRIGGER_PAYLOAD']\n\
+        print(os.path.dirname(path) == os.getcwd(), oct(stat.S_IMODE(os.stat(path).st_mode)))\n\
+        print(json.load(open(path))['ref'])\n\
+        print(open(path, encoding='utf-8').read())\n";
+    let write = "try:\n    open(os.environ['AUTOMA_TRIGGER_PAYLOAD'], 'a').write('x')\n    print('WROTE')\n\
+        except PermissionError:\n    print('refused')\n";
+    for (profile, tail, expected_tail) in [(Profile::Strict, write, "refused\n"), (Profile::None, "", "")] {
+        let h = support::with(profile, &[]);
+        let mut s = spec(&format!("{read}{tail}"));
+        s.payload = Some(payload.to_owned());
+        s.env = vec![("AUTOMA_TRIGGER_PAYLOAD".into(), "/etc/passwd".into())];
+        let out = run(&h, s).await;
+        assert_eq!(out.ok(), format!("True 0o444\nrefs/heads/main\n{payload}\n{expected_tail}"), "{profile:?}");
+
+        let mut without = spec("import os\nprint(os.environ.get('AUTOMA_TRIGGER_PAYLOAD'), sorted(os.listdir('.')))");
+        without.env = vec![("AUTOMA_TRIGGER_PAYLOAD".into(), "/etc/passwd".into())];
+        assert_eq!(run(&h, without).await.ok(), "None ['main.py']\n", "{profile:?}: no payload, no variable");
+    }
+}
+
 #[tokio::test]
 async fn exit_codes_are_reported() {
     let h = support::strict();

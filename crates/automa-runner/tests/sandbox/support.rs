@@ -98,6 +98,7 @@ pub fn spec(script: &str) -> RunSpec {
         env: Vec::new(),
         limits: limits(),
         network: false,
+        payload: None,
     }
 }
 

@@ -8,6 +8,8 @@ pub mod events;
 pub mod execute;
 pub mod grants;
 pub mod health;
+pub mod hooks;
+pub mod run_after;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;
@@ -57,6 +59,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::version))
         .routes(routes!(tasks::list, tasks::create))
         .routes(routes!(tasks::get, tasks::update, tasks::delete))
+        .routes(routes!(hooks::list, hooks::create))
+        .routes(routes!(hooks::revoke))
+        .routes(routes!(hooks::trigger))
         .routes(routes!(schedule::upcoming))
         .routes(routes!(schedule::pause))
         .routes(routes!(schedule::resume))

@@ -37,8 +37,12 @@ pub struct RunResponse {
     pub script_version: Option<i64>,
     /// The agent that ran (or runs) it.
     pub agent_id: Option<i64>,
-    /// `manual`, `schedule`, `api` or `retry`.
+    /// `manual`, `schedule`, `api`, `retry`, `hook` or `after`.
     pub trigger: String,
+    /// The hook that started the run (`hook`), kept by its retries.
+    pub hook_id: Option<i64>,
+    /// The run whose end started this one (`after`), kept by its retries.
+    pub upstream_run_id: Option<i64>,
     /// `queued`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `lost` or `skipped`.
     pub status: String,
     pub attempt: i64,
@@ -75,6 +79,8 @@ impl From<Run> for RunResponse {
             script_version: run.script_version,
             agent_id: run.agent_id,
             trigger: run.trigger,
+            hook_id: run.hook_id,
+            upstream_run_id: run.upstream_run_id,
             status: run.status,
             attempt: run.attempt,
             scheduled_for: run.scheduled_for,
@@ -158,9 +164,9 @@ pub async fn cancel(
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
-    let run = state.store.cancel_run(&principal.actor(), id).await.map_err(missing("run"))?;
-    state.execution.hub.publish(Event::Run(Box::new(run.clone())));
-    Ok((StatusCode::ACCEPTED, Json(run.into())))
+    let cancelled = state.store.cancel_run(&principal.actor(), id).await.map_err(missing("run"))?;
+    state.execution.publish_finish(&cancelled);
+    Ok((StatusCode::ACCEPTED, Json(cancelled.run.into())))
 }
 
 /// A page of a run's output.

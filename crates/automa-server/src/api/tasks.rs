@@ -12,7 +12,12 @@ use automa_core::{InvalidField, ResourceName, Schedule, schedule::ScheduleKind};
 use automa_store::{Task, TaskFilter, TaskSpec};
 
 use crate::{
-    api::{Page, agents::parse_labels, grants, present},
+    api::{
+        Page,
+        agents::parse_labels,
+        grants, present,
+        run_after::{RunAfterLink, check_run_after},
+    },
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -49,6 +54,8 @@ pub struct TaskResponse {
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tasks whose runs start this one, and on which outcomes.
+    pub run_after: Vec<RunAfterLink>,
 }
 
 impl From<Task> for TaskResponse {
@@ -77,6 +84,7 @@ impl From<Task> for TaskResponse {
             created_by: task.created_by,
             created_at: task.created_at,
             updated_at: task.updated_at,
+            run_after: task.run_after.into_iter().map(RunAfterLink::from).collect(),
         }
     }
 }
@@ -112,6 +120,10 @@ pub struct TaskInput {
     /// Shorthand for a one-off schedule at this time.
     pub scheduled_time: Option<DateTime<Utc>>,
     pub enabled: Option<bool>,
+    /// Replaces the task's run-after links; `null` or `[]` removes them. A cycle is refused (422 naming it).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<RunAfterLink>>)]
+    pub run_after: Option<Option<Vec<RunAfterLink>>>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -135,7 +147,15 @@ pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const DEFAULT_RETRY_BACKOFF_SECONDS: i64 = 10;
 pub(crate) const WEEK_SECONDS: i64 = 7 * 24 * 3600;
 /// Variables the sandbox sets itself; a task may not replace them.
-const RESERVED_ENV: &[&str] = &["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "TMPDIR"];
+const RESERVED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+    "TMPDIR",
+    automa_runner::TRIGGER_PAYLOAD_ENV,
+];
 
 pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
     if range.contains(&value) {
@@ -275,6 +295,10 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
     {
         return Err(ApiError::invalid("schedule.at", "is in the past"));
     }
+    let run_after = match input.run_after {
+        Some(links) => check_run_after(links.unwrap_or_default())?,
+        None => base.run_after,
+    };
     let enabled = input.enabled.unwrap_or(base.enabled);
     // The next fire is computed afresh only when the schedule is set or the task is switched back on; any other
     // edit keeps it, so that editing a task whose one-off already fired does not arm it again.
@@ -316,6 +340,7 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         schedule,
         enabled,
         next_fire_at,
+        run_after,
     })
 }
 
@@ -367,6 +392,7 @@ fn spec_of(task: Task) -> TaskSpec {
         schedule: task.schedule.map(|s| s.0),
         enabled: task.enabled,
         next_fire_at: task.next_fire_at,
+        run_after: task.run_after,
     }
 }
 
@@ -420,6 +446,7 @@ pub async fn create(
         schedule: None,
         enabled: true,
         next_fire_at: None,
+        run_after: Vec::new(),
     };
     let sets_agent = input.agent_id.is_some();
     let spec = merge(defaults.clone(), input, automa_store::now())?;
@@ -464,9 +491,9 @@ pub(crate) async fn apply(
     Ok(Json(task.into()))
 }
 
-/// Delete a task.
+/// Delete a task. Refused (409, naming them) while other tasks run after it.
 #[utoipa::path(delete, path = "/tasks/{id}", operation_id = "deleteTask", params(("id" = i64, Path, description = "The task's id")), tag = "tasks", security(("bearer" = ["operator"])),
-    responses((status = 204)))]
+    responses((status = 204), (status = 409, description = "Other tasks run after this one", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,

@@ -96,13 +96,15 @@ impl Execution {
         }
     }
 
-    fn published_finish(&self, finished: &Finished) {
+    /// Announces a run that ended (or was asked to) and the runs its end queued: its retry, or the runs of
+    /// the tasks that run after it.
+    pub fn publish_finish(&self, finished: &Finished) {
         if finished.changed {
             self.masks.lock().unwrap_or_else(|e| e.into_inner()).remove(&finished.run.id);
             self.published_run(&finished.run);
         }
-        if let Some(retry) = &finished.retry {
-            self.published_run(retry);
+        for queued in finished.retry.iter().chain(&finished.downstream) {
+            self.published_run(queued);
         }
     }
 
@@ -143,7 +145,7 @@ impl Execution {
     /// that does not exist, does not decrypt, or whose policy refuses this run or this agent fails at once;
     /// `None` tells the caller to claim again.
     async fn assignment(&self, agent_id: i64, claimed: ClaimedRun) -> ApiResult<Option<Assignment>> {
-        let ClaimedRun { run, content, last_log_seq } = claimed;
+        let ClaimedRun { run, content, last_log_seq, payload } = claimed;
         let names = run.secrets.0.clone();
         let mut problem = self.secret_refusal(agent_id, &run).await?;
         let sealed = if problem.is_some() { Vec::new() } else { self.store.sealed_secrets(&names).await? };
@@ -166,7 +168,7 @@ impl Execution {
         }
         if let Some(problem) = problem {
             let finished = self.store.finish_run(run.id, Some(agent_id), &RunEnd::failed(&problem)).await?;
-            self.published_finish(&finished);
+            self.publish_finish(&finished);
             return Ok(None);
         }
         self.masks.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, Arc::new(sealing::mask_order(values)));
@@ -184,6 +186,7 @@ impl Execution {
             max_output_bytes: run.max_output_bytes,
             network: run.network,
             last_log_seq,
+            payload,
         }))
     }
 
@@ -232,7 +235,7 @@ impl Execution {
                 .store
                 .lose_runs(automa_store::now(), Some(agent_id), "the agent restarted while the run was running")
                 .await?;
-            lost.iter().for_each(|finished| self.published_finish(finished));
+            lost.iter().for_each(|finished| self.publish_finish(finished));
             self.hub.publish(Event::Agent { id: agent_id });
         }
         let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
@@ -301,7 +304,7 @@ impl Execution {
             Err(StoreError::NotFound) => return Err(ApiError::not_found("run")),
             other => other?,
         };
-        self.published_finish(&finished);
+        self.publish_finish(&finished);
         Ok(FinishReply { status: finished.run.status })
     }
 
@@ -344,7 +347,7 @@ impl Execution {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
             match self.store.lose_runs(automa_store::now(), None, "the agent stopped renewing the run's lease").await {
-                Ok(lost) => lost.iter().for_each(|finished| self.published_finish(finished)),
+                Ok(lost) => lost.iter().for_each(|finished| self.publish_finish(finished)),
                 Err(error) => tracing::warn!(%error, "reaping expired leases failed; trying again later"),
             }
         }

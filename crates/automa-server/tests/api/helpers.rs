@@ -203,6 +203,28 @@ impl TestApp {
         start(config, self.database_url.clone(), self.backend, data_dir, self.database.clone()).await
     }
 
+    /// A second server on the same database and data directory (so the same key), as a replica runs.
+    pub async fn replica(&self) -> TestApp {
+        let mut config = self.config.clone();
+        config.bind = "127.0.0.1:0".into();
+        let app = Application::build(config.clone()).await.expect("the replica starts");
+        let addr = app.local_addr();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            database_url: self.database_url.clone(),
+            backend: self.backend,
+            config,
+            data_dir: None,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -16,4 +16,5 @@ mod openapi;
 mod schedule;
 mod secrets;
 mod sessions;
+mod triggers;
 mod validation;

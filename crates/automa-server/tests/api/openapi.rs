@@ -69,6 +69,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/schedule/preview"),
     ("post", "/logout"),
     ("post", "/users/{id}/sessions/revoke"),
+    ("get", "/tasks/{id}/hooks"),
+    ("post", "/tasks/{id}/hooks"),
+    ("delete", "/tasks/{id}/hooks/{hook_id}"),
+    ("post", "/hooks/{token}"),
 ];
 
 async fn document() -> Value {

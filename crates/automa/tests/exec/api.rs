@@ -162,3 +162,48 @@ for host in ["127.0.0.1", "10.0.2.2"] + sys.argv[2:]:
     assert!(ready["sandbox"]["network_stack"].as_str().is_some_and(|s| s.starts_with("slirp4netns")), "{ready}");
     assert_eq!(ready["sandbox"]["network_egress_policy"], true, "{ready}");
 }
+
+/// A hook's JSON body reaches the script as a read-only file named by `AUTOMA_TRIGGER_PAYLOAD`, in the real
+/// sandbox; the run that the hook starts then starts the task that runs after it.
+#[tokio::test]
+async fn a_hook_payload_reaches_the_script_and_its_success_starts_the_next_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], true).await;
+    let reader = "import json, os, stat\npath = os.environ['AUTOMA_TRIGGER_PAYLOAD']\n\
+        print(oct(stat.S_IMODE(os.stat(path).st_mode)), json.load(open(path))['ref'])\n\
+        print(open(path, encoding='utf-8').read())\n";
+    let (_, script) = server.post("/scripts", json!({"name": "reader", "content": reader})).await;
+    let (status, task) = server.post("/tasks", json!({"name": "deploy", "script_id": script["id"]})).await;
+    assert_eq!(status, 201, "{task}");
+    let (_, next_script) = server.post("/scripts", json!({"name": "next", "content": "print('next ran')\n"})).await;
+    let (status, next) = server
+        .post(
+            "/tasks",
+            json!({"name": "notify", "script_id": next_script["id"], "run_after": [{"task_id": task["id"]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{next}");
+    let (status, hook) = server.post(&format!("/tasks/{}/hooks", task["id"]), json!({"name": "ci"})).await;
+    assert_eq!(status, 201, "{hook}");
+
+    let payload = r#"{"ref": "refs/tags/v1.2", "pusher": "ünïcode"}"#;
+    let called = reqwest::Client::new()
+        .post(format!("{}{}", server.base, hook["path"].as_str().unwrap()))
+        .header("content-type", "application/json")
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(called.status(), 202);
+    let run_id = called.json::<serde_json::Value>().await.unwrap()["run_id"].as_i64().unwrap();
+    let (chunks, ended) = server.follow(run_id).await;
+    assert_eq!(ended["status"], "succeeded", "{ended} {chunks:?}");
+    assert_eq!((ended["trigger"].as_str(), ended["hook_id"].as_i64()), (Some("hook"), hook["id"].as_i64()));
+    assert_eq!(text_of(&chunks, "stdout"), format!("0o444 refs/tags/v1.2\n{payload}\n"));
+
+    let runs = server.get(&format!("/runs?task_id={}", next["id"])).await;
+    let downstream = &runs["items"][0];
+    assert_eq!((downstream["trigger"].as_str(), downstream["upstream_run_id"].as_i64()), (Some("after"), Some(run_id)));
+    let (chunks, ended) = server.follow(downstream["id"].as_i64().unwrap()).await;
+    assert_eq!((ended["status"].as_str(), text_of(&chunks, "stdout")), (Some("succeeded"), "next ran\n".to_owned()));
+}

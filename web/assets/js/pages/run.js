@@ -13,8 +13,11 @@ const FAILED = new Set(['failed', 'timed_out', 'lost']);
 /** Names of what a run refers to; a name that cannot be read (deleted, or not allowed) falls back to its id. */
 async function names(run) {
   const name = (path, id) => (id ? api(`${path}/${id}`).then((x) => x.name).catch(() => `#${id}`) : null);
-  const [task, script, agent] = await Promise.all([name('/tasks', run.task_id), name('/scripts', run.script_id), name('/agents', run.agent_id)]);
-  return { task, script, agent };
+  const hook = run.hook_id && run.task_id
+    ? api(`/tasks/${run.task_id}/hooks`).then((hooks) => hooks.find((x) => x.id === run.hook_id)?.name || `#${run.hook_id}`).catch(() => `#${run.hook_id}`)
+    : run.hook_id ? `#${run.hook_id}` : null;
+  const [task, script, agent, hookName] = await Promise.all([name('/tasks', run.task_id), name('/scripts', run.script_id), name('/agents', run.agent_id), hook]);
+  return { task, script, agent, hook: hookName };
 }
 
 function facts(run, named) {
@@ -23,7 +26,9 @@ function facts(run, named) {
     item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, named.task) : 'ad hoc'),
     item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, named.script), ` v${run.script_version}`) : 'inline source'),
     item('Agent', run.agent_id ? named.agent || `#${run.agent_id}` : '—'),
-    item('Trigger', `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ''}`),
+    item('Trigger', h('span.trigger', `${run.trigger}${run.attempt > 1 ? `, attempt ${run.attempt}` : ''}`,
+      run.hook_id ? ` (hook ${named.hook})` : null,
+      run.upstream_run_id ? [' (after run ', h('a', { href: `#/runs/${run.upstream_run_id}` }, `#${run.upstream_run_id}`), ')'] : null)),
     item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
     item('Duration', runDuration(run)),
     item('Exit', run.exit_code != null ? String(run.exit_code) : run.signal ? `signal ${run.signal}` : '—'),

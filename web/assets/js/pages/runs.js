@@ -6,7 +6,7 @@ import { onLive } from '../live.js';
 import { setQuery } from '../router.js';
 
 export const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'lost', 'skipped'];
-const TRIGGERS = ['manual', 'schedule', 'api', 'retry'];
+const TRIGGERS = ['manual', 'schedule', 'api', 'retry', 'hook', 'after'];
 const PAGE = 50;
 
 function select(name, label, options, value) {

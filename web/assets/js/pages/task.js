@@ -1,5 +1,5 @@
 // One task: every field of it (script and version, target, arguments, environment, secrets, limits, retries,
-// schedule), its recent runs, run now and delete.
+// schedule, the tasks it runs after), its hooks, its recent runs, run now and delete.
 
 import { api } from '../api.js';
 import {
@@ -10,11 +10,12 @@ import { createScheduleEditor } from '../schedule.js';
 import { navigate } from '../router.js';
 import { onLive } from '../live.js';
 import { runButton } from './tasks.js';
+import { createRunAfterEditor, hooksPanel } from '../triggers.js';
 
 const DEFAULTS = {
   name: '', description: '', script_id: null, script_version: null, agent_id: null, labels: [], args: [], env: {},
   secrets: [], timeout_seconds: 3600, memory_mb: 512, cpu_seconds: 3600, max_output_bytes: 10485760, network: false,
-  retries: 0, retry_backoff_seconds: 10, schedule: null, enabled: true,
+  retries: 0, retry_backoff_seconds: 10, schedule: null, enabled: true, run_after: [],
 };
 
 function list(text, separator) {
@@ -42,11 +43,13 @@ export async function render(main, params, ctx) {
   let task;
   let scripts;
   let agents;
+  let tasks;
   try {
-    [task, scripts, agents] = await Promise.all([
+    [task, scripts, agents, tasks] = await Promise.all([
       isNew ? { ...DEFAULTS, script_id: Number(ctx.query.get('script')) || null } : api(`/tasks/${params.id}`),
       api('/scripts', { query: { limit: 500 } }),
       api('/agents', { query: { limit: 500 } }).catch(() => ({ items: [] })),
+      api('/tasks', { query: { limit: 500 } }),
     ]);
   } catch (error) {
     mount(main, pageHeader('Task'), failure(error, () => render(main, params, ctx)));
@@ -77,6 +80,7 @@ export async function render(main, params, ctx) {
   const backoff = number('retry_backoff_seconds', task.retry_backoff_seconds, { min: 0 });
   const enabled = h('input', { type: 'checkbox', name: 'enabled', checked: task.enabled });
   const schedule = createScheduleEditor(task.schedule);
+  const runAfter = createRunAfterEditor(task.run_after, tasks.items.filter((t) => t.id !== task.id), { disabled: !writable });
   const save = h('button.button.primary', { type: 'submit' }, isNew ? 'Create task' : 'Save changes');
 
   async function loadVersions() {
@@ -107,6 +111,9 @@ export async function render(main, params, ctx) {
       h('label.check', { dataset: { field: 'network' } }, network, ' Allow network access'),
       h('label.check', { dataset: { field: 'enabled' } }, enabled, ' Enabled (a disabled task does not fire)')),
     h('fieldset', { disabled: !writable }, h('legend', 'Schedule'), schedule.root),
+    h('fieldset', { disabled: !writable }, h('legend', 'Run after'),
+      h('p.hint', 'Start this task once for every run of these tasks that ends as checked (its final attempt; a failure that is retried does not count).'),
+      runAfter.root),
     writable ? h('div.actions', save) : null);
 
   form.addEventListener('submit', (event) => {
@@ -121,7 +128,7 @@ export async function render(main, params, ctx) {
         env: parseEnv(env.value), secrets: list(secrets.value, ','), timeout_seconds: Number(timeout.value),
         memory_mb: Number(memory.value), cpu_seconds: Number(cpu.value), max_output_bytes: Number(output.value),
         network: network.checked, retries: Number(retries.value), retry_backoff_seconds: Number(backoff.value),
-        enabled: enabled.checked, schedule: schedule.value(),
+        enabled: enabled.checked, schedule: schedule.value(), run_after: runAfter.value(),
       };
     } catch (error) {
       showFieldError(form, error);
@@ -161,7 +168,7 @@ export async function render(main, params, ctx) {
     h('div.panel-head', h('h2', { id: 'task-runs' }, 'Recent runs'), h('a.small', { href: `#/runs?task_id=${task.id}` }, 'All runs of this task')),
     h('div.panel-body', loading()));
   mount(main, h('p.crumbs', h('a', { href: '#/tasks' }, 'Tasks'), ' / ', title), pageHeader(title, actions),
-    task.next_fire_at ? h('p.meta', 'Next fire ', time(task.next_fire_at)) : null, form, history);
+    task.next_fire_at ? h('p.meta', 'Next fire ', time(task.next_fire_at)) : null, form, isNew ? null : hooksPanel(task, ctx), history);
   if (isNew) name.focus();
   if (!history) return schedule.stop;
 

@@ -128,6 +128,17 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+
+    // Retention. Each rule is off while unset; a run is deleted when either run rule says so, and queued or
+    // running runs never are.
+    /// Finished runs, with their output, are deleted this many days after they finished (ad-hoc runs too).
+    pub retention_run_days: Option<u32>,
+    /// Of each task's finished runs, only the newest this many (in the order they were queued) are kept.
+    pub retention_runs_per_task: Option<u32>,
+    /// Audit entries older than this many days are deleted; verification then starts from a checkpoint.
+    pub retention_audit_days: Option<u32>,
+    /// Time between retention passes; the first runs when the server starts.
+    pub retention_interval_seconds: u64,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -176,6 +187,10 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
             network_grant: NetworkGrant::Admin,
+            retention_run_days: None,
+            retention_runs_per_task: None,
+            retention_audit_days: None,
+            retention_interval_seconds: 3600,
         }
     }
 }
@@ -224,6 +239,25 @@ impl Config {
                     .map_err(|_| anyhow::anyhow!("AUTOMA_TRUSTED_PROXIES: '{entry}' is not an address or CIDR"))
             })
             .collect()
+    }
+
+    /// The run retention policy, refusing zeros: "keep 0 days" or "keep 0 runs" is far more likely a mistake
+    /// than a wish to delete every finished run as soon as it ends.
+    pub fn run_retention(&self) -> anyhow::Result<automa_store::RunRetention> {
+        let positive = |value: Option<u32>, name: &str| match value {
+            Some(0) => Err(anyhow::anyhow!("{name} must be at least 1 (leave it unset to keep everything)")),
+            other => Ok(other),
+        };
+        let days = positive(self.retention_run_days, "AUTOMA_RETENTION_RUN_DAYS")?;
+        let per_task = positive(self.retention_runs_per_task, "AUTOMA_RETENTION_RUNS_PER_TASK")?;
+        positive(self.retention_audit_days, "AUTOMA_RETENTION_AUDIT_DAYS")?;
+        if self.retention_interval_seconds == 0 {
+            anyhow::bail!("AUTOMA_RETENTION_INTERVAL_SECONDS must be at least 1");
+        }
+        Ok(automa_store::RunRetention {
+            max_age: days.map(|days| chrono::Duration::days(days.into())),
+            per_task: per_task.map(i64::from),
+        })
     }
 
     pub fn database_url(&self) -> String {

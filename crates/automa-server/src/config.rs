@@ -320,6 +320,23 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_off_by_default_and_refuses_zero() {
+        let policy = Config::default().run_retention().unwrap();
+        assert_eq!((policy.max_age, policy.per_task), (None, None));
+        let set = Config { retention_run_days: Some(7), retention_runs_per_task: Some(3), ..Config::default() };
+        let policy = set.run_retention().unwrap();
+        assert_eq!((policy.max_age, policy.per_task), (Some(chrono::Duration::days(7)), Some(3)));
+        for zero in [
+            Config { retention_run_days: Some(0), ..Config::default() },
+            Config { retention_runs_per_task: Some(0), ..Config::default() },
+            Config { retention_audit_days: Some(0), ..Config::default() },
+            Config { retention_interval_seconds: 0, ..Config::default() },
+        ] {
+            assert!(zero.run_retention().unwrap_err().to_string().contains("at least 1"));
+        }
+    }
+
+    #[test]
     fn default_database_is_sqlite_in_the_data_dir() {
         assert_eq!(Config::default().database_url(), "sqlite://automa-data/automa.db");
     }

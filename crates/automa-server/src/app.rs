@@ -158,7 +158,8 @@ impl Application {
         let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
-        let retention = tokio::spawn(retention::run(state.store.clone(), state.config.clone(), self.stopping.subscribe()));
+        let retention =
+            tokio::spawn(retention::run(state.store.clone(), state.config.clone(), self.stopping.subscribe()));
         let stopping = self.stopping;
         let signal = async move {
             shutdown.await;

@@ -56,7 +56,9 @@ pub async fn check_sqlite_backup(path: &Path) -> StoreResult<BackupCheck> {
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
         .fetch_all(&mut connection)
         .await
-        .map_err(|_| StoreError::Refused(format!("{} is not an Automa database: it has no migrations", path.display())))?;
+        .map_err(|_| {
+            StoreError::Refused(format!("{} is not an Automa database: it has no migrations", path.display()))
+        })?;
     connection.close().await?;
     let ours: Vec<i64> = sqlx::migrate!("./migrations/sqlite").iter().map(|m| m.version).collect();
     if let Some(unknown) = applied.iter().find(|version| !ours.contains(version)) {

@@ -6,9 +6,9 @@ mod agents;
 mod audit;
 mod backup;
 mod models;
+mod retention;
 mod run_logs;
 mod runs;
-mod retention;
 mod schedule;
 mod scripts;
 mod secrets;
@@ -25,9 +25,9 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
+pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
 pub use models::*;
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;

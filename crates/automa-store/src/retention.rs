@@ -75,7 +75,10 @@ pub struct AuditPruneSummary {
 enum Selection {
     FinishedBefore(DateTime<Utc>),
     /// A task's finished runs older (by id) than its `keep`-th newest finished run.
-    TaskBelow { task_id: i64, below_id: i64 },
+    TaskBelow {
+        task_id: i64,
+        below_id: i64,
+    },
 }
 
 /// Never a candidate, whatever the policy.

@@ -235,7 +235,10 @@ async fn runs_are_deleted_exactly_as_the_policy_says(store: &Store) {
     // Old: a5 (the newest of its task, deleted by age all the same), b1 and the ad-hoc x1. The running and
     // queued runs are made old too: age never touches them.
     finished_long_ago(store, &[a5, b1, x1, a6, a7, x3]).await;
-    store.execute_raw(&format!("UPDATE runs SET queued_at = '2020-01-01T00:00:00+00:00' WHERE id IN ({a6}, {a7}, {x3})")).await.unwrap();
+    store
+        .execute_raw(&format!("UPDATE runs SET queued_at = '2020-01-01T00:00:00+00:00' WHERE id IN ({a6}, {a7}, {x3})"))
+        .await
+        .unwrap();
 
     assert_eq!(store.run_logs(a1, 0, 100).await.unwrap().len(), 1);
     let policy = RunRetention { max_age: Some(Duration::days(7)), per_task: Some(2) };
@@ -261,7 +264,10 @@ async fn runs_are_deleted_exactly_as_the_policy_says(store: &Store) {
     let recorded = store.list_audit(&filter, Page::default()).await.unwrap();
     assert_eq!(recorded.total, 1);
     let details = &recorded.items[0].details.0;
-    assert_eq!((details["runs"].as_i64(), details["by_age"].as_i64(), details["first_id"].as_i64()), (Some(6), Some(3), Some(a1)));
+    assert_eq!(
+        (details["runs"].as_i64(), details["by_age"].as_i64(), details["first_id"].as_i64()),
+        (Some(6), Some(3), Some(a1))
+    );
     assert_eq!(details["policy"]["runs_per_task"].as_i64(), Some(2));
 
     let again = store.prune_runs(&policy, automa_store::now(), &small_batches(), &always).await.unwrap();

@@ -48,12 +48,7 @@ pub async fn backup(config: &Config, target: &Path, force: bool) -> anyhow::Resu
     let _ = std::fs::remove_file(&staged);
     let check = placed?;
     let size = std::fs::metadata(target)?.len();
-    println!(
-        "backed up {} to {} ({size} bytes, migration {})",
-        database.display(),
-        target.display(),
-        check.migration
-    );
+    println!("backed up {} to {} ({size} bytes, migration {})", database.display(), target.display(), check.migration);
     Ok(())
 }
 
@@ -70,12 +65,8 @@ async fn copy_into(url: &str, staged: &Path) -> anyhow::Result<automa_store::Bac
 
 /// Moves the finished copy to `target`: replacing it with `force`, else linking, which fails if it exists.
 fn place(staged: &Path, target: &Path, force: bool) -> anyhow::Result<()> {
-    if force {
-        std::fs::rename(staged, target)
-    } else {
-        std::fs::hard_link(staged, target)
-    }
-    .with_context(|| format!("writing {}", target.display()))
+    if force { std::fs::rename(staged, target) } else { std::fs::hard_link(staged, target) }
+        .with_context(|| format!("writing {}", target.display()))
 }
 
 /// A file beside `path` for work in progress, unique to this process.

@@ -372,7 +372,11 @@ fn a_backup_taken_while_the_server_writes_restores_to_the_same_data() {
     let database = dir.path().join("automa-data/automa.db");
     let refused = automa(dir.path()).args(["restore", "backup.db"]).output().unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     terminate_quietly(server);
 
     let backed_up = users_in(&backup);

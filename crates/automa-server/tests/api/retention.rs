@@ -31,19 +31,19 @@ async fn the_job_deletes_old_runs_and_records_it(backend: Backend) {
         .await;
     }
 
+    // The pass deletes, then records what it deleted: wait for the record.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let left = loop {
-        let runs = app.get(&format!("/runs?task_id={task}"), &admin).await.body["items"].as_array().cloned().unwrap();
-        if runs.len() == 1 {
-            break runs;
+    let recorded = loop {
+        let recorded = app.get("/audit?action=retention.runs", &admin).await.body;
+        if recorded["total"] == 1 {
+            break recorded;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the job never deleted the old runs: {runs:?}");
+        assert!(tokio::time::Instant::now() < deadline, "the job never recorded a pass: {recorded}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let left = app.get(&format!("/runs?task_id={task}"), &admin).await.body["items"].as_array().cloned().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0]["finished_at"].as_str().unwrap().starts_with("2999"), "{left:?}");
-
-    let recorded = app.get("/audit?action=retention.runs", &admin).await.body;
-    assert_eq!(recorded["total"], 1, "{recorded}");
     let details = &recorded["items"][0]["details"];
     assert_eq!((details["runs"].as_i64(), details["by_age"].as_i64()), (Some(3), Some(3)), "{details}");
     assert_eq!(details["policy"]["max_age_days"], 30);

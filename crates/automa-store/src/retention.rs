@@ -56,7 +56,7 @@ pub struct RunPruneSummary {
     pub oldest_finished_at: Option<DateTime<Utc>>,
     pub newest_finished_at: Option<DateTime<Utc>>,
     pub batches: i64,
-    /// The longest single deleting transaction, in milliseconds.
+    /// The longest single deleting transaction (for logs and measurements; not recorded in the audit log).
     #[serde(skip)]
     pub longest_batch: Duration,
 }
@@ -141,15 +141,21 @@ impl Store {
                 }
             }
         }
-        if let Some(max_age) = policy.max_age {
-            self.prune_selection(Selection::FinishedBefore(now - max_age), limits, keep_going, &mut summary).await?;
-        }
-        for selection in cutoffs {
-            if !keep_going() {
-                break;
+        let deleting: StoreResult<()> = async {
+            if let Some(max_age) = policy.max_age {
+                self.prune_selection(Selection::FinishedBefore(now - max_age), limits, keep_going, &mut summary)
+                    .await?;
             }
-            self.prune_selection(selection, limits, keep_going, &mut summary).await?;
+            for selection in cutoffs {
+                if !keep_going() {
+                    break;
+                }
+                self.prune_selection(selection, limits, keep_going, &mut summary).await?;
+            }
+            Ok(())
         }
+        .await;
+        // Batches already committed are recorded even when a later one failed.
         if summary.runs > 0 {
             let details = json!({
                 "runs": summary.runs,
@@ -167,6 +173,7 @@ impl Store {
             });
             self.record_event(&Actor::system(), AuditEvent::new("retention.runs", "run", None, details)).await?;
         }
+        deleting?;
         Ok(summary)
     }
 

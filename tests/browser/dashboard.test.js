@@ -95,6 +95,8 @@ describe('dashboard', () => {
     await page.getByRole('button', { name: 'Log in' }).click();
     await heading('Overview').waitFor();
     await page.locator('section[aria-labelledby="p-counts"] .tiles').waitFor();
+    // The database's size comes from /ready, e.g. "1.2 MiB".
+    await page.locator('.tile', { hasText: 'Database (sqlite)' }).locator('.tile-value', { hasText: /^\d+(\.\d+)? (B|KiB|MiB|GiB)$/ }).waitFor();
     await screenshots(page, '03-overview');
   });
 

@@ -34,6 +34,7 @@ use crate::{
     limits::LoginLimiter,
     python::SyntaxChecker,
     rate_limit::{self, RateLimiter},
+    retention,
     scheduler::Scheduler,
     sealing::Sealer,
     serving::{self, ConnectionLimits},
@@ -157,6 +158,8 @@ impl Application {
         let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
+        let retention =
+            tokio::spawn(retention::run(state.store.clone(), state.config.clone(), self.stopping.subscribe()));
         let stopping = self.stopping;
         let signal = async move {
             shutdown.await;
@@ -176,6 +179,9 @@ impl Application {
         }
         if let Err(error) = failed_logins.await {
             tracing::error!(%error, "the failed-login summary task failed");
+        }
+        if let Err(error) = retention.await {
+            tracing::error!(%error, "the retention task failed");
         }
         state.store.close().await;
         Ok(())
@@ -209,6 +215,7 @@ async fn migrate_or_refuse(store: &Store, auto_migrate: bool) -> anyhow::Result<
 
 /// Refuses limits that would make the server unusable rather than start with them.
 fn check_limits(config: &Config) -> anyhow::Result<()> {
+    config.run_retention()?;
     if config.max_header_bytes < MIN_HEADER_BYTES {
         anyhow::bail!(
             "AUTOMA_MAX_HEADER_BYTES must be at least {MIN_HEADER_BYTES} (it is {})",

@@ -141,6 +141,16 @@ pub struct Config {
     pub hook_rate_per_minute: u32,
     /// The highest rate a hook may be given.
     pub hook_max_rate_per_minute: u32,
+    // Retention. Each rule is off while unset; a run is deleted when either run rule says so, and queued or
+    // running runs never are.
+    /// Finished runs, with their output, are deleted this many days after they finished (ad-hoc runs too).
+    pub retention_run_days: Option<u32>,
+    /// Of each task's finished runs, only the newest this many (in the order they were queued) are kept.
+    pub retention_runs_per_task: Option<u32>,
+    /// Audit entries older than this many days are deleted; verification then starts from a checkpoint.
+    pub retention_audit_days: Option<u32>,
+    /// Time between retention passes; the first runs when the server starts.
+    pub retention_interval_seconds: u64,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -193,6 +203,10 @@ impl Default for Config {
             embedded_agent_name: None,
             hook_rate_per_minute: 60,
             hook_max_rate_per_minute: 1000,
+            retention_run_days: None,
+            retention_runs_per_task: None,
+            retention_audit_days: None,
+            retention_interval_seconds: 3600,
         }
     }
 }
@@ -241,6 +255,25 @@ impl Config {
                     .map_err(|_| anyhow::anyhow!("AUTOMA_TRUSTED_PROXIES: '{entry}' is not an address or CIDR"))
             })
             .collect()
+    }
+
+    /// The run retention policy, refusing zeros: "keep 0 days" or "keep 0 runs" is far more likely a mistake
+    /// than a wish to delete every finished run as soon as it ends.
+    pub fn run_retention(&self) -> anyhow::Result<automa_store::RunRetention> {
+        let positive = |value: Option<u32>, name: &str| match value {
+            Some(0) => Err(anyhow::anyhow!("{name} must be at least 1 (leave it unset to keep everything)")),
+            other => Ok(other),
+        };
+        let days = positive(self.retention_run_days, "AUTOMA_RETENTION_RUN_DAYS")?;
+        let per_task = positive(self.retention_runs_per_task, "AUTOMA_RETENTION_RUNS_PER_TASK")?;
+        positive(self.retention_audit_days, "AUTOMA_RETENTION_AUDIT_DAYS")?;
+        if self.retention_interval_seconds == 0 {
+            anyhow::bail!("AUTOMA_RETENTION_INTERVAL_SECONDS must be at least 1");
+        }
+        Ok(automa_store::RunRetention {
+            max_age: days.map(|days| chrono::Duration::days(days.into())),
+            per_task: per_task.map(i64::from),
+        })
     }
 
     pub fn database_url(&self) -> String {
@@ -300,6 +333,23 @@ mod tests {
         assert!(networks[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
         let bad = Config { trusted_proxies: vec!["proxy.local".into()], ..Config::default() };
         assert!(bad.trusted_proxy_networks().unwrap_err().to_string().contains("'proxy.local'"));
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_refuses_zero() {
+        let policy = Config::default().run_retention().unwrap();
+        assert_eq!((policy.max_age, policy.per_task), (None, None));
+        let set = Config { retention_run_days: Some(7), retention_runs_per_task: Some(3), ..Config::default() };
+        let policy = set.run_retention().unwrap();
+        assert_eq!((policy.max_age, policy.per_task), (Some(chrono::Duration::days(7)), Some(3)));
+        for zero in [
+            Config { retention_run_days: Some(0), ..Config::default() },
+            Config { retention_runs_per_task: Some(0), ..Config::default() },
+            Config { retention_audit_days: Some(0), ..Config::default() },
+            Config { retention_interval_seconds: 0, ..Config::default() },
+        ] {
+            assert!(zero.run_retention().unwrap_err().to_string().contains("at least 1"));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod python;
 pub mod rate_limit;
+pub mod retention;
 pub mod scheduler;
 pub mod sealing;
 pub mod serving;

@@ -93,7 +93,13 @@ pub struct AuditVerification {
     pub keyed_from_id: Option<i64>,
     /// The last entry checked, to keep as a checkpoint when the chain is intact.
     pub head: AuditCheckpoint,
+    /// Where the walk started when audit retention has deleted the oldest entries: the last deleted entry,
+    /// as stored by retention and vouched for by its keyed `audit.prune` entry.
+    pub pruned_through: Option<AuditCheckpoint>,
 }
+
+/// The action of the entry each audit retention transaction writes; its details name the checkpoint it left.
+pub(crate) const PRUNE_ACTION: &str = "audit.prune";
 
 const VERIFY_BATCH: i64 = 1000;
 
@@ -103,6 +109,7 @@ struct ChainWalk<'k> {
     head: AuditCheckpoint,
     checked: i64,
     keyed_from_id: Option<i64>,
+    pruned_through: Option<AuditCheckpoint>,
 }
 
 impl ChainWalk<'_> {
@@ -148,6 +155,7 @@ impl ChainWalk<'_> {
             problem,
             keyed_from_id: self.keyed_from_id,
             head: self.head,
+            pruned_through: self.pruned_through,
         }
     }
 }
@@ -182,17 +190,54 @@ impl Store {
     }
 
     /// Recomputes every entry's hash from its content and its predecessor's hash, in id order, in batches,
-    /// with the scheme each entry was written with. With a `checkpoint`, the chain must also still hold the
-    /// checkpoint's entry with the checkpoint's hash: a shorter chain or a different hash fails.
+    /// with the scheme each entry was written with. The walk starts from genesis, or from the checkpoint audit
+    /// retention stored when it deleted the oldest entries; that checkpoint counts only if a keyed
+    /// `audit.prune` entry further down the chain names it. With a `checkpoint` kept outside the database, the
+    /// chain must also still hold the checkpoint's entry with the checkpoint's hash (a shorter chain or a
+    /// different hash fails), unless retention has since deleted that entry.
     pub async fn verify_audit(&self, checkpoint: Option<&AuditCheckpoint>) -> StoreResult<AuditVerification> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let start = self.stored_audit_checkpoint().await?;
+            let result = self.verify_from(start.as_ref(), checkpoint).await?;
+            // A retention pass between reading the stored checkpoint and reading the first entries looks like
+            // a broken first link; it shows as a moved checkpoint, and a second walk settles it.
+            if result.ok || attempts == 3 || self.stored_audit_checkpoint().await? == start {
+                return Ok(result);
+            }
+        }
+    }
+
+    async fn verify_from(
+        &self,
+        start: Option<&AuditCheckpoint>,
+        checkpoint: Option<&AuditCheckpoint>,
+    ) -> StoreResult<AuditVerification> {
         let mut walk = ChainWalk {
             key: self.audit_key()?,
-            head: AuditCheckpoint { id: 0, hash: GENESIS_HASH.to_owned() },
+            head: start.cloned().unwrap_or_else(|| AuditCheckpoint { id: 0, hash: GENESIS_HASH.to_owned() }),
             checked: 0,
             keyed_from_id: None,
+            pruned_through: start.cloned(),
         };
-        // The genesis "entry" 0 is always reached; any other checkpoint only when its entry is seen intact.
-        let mut reached_checkpoint = checkpoint.is_none_or(|c| c.id == 0 && c.hash == GENESIS_HASH);
+        // The genesis "entry" 0 is always reached, and so is an entry retention deleted (the stored checkpoint
+        // vouches for the chain up to it); any other checkpoint only when its entry is seen intact.
+        let mut reached_checkpoint = match (checkpoint, start) {
+            (None, _) => true,
+            (Some(c), _) if c.id == 0 && c.hash == GENESIS_HASH => true,
+            (Some(c), Some(s)) if c.id < s.id => true,
+            (Some(c), Some(s)) if c.id == s.id => {
+                if c.hash != s.hash {
+                    let problem = format!("entry {} no longer has the checkpoint's hash", c.id);
+                    return Ok(walk.finish(Some(c.id), Some(problem)));
+                }
+                true
+            }
+            _ => false,
+        };
+        let vouching = start.map(|s| serde_json::json!({"id": s.id, "hash": s.hash}));
+        let mut vouched = start.is_none();
         loop {
             let batch: Vec<AuditEntry> = dispatch!(self, pool => {
                 sqlx::query_as("SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2")
@@ -206,9 +251,15 @@ impl Store {
             }
             for entry in batch {
                 let id = entry.id;
+                // Only a keyed entry can vouch: an unkeyed one anyone could have written.
+                let vouches = entry.action == PRUNE_ACTION
+                    && entry.scheme == HashScheme::HmacSha256.as_str()
+                    && vouching.is_some()
+                    && entry.details.0.get("checkpoint") == vouching.as_ref();
                 if let Err(problem) = walk.check(entry) {
                     return Ok(walk.finish(Some(id), Some(problem)));
                 }
+                vouched |= vouches;
                 if let Some(checkpoint) = checkpoint.filter(|c| c.id == id) {
                     if checkpoint.hash != walk.head.hash {
                         let problem = format!("entry {id} no longer has the checkpoint's hash");
@@ -217,6 +268,14 @@ impl Store {
                     reached_checkpoint = true;
                 }
             }
+        }
+        if let Some(start) = start.filter(|_| !vouched) {
+            let problem = format!(
+                "the stored retention checkpoint (entry {}) is not vouched for by any keyed {PRUNE_ACTION} entry: \
+                 the oldest entries may have been deleted and the checkpoint forged",
+                start.id
+            );
+            return Ok(walk.finish(Some(start.id), Some(problem)));
         }
         match checkpoint {
             Some(checkpoint) if !reached_checkpoint => {

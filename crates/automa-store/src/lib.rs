@@ -5,7 +5,9 @@
 mod agents;
 mod audit;
 mod hooks;
+mod backup;
 mod models;
+mod retention;
 mod run_logs;
 mod runs;
 mod schedule;
@@ -26,7 +28,9 @@ use sqlx::{
 
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
+pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
 pub use models::*;
+pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;
 pub use schedule::{Fired, TASKS_CHANNEL};
@@ -68,6 +72,9 @@ pub enum StoreError {
     /// Audited changes need the audit key; a store opened without one refuses them.
     #[error("the store was opened without the audit key, so it cannot write or verify the audit log")]
     NoAuditKey,
+    /// An operation refused, with why: a database being restored, a backup that is not one.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -93,6 +100,9 @@ pub(crate) enum Backend {
 pub struct Store {
     backend: std::sync::Arc<Backend>,
     audit_key: Option<std::sync::Arc<AuditKey>>,
+    /// A shared `flock` on the SQLite file for as long as the store is open, so that `automa restore`, which
+    /// needs it exclusively, can tell that a server or another command is using the database.
+    _in_use: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// The current time as stored: microsecond precision, the finest both databases keep, so a value read back
@@ -104,6 +114,7 @@ pub fn now() -> DateTime<Utc> {
 impl Store {
     /// Opens (and for SQLite creates) the database the URL names. Does not migrate.
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        let mut in_use = None;
         let backend = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -112,6 +123,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             create_private_database_file(options.get_filename())?;
+            in_use = hold_shared(options.get_filename())?;
             let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -121,7 +133,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        Ok(Store { backend: std::sync::Arc::new(backend), audit_key: None })
+        Ok(Store { backend: std::sync::Arc::new(backend), audit_key: None, _in_use: in_use.map(std::sync::Arc::new) })
     }
 
     /// The same store, writing and verifying audit entries with `key` (derived from the server's secret key).
@@ -247,7 +259,7 @@ impl Store {
 /// Creates a missing SQLite database file, and any missing directory above it, readable by the owner only
 /// (0600, 0700) before SQLite opens it: SQLite gives the `-wal` and `-shm` files it creates the database
 /// file's mode, so all three stay private whatever the process's umask. An existing file is left as it is.
-fn create_private_database_file(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn create_private_database_file(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
         return Ok(());
@@ -258,6 +270,23 @@ fn create_private_database_file(path: &std::path::Path) -> std::io::Result<()> {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => Err(error),
         _ => Ok(()),
+    }
+}
+
+/// Takes a shared `flock` on the database file (independent of SQLite's own POSIX locks), refused while a
+/// restore holds it exclusively.
+fn hold_shared(path: &std::path::Path) -> StoreResult<Option<std::fs::File>> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path)?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Refused(format!(
+            "{} is being restored (automa restore holds it); start again when the restore is done",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
     }
 }
 
@@ -296,6 +325,14 @@ impl WritePool for PgPool {
     async fn begin_with_lock(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.begin().await
     }
+}
+
+/// The file a `sqlite:` URL names; `None` for any other URL.
+pub fn sqlite_file(url: &str) -> StoreResult<Option<PathBuf>> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    Ok(Some(SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf()))
 }
 
 /// A database URL with any password replaced, for messages and logs.

@@ -1,6 +1,7 @@
 //! The `automa` binary: the server, the remote agent, the CLI client, operations commands, and the sandbox
 //! helper entry point.
 
+mod backup;
 mod bench;
 mod bench_schedule;
 mod client;
@@ -44,6 +45,22 @@ enum Command {
     /// the API.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy the SQLite database to PATH, consistently, while the server runs (for PostgreSQL: how to pg_dump).
+    Backup {
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Replace the SQLite database with a backup, after checking it; refused while a server or another automa
+    /// command has the database open.
+    Restore {
+        path: PathBuf,
+        #[command(flatten)]
+        store: StoreFlags,
+    },
     /// Run a task (by name or id) or a local script.py through the server.
     Run(remote::RunFlags),
     #[command(flatten)]
@@ -221,6 +238,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = token_from(flags.token_file.as_deref(), "the agent")?;
             automa_agent::check_transport(&flags.server, flags.allow_insecure_http)?;
             remote_agent(config, &flags.server, &token, flags.allow_insecure_http).await
+        }
+        Command::Backup { path, force, store } => {
+            let config = Config::load(cli.config, &store)?;
+            init_logging(config.log_format);
+            backup::backup(&config, &path, force).await
+        }
+        Command::Restore { path, store } => {
+            let config = Config::load(cli.config, &store)?;
+            init_logging(config.log_format);
+            backup::restore(&config, &path).await
         }
         Command::Bench { what: BenchKind::Runs, python } => bench::bench(python).await,
         Command::Bench { what: BenchKind::Schedule, .. } => bench_schedule::bench().await,

@@ -347,3 +347,100 @@ fn run_refuses_plain_http_to_another_host_and_takes_its_token_from_the_environme
     let on_the_command_line = run("https://automa.example.com").args(["--token", "atm_x"]).output().unwrap();
     assert!(!on_the_command_line.status.success(), "a token on the command line (visible in ps) is not accepted");
 }
+
+/// Every user's e-mail in a database, in id order, and whether each has its `user.create` audit entry.
+fn users_in(database: &Path) -> Vec<(String, bool)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(database).read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query_as(
+            "SELECT email, EXISTS (SELECT 1 FROM audit_log WHERE action = 'user.create' \
+             AND resource_id = CAST(users.id AS TEXT)) FROM users ORDER BY id",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    })
+}
+
+fn add_user(dir: &Path, email: &str) -> std::process::Output {
+    automa(dir).args(["user", "add", email]).env("AUTOMA_PASSWORD", "a-long-password").output().unwrap()
+}
+
+#[test]
+fn a_backup_taken_while_the_server_writes_restores_to_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(add_user(dir.path(), "first@example.com").status.success());
+    let mut command = automa(dir.path());
+    command.env("AUTOMA_BIND", "127.0.0.1:0");
+    let (server, url) = serve(command);
+    let (status, ready) = get(&format!("{url}/ready"));
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(status, 200);
+    assert!(ready["database_size_bytes"].as_i64().unwrap() > 0, "{ready}");
+
+    // Writers add users, each with its audit entry, while the backup is taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir) = (stop.clone(), dir.path().to_owned());
+        std::thread::spawn(move || {
+            let mut added = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || added < 3 {
+                let output = add_user(&dir, &format!("w{added}@example.com"));
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+                added += 1;
+            }
+        })
+    };
+    let backup = dir.path().join("backup.db");
+    let taken = automa(dir.path()).args(["backup", "backup.db"]).output().unwrap();
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert_eq!(mode(&backup), 0o600);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let again = automa(dir.path()).args(["backup", "backup.db"]).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(add_user(dir.path(), "after@example.com").status.success());
+
+    let database = dir.path().join("automa-data/automa.db");
+    let refused = automa(dir.path()).args(["restore", "backup.db"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    terminate_quietly(server);
+
+    let backed_up = users_in(&backup);
+    assert!(backed_up.iter().all(|(_, audited)| *audited), "every user has its audit entry: {backed_up:?}");
+    assert!(users_in(&database).len() > backed_up.len());
+    let restored = automa(dir.path()).args(["restore", "backup.db"]).output().unwrap();
+    assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
+    assert_eq!(users_in(&database), backed_up, "the restored database holds what the backup held");
+    assert_eq!(mode(&database), 0o600);
+    let verified = automa(dir.path()).args(["audit", "verify"]).output().unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+
+    std::fs::write(dir.path().join("junk.db"), b"not a database").unwrap();
+    let junk = automa(dir.path()).args(["restore", "junk.db"]).output().unwrap();
+    assert!(!junk.status.success(), "a file that is not a database is refused");
+    assert_eq!(users_in(&database), backed_up, "and the database is untouched");
+}
+
+#[test]
+fn postgresql_backups_point_to_pg_dump_without_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["backup", "restore"] {
+        let output = automa(dir.path())
+            .args([command, "dump.pgc", "--database-url", "postgres://automa:hunter2@127.0.0.1:1/automa"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        let tool = if command == "backup" { "pg_dump --format=custom" } else { "pg_restore" };
+        assert!(stderr.contains(tool) && stderr.contains("automa:***@") && !stderr.contains("hunter2"), "{stderr}");
+    }
+}

@@ -157,6 +157,9 @@ pub struct VerifyResponse {
     pub keyed_from_id: Option<i64>,
     /// The last entry checked (id 0 and the genesis hash for an empty log): a checkpoint to keep elsewhere.
     pub head: CheckpointResponse,
+    /// Where verification started when audit retention has deleted the oldest entries: the last deleted
+    /// entry, vouched for by the keyed `audit.prune` entry that deleted it; `null` when it started at genesis.
+    pub pruned_through: Option<CheckpointResponse>,
 }
 
 impl From<AuditVerification> for VerifyResponse {
@@ -168,6 +171,7 @@ impl From<AuditVerification> for VerifyResponse {
             problem: result.problem,
             keyed_from_id: result.keyed_from_id,
             head: CheckpointResponse { id: result.head.id, hash: result.head.hash },
+            pruned_through: result.pruned_through.map(|c| CheckpointResponse { id: c.id, hash: c.hash }),
         }
     }
 }

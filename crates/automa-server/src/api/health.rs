@@ -20,6 +20,9 @@ pub struct Readiness {
     pub database: &'static str,
     /// Whether the database answers and is fully migrated.
     pub database_ready: bool,
+    /// The database's size in bytes (SQLite: its pages plus the write-ahead log; PostgreSQL:
+    /// `pg_database_size`); null when it cannot be read.
+    pub database_size_bytes: Option<i64>,
     /// Whether scripts can be syntax-checked (an interpreter was found).
     pub python: bool,
     /// The embedded agent's sandbox: its layers and warnings, or why it refuses to run scripts. Null when the
@@ -44,6 +47,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         status: if database_ready { "ready" } else { "not ready" },
         database: state.store.backend_name(),
         database_ready,
+        database_size_bytes: state.store.database_size().await.ok(),
         python: state.syntax.is_available(),
         sandbox: state.sandbox.read().unwrap_or_else(|e| e.into_inner()).clone(),
     };

@@ -13,6 +13,7 @@ mod dashboard;
 mod errors;
 mod fuzz;
 mod openapi;
+mod retention;
 mod schedule;
 mod secrets;
 mod sessions;

@@ -2,7 +2,7 @@
 // Each panel loads on its own, so one failing endpoint shows its error without blanking the rest.
 
 import { api } from '../api.js';
-import { h, mount, loading, empty, failure, badge, time, relative, runDuration, debounce } from '../dom.js';
+import { h, mount, loading, empty, failure, badge, time, relative, runDuration, debounce, bytes } from '../dom.js';
 import { onLive } from '../live.js';
 
 function panel(title, id, link) {
@@ -36,21 +36,25 @@ function runList(runs, emptyText, names) {
 }
 
 async function counts() {
-  const [scripts, tasks, runs, agents] = await Promise.allSettled([
+  const [scripts, tasks, runs, agents, ready] = await Promise.allSettled([
     api('/scripts', { query: { limit: 1 } }),
     api('/tasks', { query: { limit: 1 } }),
     api('/runs', { query: { limit: 1 } }),
     api('/agents', { query: { limit: 500 } }),
+    api('/ready'),
   ]);
   const total = (result) => (result.status === 'fulfilled' ? result.value.total : '—');
   const online = agents.status === 'fulfilled' ? agents.value.items.filter((a) => a.status === 'online').length : '—';
+  const size = ready.status === 'fulfilled' && ready.value.database_size_bytes != null ? bytes(ready.value.database_size_bytes) : '—';
+  const database = ready.status === 'fulfilled' ? ready.value.database : 'database';
   return [['Scripts', total(scripts), '#/scripts'], ['Tasks', total(tasks), '#/tasks'],
-    ['Runs', total(runs), '#/runs'], ['Agents online', online, '#/agents']];
+    ['Runs', total(runs), '#/runs'], ['Agents online', online, '#/agents'], [`Database (${database})`, size, null]];
 }
 
+// A tile without a link is status only (the database size has no page of its own).
 function countTiles(items) {
   return h('div.tiles', items.map(([label, value, href]) =>
-    h('a.tile', { href }, h('span.tile-value', String(value)), h('span.tile-label', label))));
+    h(href ? 'a.tile' : 'div.tile', href ? { href } : {}, h('span.tile-value', String(value)), h('span.tile-label', label))));
 }
 
 async function upcoming() {

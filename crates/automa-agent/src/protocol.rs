@@ -112,6 +112,9 @@ pub struct Outcome {
     /// retries left.
     #[serde(default)]
     pub abandoned: bool,
+    /// Milliseconds from starting the run's sandbox until its script was started in it, when the agent knows.
+    #[serde(default)]
+    pub setup_ms: Option<i64>,
 }
 
 impl Outcome {

@@ -128,6 +128,17 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+
+    // Observability: metrics and logs.
+    /// A second listen address that serves `GET /metrics` without a token, and nothing else: for a
+    /// Prometheus server on a private network. On the main address `/metrics` needs a viewer's token.
+    pub metrics_bind: Option<String>,
+    /// Logs go to this file, rolled by size, instead of standard error (`automa serve` only).
+    pub log_file: Option<PathBuf>,
+    /// A log file is rolled before it grows past this size.
+    pub log_max_bytes: u64,
+    /// Rolled log files kept (`automa.log.1` is the newest) besides the current one; older ones are deleted.
+    pub log_max_files: usize,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -176,6 +187,10 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
             network_grant: NetworkGrant::Admin,
+            metrics_bind: None,
+            log_file: None,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod agents;
 mod audit;
+mod gauges;
 mod models;
 mod run_logs;
 mod runs;
@@ -24,6 +25,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
+pub use gauges::PoolUse;
 pub use automa_core::AuditKey;
 pub use models::*;
 pub use run_logs::NewLogChunk;

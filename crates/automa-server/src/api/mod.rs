@@ -8,6 +8,7 @@ pub mod events;
 pub mod execute;
 pub mod grants;
 pub mod health;
+pub mod metrics;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;
@@ -79,6 +80,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_protocol::finish))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+        .routes(routes!(metrics::scrape))
         .routes(routes!(setup::status))
         .routes(routes!(schedule_preview::preview))
 }

@@ -159,7 +159,7 @@ pub async fn cancel(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let run = state.store.cancel_run(&principal.actor(), id).await.map_err(missing("run"))?;
-    state.execution.hub.publish(Event::Run(Box::new(run.clone())));
+    state.execution.published_run(&run);
     Ok((StatusCode::ACCEPTED, Json(run.into())))
 }
 

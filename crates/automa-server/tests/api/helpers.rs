@@ -54,6 +54,8 @@ pub fn postgres_url() -> Option<String> {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics-only listener's address, when the test configured `metrics_bind`.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub database_url: String,
     pub backend: Backend,
@@ -118,12 +120,14 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
 async fn start(config: Config, database_url: String, backend: Backend, data_dir: tempfile::TempDir) -> TestApp {
     let app = Application::build(config.clone()).await.expect("the server starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::new(),
         database_url,
         backend,

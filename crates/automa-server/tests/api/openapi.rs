@@ -169,7 +169,7 @@ fn repository_root() -> PathBuf {
 
 /// The pinned Python tools (`scripts/python-tools`), installed once into a virtual environment under the target
 /// directory.
-fn python_tools() -> PathBuf {
+pub(crate) fn python_tools() -> PathBuf {
     let output =
         Command::new(repository_root().join("scripts/python-tools")).output().expect("scripts/python-tools runs");
     assert!(output.status.success(), "scripts/python-tools: {}", String::from_utf8_lossy(&output.stderr));

@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
+#[path = "../common/logs.rs"]
+pub mod logs;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_automa");
 
 fn python() -> &'static PathBuf {
@@ -27,8 +30,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every end-to-end server's log is searched for the credentials it saw and the tests' secret values.
+        if !std::thread::panicking() {
+            let secrets = [self.token.as_str(), ADMIN_PASSWORD, SECRET_VALUE];
+            logs::assert_no_secrets_in_log(&self.data_dir.join(LOG_FILE), &secrets);
+        }
     }
 }
+
+/// The value the tests give their secrets, searched for in the server's log.
+pub const SECRET_VALUE: &str = "s3cr3t-value";
+const ADMIN_PASSWORD: &str = "admin password";
+/// The server's log, in its data directory, at debug level.
+const LOG_FILE: &str = "automa.log";
 
 /// The environment of a test server: its own data directory, a free port, a fixed key, the real interpreter.
 pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
@@ -41,7 +55,8 @@ pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
         .env("AUTOMA_SECRET_KEY", "test-secret-key-of-at-least-32-bytes!!")
         .env("AUTOMA_PYTHON", python())
         .env("AUTOMA_AGENT_CONCURRENCY", "2")
-        .env("AUTOMA_LOG", "warn")
+        .env("AUTOMA_LOG", "debug,sqlx=info")
+        .env("AUTOMA_LOG_FILE", data_dir.join(LOG_FILE))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (key, value) in extra {
@@ -67,7 +82,7 @@ impl Server {
         .await
         .unwrap();
         let client = reqwest::Client::new();
-        let (email, password) = ("admin@example.com", "admin password");
+        let (email, password) = ("admin@example.com", ADMIN_PASSWORD);
         if first {
             let created = client.post(format!("{base}/users")).json(&json!({"email": email, "password": password}));
             assert!(created.send().await.unwrap().status().is_success());

@@ -136,9 +136,9 @@ impl Application {
         let listener =
             TcpListener::bind(&state.config.bind).await.with_context(|| format!("binding {}", state.config.bind))?;
         let metrics_listener = match &state.config.metrics_bind {
-            Some(bind) => Some(
-                TcpListener::bind(bind).await.with_context(|| format!("binding AUTOMA_METRICS_BIND {bind}"))?,
-            ),
+            Some(bind) => {
+                Some(TcpListener::bind(bind).await.with_context(|| format!("binding AUTOMA_METRICS_BIND {bind}"))?)
+            }
             None => None,
         };
         Ok(Application { listener, router, metrics_listener, state, stopping })

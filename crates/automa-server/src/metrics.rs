@@ -125,7 +125,11 @@ impl Metrics {
         let status = run.status.as_str();
         self.runs_finished.update(&[status], || 0, |count| *count += 1);
         if let (Some(started), Some(finished)) = (run.started_at, run.finished_at) {
-            self.run_duration.update(&[status], || Histogram::new(RUN_BUCKETS), |h| h.observe(seconds(started, finished)));
+            self.run_duration.update(
+                &[status],
+                || Histogram::new(RUN_BUCKETS),
+                |h| h.observe(seconds(started, finished)),
+            );
         }
         if let Some(task_id) = run.task_id {
             let mut tasks = self.task_runs.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +147,11 @@ impl Metrics {
     /// A run was handed to an agent: how long it waited since it became due (`not_before`).
     pub fn run_started(&self, run: &Run) {
         if let Some(started) = run.started_at {
-            self.queue_wait.update(&[], || Histogram::new(WAIT_BUCKETS), |h| h.observe(seconds(run.not_before, started)));
+            self.queue_wait.update(
+                &[],
+                || Histogram::new(WAIT_BUCKETS),
+                |h| h.observe(seconds(run.not_before, started)),
+            );
         }
     }
 
@@ -211,7 +219,12 @@ impl Metrics {
             "Fires recorded as skipped (misfire, coalesced, max instances, or a summarised outage).",
             &self.skipped_fires,
         );
-        write_counter(out, "automa_http_requests_total", "HTTP requests answered, by route template.", &self.http_requests);
+        write_counter(
+            out,
+            "automa_http_requests_total",
+            "HTTP requests answered, by route template.",
+            &self.http_requests,
+        );
         write_histogram(
             out,
             "automa_http_request_duration_seconds",
@@ -238,14 +251,18 @@ impl Metrics {
         for (status, count) in &tasks.other {
             *merged.entry((OTHER_TASKS.to_owned(), status.clone())).or_default() += count;
         }
-        header(
-            out,
-            "automa_task_runs_finished_total",
-            "counter",
-            "Task runs that ended here, by task name (the first 100 tasks counted; the rest as \"(other)\") and status.",
+        let help = format!(
+            "Task runs that ended here, by task name (the first {MAX_TASK_SERIES} tasks counted; the rest as \
+             \"{OTHER_TASKS}\") and status."
         );
+        header(out, "automa_task_runs_finished_total", "counter", &help);
         for ((task, status), count) in merged {
-            let _ = writeln!(out, "automa_task_runs_finished_total{{task=\"{}\",status=\"{}\"}} {count}", escape(&task), escape(&status));
+            let _ = writeln!(
+                out,
+                "automa_task_runs_finished_total{{task=\"{}\",status=\"{}\"}} {count}",
+                escape(&task),
+                escape(&status)
+            );
         }
     }
 }

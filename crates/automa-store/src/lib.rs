@@ -25,8 +25,8 @@ use sqlx::{
 };
 
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
-pub use gauges::PoolUse;
 pub use automa_core::AuditKey;
+pub use gauges::PoolUse;
 pub use models::*;
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;

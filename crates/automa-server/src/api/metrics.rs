@@ -38,7 +38,13 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
         escape(env!("AUTOMA_RUSTC_VERSION")),
     ));
     let queued = store.queued_runs().await? as f64;
-    write_gauge(&mut out, "automa_runs_queued", "Runs waiting for an agent, in the shared database.", "", &[("", queued)]);
+    write_gauge(
+        &mut out,
+        "automa_runs_queued",
+        "Runs waiting for an agent, in the shared database.",
+        "",
+        &[("", queued)],
+    );
     let now = Utc::now();
     let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
     let agents = store.all_agents().await?;

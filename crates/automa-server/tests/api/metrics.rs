@@ -43,7 +43,11 @@ print(json.dumps(samples))
             .unwrap();
         child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "the parser refused the document: {}\n{text}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "the parser refused the document: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Samples(serde_json::from_slice(&output.stdout).unwrap())
     }
 
@@ -114,7 +118,8 @@ async fn counters_move_as_runs_happen(backend: Backend) {
         assert_eq!(adhoc.status, StatusCode::ACCEPTED, "{:?}", adhoc.body);
         run_on(&app, &worker, exit_code).await;
     }
-    let cancelled = app.post("/execute", &admin, json!({"content": "print('never')\n"})).await.body["id"].as_i64().unwrap();
+    let cancelled =
+        app.post("/execute", &admin, json!({"content": "print('never')\n"})).await.body["id"].as_i64().unwrap();
     assert_eq!(app.post(&format!("/runs/{cancelled}/cancel"), &admin, json!({})).await.status, StatusCode::ACCEPTED);
     let missing = app.get("/runs/424242", &admin).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -128,7 +133,10 @@ async fn counters_move_as_runs_happen(backend: Backend) {
     assert_eq!(moved("automa_runs_finished_total", &[("status", "succeeded")]), 2.0);
     assert_eq!(moved("automa_runs_finished_total", &[("status", "failed")]), 1.0);
     assert_eq!(moved("automa_runs_finished_total", &[("status", "cancelled")]), 1.0);
-    assert_eq!(after.value("automa_task_runs_finished_total", &[("task", "nightly report"), ("status", "succeeded")]), 1.0);
+    assert_eq!(
+        after.value("automa_task_runs_finished_total", &[("task", "nightly report"), ("status", "succeeded")]),
+        1.0
+    );
     assert_eq!(after.value("automa_run_duration_seconds_count", &[("status", "succeeded")]), 2.0);
     assert_eq!(after.value("automa_run_duration_seconds_bucket", &[("status", "failed"), ("le", "+Inf")]), 1.0);
     assert_eq!(after.value("automa_run_queue_wait_seconds_count", &[]), 3.0, "three runs were handed out");
@@ -152,7 +160,10 @@ async fn counters_move_as_runs_happen(backend: Backend) {
     let renamed = app.put(&format!("/tasks/{task}"), &admin, json!({"name": "weekly report"})).await;
     assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
     let later = scrape(&app, &viewer).await;
-    assert_eq!(later.value("automa_task_runs_finished_total", &[("task", "weekly report"), ("status", "succeeded")]), 1.0);
+    assert_eq!(
+        later.value("automa_task_runs_finished_total", &[("task", "weekly report"), ("status", "succeeded")]),
+        1.0
+    );
     assert_eq!(later.value("automa_task_runs_finished_total", &[("task", "nightly report")]), 0.0);
 }
 
@@ -162,7 +173,8 @@ async fn the_scheduler_reports_its_lateness_and_skipped_fires(backend: Backend) 
     let script = app.create_script(&admin, "tick").await["id"].as_i64().unwrap();
     // Nothing claims the first fire's run, so with one instance allowed the next fires are skipped.
     let schedule = json!({"kind": "interval", "every_seconds": 1, "max_instances": 1});
-    let task = app.post("/tasks", &admin, json!({"name": "every second", "script_id": script, "schedule": schedule})).await;
+    let task =
+        app.post("/tasks", &admin, json!({"name": "every second", "script_id": script, "schedule": schedule})).await;
     assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
     let task = task.body["id"].as_i64().unwrap();
     runs_until(&app, &admin, task, |runs| runs.iter().any(|r| r["status"] == "skipped")).await;

@@ -68,6 +68,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/schedule/preview"),
     ("post", "/logout"),
     ("post", "/users/{id}/sessions/revoke"),
+    ("get", "/metrics"),
 ];
 
 async fn document() -> Value {

@@ -32,7 +32,7 @@ impl Drop for Server {
         let _ = self.child.wait();
         // Every end-to-end server's log is searched for the credentials it saw and the tests' secret values.
         if !std::thread::panicking() {
-            let secrets = [self.token.as_str(), ADMIN_PASSWORD, SECRET_VALUE];
+            let secrets = [self.token.as_str(), ADMIN_PASSWORD, SECRET_VALUE, SECRET_KEY];
             logs::assert_no_secrets_in_log(&self.data_dir.join(LOG_FILE), &secrets);
         }
     }
@@ -41,6 +41,8 @@ impl Drop for Server {
 /// The value the tests give their secrets, searched for in the server's log.
 pub const SECRET_VALUE: &str = "s3cr3t-value";
 const ADMIN_PASSWORD: &str = "admin password";
+/// The servers' secret key, which signs sessions and encrypts secrets.
+pub const SECRET_KEY: &str = "test-secret-key-of-at-least-32-bytes!!";
 /// The server's log, in its data directory, at debug level.
 const LOG_FILE: &str = "automa.log";
 
@@ -52,7 +54,7 @@ pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AUTOMA_DATA_DIR", data_dir)
         .env("AUTOMA_BIND", "127.0.0.1:0")
-        .env("AUTOMA_SECRET_KEY", "test-secret-key-of-at-least-32-bytes!!")
+        .env("AUTOMA_SECRET_KEY", SECRET_KEY)
         .env("AUTOMA_PYTHON", python())
         .env("AUTOMA_AGENT_CONCURRENCY", "2")
         .env("AUTOMA_LOG", "debug,sqlx=info")

@@ -269,7 +269,7 @@ mod tests {
         let path = dir.path().join("automa.log");
         let (writer, guard) = spawn_writer(RollingFile::open(&path, 1 << 20, 1).unwrap());
         for n in 0..1000 {
-            write!(writer.make_writer(), "line {n}\n").unwrap();
+            writeln!(writer.make_writer(), "line {n}").unwrap();
         }
         drop(guard);
         let text = std::fs::read_to_string(&path).unwrap();

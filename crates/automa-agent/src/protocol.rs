@@ -121,6 +121,9 @@ pub struct Outcome {
     /// (`/agent/runs/{id}/hand-back`); the server treats this flag the same way, for agents that send it.
     #[serde(default)]
     pub abandoned: bool,
+    /// Milliseconds from starting the run's sandbox until its script was started in it, when the agent knows.
+    #[serde(default)]
+    pub setup_ms: Option<i64>,
 }
 
 impl Outcome {

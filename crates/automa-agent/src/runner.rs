@@ -107,6 +107,7 @@ fn outcome(report: &Report) -> Outcome {
         truncated: report.truncated,
         error: None,
         abandoned: false,
+        setup_ms: report.setup.and_then(|setup| i64::try_from(setup.as_millis()).ok()),
     }
 }
 

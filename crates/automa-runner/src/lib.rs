@@ -214,6 +214,10 @@ pub struct Report {
     pub truncated: bool,
     /// Time from the start of the helper to the end of the run, without the wait for a free slot.
     pub duration: Duration,
+    /// Time from starting the helper until the sandbox was built and the workload started in it (what is
+    /// left, the workload confining itself and starting the interpreter, is not included). Absent when the
+    /// run failed before that.
+    pub setup: Option<Duration>,
 }
 
 /// Why the sandbox could not start or run a script. A script that fails is not an error: see [`Report`].

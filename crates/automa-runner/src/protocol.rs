@@ -113,6 +113,19 @@ pub(crate) struct RunReport {
     pub outcome: RunOutcome,
     pub max_rss_kb: Option<u64>,
     pub cpu_ms: Option<u64>,
+    /// When the init had built the sandbox and started the workload ([`monotonic_ns`]): the sandbox subtracts
+    /// its own start of the helper to get the setup time.
+    #[serde(default)]
+    pub workload_started_ns: Option<u64>,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the host, so a time taken in the helper
+/// compares with one taken in the sandbox.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `now`, which is valid and exclusively borrowed.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 pub(crate) fn write_message<T: Serialize>(out: &mut impl Write, message: &T) -> std::io::Result<()> {

@@ -202,16 +202,17 @@ impl Sandbox {
         }
         let (helper_report, killed, budget) = outcome?;
         let mut report = Report {
+            setup: helper_report.setup,
             timed_out: killed == Some(Kill::Timeout),
             cancelled: killed == Some(Kill::Cancel),
             output_limit_exceeded: killed == Some(Kill::Output),
-            max_rss_kb: helper_report.max_rss_kb,
-            cpu_ms: usage.as_ref().and_then(|u| u.cpu_ms).or(helper_report.cpu_ms),
+            max_rss_kb: helper_report.report.max_rss_kb,
+            cpu_ms: usage.as_ref().and_then(|u| u.cpu_ms).or(helper_report.report.cpu_ms),
             oom_killed: usage.as_ref().is_some_and(|u| u.oom_killed),
             ..Report::default()
         };
         (report.output_bytes, report.truncated) = budget.totals();
-        match helper_report.outcome {
+        match helper_report.report.outcome {
             RunOutcome::Exited(code) => report.exit_code = Some(code),
             RunOutcome::Signaled(sig) => report.signal = Some(sig),
             RunOutcome::Failed(message) => return Err(RunnerError::Helper(message)),
@@ -282,7 +283,8 @@ impl Sandbox {
         limits: &crate::Limits,
         output: &mpsc::Sender<OutputChunk>,
         mut cancel: watch::Receiver<bool>,
-    ) -> Result<(RunReport, Option<Kill>, Arc<Budget>), RunnerError> {
+    ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        let spawned_ns = protocol::monotonic_ns();
         let (mut child, channel) = spawn_helper(&self.helper)?;
         let (mut from_helper, mut to_helper) = channel.into_split();
         let framed = frame(&Request::Run(Box::new(request)))?;
@@ -332,13 +334,25 @@ impl Sandbox {
             output::send(output, Stream::System, kill_note(kill, limits).as_bytes()).await;
         }
         let report = if answer.is_empty() && force_killed {
-            RunReport { outcome: RunOutcome::Signaled(libc::SIGKILL), max_rss_kb: None, cpu_ms: None }
+            RunReport {
+                outcome: RunOutcome::Signaled(libc::SIGKILL),
+                max_rss_kb: None,
+                cpu_ms: None,
+                workload_started_ns: None,
+            }
         } else {
             protocol::decode::<RunReport>(&answer)
                 .map_err(|e| RunnerError::Helper(format!("no report from the helper ({status}): {e}")))?
         };
-        Ok((report, killed, budget))
+        let setup = report.workload_started_ns.map(|started| Duration::from_nanos(started.saturating_sub(spawned_ns)));
+        Ok((HelperReport { report, setup }, killed, budget))
     }
+}
+
+/// The helper's report, with the setup time measured from this side.
+struct HelperReport {
+    report: RunReport,
+    setup: Option<Duration>,
 }
 
 /// Resolves when the watched value becomes true; never, if the sender is gone without cancelling.

@@ -10,6 +10,7 @@ use axum::{
     http::{HeaderValue, Method, StatusCode, header},
     middleware,
     response::IntoResponse,
+    routing::get,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tower::Layer;
@@ -17,7 +18,6 @@ use tower::util::MapRequestLayer;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
-    trace::TraceLayer,
 };
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -35,6 +35,7 @@ use crate::{
     python::SyntaxChecker,
     rate_limit::{self, RateLimiter},
     retention,
+    requests,
     scheduler::Scheduler,
     sealing::Sealer,
     serving::{self, ConnectionLimits},
@@ -44,6 +45,8 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// `AUTOMA_METRICS_BIND`: serves `/metrics` only, without a token.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     /// Set on shutdown: ends long-polls and the reaper, and makes the embedded agent drain.
     stopping: watch::Sender<bool>,
@@ -129,15 +132,26 @@ impl Application {
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
             }))
-            .layer(TraceLayer::new_for_http())
+            .layer(middleware::from_fn_with_state(state.clone(), requests::observe))
             .with_state(state.clone());
         let listener =
             TcpListener::bind(&state.config.bind).await.with_context(|| format!("binding {}", state.config.bind))?;
-        Ok(Application { listener, router, state, stopping })
+        let metrics_listener = match &state.config.metrics_bind {
+            Some(bind) => {
+                Some(TcpListener::bind(bind).await.with_context(|| format!("binding AUTOMA_METRICS_BIND {bind}"))?)
+            }
+            None => None,
+        };
+        Ok(Application { listener, router, metrics_listener, state, stopping })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The address of the metrics-only listener, when `AUTOMA_METRICS_BIND` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub fn store(&self) -> &Store {
@@ -160,17 +174,31 @@ impl Application {
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
         let retention =
             tokio::spawn(retention::run(state.store.clone(), state.config.clone(), self.stopping.subscribe()));
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(state.config.header_read_timeout_seconds),
+            max_header_bytes: state.config.max_header_bytes,
+        };
+        let metrics = self.metrics_listener.map(|listener| {
+            let router = Router::new()
+                .route("/metrics", get(api::metrics::scrape))
+                .fallback(|| async { ApiError::NotFound("this address serves /metrics only".into()) })
+                .with_state(state.clone());
+            let mut stopping = self.stopping.subscribe();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(serving::serve(listener, router, limits, stopped))
+        });
         let stopping = self.stopping;
         let signal = async move {
             shutdown.await;
             stopping.send_replace(true);
         };
         let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
-        let limits = ConnectionLimits {
-            header_read_timeout: Duration::from_secs(state.config.header_read_timeout_seconds),
-            max_header_bytes: state.config.max_header_bytes,
-        };
         serving::serve(self.listener, service, limits, signal).await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         if let Some(agent) = agent {
             let _ = agent.await;
         }

@@ -151,6 +151,16 @@ pub struct Config {
     pub retention_audit_days: Option<u32>,
     /// Time between retention passes; the first runs when the server starts.
     pub retention_interval_seconds: u64,
+    // Observability: metrics and logs.
+    /// A second listen address that serves `GET /metrics` without a token, and nothing else: for a
+    /// Prometheus server on a private network. On the main address `/metrics` needs a viewer's token.
+    pub metrics_bind: Option<String>,
+    /// Logs go to this file, rolled by size, instead of standard error (`automa serve` only).
+    pub log_file: Option<PathBuf>,
+    /// A log file is rolled before it grows past this size.
+    pub log_max_bytes: u64,
+    /// Rolled log files kept (`automa.log.1` is the newest) besides the current one; older ones are deleted.
+    pub log_max_files: usize,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -207,6 +217,10 @@ impl Default for Config {
             retention_runs_per_task: None,
             retention_audit_days: None,
             retention_interval_seconds: 3600,
+            metrics_bind: None,
+            log_file: None,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
         }
     }
 }

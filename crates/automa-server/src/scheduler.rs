@@ -65,6 +65,7 @@ impl Scheduler {
         loop {
             let fired = self.store.fire_due_tasks(automa_store::now(), BATCH).await?;
             self.execution.publish_runs(&fired.runs);
+            fired.runs.iter().for_each(|run| self.execution.metrics.fired(run));
             for run in fired.runs.iter().filter(|run| run.status == "skipped") {
                 tracing::info!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire skipped");
             }

@@ -8,7 +8,7 @@ use crate::{
     audit::append_audit, dispatch, now,
 };
 
-const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
+pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
                              version, capabilities, last_seen_at, created_at";
 
 impl Store {

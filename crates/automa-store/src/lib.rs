@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod hooks;
 mod backup;
+mod gauges;
 mod models;
 mod retention;
 mod run_logs;
@@ -29,6 +30,7 @@ use sqlx::{
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
 pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
+pub use gauges::PoolUse;
 pub use models::*;
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;

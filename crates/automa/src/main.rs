@@ -6,6 +6,7 @@ mod bench;
 mod bench_schedule;
 mod client;
 mod remote;
+mod logging;
 
 use std::path::PathBuf;
 
@@ -193,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(flags) => {
             let config = Config::load(cli.config, &flags)?;
-            init_logging(config.log_format);
+            let _log_file = logging::for_server(&config)?;
             for variable in Config::unknown_variables() {
                 tracing::warn!(%variable, "unknown AUTOMA_* variable ignored; is it misspelt?");
             }
@@ -412,11 +413,5 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOMA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::to_stderr(format);
 }

@@ -15,6 +15,10 @@ use sqlx::Connection;
 mod pg_database;
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
+const SECRET_KEY: &str = "exactly-once-test-key-0123456789abcdef";
+
+#[path = "common/logs.rs"]
+mod logs;
 
 type Instant = chrono::DateTime<chrono::Utc>;
 const TASKS: usize = 200;
@@ -41,7 +45,8 @@ fn serve(database_url: &str, data_dir: &std::path::Path) -> (Child, String) {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AUTOMA_DATABASE_URL", database_url)
         .env("AUTOMA_DATA_DIR", data_dir)
-        .env("AUTOMA_SECRET_KEY", "exactly-once-test-key-0123456789abcdef")
+        .env("AUTOMA_SECRET_KEY", SECRET_KEY)
+        .env("AUTOMA_LOG_FILE", data_dir.join("automa.log"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -159,6 +164,9 @@ async fn two_servers_fire_every_tick_exactly_once() {
     wait_for_runs(&mut db, TICKS).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_bounded(&mut first).success(), "a graceful stop exits 0");
+    for dir in [&dirs.0, &dirs.1] {
+        logs::assert_no_secrets_in_log(&dir.path().join("automa.log"), &[SECRET_KEY, "password-123", &token]);
+    }
 
     let rows: Vec<(i64, String, Instant, Instant)> = sqlx::query_as(
         "SELECT r.task_id, r.status, r.scheduled_for, (t.schedule->>'at')::timestamptz FROM runs r \

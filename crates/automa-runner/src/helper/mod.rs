@@ -57,7 +57,12 @@ pub(crate) mod status {
 }
 
 fn supervise(request: &RunRequest, channel: &File) -> RunReport {
-    let failed = |message: String| RunReport { outcome: RunOutcome::Failed(message), max_rss_kb: None, cpu_ms: None };
+    let failed = |message: String| RunReport {
+        outcome: RunOutcome::Failed(message),
+        max_rss_kb: None,
+        cpu_ms: None,
+        workload_started_ns: None,
+    };
     let launcher = match request.user_net.as_ref().map(|net| network::Launcher::fork(net, &request.cgroup_procs)) {
         None => None,
         Some(Ok(launcher)) => Some(launcher),
@@ -87,11 +92,12 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
         }
         Ok(ForkResult::Parent { child }) => {
             drop((status_w, lifeline_r));
-            let (text, killed) = watch(child, channel, status_r, request.layers.pid_ns);
+            let (text, killed, workload_started_ns) = watch(child, channel, status_r, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);
             let mut report = collect(&text, wait, killed);
+            report.workload_started_ns = workload_started_ns;
             let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
             if let Ok(usage) = usage {
                 report.max_rss_kb = u64::try_from(usage.max_rss()).ok();
@@ -143,17 +149,19 @@ pub(crate) fn map_own_ids(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// Waits for the init to exit, killing the run when the sandbox asks (a byte or EOF on the channel), and
-/// collects the init's status lines as they come. Returns the lines and whether the run was killed.
-fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, bool) {
+/// collects the init's status lines as they come. Returns the lines, whether the run was killed, and when the
+/// init reported the workload started.
+fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, bool, Option<u64>) {
     let mut status = File::from(status);
     let mut text = String::new();
     let mut killed = false;
     let mut status_open = true;
+    let mut started = None;
     let Ok(pidfd) = pidfd_open(init) else {
         // Without pidfd the sandbox's SIGKILL of the supervisor still ends the run through the init's
         // parent-death signal; the status is read once the init is gone.
         let _ = status.read_to_string(&mut text);
-        return (text, killed);
+        return (text, killed, started);
     };
     loop {
         let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
@@ -174,7 +182,12 @@ fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, b
             let mut buf = [0u8; 4096];
             match status.read(&mut buf) {
                 Ok(0) | Err(_) => status_open = false,
-                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) => {
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if started.is_none() && text.contains(status::PID) {
+                        started = Some(crate::protocol::monotonic_ns());
+                    }
+                }
             }
         }
         if !killed && ready[1] {
@@ -186,7 +199,7 @@ fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, b
         }
     }
     let _ = status.read_to_string(&mut text);
-    (text, killed)
+    (text, killed, started)
 }
 
 /// With a pid namespace, killing the init ends everything. Without one the workload's process group is
@@ -230,5 +243,5 @@ fn collect(text: &str, wait: nix::Result<WaitStatus>, killed: bool) -> RunReport
         Ok(WaitStatus::Signaled(_, sig, _)) => RunOutcome::Signaled(sig as i32),
         other => RunOutcome::Failed(format!("the sandbox init ended without a status: {other:?}")),
     });
-    RunReport { outcome, max_rss_kb: None, cpu_ms: None }
+    RunReport { outcome, max_rss_kb: None, cpu_ms: None, workload_started_ns: None }
 }

@@ -10,6 +10,7 @@ pub mod grants;
 pub mod health;
 pub mod hooks;
 pub mod run_after;
+pub mod metrics;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;
@@ -85,6 +86,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_protocol::hand_back))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+        .routes(routes!(metrics::scrape))
         .routes(routes!(setup::status))
         .routes(routes!(schedule_preview::preview))
 }

@@ -18,6 +18,7 @@ use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store
 use crate::{
     error::{ApiError, ApiResult},
     events::{Event, Hub},
+    metrics::Metrics,
     sealing::{self, Sealer},
 };
 
@@ -35,6 +36,8 @@ pub struct Execution {
     /// Secret values to mask per running run, so output is not re-decrypting secrets per batch.
     masks: Mutex<HashMap<i64, Arc<Vec<String>>>>,
     stopping: watch::Receiver<bool>,
+    /// This process's counts of runs, fires and requests, for `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Execution {
@@ -55,6 +58,7 @@ impl Execution {
             max_log_bytes,
             masks: Mutex::default(),
             stopping,
+            metrics: Metrics::default(),
         }
     }
 
@@ -89,7 +93,12 @@ impl Execution {
         }
     }
 
-    fn published_run(&self, run: &Run) {
+    /// Announces a run that changed state (its transaction committed), counting it if it ended. Every change
+    /// is published once, by the server that made it, so each ending is counted once.
+    pub fn published_run(&self, run: &Run) {
+        if run.status().is_terminal() {
+            self.metrics.run_finished(run);
+        }
         self.hub.publish(Event::Run(Box::new(run.clone())));
         if run.status == "queued" {
             self.wake.notify_waiters();
@@ -172,6 +181,7 @@ impl Execution {
             return Ok(None);
         }
         self.masks.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, Arc::new(sealing::mask_order(values)));
+        self.metrics.run_started(&run);
         self.published_run(&run);
         Ok(Some(Assignment {
             run_id: run.id,
@@ -285,6 +295,9 @@ impl Execution {
 
     /// Ends a run the agent holds. Idempotent: a report about a run that already ended changes nothing.
     pub async fn finish(&self, agent_id: i64, run_id: i64, outcome: Outcome) -> ApiResult<FinishReply> {
+        if let Some(setup_ms) = outcome.setup_ms.and_then(|ms| u64::try_from(ms).ok()) {
+            self.metrics.sandbox_setup(Duration::from_millis(setup_ms));
+        }
         if outcome.abandoned {
             return self.hand_back(agent_id, run_id).await;
         }
@@ -320,7 +333,7 @@ impl Execution {
         match self.store.hand_back_run(run_id, agent_id, &reason).await? {
             Some(handed) => {
                 tracing::info!(run_id, agent = %agent.name, status = %handed.run.status, "run handed back");
-                self.published_finish(&handed);
+                self.publish_finish(&handed);
                 Ok(FinishReply { status: handed.run.status })
             }
             // Another agent's runs, and runs that do not exist, get the same answer.

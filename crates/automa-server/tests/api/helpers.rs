@@ -54,6 +54,8 @@ pub fn postgres_url() -> Option<String> {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics-only listener's address, when the test configured `metrics_bind`.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub database_url: String,
     pub backend: Backend,
@@ -160,12 +162,14 @@ async fn start(
 ) -> TestApp {
     let app = Application::build(config.clone()).await.expect("the server starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::new(),
         database_url,
         backend,

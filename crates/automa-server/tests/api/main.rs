@@ -12,6 +12,7 @@ mod crud;
 mod dashboard;
 mod errors;
 mod fuzz;
+mod metrics;
 mod openapi;
 mod retention;
 mod schedule;

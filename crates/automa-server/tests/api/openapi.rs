@@ -73,6 +73,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/tasks/{id}/hooks"),
     ("delete", "/tasks/{id}/hooks/{hook_id}"),
     ("post", "/hooks/{token}"),
+    ("get", "/metrics"),
 ];
 
 async fn document() -> Value {
@@ -174,7 +175,7 @@ fn repository_root() -> PathBuf {
 
 /// The pinned Python tools (`scripts/python-tools`), installed once into a virtual environment under the target
 /// directory.
-fn python_tools() -> PathBuf {
+pub(crate) fn python_tools() -> PathBuf {
     let output =
         Command::new(repository_root().join("scripts/python-tools")).output().expect("scripts/python-tools runs");
     assert!(output.status.success(), "scripts/python-tools: {}", String::from_utf8_lossy(&output.stderr));

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{Server, text_of};
+use crate::support::{SECRET_VALUE, Server, text_of};
 
 const PRINTS_EVERYTHING: &str = r#"
 import os, sys
@@ -15,7 +15,7 @@ print("token", os.environ["API_TOKEN"], file=sys.stderr)
 async fn a_run_gets_args_env_and_secrets_and_its_output_masks_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[], true).await;
-    let (status, secret) = server.post("/secrets", json!({"name": "API_TOKEN", "value": "s3cr3t-value"})).await;
+    let (status, secret) = server.post("/secrets", json!({"name": "API_TOKEN", "value": SECRET_VALUE})).await;
     assert_eq!(status, 201, "{secret}");
     assert!(secret.get("value").is_none());
     let listed = server.get("/secrets").await;

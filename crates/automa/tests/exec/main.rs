@@ -11,4 +11,5 @@ mod load;
 #[path = "../pg_database/mod.rs"]
 mod pg_database;
 mod restart;
+mod logs;
 mod support;

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "../common/logs.rs"]
+pub mod logs;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_automa");
 
 fn python() -> &'static PathBuf {
@@ -28,8 +31,21 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every end-to-end server's log is searched for the credentials it saw and the tests' secret values.
+        if !std::thread::panicking() {
+            let secrets = [self.token.as_str(), ADMIN_PASSWORD, SECRET_VALUE, SECRET_KEY];
+            logs::assert_no_secrets_in_log(&self.data_dir.join(LOG_FILE), &secrets);
+        }
     }
 }
+
+/// The value the tests give their secrets, searched for in the server's log.
+pub const SECRET_VALUE: &str = "s3cr3t-value";
+const ADMIN_PASSWORD: &str = "admin password";
+/// The servers' secret key, which signs sessions and encrypts secrets.
+pub const SECRET_KEY: &str = "test-secret-key-of-at-least-32-bytes!!";
+/// The server's log, in its data directory, at debug level.
+const LOG_FILE: &str = "automa.log";
 
 /// The environment of a test server: its own data directory, a free port, a fixed key, the real interpreter.
 pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
@@ -39,10 +55,11 @@ pub fn command(data_dir: &Path, extra: &[(&str, &str)]) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AUTOMA_DATA_DIR", data_dir)
         .env("AUTOMA_BIND", "127.0.0.1:0")
-        .env("AUTOMA_SECRET_KEY", "test-secret-key-of-at-least-32-bytes!!")
+        .env("AUTOMA_SECRET_KEY", SECRET_KEY)
         .env("AUTOMA_PYTHON", python())
         .env("AUTOMA_AGENT_CONCURRENCY", "2")
-        .env("AUTOMA_LOG", "warn")
+        .env("AUTOMA_LOG", "debug,sqlx=info")
+        .env("AUTOMA_LOG_FILE", data_dir.join(LOG_FILE))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (key, value) in extra {
@@ -72,7 +89,7 @@ impl Server {
             panic!("automa serve exited or did not say it was running within {PATIENCE:?}");
         };
         let client = reqwest::Client::new();
-        let (email, password) = ("admin@example.com", "admin password");
+        let (email, password) = ("admin@example.com", ADMIN_PASSWORD);
         if first {
             let created = client.post(format!("{base}/users")).json(&json!({"email": email, "password": password}));
             assert!(created.send().await.unwrap().status().is_success());

@@ -4,9 +4,9 @@
 
 mod agents;
 mod audit;
-mod hooks;
 mod backup;
 mod gauges;
+mod hooks;
 mod models;
 mod retention;
 mod run_logs;

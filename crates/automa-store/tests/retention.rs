@@ -165,6 +165,7 @@ fn task_spec(name: &str, script: (i64, i64)) -> TaskSpec {
         schedule: None,
         enabled: true,
         next_fire_at: None,
+        run_after: vec![],
     }
 }
 

@@ -5,8 +5,8 @@ mod backup;
 mod bench;
 mod bench_schedule;
 mod client;
-mod remote;
 mod logging;
+mod remote;
 
 use std::path::PathBuf;
 

@@ -213,12 +213,14 @@ impl TestApp {
         config.bind = "127.0.0.1:0".into();
         let app = Application::build(config.clone()).await.expect("the replica starts");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         TestApp {
             addr,
+            metrics_addr,
             client: reqwest::Client::new(),
             database_url: self.database_url.clone(),
             backend: self.backend,
@@ -226,6 +228,7 @@ impl TestApp {
             data_dir: None,
             shutdown: Some(shutdown),
             server: Some(server),
+            database: self.database.clone(),
         }
     }
 

@@ -8,8 +8,8 @@ mod cli;
 mod client;
 mod crash;
 mod load;
+mod logs;
 #[path = "../pg_database/mod.rs"]
 mod pg_database;
 mod restart;
-mod logs;
 mod support;

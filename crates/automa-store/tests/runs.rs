@@ -50,6 +50,9 @@ impl TestDb {
     }
 }
 
+/// Tries, 400 ms apart, to drop a test database: autovacuum may hold it for a few seconds after a busy test.
+const DROP_ATTEMPTS: u32 = 25;
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((url, name)) = self.pg.take() else { return };
@@ -61,11 +64,13 @@ impl Drop for TestDb {
                 let admin = Store::connect(&url).await.unwrap();
                 // Clean-up, not the test: an autovacuum worker on the database (a superuser's backend, which
                 // the test role may not terminate) can make the drop fail for a moment, so it is retried.
-                for attempt in 1..=5 {
+                for attempt in 1..=DROP_ATTEMPTS {
                     match admin.execute_raw(&format!("DROP DATABASE {name} WITH (FORCE)")).await {
                         Ok(()) => break,
-                        Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
-                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        Err(error) if attempt == DROP_ATTEMPTS => {
+                            eprintln!("NOTICE: test database {name} left behind: {error}")
+                        }
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(400)).await,
                     }
                 }
                 admin.close().await;

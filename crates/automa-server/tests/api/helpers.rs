@@ -73,6 +73,9 @@ pub struct PostgresDatabase {
     name: String,
 }
 
+/// Tries, 400 ms apart, to drop a test database: autovacuum may hold it for a few seconds after a busy test.
+const DROP_ATTEMPTS: u32 = 25;
+
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
         let (server_url, name) = (self.server_url.clone(), self.name.clone());
@@ -84,12 +87,14 @@ impl Drop for PostgresDatabase {
             runtime.block_on(async move {
                 let Ok(mut admin) = sqlx::PgConnection::connect(&server_url).await else { return };
                 // An autovacuum worker on the database can make the drop fail for a moment: retried, then left.
-                for attempt in 1..=5 {
+                for attempt in 1..=DROP_ATTEMPTS {
                     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                     match sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await {
                         Ok(_) => break,
-                        Err(error) if attempt == 5 => eprintln!("NOTICE: test database {name} left behind: {error}"),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(error) if attempt == DROP_ATTEMPTS => {
+                            eprintln!("NOTICE: test database {name} left behind: {error}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(400)).await,
                     }
                 }
             })

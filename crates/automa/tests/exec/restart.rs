@@ -13,7 +13,7 @@ use crate::pg_database::Database;
 use crate::support::{PATIENCE, Server, text_of};
 
 /// Long enough to outlast a one-second grace, short enough that the second execution is quick.
-const SLOW: &str = "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('done', flush=True)\n";
+const SLOW: &str = "import time\nprint('started', flush=True)\ntime.sleep(4)\nprint('done', flush=True)\n";
 const HANDED_BACK: &str = "the server shut down; run handed back and requeued";
 
 fn postgres_url() -> Option<String> {
@@ -146,16 +146,25 @@ async fn settled_runs(server: &Server, task: i64) -> Vec<Value> {
     }
 }
 
-/// Waits until both embedded agents are busy, so that a restart interrupts runs.
-async fn wait_until_running(server: &Server, at_least: usize) {
+/// Waits until the agent named `agent` runs a run that started under two seconds ago: with a one-second grace
+/// and a run that takes four, stopping its server now surely interrupts it.
+async fn wait_until_fresh_run(server: &Server, agent: &str) {
+    let agents = server.get("/agents?limit=100").await;
+    let id = agents["items"].as_array().unwrap().iter().find(|a| a["name"] == agent).expect("the agent exists")["id"]
+        .as_i64()
+        .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let running = server.get("/runs?status=running&limit=100").await["items"].as_array().unwrap().len();
-        if running >= at_least {
+        let running = server.get(&format!("/runs?status=running&agent_id={id}&limit=100")).await;
+        let fresh = running["items"].as_array().unwrap().iter().any(|run| {
+            let started = chrono::DateTime::parse_from_rfc3339(run["started_at"].as_str().unwrap()).unwrap();
+            chrono::Utc::now() - started.to_utc() < chrono::Duration::seconds(2)
+        });
+        if fresh {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {running} runs started");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(tokio::time::Instant::now() < deadline, "agent {agent} started no run");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -186,7 +195,7 @@ async fn a_rolling_restart_of_two_servers_finishes_every_run_exactly_once() {
             assert_eq!(status, 202, "{run}");
             queued += 1;
         }
-        wait_until_running(&servers[1 - round], 4).await;
+        wait_until_fresh_run(&servers[1 - round], ["embedded-first", "embedded-second"][round]).await;
         terminate(&mut servers[round]).await;
         let settings = if round == 0 { &first } else { &second };
         servers[round] = Server::start(dirs[round].path(), settings, false).await;
@@ -207,7 +216,8 @@ async fn a_rolling_restart_of_two_servers_finishes_every_run_exactly_once() {
         assert_eq!(text_of(chunks, "stdout").matches("done").count(), 1, "run {id} completed exactly once");
         handed_back += text_of(chunks, "system").matches(HANDED_BACK).count();
     }
-    assert!(handed_back >= 4, "each restart interrupted runs (both agents were busy): {handed_back} hand-backs");
+    assert!(handed_back >= 2, "each restart interrupted a run: {handed_back} hand-backs");
+    eprintln!("rolling restart: {queued} runs, {handed_back} handed back, all succeeded once, 0 lost, 0 duplicated");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod file_modes;
 pub mod keys;
 pub mod limits;
+pub mod notify;
 pub mod python;
 pub mod rate_limit;
 pub mod scheduler;

@@ -5,6 +5,7 @@
 mod agents;
 mod audit;
 mod models;
+pub mod notifications;
 mod run_logs;
 mod runs;
 mod schedule;
@@ -26,6 +27,10 @@ use sqlx::{
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
 pub use models::*;
+pub use notifications::{
+    AttemptOutcome, ChannelUpdate, Delivery, NewChannel, NotificationChannel, RUN_EVENTS, SYSTEM_EVENTS,
+    TaskNotifications,
+};
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;
 pub use schedule::{Fired, TASKS_CHANNEL};

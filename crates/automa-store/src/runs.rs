@@ -116,6 +116,7 @@ macro_rules! finish_in_tx {
                 } else {
                     None
                 };
+                $crate::notifications::queue_run_notices!($tx, &run, retry.is_some());
                 Some(Finished { run, changed: true, retry })
             }
         }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod execute;
 pub mod grants;
 pub mod health;
+pub mod notifications;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;
@@ -81,6 +82,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::ready))
         .routes(routes!(setup::status))
         .routes(routes!(schedule_preview::preview))
+        .routes(routes!(notifications::list, notifications::create))
+        .routes(routes!(notifications::get, notifications::update, notifications::delete))
+        .routes(routes!(notifications::test))
+        .routes(routes!(notifications::deliveries))
+        .routes(routes!(notifications::run_deliveries))
+        .routes(routes!(notifications::get_task, notifications::set_task, notifications::reset_task))
 }
 
 /// Completes the document once every route is mounted: security schemes and the error responses derived from

@@ -12,6 +12,7 @@ mod crud;
 mod dashboard;
 mod errors;
 mod fuzz;
+mod notifications;
 mod openapi;
 mod schedule;
 mod secrets;

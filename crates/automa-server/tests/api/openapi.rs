@@ -68,6 +68,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/schedule/preview"),
     ("post", "/logout"),
     ("post", "/users/{id}/sessions/revoke"),
+    ("get", "/notification-channels"),
+    ("post", "/notification-channels"),
+    ("get", "/notification-channels/{id}"),
+    ("put", "/notification-channels/{id}"),
+    ("delete", "/notification-channels/{id}"),
+    ("post", "/notification-channels/{id}/test"),
+    ("get", "/notification-channels/{id}/deliveries"),
+    ("get", "/runs/{id}/notifications"),
+    ("get", "/tasks/{id}/notifications"),
+    ("put", "/tasks/{id}/notifications"),
+    ("delete", "/tasks/{id}/notifications"),
 ];
 
 async fn document() -> Value {

@@ -103,12 +103,13 @@ pub struct AttemptOutcome {
     pub response_code: Option<i64>,
 }
 
+/// What routing reads of a channel: id, name, whether it is a default, and the events it takes as one.
+pub(crate) type ChannelRow = (i64, String, bool, Json<Vec<String>>);
+/// A task's own choice: its channels and events.
+pub(crate) type TaskChoice = (Json<Vec<i64>>, Json<Vec<String>>);
+
 /// The channels a notice for `event` goes to: the task's own choice when it has one, else the defaults.
-pub(crate) fn recipients_of(
-    channels: &[(i64, String, bool, Json<Vec<String>>)],
-    choice: Option<&(Json<Vec<i64>>, Json<Vec<String>>)>,
-    event: &str,
-) -> Vec<(i64, String)> {
+pub(crate) fn recipients_of(channels: &[ChannelRow], choice: Option<&TaskChoice>, event: &str) -> Vec<(i64, String)> {
     match choice {
         Some((ids, events)) if events.0.iter().any(|e| e == event) => {
             channels.iter().filter(|(id, ..)| ids.0.contains(id)).map(|(id, name, ..)| (*id, name.clone())).collect()
@@ -131,7 +132,7 @@ macro_rules! queue_run_notices {
         let retried: bool = $retried;
         let notable = matches!(run.status.as_str(), "failed" | "timed_out" | "lost" | "skipped" | "succeeded");
         if let (Some(task_id), true, false) = (run.task_id, notable, retried) {
-            let channels: Vec<(i64, String, bool, sqlx::types::Json<Vec<String>>)> =
+            let channels: Vec<$crate::notifications::ChannelRow> =
                 sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels")
                     .fetch_all(&mut *$tx)
                     .await?;
@@ -159,7 +160,7 @@ macro_rules! queue_run_notices {
                     Some(run.status.as_str())
                 };
                 if let Some(event) = event {
-                    let choice: Option<(sqlx::types::Json<Vec<i64>>, sqlx::types::Json<Vec<String>>)> =
+                    let choice: Option<$crate::notifications::TaskChoice> =
                         sqlx::query_as("SELECT channel_ids, events FROM task_notifications WHERE task_id = $1")
                             .bind(task_id)
                             .fetch_optional(&mut *$tx)
@@ -327,7 +328,8 @@ impl Store {
 
     /// A webhook channel's sealed signing secret, named `label` for unsealing.
     pub async fn channel_secret(&self, id: i64, label: String) -> StoreResult<Option<SealedSecret>> {
-        let sealed: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = dispatch!(self, pool => {
+        type Sealed = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let sealed: Option<Sealed> = dispatch!(self, pool => {
             sqlx::query_as("SELECT secret_ciphertext, secret_nonce FROM notification_channels WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
@@ -429,7 +431,7 @@ impl Store {
     pub async fn queue_notice(&self, event: &str, details: &Value, dedupe_key: &str) -> StoreResult<u64> {
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
-            let channels: Vec<(i64, String, bool, Json<Vec<String>>)> =
+            let channels: Vec<ChannelRow> =
                 sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels WHERE is_default")
                     .fetch_all(&mut *tx)
                     .await?;

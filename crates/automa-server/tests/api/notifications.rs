@@ -214,7 +214,7 @@ async fn settled_deliveries(app: &TestApp, token: &str, run: i64, count: usize) 
     }
 }
 
-fn delivery<'a>(deliveries: &'a [Value], channel: i64) -> &'a Value {
+fn delivery(deliveries: &[Value], channel: i64) -> &Value {
     deliveries.iter().find(|d| d["channel_id"] == channel).expect("a delivery to the channel")
 }
 

@@ -25,6 +25,7 @@ on_both_backends!(
     failure_and_recovery_reach_a_signed_webhook_and_an_smtp_sink,
     an_agent_gone_silent_is_reported_to_the_default_channel,
     channels_are_validated_and_their_secret_is_shown_once,
+    a_skipped_fire_is_queued_with_the_scheduler_batch,
 );
 
 const SECRET: &str = "a-webhook-signing-secret-for-tests";
@@ -426,4 +427,36 @@ async fn channels_are_validated_and_their_secret_is_shown_once(backend: Backend)
     // Deleting a channel leaves a run's history readable; a task naming it simply sends nothing there.
     assert_eq!(app.delete(&format!("/notification-channels/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
     assert_eq!(app.get(&format!("/notification-channels/{id}"), &admin).await.status, StatusCode::NOT_FOUND);
+}
+
+async fn a_skipped_fire_is_queued_with_the_scheduler_batch(backend: Backend) {
+    let (receiver, url) = Receiver::start(0).await;
+    let app = spawn_app_with(backend, |_| {}).await;
+    let admin = app.admin_token().await;
+    let channel = app
+        .post(
+            "/notification-channels",
+            &admin,
+            json!({"name": "fires", "kind": "webhook", "url": url, "secret": SECRET, "default": true, "events": ["skipped"]}),
+        )
+        .await;
+    assert_eq!(channel.status, StatusCode::CREATED, "{:?}", channel.body);
+    let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
+    // No agent takes the first fire, so with one instance allowed the next one is skipped.
+    let body = json!({"name": "every second", "script_id": script,
+        "schedule": {"kind": "interval", "every_seconds": 1, "max_instances": 1}});
+    let task = app.post("/tasks", &admin, body).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+    let task = task.body["id"].as_i64().unwrap();
+
+    let notice = receiver.wait_for("skipped").await;
+    let body = notice.json();
+    assert_eq!((&body["run"]["task_id"], &body["run"]["status"]), (&json!(task), &json!("skipped")));
+    let run = body["run"]["id"].as_i64().unwrap();
+    let deliveries = settled_deliveries(&app, &admin, run, 1).await;
+    assert_eq!((&deliveries[0]["event"], &deliveries[0]["status"]), (&json!("skipped"), &json!("delivered")));
+    assert!(
+        receiver.all().iter().all(|r| r.json()["event"] == "skipped"),
+        "the default channel takes skipped fires only"
+    );
 }

@@ -3,6 +3,8 @@
 // they run in order; each step checks the browser stayed clean.
 
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { openBrowser, screenshots, startServer } from './harness.js';
 
@@ -30,12 +32,34 @@ print("started", flush=True)
 time.sleep(600)
 `;
 
+/** A webhook receiver the server posts notices to; it keeps each request's signature header and exact body. */
+async function startReceiver() {
+  const received = [];
+  const http = createServer((request, response) => {
+    const parts = [];
+    request.on('data', (part) => parts.push(part));
+    request.on('end', () => {
+      received.push({ signature: request.headers['x-automa-signature'], body: Buffer.concat(parts) });
+      response.writeHead(200).end();
+    });
+  });
+  await new Promise((resolve) => http.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${http.address().port}/hook`,
+    received,
+    close: () => new Promise((resolve) => http.close(resolve)),
+  };
+}
+
 describe('dashboard', () => {
   let server;
   let browser;
   let page;
+  let receiver;
+  let signingSecret;
 
   before(async () => {
+    receiver = await startReceiver();
     server = await startServer();
     browser = await openBrowser(server.url);
     page = browser.page;
@@ -44,6 +68,7 @@ describe('dashboard', () => {
   after(async () => {
     if (browser) await browser.close();
     if (server) await server.stop();
+    if (receiver) await receiver.close();
   });
 
   afterEach(() => {
@@ -248,6 +273,47 @@ describe('dashboard', () => {
     await screenshots(page, '12-cancel-confirm');
     await dialog.getByRole('button', { name: 'Cancel run' }).click();
     await page.locator('h1 .badge.status-cancelled').waitFor({ timeout: 30000 });
+  });
+
+  it('adds a default webhook channel, shows its secret once and sends a signed test', async () => {
+    await go('/notifications');
+    await heading('Notifications').waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('ops');
+    await page.getByLabel('URL').fill(receiver.url);
+    await page.getByLabel(/Default channel/).check();
+    await page.getByRole('button', { name: 'Create channel' }).click();
+    signingSecret = await page.getByLabel('Signing secret').inputValue();
+    assert.match(signingSecret, /^[0-9a-f]{64}$/);
+    const row = page.locator('tr[data-channel="ops"]');
+    await row.waitFor();
+    await screenshots(page, '20-notification-channels');
+    await row.getByRole('button', { name: 'Send test' }).click();
+    await row.locator('.test-outcome').getByText('Delivered (200)').waitFor();
+    const test = receiver.received.find((r) => JSON.parse(r.body).event === 'test');
+    assert.ok(test, 'the receiver got the test notice');
+    assert.equal(test.signature, `sha256=${createHmac('sha256', signingSecret).update(test.body).digest('hex')}`);
+    await page.reload();
+    await row.waitFor();
+    assert.equal(await page.getByLabel('Signing secret').count(), 0, 'the secret is shown once');
+  });
+
+  it("notifies the default channel of a task's failure and shows the delivery on the run page", async () => {
+    await go('/tasks/new');
+    await heading('New task').waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('fails-nightly');
+    await page.getByLabel('Script', { exact: true }).selectOption({ label: 'fails' });
+    await page.getByRole('button', { name: 'Create task' }).click();
+    await heading('fails-nightly').waitFor();
+    await runScriptNow();
+    await page.locator('h1 .badge.status-failed').waitFor({ timeout: 30000 });
+    const delivery = page.locator('.deliveries tbody tr').filter({ hasText: 'ops' });
+    await delivery.locator('.badge', { hasText: 'delivered' }).waitFor({ timeout: 30000 });
+    await delivery.getByText('failed', { exact: true }).waitFor();
+    await screenshots(page, '21-run-notifications');
+    const notice = receiver.received.map((r) => ({ ...r, json: JSON.parse(r.body) })).find((r) => r.json.event === 'failed');
+    assert.equal(notice.json.run.task_name, 'fails-nightly');
+    assert.equal(notice.json.run.exit_code, 3);
+    assert.equal(notice.signature, `sha256=${createHmac('sha256', signingSecret).update(notice.body).digest('hex')}`);
   });
 
   it('lists runs with filters', async () => {

@@ -32,6 +32,7 @@ use crate::{
     execution::{Execution, embedded},
     file_modes, keys,
     limits::LoginLimiter,
+    notify::Notifier,
     python::SyntaxChecker,
     rate_limit::{self, RateLimiter},
     requests, retention,
@@ -75,9 +76,14 @@ impl Application {
         api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
         let (stopping, stopping_rx) = watch::channel(false);
+        let hub = Hub::default();
+        let notifier = Arc::new(
+            Notifier::new(&config, store.clone(), Sealer::new(&key), hub.clone())
+                .context("preparing notification channels")?,
+        );
         let execution = Arc::new(Execution::new(
             store.clone(),
-            Hub::default(),
+            hub,
             Sealer::new(&key),
             config.lease_seconds,
             config.max_log_bytes,
@@ -85,6 +91,7 @@ impl Application {
         ));
         let state = AppState {
             execution,
+            notifier,
             sandbox: Arc::default(),
             schedule_changed: Arc::default(),
             store,
@@ -168,7 +175,9 @@ impl Application {
             let stopping = self.stopping.subscribe();
             Some(embedded::start(state.execution.clone(), &state.config, state.sandbox.clone(), stopping).await?)
         };
-        let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone());
+        let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone())
+            .with_notifier(state.notifier.clone());
+        let notifier = state.notifier.start(&self.stopping.subscribe());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
         let retention =
@@ -209,6 +218,11 @@ impl Application {
         }
         if let Err(error) = retention.await {
             tracing::error!(%error, "the retention task failed");
+        }
+        for task in notifier {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a notification task failed");
+            }
         }
         state.store.close().await;
         Ok(())

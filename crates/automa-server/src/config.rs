@@ -161,6 +161,43 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Rolled log files kept (`automa.log.1` is the newest) besides the current one; older ones are deleted.
     pub log_max_files: usize,
+    // Notifications (docs/architecture.md, "Notifications").
+    /// The dashboard's address as users reach it (`https://automa.example.com`), for the run links in notices;
+    /// without it notices carry no link.
+    pub public_url: Option<String>,
+    /// The SMTP relay e-mail channels send through; without it e-mail channels cannot be created.
+    pub smtp_host: Option<String>,
+    /// Default: 587 with `starttls`, 465 with `tls`, 25 with `none`.
+    pub smtp_port: Option<u16>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<SecretString>,
+    /// The sender address of notices, e.g. `Automa <automa@example.com>`.
+    pub smtp_from: String,
+    /// `starttls` (default: the relay must offer STARTTLS), `tls` (implicit TLS, usually port 465) or `none`
+    /// (plain text, for tests and a relay on the same host only).
+    pub smtp_tls: SmtpTls,
+    /// Attempts per delivery before it is given up as failed.
+    pub notification_attempts: u32,
+    /// Delay before the second attempt; each later one waits twice as long as the one before, up to an hour.
+    pub notification_backoff_seconds: u64,
+    /// Deliveries one server sends at once; it claims no more than this from the outbox.
+    pub notification_concurrency: usize,
+    /// Longest a webhook call or an SMTP exchange may take.
+    pub notification_timeout_seconds: u64,
+    /// An agent silent this long is reported offline to the default channels. 0 turns this off.
+    pub agent_offline_seconds: u64,
+    /// A scheduled fire this late is reported to the default channels (at most every 10 minutes). 0 turns this
+    /// off.
+    pub scheduler_late_seconds: u64,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    None,
 }
 
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -221,6 +258,19 @@ impl Default for Config {
             log_file: None,
             log_max_bytes: 10 * 1024 * 1024,
             log_max_files: 5,
+            public_url: None,
+            smtp_host: None,
+            smtp_port: None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: "Automa <automa@localhost>".into(),
+            smtp_tls: SmtpTls::Starttls,
+            notification_attempts: 6,
+            notification_backoff_seconds: 10,
+            notification_concurrency: 4,
+            notification_timeout_seconds: 10,
+            agent_offline_seconds: 90,
+            scheduler_late_seconds: 60,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod file_modes;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod python;
 pub mod rate_limit;
 pub mod requests;

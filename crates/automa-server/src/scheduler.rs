@@ -9,7 +9,7 @@ use tokio::sync::{Notify, watch};
 
 use automa_store::Store;
 
-use crate::execution::Execution;
+use crate::{execution::Execution, notify::Notifier};
 
 /// Tasks fired per transaction: large enough that a thousand tasks due in the same second cost a few
 /// transactions, small enough that one transaction never holds the write lock for long.
@@ -23,11 +23,17 @@ pub struct Scheduler {
     execution: Arc<Execution>,
     /// Woken when a task is created or changed here or (PostgreSQL) on another server.
     changed: Arc<Notify>,
+    /// Told of every batch of fires, to report a scheduler falling behind.
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Scheduler {
     pub fn new(store: Store, execution: Arc<Execution>, changed: Arc<Notify>) -> Scheduler {
-        Scheduler { store, execution, changed }
+        Scheduler { store, execution, changed, notifier: None }
+    }
+
+    pub fn with_notifier(self, notifier: Arc<Notifier>) -> Scheduler {
+        Scheduler { notifier: Some(notifier), ..self }
     }
 
     /// Runs until `stopping` turns true.
@@ -66,6 +72,9 @@ impl Scheduler {
             let fired = self.store.fire_due_tasks(automa_store::now(), BATCH).await?;
             self.execution.publish_runs(&fired.runs);
             fired.runs.iter().for_each(|run| self.execution.metrics.fired(run));
+            if let Some(notifier) = &self.notifier {
+                notifier.check_lateness(&fired.runs).await;
+            }
             for run in fired.runs.iter().filter(|run| run.status == "skipped") {
                 tracing::info!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire skipped");
             }

@@ -35,4 +35,6 @@ pub struct AppState {
     pub sandbox: Arc<RwLock<Option<serde_json::Value>>>,
     /// Wakes the scheduler when a task's schedule may have changed.
     pub schedule_changed: Arc<tokio::sync::Notify>,
+    /// Sends notices: the outbox worker, and the channels' "send test".
+    pub notifier: Arc<crate::notify::Notifier>,
 }

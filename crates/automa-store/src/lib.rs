@@ -8,6 +8,7 @@ mod backup;
 mod gauges;
 mod hooks;
 mod models;
+pub mod notifications;
 mod retention;
 mod run_logs;
 mod runs;
@@ -32,6 +33,10 @@ pub use automa_core::AuditKey;
 pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
 pub use gauges::PoolUse;
 pub use models::*;
+pub use notifications::{
+    AttemptOutcome, ChannelUpdate, Delivery, NewChannel, NotificationChannel, RUN_EVENTS, SYSTEM_EVENTS,
+    TaskNotifications,
+};
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;
 pub use runs::WAKE_CHANNEL;

@@ -150,6 +150,7 @@ macro_rules! finish_in_tx {
                     }
                     _ => Vec::new(),
                 };
+                $crate::notifications::queue_run_notices!($tx, &run, retry.is_some());
                 Some(Finished { run, changed: true, retry, downstream })
             }
         }

@@ -188,6 +188,9 @@ impl Store {
                 insert.push(INSERT_FIRES_TAIL);
                 runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);
             }
+            for run in runs.iter().filter(|run| run.status != "queued") {
+                crate::notifications::queue_run_notices!(tx, run, false);
+            }
 
             let mut advance = sqlx::QueryBuilder::new("UPDATE tasks SET next_fire_at = v.column2 FROM (");
             advance.push_values(&next_fires, |mut values, (task_id, next)| {

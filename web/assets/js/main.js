@@ -16,6 +16,7 @@ const NAV = [
   { path: '/agents', label: 'Agents' },
   { path: '/audit', label: 'Audit log' },
   { path: '/users', label: 'Users', role: 'admin' },
+  { path: '/notifications', label: 'Notifications', role: 'admin' },
   { path: '/tokens', label: 'API tokens' },
   { path: '/export', label: 'Export' },
 ];
@@ -32,6 +33,7 @@ route('/runs/:id', () => import('./pages/run.js'), { title: 'Run' });
 route('/agents', () => import('./pages/agents.js'), { title: 'Agents' });
 route('/audit', () => import('./pages/audit.js'), { title: 'Audit log' });
 route('/users', () => import('./pages/users.js'), { title: 'Users', role: 'admin' });
+route('/notifications', () => import('./pages/notifications.js'), { title: 'Notifications', role: 'admin' });
 route('/tokens', () => import('./pages/tokens.js'), { title: 'API tokens' });
 route('/export', () => import('./pages/export.js'), { title: 'Export' });
 

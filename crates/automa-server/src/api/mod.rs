@@ -10,6 +10,7 @@ pub mod grants;
 pub mod health;
 pub mod hooks;
 pub mod metrics;
+pub mod notifications;
 pub mod run_after;
 pub mod runs;
 pub mod schedule;
@@ -89,6 +90,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::scrape))
         .routes(routes!(setup::status))
         .routes(routes!(schedule_preview::preview))
+        .routes(routes!(notifications::list, notifications::create))
+        .routes(routes!(notifications::get, notifications::update, notifications::delete))
+        .routes(routes!(notifications::test))
+        .routes(routes!(notifications::deliveries))
+        .routes(routes!(notifications::run_deliveries))
+        .routes(routes!(notifications::get_task, notifications::set_task, notifications::reset_task))
 }
 
 /// Completes the document once every route is mounted: security schemes and the error responses derived from

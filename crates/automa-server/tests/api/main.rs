@@ -13,6 +13,7 @@ mod dashboard;
 mod errors;
 mod fuzz;
 mod metrics;
+mod notifications;
 mod openapi;
 mod retention;
 mod schedule;

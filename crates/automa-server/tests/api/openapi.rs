@@ -74,6 +74,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/tasks/{id}/hooks/{hook_id}"),
     ("post", "/hooks/{token}"),
     ("get", "/metrics"),
+    ("get", "/notification-channels"),
+    ("post", "/notification-channels"),
+    ("get", "/notification-channels/{id}"),
+    ("put", "/notification-channels/{id}"),
+    ("delete", "/notification-channels/{id}"),
+    ("post", "/notification-channels/{id}/test"),
+    ("get", "/notification-channels/{id}/deliveries"),
+    ("get", "/runs/{id}/notifications"),
+    ("get", "/tasks/{id}/notifications"),
+    ("put", "/tasks/{id}/notifications"),
+    ("delete", "/tasks/{id}/notifications"),
 ];
 
 async fn document() -> Value {

@@ -2,7 +2,7 @@
 // stored log ended, which the user can pause and resume without losing lines. Cancel and re-run from here.
 
 import { api, stream } from '../api.js';
-import { h, mount, loading, failure, badge, time, runDuration, bytes, pageHeader, confirm, toast, busy, debounce } from '../dom.js';
+import { h, mount, loading, failure, badge, time, runDuration, bytes, pageHeader, confirm, toast, busy, debounce, table } from '../dom.js';
 import { onLive } from '../live.js';
 import { navigate } from '../router.js';
 import { cpu } from './runs.js';
@@ -36,6 +36,21 @@ function facts(run, named) {
     item('Output', run.output_bytes == null ? '—' : `${bytes(run.output_bytes)}${run.truncated ? ' (truncated)' : ''}`));
 }
 
+const DELIVERY_STATUS = { delivered: 'succeeded', failed: 'failed', pending: 'queued', sending: 'running' };
+
+/** The run's notices: to which channel, for which event, and how each attempt went. */
+function deliveries(list) {
+  if (list.length === 0) return null;
+  return h('section.panel.deliveries', { 'aria-labelledby': 'notices-title' },
+    h('div.panel-head', h('h2', { id: 'notices-title' }, 'Notifications')),
+    table(['Channel', 'Event', 'Status', 'Attempts', 'Response', 'Last attempt', 'Error'], list.map((d) =>
+      h('tr', { dataset: { delivery: d.id } }, h('td', d.channel_name), h('td', h('code', d.event)),
+        h('td', h(`span.badge.status-${DELIVERY_STATUS[d.status] || 'unknown'}`, d.status)),
+        h('td', String(d.attempts)), h('td', d.response_code != null ? String(d.response_code) : '—'),
+        h('td', time(d.last_attempt_at)),
+        h('td', d.last_error || (d.next_attempt_at ? h('span.muted', 'next try ', time(d.next_attempt_at)) : '—'))))));
+}
+
 function problem(run) {
   if (!FAILED.has(run.status) && !run.error) return null;
   const lines = [];
@@ -62,11 +77,12 @@ export async function render(main, params) {
   const header = h('div');
   const factsSlot = h('div');
   const problemSlot = h('div');
+  const noticesSlot = h('div');
   const log = h('pre.log', { tabindex: '0', 'aria-label': 'Run output', 'aria-live': 'off' });
   const logState = h('span.log-state', { role: 'status' });
   const pause = h('button.button.small', { type: 'button', 'aria-pressed': 'false' }, 'Pause');
   const follow = h('input', { type: 'checkbox', checked: true, name: 'follow' });
-  mount(main, h('p.crumbs', h('a', { href: '#/runs' }, 'Runs'), ' / ', `#${run.id}`), header, problemSlot, factsSlot,
+  mount(main, h('p.crumbs', h('a', { href: '#/runs' }, 'Runs'), ' / ', `#${run.id}`), header, problemSlot, factsSlot, noticesSlot,
     h('section.panel.log-panel', { 'aria-labelledby': 'log-title' },
       h('div.panel-head', h('h2', { id: 'log-title' }, 'Output'),
         h('div.log-tools', logState, h('label.check', follow, ' Scroll with output'), pause)),
@@ -125,9 +141,21 @@ export async function render(main, params) {
       run = await api(`/runs/${run.id}`);
       if (run.agent_id !== agent) named = await names(run);
       drawRun();
+      await refreshNotices();
     } catch (error) {
       toast(error.detail || error.message, 'error');
     }
+  }
+
+  let noticeTimer = null;
+  async function refreshNotices() {
+    clearTimeout(noticeTimer);
+    if (closed) return;
+    const list = await api(`/runs/${run.id}/notifications`);
+    mount(noticesSlot, deliveries(list));
+    // Deliveries change without a run event (retries happen later, on any server): while one is still due,
+    // look again after a short while.
+    if (list.some((d) => d.status === 'pending' || d.status === 'sending')) noticeTimer = setTimeout(() => refreshNotices().catch(() => {}), 2000);
   }
 
   async function backlog() {
@@ -189,6 +217,7 @@ export async function render(main, params) {
   });
 
   drawRun();
+  refreshNotices().catch((error) => mount(noticesSlot, failure(error)));
   try {
     await backlog();
   } catch (error) {
@@ -202,6 +231,7 @@ export async function render(main, params) {
   });
   return () => {
     closed = true;
+    clearTimeout(noticeTimer);
     if (controller) controller.abort();
     stop();
     refresh.cancel();

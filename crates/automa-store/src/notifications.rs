@@ -1,0 +1,567 @@
+//! Notifications: channels, each task's choice of channels and events, and the outbox of deliveries. A run's
+//! notices are queued by [`queue_run_notices`] inside the transaction that ends the run, so they are written
+//! exactly when the run's end is; workers on every server then claim due deliveries (`FOR UPDATE SKIP LOCKED`
+//! on PostgreSQL, the write lock on SQLite) and record each attempt's outcome.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::types::Json;
+
+use automa_core::InvalidField;
+
+use crate::{
+    Actor, AuditEvent, Backend, Listed, Page, SealedSecret, Store, StoreError, StoreResult, WritePool,
+    audit::append_audit, composed, dispatch, now,
+};
+
+/// Events a run can raise.
+pub const RUN_EVENTS: &[&str] = &["failed", "timed_out", "lost", "skipped", "recovered"];
+/// Events about the installation rather than a run; they go to the default channels.
+pub const SYSTEM_EVENTS: &[&str] = &["agent_offline", "scheduler_behind"];
+
+const CHANNEL_COLUMNS: &str = "id, name, kind, url, recipients, is_default, events, created_at, updated_at";
+
+pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO notification_deliveries (channel_id, channel_name, run_id, event, details, \
+     dedupe_key, status, attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7) \
+     ON CONFLICT (channel_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING";
+
+/// A place notices are sent: a webhook (whose signing secret is kept apart, sealed) or e-mail recipients.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct NotificationChannel {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub recipients: Json<Vec<String>>,
+    pub is_default: bool,
+    pub events: Json<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A channel to create. `secret` is the webhook signing secret, already sealed.
+#[derive(Debug, Clone)]
+pub struct NewChannel {
+    pub name: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub recipients: Vec<String>,
+    pub secret: Option<SealedSecret>,
+    pub is_default: bool,
+    pub events: Vec<String>,
+}
+
+/// A channel change; `None` keeps the current value. The kind never changes.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelUpdate {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub recipients: Option<Vec<String>>,
+    pub secret: Option<SealedSecret>,
+    pub is_default: Option<bool>,
+    pub events: Option<Vec<String>>,
+}
+
+/// A task's own choice of channels and events.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TaskNotifications {
+    pub task_id: i64,
+    pub channel_ids: Json<Vec<i64>>,
+    pub events: Json<Vec<String>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One notice to one channel, with the outcome of its latest attempt.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Delivery {
+    pub id: i64,
+    pub channel_id: Option<i64>,
+    pub channel_name: String,
+    pub run_id: Option<i64>,
+    pub event: String,
+    pub details: Json<Value>,
+    pub dedupe_key: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub response_code: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// What one attempt at a delivery came to.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub delivered: bool,
+    /// When to try again; `None` after a success or the last attempt.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub response_code: Option<i64>,
+}
+
+/// What routing reads of a channel: id, name, whether it is a default, and the events it takes as one.
+pub(crate) type ChannelRow = (i64, String, bool, Json<Vec<String>>);
+/// A task's own choice: its channels and events.
+pub(crate) type TaskChoice = (Json<Vec<i64>>, Json<Vec<String>>);
+
+/// The channels a notice for `event` goes to: the task's own choice when it has one, else the defaults.
+pub(crate) fn recipients_of(channels: &[ChannelRow], choice: Option<&TaskChoice>, event: &str) -> Vec<(i64, String)> {
+    match choice {
+        Some((ids, events)) if events.0.iter().any(|e| e == event) => {
+            channels.iter().filter(|(id, ..)| ids.0.contains(id)).map(|(id, name, ..)| (*id, name.clone())).collect()
+        }
+        Some(_) => Vec::new(),
+        None => channels
+            .iter()
+            .filter(|(_, _, is_default, events)| *is_default && events.0.iter().any(|e| e == event))
+            .map(|(id, name, ..)| (*id, name.clone()))
+            .collect(),
+    }
+}
+
+/// Queues the notices `$run` raises, inside the transaction `$tx` that ended it. `$retried` says a retry was
+/// queued with it: a failure that will be tried again notifies nobody yet. A success notifies `recovered` when
+/// the task's previous final run had failed. Runs without a task raise nothing.
+macro_rules! queue_run_notices {
+    ($tx:expr, $run:expr, $retried:expr) => {{
+        let run: &$crate::Run = $run;
+        let retried: bool = $retried;
+        let notable = matches!(run.status.as_str(), "failed" | "timed_out" | "lost" | "skipped" | "succeeded");
+        if let (Some(task_id), true, false) = (run.task_id, notable, retried) {
+            let channels: Vec<$crate::notifications::ChannelRow> =
+                sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels")
+                    .fetch_all(&mut *$tx)
+                    .await?;
+            if !channels.is_empty() {
+                let mut details = serde_json::json!({});
+                let event: Option<&str> = if run.status == "succeeded" {
+                    let previous: Option<(i64, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+                        "SELECT id, status, finished_at FROM runs WHERE task_id = $1 AND id < $2 \
+                         AND (status = 'succeeded' OR (status IN ('failed', 'timed_out', 'lost') AND attempt > retries)) \
+                         ORDER BY id DESC LIMIT 1",
+                    )
+                    .bind(task_id)
+                    .bind(run.id)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                    match previous {
+                        Some((id, status, finished_at)) if status != "succeeded" => {
+                            details = serde_json::json!({"recovered_from": {"run_id": id, "status": status,
+                                "finished_at": finished_at}});
+                            Some("recovered")
+                        }
+                        _ => None,
+                    }
+                } else {
+                    Some(run.status.as_str())
+                };
+                if let Some(event) = event {
+                    let choice: Option<$crate::notifications::TaskChoice> =
+                        sqlx::query_as("SELECT channel_ids, events FROM task_notifications WHERE task_id = $1")
+                            .bind(task_id)
+                            .fetch_optional(&mut *$tx)
+                            .await?;
+                    let at = $crate::now();
+                    for (channel_id, channel_name) in $crate::notifications::recipients_of(&channels, choice.as_ref(), event) {
+                        sqlx::query($crate::notifications::INSERT_DELIVERY)
+                            .bind(channel_id)
+                            .bind(channel_name)
+                            .bind(run.id)
+                            .bind(event)
+                            .bind(sqlx::types::Json(&details))
+                            .bind(None::<String>)
+                            .bind(at)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
+                }
+            }
+        }
+    }};
+}
+pub(crate) use queue_run_notices;
+
+/// The audit details of a channel: never its secret, and of its URL only the origin, since a webhook URL often
+/// carries a token in its path.
+fn channel_audit(channel: &NotificationChannel, secret_changed: bool) -> Value {
+    json!({"name": channel.name, "kind": channel.kind, "url_origin": channel.url.as_deref().map(url_origin),
+        "recipients": channel.recipients.0, "default": channel.is_default, "events": channel.events.0,
+        "secret_changed": secret_changed})
+}
+
+/// `scheme://host[:port]` of a URL, or the text up to its path.
+pub fn url_origin(url: &str) -> String {
+    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = url[start..].find(['/', '?', '#']).map(|i| start + i).unwrap_or(url.len());
+    let authority = &url[..end];
+    match authority[start..].rfind('@') {
+        Some(at) => format!("{}{}", &url[..start], &authority[start + at + 1..]),
+        None => authority.to_owned(),
+    }
+}
+
+impl Store {
+    pub async fn create_notification_channel(
+        &self,
+        actor: &Actor,
+        new: NewChannel,
+    ) -> StoreResult<NotificationChannel> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let at = now();
+            let channel: NotificationChannel = sqlx::query_as(composed(format!(
+                "INSERT INTO notification_channels (name, kind, url, recipients, secret_ciphertext, secret_nonce, \
+                 is_default, events, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                 RETURNING {CHANNEL_COLUMNS}"
+            )))
+            .bind(&new.name)
+            .bind(&new.kind)
+            .bind(&new.url)
+            .bind(Json(&new.recipients))
+            .bind(new.secret.as_ref().map(|s| s.ciphertext.clone()))
+            .bind(new.secret.as_ref().map(|s| s.nonce.clone()))
+            .bind(new.is_default)
+            .bind(Json(&new.events))
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_constraint(e, || format!("a channel named '{}' already exists", new.name)))?;
+            let details = channel_audit(&channel, new.secret.is_some());
+            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.create", "notification_channel", Some(channel.id), details));
+            tx.commit().await?;
+            Ok(channel)
+        })
+    }
+
+    pub async fn update_notification_channel(
+        &self,
+        actor: &Actor,
+        id: i64,
+        update: ChannelUpdate,
+    ) -> StoreResult<NotificationChannel> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let current: NotificationChannel =
+                sqlx::query_as(composed(format!("SELECT {CHANNEL_COLUMNS} FROM notification_channels WHERE id = $1")))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+            let name = update.name.clone().unwrap_or(current.name);
+            let channel: NotificationChannel = sqlx::query_as(composed(format!(
+                "UPDATE notification_channels SET name = $2, url = $3, recipients = $4, is_default = $5, events = $6, \
+                 updated_at = $7 WHERE id = $1 RETURNING {CHANNEL_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(&name)
+            .bind(update.url.clone().or(current.url))
+            .bind(Json(update.recipients.clone().unwrap_or(current.recipients.0)))
+            .bind(update.is_default.unwrap_or(current.is_default))
+            .bind(Json(update.events.clone().unwrap_or(current.events.0)))
+            .bind(now())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_constraint(e, || format!("a channel named '{name}' already exists")))?;
+            if let Some(secret) = &update.secret {
+                sqlx::query("UPDATE notification_channels SET secret_ciphertext = $2, secret_nonce = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(&secret.ciphertext)
+                    .bind(&secret.nonce)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let details = channel_audit(&channel, update.secret.is_some());
+            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.update", "notification_channel", Some(id), details));
+            tx.commit().await?;
+            Ok(channel)
+        })
+    }
+
+    /// Deletes a channel. Its past deliveries stay in the runs' history under its name; pending ones are
+    /// dropped with it.
+    pub async fn delete_notification_channel(&self, actor: &Actor, id: i64) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE notification_deliveries SET status = 'failed', last_error = 'the channel was deleted' \
+                         WHERE channel_id = $1 AND status IN ('pending', 'sending')")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let name: String = sqlx::query_scalar("DELETE FROM notification_channels WHERE id = $1 RETURNING name")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.delete", "notification_channel", Some(id), json!({"name": name})));
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn get_notification_channel(&self, id: i64) -> StoreResult<NotificationChannel> {
+        dispatch!(self, pool => {
+            sqlx::query_as(composed(format!("SELECT {CHANNEL_COLUMNS} FROM notification_channels WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or(StoreError::NotFound)
+        })
+    }
+
+    pub async fn list_notification_channels(&self, page: Page) -> StoreResult<Listed<NotificationChannel>> {
+        dispatch!(self, pool => {
+            let total = sqlx::query_scalar("SELECT COUNT(*) FROM notification_channels").fetch_one(pool).await?;
+            let items = sqlx::query_as(composed(format!(
+                "SELECT {CHANNEL_COLUMNS} FROM notification_channels ORDER BY name LIMIT $1 OFFSET $2"
+            )))
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
+            Ok(Listed { items, total })
+        })
+    }
+
+    /// A webhook channel's sealed signing secret, named `label` for unsealing.
+    pub async fn channel_secret(&self, id: i64, label: String) -> StoreResult<Option<SealedSecret>> {
+        type Sealed = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let sealed: Option<Sealed> = dispatch!(self, pool => {
+            sqlx::query_as("SELECT secret_ciphertext, secret_nonce FROM notification_channels WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        match sealed {
+            None => Err(StoreError::NotFound),
+            Some((Some(ciphertext), Some(nonce))) => Ok(Some(SealedSecret { name: label, ciphertext, nonce })),
+            Some(_) => Ok(None),
+        }
+    }
+
+    pub async fn get_task_notifications(&self, task_id: i64) -> StoreResult<Option<TaskNotifications>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as("SELECT task_id, channel_ids, events, updated_at FROM task_notifications WHERE task_id = $1")
+                .bind(task_id)
+                .fetch_optional(pool)
+                .await?)
+        })
+    }
+
+    /// Sets a task's own choice (`Some`) or returns it to the default channels (`None`). Every channel named
+    /// must exist; the error names the first that does not.
+    pub async fn set_task_notifications(
+        &self,
+        actor: &Actor,
+        task_id: i64,
+        choice: Option<(Vec<i64>, Vec<String>)>,
+    ) -> StoreResult<Option<TaskNotifications>> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let task: Option<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1").bind(task_id).fetch_optional(&mut *tx).await?;
+            task.ok_or(StoreError::NotFound)?;
+            let saved = match &choice {
+                Some((channel_ids, events)) => {
+                    let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM notification_channels").fetch_all(&mut *tx).await?;
+                    if let Some((index, id)) = channel_ids.iter().enumerate().find(|(_, id)| !existing.contains(id)) {
+                        return Err(InvalidField::new(format!("channel_ids[{index}]"), format!("there is no channel with id {id}")).into());
+                    }
+                    let saved: TaskNotifications = sqlx::query_as(
+                        "INSERT INTO task_notifications (task_id, channel_ids, events, updated_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (task_id) DO UPDATE SET channel_ids = excluded.channel_ids, events = excluded.events, \
+                         updated_at = excluded.updated_at RETURNING task_id, channel_ids, events, updated_at",
+                    )
+                    .bind(task_id)
+                    .bind(Json(channel_ids))
+                    .bind(Json(events))
+                    .bind(now())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Some(saved)
+                }
+                None => {
+                    sqlx::query("DELETE FROM task_notifications WHERE task_id = $1").bind(task_id).execute(&mut *tx).await?;
+                    None
+                }
+            };
+            let details = match &choice {
+                Some((channel_ids, events)) => json!({"channel_ids": channel_ids, "events": events}),
+                None => json!({"default": true}),
+            };
+            append_audit!(self, tx, actor, AuditEvent::new("task.notifications", "task", Some(task_id), details));
+            tx.commit().await?;
+            Ok(saved)
+        })
+    }
+
+    /// A run's deliveries, oldest first.
+    pub async fn run_deliveries(&self, run_id: i64) -> StoreResult<Vec<Delivery>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as("SELECT * FROM notification_deliveries WHERE run_id = $1 ORDER BY id")
+                .bind(run_id)
+                .fetch_all(pool)
+                .await?)
+        })
+    }
+
+    /// A channel's deliveries, newest first: those of runs and the installation's own notices.
+    pub async fn channel_deliveries(&self, channel_id: i64, page: Page) -> StoreResult<Listed<Delivery>> {
+        dispatch!(self, pool => {
+            let total = sqlx::query_scalar("SELECT COUNT(*) FROM notification_deliveries WHERE channel_id = $1")
+                .bind(channel_id)
+                .fetch_one(pool)
+                .await?;
+            let items = sqlx::query_as(
+                "SELECT * FROM notification_deliveries WHERE channel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(channel_id)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
+            Ok(Listed { items, total })
+        })
+    }
+
+    /// Queues a notice about the installation (not a run) to every default channel that takes `event`, once
+    /// per channel and `dedupe_key` however many servers raise it. Returns how many deliveries were queued.
+    pub async fn queue_notice(&self, event: &str, details: &Value, dedupe_key: &str) -> StoreResult<u64> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_with_lock().await?;
+            let channels: Vec<ChannelRow> =
+                sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels WHERE is_default")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let at = now();
+            let mut queued = 0;
+            for (channel_id, channel_name) in recipients_of(&channels, None, event) {
+                queued += sqlx::query(INSERT_DELIVERY)
+                    .bind(channel_id)
+                    .bind(channel_name)
+                    .bind(None::<i64>)
+                    .bind(event)
+                    .bind(Json(details))
+                    .bind(dedupe_key)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(queued)
+        })
+    }
+
+    /// Claims up to `limit` due deliveries for `lease`: pending ones whose time has come, and ones a worker
+    /// claimed but never reported (its server stopped). Each claim counts as an attempt.
+    pub async fn claim_deliveries(&self, lease: Duration, limit: i64) -> StoreResult<Vec<Delivery>> {
+        let at = now();
+        let lock = if self.is_postgres() { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE notification_deliveries SET status = 'sending', attempts = attempts + 1, lease_until = $2, \
+             last_attempt_at = $1 WHERE id IN (SELECT id FROM notification_deliveries \
+             WHERE (status = 'pending' AND next_attempt_at <= $1) OR (status = 'sending' AND lease_until < $1) \
+             ORDER BY next_attempt_at, id LIMIT $3{lock}) RETURNING *"
+        );
+        match &*self.backend {
+            Backend::Sqlite(pool) => {
+                let mut tx = pool.begin_with_lock().await?;
+                let claimed =
+                    sqlx::query_as(composed(sql)).bind(at).bind(at + lease).bind(limit).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+            Backend::Postgres(pool) => {
+                Ok(sqlx::query_as(composed(sql)).bind(at).bind(at + lease).bind(limit).fetch_all(pool).await?)
+            }
+        }
+    }
+
+    /// Records an attempt's outcome on a delivery this worker still holds.
+    pub async fn record_attempt(&self, id: i64, outcome: &AttemptOutcome) -> StoreResult<()> {
+        let at = now();
+        let status = match (outcome.delivered, outcome.retry_at) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "pending",
+            (false, None) => "failed",
+        };
+        dispatch!(self, pool => {
+            sqlx::query(
+                "UPDATE notification_deliveries SET status = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+                 lease_until = NULL, last_error = $4, response_code = $5, delivered_at = $6 \
+                 WHERE id = $1 AND status = 'sending'",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(outcome.retry_at)
+            .bind(&outcome.error)
+            .bind(outcome.response_code)
+            .bind(outcome.delivered.then_some(at))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// When the earliest pending delivery becomes due.
+    pub async fn next_delivery_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM notification_deliveries WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    /// Enabled agents last heard from between `since` and `before`: gone quiet recently enough to notify.
+    pub async fn silent_agents(
+        &self,
+        since: DateTime<Utc>,
+        before: DateTime<Utc>,
+    ) -> StoreResult<Vec<(i64, String, DateTime<Utc>)>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT id, name, last_seen_at FROM agents WHERE NOT disabled AND last_seen_at IS NOT NULL \
+                 AND last_seen_at >= $1 AND last_seen_at < $2 ORDER BY id",
+            )
+            .bind(since)
+            .bind(before)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// The name of a task, if it still exists.
+    pub async fn task_name(&self, task_id: i64) -> StoreResult<Option<String>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1").bind(task_id).fetch_optional(pool).await?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_drop_paths_and_credentials() {
+        assert_eq!(url_origin("https://hooks.example.com/services/T0/B1/xyz"), "https://hooks.example.com");
+        assert_eq!(url_origin("http://user:pw@host:8080/p?q"), "http://host:8080");
+        assert_eq!(url_origin("https://example.com"), "https://example.com");
+    }
+
+    #[test]
+    fn a_task_choice_replaces_the_defaults() {
+        let channels = vec![
+            (1, "ops".to_owned(), true, Json(vec!["failed".to_owned()])),
+            (2, "team".to_owned(), false, Json(vec![])),
+        ];
+        assert_eq!(recipients_of(&channels, None, "failed"), [(1, "ops".to_owned())]);
+        assert!(recipients_of(&channels, None, "lost").is_empty());
+        let choice = (Json(vec![2]), Json(vec!["lost".to_owned()]));
+        assert_eq!(recipients_of(&channels, Some(&choice), "lost"), [(2, "team".to_owned())]);
+        assert!(recipients_of(&channels, Some(&choice), "failed").is_empty(), "the task chose its events");
+    }
+}

@@ -10,6 +10,7 @@ use automa_store::Store;
 use crate::{
     auth::{Passwords, Sessions, SharedAccess},
     config::Config,
+    db_size::DatabaseSize,
     execution::Execution,
     limits::{FailedLogins, LoginLimiter},
     python::SyntaxChecker,
@@ -35,4 +36,6 @@ pub struct AppState {
     pub sandbox: Arc<RwLock<Option<serde_json::Value>>>,
     /// Wakes the scheduler when a task's schedule may have changed.
     pub schedule_changed: Arc<tokio::sync::Notify>,
+    /// The database's size, read at most every few seconds for `/ready` and `/metrics`.
+    pub database_size: Arc<DatabaseSize>,
 }

@@ -75,7 +75,10 @@ async fn check_sqlite_file(path: &Path, shown: &Path) -> StoreResult<BackupCheck
         )));
     }
     let Some(&migration) = applied.last() else {
-        return Err(StoreError::Refused(format!("{} is not an Automa database: no migration applied", shown.display())));
+        return Err(StoreError::Refused(format!(
+            "{} is not an Automa database: no migration applied",
+            shown.display()
+        )));
     };
     Ok(BackupCheck { migration, pending_migrations: ours.len() - applied.len() })
 }
@@ -178,7 +181,8 @@ mod tests {
         std::fs::write(&junk, b"not a database").unwrap();
         let refused = restore_sqlite(&fresh, &junk).await.unwrap_err().to_string();
         assert!(refused.contains("junk.db") && !refused.contains(".restoring"), "{refused}");
-        let left: Vec<_> = std::fs::read_dir(fresh.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(fresh.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "no staged copy and no empty database remain: {left:?}");
 
         let check = restore_sqlite(&fresh, &backup).await.unwrap();
@@ -186,7 +190,8 @@ mod tests {
         let refused = restore_sqlite(&fresh, &junk).await.unwrap_err().to_string();
         assert!(refused.contains("not a SQLite database"), "{refused}");
         assert_eq!(std::fs::read(&fresh).unwrap(), std::fs::read(&backup).unwrap(), "the database is untouched");
-        let left: Vec<_> = std::fs::read_dir(fresh.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(fresh.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["automa.db"]);
         let missing = restore_sqlite(&fresh, &dir.path().join("nowhere.db")).await.unwrap_err().to_string();
         assert!(missing.contains("is not a file"), "{missing}");

@@ -250,7 +250,7 @@ fn unexpected_answer(raw: &str, reads: bool, error: &serde_json::Error) -> anyho
 fn quoted(text: &str) -> String {
     let mut short: String = for_terminal(text).chars().take(MAX_QUOTED).collect();
     if text.chars().count() > MAX_QUOTED {
-        short.push_str("…");
+        short.push('…');
     }
     short
 }

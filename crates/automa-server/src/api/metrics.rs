@@ -23,8 +23,8 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const AGENT_STATES: [&str; 4] = ["online", "offline", "draining", "disabled"];
 
 /// Metrics in the Prometheus text format: this server's counters and histograms (runs, scheduler, HTTP,
-/// sandbox), and gauges of the shared database (queued runs, agents by state, its size) and of this server's connection
-/// pool.
+/// sandbox), and gauges of the shared database (queued runs, agents by state, its size) and of this server's
+/// connection pool.
 #[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", security(("bearer" = ["viewer"])), tag = "health",
     responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {

@@ -65,6 +65,9 @@ impl Application {
             .with_audit_key(AuditKey::derive(&key));
         migrate_or_refuse(&store, config.auto_migrate).await?;
         file_modes::warn_if_exposed(&file_modes::sensitive_paths(&config.data_dir, store.sqlite_path().as_deref()));
+        if let Some(log_file) = &config.log_file {
+            file_modes::warn_if_log_exposed(log_file);
+        }
         let interpreter = match automa_runner::resolve_interpreter(config.python.as_deref()) {
             Ok(path) => Some(path),
             Err(error) => {
@@ -94,6 +97,7 @@ impl Application {
             notifier,
             sandbox: Arc::default(),
             schedule_changed: Arc::default(),
+            database_size: Arc::default(),
             store,
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
             access: Arc::new(

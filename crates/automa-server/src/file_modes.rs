@@ -54,6 +54,31 @@ pub fn warn_if_exposed(paths: &[PathBuf]) -> Vec<PathBuf> {
     exposed
 }
 
+/// Warns if the log file (`AUTOMA_LOG_FILE`) is readable or writable by others than its owner, or if its
+/// directory is writable by others: they could then replace the file or plant the names it is rolled to.
+/// A directory others may only read is not reported (a packaged `/var/log/automa` is often 0755). Returns the
+/// paths warned about.
+pub fn warn_if_log_exposed(log_file: &Path) -> Vec<PathBuf> {
+    let mut exposed = warn_if_exposed(&[log_file.to_path_buf()]);
+    let directory = match log_file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if let Ok(metadata) = fs::metadata(directory) {
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            tracing::warn!(
+                path = %directory.display(),
+                mode = format!("{mode:04o}"),
+                "the log file's directory is writable by others than its owner, who could replace or plant log \
+                 files; chmod go-w or choose another AUTOMA_LOG_FILE"
+            );
+            exposed.push(directory.to_path_buf());
+        }
+    }
+    exposed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +96,22 @@ mod tests {
         assert_eq!(warn_if_exposed(&paths), vec![database.clone()], "missing files are skipped");
         fs::set_permissions(&database, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(warn_if_exposed(&paths).is_empty());
+    }
+
+    #[test]
+    fn a_readable_log_file_and_a_writable_log_directory_are_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let logs = root.path().join("logs");
+        fs::create_dir(&logs).unwrap();
+        fs::set_permissions(&logs, fs::Permissions::from_mode(0o755)).unwrap();
+        let log = logs.join("automa.log");
+        assert!(warn_if_log_exposed(&log).is_empty(), "a missing file and a world-readable directory are fine");
+        fs::write(&log, "").unwrap();
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(&logs, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(warn_if_log_exposed(&log), vec![log.clone(), logs.clone()]);
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&logs, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(warn_if_log_exposed(&log).is_empty());
     }
 }

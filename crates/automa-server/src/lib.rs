@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod db_size;
 pub mod error;
 pub mod events;
 pub mod execution;

@@ -10,6 +10,7 @@ use automa_store::Store;
 use crate::{
     auth::{Passwords, Sessions, SharedAccess},
     config::Config,
+    db_size::DatabaseSize,
     execution::Execution,
     limits::{FailedLogins, LoginLimiter},
     python::SyntaxChecker,
@@ -37,4 +38,6 @@ pub struct AppState {
     pub schedule_changed: Arc<tokio::sync::Notify>,
     /// Sends notices: the outbox worker, and the channels' "send test".
     pub notifier: Arc<crate::notify::Notifier>,
+    /// The database's size, read at most every few seconds for `/ready` and `/metrics`.
+    pub database_size: Arc<DatabaseSize>,
 }

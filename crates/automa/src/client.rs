@@ -2,7 +2,8 @@
 //! show its `detail` and status, answers kept both as the text that came (for `--output json`) and read into
 //! the API's own types, and the live output of a run followed over its SSE stream.
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -20,6 +21,9 @@ const EXIT_CANCELLED: i32 = 130;
 
 /// The most items one page of a list may hold (the API clamps `limit` to this).
 const MAX_PAGE: i64 = 500;
+
+/// The most characters of a server's text an error message quotes.
+const MAX_QUOTED: usize = 300;
 
 pub struct Api {
     client: Client,
@@ -73,20 +77,20 @@ impl Api {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let detail = serde_json::from_str::<automa_server::error::ErrorBody>(&text)
-            .map(|body| body.detail)
+            .map(|body| quoted(&body.detail))
             .unwrap_or_else(|_| "no detail".to_owned());
         Err(Refused { status, detail }.into())
     }
 
-    async fn answer<T: DeserializeOwned>(&self, request: RequestBuilder) -> anyhow::Result<Answer<T>> {
+    /// `reads`: the request is a GET, whose answer may be quoted in an error (see [`unexpected_answer`]).
+    async fn answer<T: DeserializeOwned>(&self, request: RequestBuilder, reads: bool) -> anyhow::Result<Answer<T>> {
         let raw = self.send(request).await?.text().await?;
-        let value = serde_json::from_str(&raw)
-            .with_context(|| format!("the server's answer is not what this version of automa expects: {raw}"))?;
+        let value = serde_json::from_str(&raw).map_err(|error| unexpected_answer(&raw, reads, &error))?;
         Ok(Answer { raw, value })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Answer<T>> {
-        self.answer(self.request(Method::GET, path).query(query)).await
+        self.answer(self.request(Method::GET, path).query(query), true).await
     }
 
     pub async fn get_text(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
@@ -94,12 +98,12 @@ impl Api {
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<Answer<T>> {
-        self.answer(self.request(Method::POST, path).json(body)).await
+        self.answer(self.request(Method::POST, path).json(body), false).await
     }
 
     /// A POST without a body, as `POST /runs/{id}/cancel` and `POST /tasks/{id}/execute` take.
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Answer<T>> {
-        self.answer(self.request(Method::POST, path)).await
+        self.answer(self.request(Method::POST, path), false).await
     }
 
     pub async fn post_form<B: Serialize, T: DeserializeOwned>(
@@ -107,11 +111,11 @@ impl Api {
         path: &str,
         form: &B,
     ) -> anyhow::Result<Answer<T>> {
-        self.answer(self.request(Method::POST, path).form(form)).await
+        self.answer(self.request(Method::POST, path).form(form), false).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<Answer<T>> {
-        self.answer(self.request(Method::PUT, path).json(body)).await
+        self.answer(self.request(Method::PUT, path).json(body), false).await
     }
 
     /// A DELETE; some answer 204 without a body, others the resource as it ended (a revoked token).
@@ -228,15 +232,72 @@ impl Sse {
     }
 }
 
+/// The error for an answer this version cannot read. Only the answers of reads (GET) are quoted, cut short and
+/// made harmless for a terminal: the answer of a POST may be the one showing of a token just created (`POST
+/// /tokens` by `automa login`, an agent's enrollment token), which must not end up on standard error, in a
+/// terminal's scrollback or a CI log, while staying valid.
+fn unexpected_answer(raw: &str, reads: bool, error: &serde_json::Error) -> anyhow::Error {
+    let shown = if reads {
+        format!("{}: {error}", quoted(raw))
+    } else {
+        format!("{} bytes, not shown as they may hold a new token; {error}", raw.len())
+    };
+    anyhow::anyhow!("the server's answer is not what this version of automa expects ({shown})")
+}
+
+/// A server's text for an error message: at most [`MAX_QUOTED`] characters, with no control characters that
+/// could move the cursor or recolour the terminal.
+fn quoted(text: &str) -> String {
+    let mut short: String = for_terminal(text).chars().take(MAX_QUOTED).collect();
+    if text.chars().count() > MAX_QUOTED {
+        short.push('…');
+    }
+    short
+}
+
+/// `text` with control characters (other than newline and tab) shown in caret notation (`^[` for escape) or
+/// as `\u{..}`, so that a script's output cannot send escape sequences to the terminal that shows it: retitle
+/// the window, rewrite what is on screen, or on some terminals answer with keystrokes.
+pub fn for_terminal(text: &str) -> Cow<'_, str> {
+    let neutralized = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(neutralized) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !neutralized(c) => out.push(c),
+            '\u{7f}' => out.push_str("^?"),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            c => out.push_str(&c.escape_unicode().to_string()),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Writes a script's output as it came when piped, neutralized for a terminal.
+fn write_output(mut to: impl Write + IsTerminal, text: &str) -> std::io::Result<()> {
+    if to.is_terminal() {
+        to.write_all(for_terminal(text).as_bytes())?;
+    } else {
+        to.write_all(text.as_bytes())?;
+    }
+    to.flush()
+}
+
+/// `automa logs` without `--follow`: the whole output, neutralized when standard output is a terminal.
+pub fn print_output(text: &str) -> std::io::Result<()> {
+    write_output(std::io::stdout().lock(), text)
+}
+
 fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
     match chunk.stream.as_str() {
-        "stdout" => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(chunk.data.as_bytes())?;
-            out.flush()?;
-        }
-        "stderr" => std::io::stderr().write_all(chunk.data.as_bytes())?,
-        _ => eprint!("[automa] {}", chunk.data),
+        "stdout" => write_output(std::io::stdout().lock(), &chunk.data)?,
+        "stderr" => write_output(std::io::stderr().lock(), &chunk.data)?,
+        _ => eprint!("[automa] {}", for_terminal(&chunk.data)),
     }
     Ok(())
 }
@@ -248,5 +309,38 @@ pub fn exit_code(run: &RunResponse) -> i32 {
         "timed_out" => EXIT_TIMED_OUT,
         "cancelled" => EXIT_CANCELLED,
         _ => run.exit_code.and_then(|code| i32::try_from(code).ok()).filter(|code| *code != 0).unwrap_or(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_for(raw: &str, reads: bool) -> String {
+        let error = serde_json::from_str::<RunResponse>(raw).unwrap_err();
+        format!("{:#}", unexpected_answer(raw, reads, &error))
+    }
+
+    #[test]
+    fn an_unreadable_answer_to_a_post_is_never_quoted() {
+        let created = r#"{"id":7,"name":"automa CLI","token":"atm_0123456789abcdefSECRET"}"#;
+        let message = error_for(created, false);
+        assert!(!message.contains("atm_") && !message.contains("SECRET"), "{message}");
+        assert!(message.contains(&format!("{} bytes", created.len())), "{message}");
+    }
+
+    #[test]
+    fn an_unreadable_answer_to_a_read_is_quoted_short_and_without_control_characters() {
+        let raw = format!("\u{1b}]0;owned\u{7}\u{1b}[2J{}", "x".repeat(5000));
+        let message = error_for(&raw, true);
+        assert!(!message.chars().any(|c| c.is_control()), "{message:?}");
+        assert!(message.contains("^[]0;owned^G^[[2J"), "{message}");
+        assert!(message.len() < 1000 && message.contains('…'), "{} bytes", message.len());
+    }
+
+    #[test]
+    fn output_for_a_terminal_keeps_lines_and_tabs_and_nothing_else_that_controls_it() {
+        assert!(matches!(for_terminal("plain\ttext\n"), Cow::Borrowed(_)));
+        assert_eq!(for_terminal("\u{1b}[31mred\r\u{9b}\u{7f}\n"), "^[[31mred^M\\u{9b}^?\n");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,18 +61,29 @@ pub struct RollingFile {
     size: u64,
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    // Logs name users and resources: readable by the server's user only, like its database.
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+/// Opens the log file for appending. Logs name users and resources: readable by the server's user only, like
+/// its database. A symbolic link at the path is refused (`O_NOFOLLOW`), so one planted in a shared directory
+/// cannot point the server's writes at another file. `fresh` (after a roll, when the path was just renamed
+/// away) insists on creating the file, so a file planted at the name in between is not appended to.
+fn open_log(path: &Path, fresh: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    if fresh {
+        options.create_new(true);
+    } else {
+        options.create(true);
+    }
+    options.open(path)
 }
 
 impl RollingFile {
-    /// Opens `path` for appending, creating it and its directory if needed.
+    /// Opens `path` for appending, creating it and its directory (0700, for the reason the file is 0600) if
+    /// needed.
     pub fn open(path: &Path, max_bytes: u64, max_files: usize) -> io::Result<RollingFile> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
         }
-        let file = open_append(path)?;
+        let file = open_log(path, false)?;
         let size = file.metadata()?.len();
         Ok(RollingFile { path: path.to_path_buf(), max_bytes: max_bytes.max(1), max_files, file, size })
     }
@@ -99,7 +110,7 @@ impl RollingFile {
             }
             std::fs::rename(&self.path, self.rolled(1))?;
         }
-        self.file = open_append(&self.path)?;
+        self.file = open_log(&self.path, true)?;
         self.size = 0;
         Ok(())
     }
@@ -261,6 +272,40 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.path().join("automa.log.1")).unwrap(), "first start line\n");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_symbolic_link_at_the_log_path_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "precious\n").unwrap();
+        let path = dir.path().join("logs/automa.log");
+        let mut file = RollingFile::open(&path, 20, 1).unwrap();
+        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let refused = RollingFile::open(&path, 20, 1).err().expect("a link at the path is refused");
+        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
+
+        // A link put in place of the current file is moved aside by the next roll, never written through.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        file.write_line(b"0123456789\n").unwrap();
+        file.write_line(b"after the roll\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "the link's target is untouched");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after the roll\n");
+
+        // The file opened after a roll must be new: whatever appears at the name in the moment between the
+        // rename and the creation (a file or a link) is refused rather than appended to.
+        let planted = dir.path().join("planted.log");
+        std::fs::write(&planted, "someone else's\n").unwrap();
+        assert_eq!(open_log(&planted, true).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(open_log(&link, true).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
     }
 
     #[test]

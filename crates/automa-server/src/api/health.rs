@@ -21,7 +21,8 @@ pub struct Readiness {
     /// Whether the database answers and is fully migrated.
     pub database_ready: bool,
     /// The database's size in bytes (SQLite: its pages plus the write-ahead log; PostgreSQL:
-    /// `pg_database_size`); null when it cannot be read.
+    /// `pg_database_size`); null when it cannot be read. Read at most every 30 seconds and shared by all
+    /// callers, so it may be that old.
     pub database_size_bytes: Option<i64>,
     /// Whether scripts can be syntax-checked (an interpreter was found).
     pub python: bool,
@@ -47,7 +48,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         status: if database_ready { "ready" } else { "not ready" },
         database: state.store.backend_name(),
         database_ready,
-        database_size_bytes: state.store.database_size().await.ok(),
+        database_size_bytes: state.database_size.get(&state.store).await,
         python: state.syntax.is_available(),
         sandbox: state.sandbox.read().unwrap_or_else(|e| e.into_inner()).clone(),
     };

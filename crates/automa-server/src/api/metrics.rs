@@ -23,8 +23,8 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const AGENT_STATES: [&str; 4] = ["online", "offline", "draining", "disabled"];
 
 /// Metrics in the Prometheus text format: this server's counters and histograms (runs, scheduler, HTTP,
-/// sandbox), and gauges of the shared database (queued runs, agents by state) and of this server's connection
-/// pool.
+/// sandbox), and gauges of the shared database (queued runs, agents by state, its size) and of this server's
+/// connection pool.
 #[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", security(("bearer" = ["viewer"])), tag = "health",
     responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
@@ -68,6 +68,15 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
         "",
         &[("", f64::from(pool.max))],
     );
+    if let Some(size) = state.database_size.get(store).await {
+        write_gauge(
+            &mut out,
+            "automa_database_size_bytes",
+            "The database's size in bytes, as /ready reports it (read at most every 30 seconds).",
+            "",
+            &[("", size as f64)],
+        );
+    }
     let metrics = &state.execution.metrics;
     let names = store.task_names(&metrics.labelled_tasks()).await?;
     metrics.render(&mut out, &names);

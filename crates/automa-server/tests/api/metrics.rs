@@ -102,6 +102,7 @@ async fn counters_move_as_runs_happen(backend: Backend) {
     assert_eq!(before.value("automa_agents", &[("state", "online")]), 0.0);
     assert_eq!(before.value("automa_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
     assert!(before.value("automa_db_pool_max_connections", &[]) >= 1.0);
+    assert!(before.value("automa_database_size_bytes", &[]) > 0.0);
 
     let worker = agent(&app, &admin, "worker").await;
     let script = app.create_script(&admin, "report").await["id"].as_i64().unwrap();

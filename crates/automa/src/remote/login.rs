@@ -4,7 +4,7 @@
 //! that others could read is refused, as ssh refuses a readable private key. The password is never an argument.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -145,12 +145,25 @@ pub fn credentials_path() -> Option<PathBuf> {
     config_dir().map(|dir| dir.join("credentials.json"))
 }
 
-/// The stored login, if there is one; an error if the file can be read by others or is not a login.
+/// The stored login, if there is one; an error if the file belongs to another user, can be read by others, or is
+/// not a login.
 pub fn stored() -> anyhow::Result<Option<Credentials>> {
     let Some(path) = credentials_path() else { return Ok(None) };
     let text = match std::fs::File::open(&path) {
         Ok(file) => {
-            let mode = file.metadata()?.permissions().mode() & 0o777;
+            let metadata = file.metadata()?;
+            // Like ssh: a file someone else owns could have been put there for this user to send its token
+            // to a server of their choosing, or be read by them at will.
+            let me = nix::unistd::getuid().as_raw();
+            if metadata.uid() != me {
+                return Err(usage(format!(
+                    "{} is owned by user {}, not by you (user {me}); refusing to use the token in it. Remove it \
+                     and run `automa login` again",
+                    path.display(),
+                    metadata.uid()
+                )));
+            }
+            let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(usage(format!(
                     "{} is accessible by other users (mode {mode:04o}); refusing to use the token in it. Run \

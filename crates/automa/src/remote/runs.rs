@@ -119,7 +119,7 @@ pub async fn logs(flags: &ClientFlags, run: i64, follow: bool) -> anyhow::Result
     let path = format!("/runs/{run}/logs");
     match flags.output {
         Output::Json => print_raw(&api.get_text(&path, &[("limit", "5000".to_owned())]).await?),
-        Output::Table => print!("{}", api.get_text(&path, &[("format", "text".to_owned())]).await?),
+        Output::Table => client::print_output(&api.get_text(&path, &[("format", "text".to_owned())]).await?)?,
     }
     Ok(0)
 }

@@ -120,6 +120,18 @@ async fn login_stores_a_private_token_that_administration_commands_use_and_logou
     let stderr = user.fails(&["users", "me"], 2);
     assert!(stderr.contains("accessible by other users"), "{stderr}");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // And so is a private file someone else owns. Only root can give a file away, which is how the suite runs
+    // in CI and here; elsewhere this case cannot be set up.
+    let me = nix::unistd::getuid();
+    if me.is_root() {
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(&file, nobody, None).unwrap();
+        let stderr = user.fails(&["users", "me"], 2);
+        assert!(stderr.contains("is owned by user 65534"), "{stderr}");
+        nix::unistd::chown(&file, Some(me), None).unwrap();
+    } else {
+        eprintln!("NOTICE: not root; the credentials-owner case is not exercised");
+    }
     let stderr = user.fails(&["users", "me", "--url", "http://127.0.0.1:9"], 2);
     assert!(stderr.contains("signed in to"), "the stored token goes only to its own server: {stderr}");
 

@@ -13,11 +13,13 @@ use tokio::task::JoinSet;
 use automa_runner::Sandbox;
 
 use crate::backend::{AgentBackend, AgentError};
-use crate::protocol::{Heartbeat, HeartbeatReply};
+use crate::protocol::{Assignment, Heartbeat, HeartbeatReply};
 use crate::runner::{RunControl, execute};
 
 /// How long one claim may wait at the server.
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
+/// How long a claim in flight when shutdown comes may still take to answer.
+const LATE_CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to reach an unreachable server.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
@@ -115,9 +117,14 @@ impl<B: AgentBackend> Agent<B> {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
+            let claim = self.backend.claim(CLAIM_WAIT);
+            tokio::pin!(claim);
             let claimed = tokio::select! {
-                claimed = self.backend.claim(CLAIM_WAIT) => claimed,
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                claimed = &mut claim => claimed,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    self.give_back_late_claim(claim).await;
+                    break;
+                }
             };
             while runs.try_join_next().is_some() {}
             match claimed {
@@ -140,6 +147,18 @@ impl<B: AgentBackend> Agent<B> {
             }
         }
         self.drain(runs).await;
+    }
+
+    /// Settles a claim that was in flight when shutdown came. Dropping it could lose a run the server had
+    /// already granted (marked running on this agent) but not yet answered with, which would then end `lost`
+    /// instead of going back to the queue. A stopping server answers its embedded agent's claim at once; a
+    /// remote server's long poll is given a short while, then dropped.
+    async fn give_back_late_claim(&self, claim: impl Future<Output = Result<Option<Assignment>, AgentError>>) {
+        let Ok(Ok(Some(assignment))) = tokio::time::timeout(LATE_CLAIM_WAIT, claim).await else { return };
+        tracing::info!(run_id = assignment.run_id, "claimed while shutting down: handing the run back");
+        if let Err(error) = self.backend.hand_back(assignment.run_id).await {
+            tracing::warn!(run_id = assignment.run_id, %error, "could not hand back a run claimed while shutting down");
+        }
     }
 
     /// Lets running runs finish within the grace period, then stops the rest and hands them back.

@@ -152,7 +152,12 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        Ok(Store { backend: std::sync::Arc::new(backend), audit_key: None, _in_use: in_use.map(std::sync::Arc::new), chains: ChainLimits::default() })
+        Ok(Store {
+            backend: std::sync::Arc::new(backend),
+            audit_key: None,
+            _in_use: in_use.map(std::sync::Arc::new),
+            chains: ChainLimits::default(),
+        })
     }
 
     /// The same store, writing and verifying audit entries with `key` (derived from the server's secret key).

@@ -80,7 +80,10 @@ macro_rules! queue_after {
         let (cap, refusal) = if depth > chains.max_depth {
             (0, format!("not started: run-after chains stop at {} links", chains.max_depth))
         } else {
-            (chains.max_queued, format!("not started: {} run-after runs of this task already queued", chains.max_queued))
+            (
+                chains.max_queued,
+                format!("not started: {} run-after runs of this task already queued", chains.max_queued),
+            )
         };
         let queued: Vec<Run> = if cap > 0 {
             sqlx::query_as(QUEUE_AFTER)

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use automa_core::{Role, RunStatus, Trigger};
 use automa_store::{
-    Actor, AuditKey, ChainLimits, HookTrigger, NewAgent, NewHook, NewLogChunk, NewRun, NewScript, NewUser, Page, RunAfter,
-    RunEnd, RunFilter, Store, TaskSpec, UserUpdate,
+    Actor, AuditKey, ChainLimits, HookTrigger, NewAgent, NewHook, NewLogChunk, NewRun, NewScript, NewUser, Page,
+    RunAfter, RunEnd, RunFilter, Store, TaskSpec, UserUpdate,
 };
 use chrono::Duration;
 
@@ -482,7 +482,13 @@ async fn user(store: &Store, email: &str, role: Role) -> i64 {
 
 async fn hook(store: &Store, creator: i64, task_id: i64, name: &str) -> String {
     let token_hash = format!("hash-{name}");
-    let new = NewHook { task_id, name: name.into(), token_hash: token_hash.clone(), prefix: "p".into(), rate_per_minute: 100 };
+    let new = NewHook {
+        task_id,
+        name: name.into(),
+        token_hash: token_hash.clone(),
+        prefix: "p".into(),
+        rate_per_minute: 100,
+    };
     store.create_hook(&Actor::user(creator, None), new).await.unwrap();
     token_hash
 }

@@ -66,7 +66,9 @@ async fn the_payload_is_a_read_only_file_named_in_the_environment() {
         except PermissionError:\n    print('chmod refused')\n\
         try:\n    open(os.environ['AUTOMA_TRIGGER_PAYLOAD'], 'a').write('x')\n    print('WROTE')\n\
         except PermissionError:\n    print('refused')\n";
-    for (profile, tail, expected_tail) in [(Profile::Strict, write, "chmod refused\nrefused\n"), (Profile::None, "", "")] {
+    for (profile, tail, expected_tail) in
+        [(Profile::Strict, write, "chmod refused\nrefused\n"), (Profile::None, "", "")]
+    {
         let h = support::with(profile, &[]);
         let mut s = spec(&format!("{read}{tail}"));
         s.payload = Some(payload.to_owned());

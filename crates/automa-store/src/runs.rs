@@ -450,7 +450,7 @@ impl Store {
                         let error = Some("cancelled; its agent shut down before it stopped".to_owned());
                         RunEnd { error, ..RunEnd::new(RunStatus::Cancelled) }
                     } else {
-                        let error = format!("lost: handed back {MAX_HAND_BACKS} times already; {reason}");
+                        let error = format!("handed back {MAX_HAND_BACKS} times already; this shutdown counts as a lost attempt");
                         RunEnd { error: Some(error), ..RunEnd::new(RunStatus::Lost) }
                     };
                     let finished = finish_in_tx!(tx, self.chains, run_id, Some(agent_id), &end);

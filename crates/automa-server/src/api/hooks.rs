@@ -137,8 +137,9 @@ pub async fn revoke(
 }
 
 /// Start the hook's task. The token is the credential. An optional JSON body (`Content-Type:
-/// application/json`, at most 1 MiB) is given to the run as a read-only file whose path is in
-/// `AUTOMA_TRIGGER_PAYLOAD`. 404 for a token that is unknown or revoked alike; 429 past the hook's rate.
+/// application/json`, at most `AUTOMA_HOOK_MAX_PAYLOAD_BYTES`, 1 MiB by default) is given to the run as a
+/// read-only file whose path is in `AUTOMA_TRIGGER_PAYLOAD`. 404 alike for a token that is unknown, revoked, or
+/// whose creator is no longer an active operator or admin; 429 past the hook's rate.
 #[utoipa::path(post, path = "/hooks/{token}", operation_id = "triggerHook", params(("token" = String, Path, description = "The hook's token")), tag = "hooks",
     request_body(content = Object, description = "Any JSON value, handed to the script as it was sent", content_type = "application/json"),
     security(()),

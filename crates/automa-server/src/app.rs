@@ -21,7 +21,7 @@ use tower_http::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use automa_store::{AuditKey, Store};
+use automa_store::{AuditKey, ChainLimits, Store};
 
 use crate::{
     api,
@@ -62,7 +62,11 @@ impl Application {
         let store = Store::connect(&url)
             .await
             .with_context(|| format!("opening {}", automa_store::redact_url(&url)))?
-            .with_audit_key(AuditKey::derive(&key));
+            .with_audit_key(AuditKey::derive(&key))
+            .with_chain_limits(ChainLimits {
+                max_depth: i64::from(config.run_after_max_depth),
+                max_queued: i64::from(config.run_after_max_queued),
+            });
         migrate_or_refuse(&store, config.auto_migrate).await?;
         file_modes::warn_if_exposed(&file_modes::sensitive_paths(&config.data_dir, store.sqlite_path().as_deref()));
         if let Some(log_file) = &config.log_file {
@@ -269,6 +273,11 @@ fn check_limits(config: &Config) -> anyhow::Result<()> {
     }
     if config.request_timeout_seconds == 0 || config.header_read_timeout_seconds == 0 {
         anyhow::bail!("AUTOMA_REQUEST_TIMEOUT_SECONDS and AUTOMA_HEADER_READ_TIMEOUT_SECONDS must be at least 1");
+    }
+    if config.run_after_max_depth == 0 || config.run_after_max_queued == 0 || config.hook_max_payload_bytes == 0 {
+        anyhow::bail!(
+            "AUTOMA_RUN_AFTER_MAX_DEPTH, AUTOMA_RUN_AFTER_MAX_QUEUED and AUTOMA_HOOK_MAX_PAYLOAD_BYTES must be at least 1"
+        );
     }
     Ok(())
 }

@@ -161,6 +161,14 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Rolled log files kept (`automa.log.1` is the newest) besides the current one; older ones are deleted.
     pub log_max_files: usize,
+    // Trigger bounds.
+    /// The largest JSON body a hook call may carry; it is kept until the run's last attempt ends.
+    pub hook_max_payload_bytes: usize,
+    /// The most run-after links one chain may follow from the run that started it (hook, API call, schedule);
+    /// a run one link deeper is recorded `skipped` instead of queued.
+    pub run_after_max_depth: u32,
+    /// The most run-after runs of one task that may wait in the queue at once; one more is recorded `skipped`.
+    pub run_after_max_queued: u32,
     // Notifications (docs/architecture.md, "Notifications").
     /// The dashboard's address as users reach it (`https://automa.example.com`), for the run links in notices;
     /// without it notices carry no link.
@@ -258,6 +266,9 @@ impl Default for Config {
             log_file: None,
             log_max_bytes: 10 * 1024 * 1024,
             log_max_files: 5,
+            hook_max_payload_bytes: 1024 * 1024,
+            run_after_max_depth: 10,
+            run_after_max_queued: 100,
             public_url: None,
             smtp_host: None,
             smtp_port: None,

@@ -13,6 +13,11 @@ use crate::{
 const HOOK_COLUMNS: &str =
     "id, task_id, name, prefix, rate_per_minute, created_by, created_at, last_triggered_at, revoked_at";
 
+/// A hook acts for its creator: it is live only while that user is an active operator or admin, so a token
+/// does not outlive its creator's right to run tasks (a deleted creator leaves `created_by` NULL: not live).
+const LIVE_HOOK: &str = "token_hash = $1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM users u \
+     WHERE u.id = hooks.created_by AND u.active AND u.role IN ('operator', 'admin'))";
+
 /// The rate limit's window.
 const WINDOW_SECONDS: i64 = 60;
 
@@ -94,11 +99,12 @@ impl Store {
         })
     }
 
-    /// The unrevoked hook with this token hash. A revoked hook and one that never existed both give `None`.
+    /// The unrevoked hook with this token hash whose creator may still run tasks. A revoked hook, one whose
+    /// creator was deleted, deactivated or demoted to viewer, and one that never existed all give `None`.
     pub async fn live_hook(&self, token_hash: &str) -> StoreResult<Option<Hook>> {
         dispatch!(self, pool => {
             Ok(sqlx::query_as(crate::composed(format!(
-                "SELECT {HOOK_COLUMNS} FROM hooks WHERE token_hash = $1 AND revoked_at IS NULL"
+                "SELECT {HOOK_COLUMNS} FROM hooks WHERE {LIVE_HOOK}"
             )))
             .bind(token_hash)
             .fetch_optional(pool)
@@ -119,7 +125,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let hook: Option<Hook> = sqlx::query_as(crate::composed(format!(
-                "SELECT {HOOK_COLUMNS} FROM hooks WHERE token_hash = $1 AND revoked_at IS NULL"
+                "SELECT {HOOK_COLUMNS} FROM hooks WHERE {LIVE_HOOK}"
             )))
             .bind(token_hash)
             .fetch_optional(&mut *tx)

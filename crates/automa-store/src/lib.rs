@@ -39,7 +39,7 @@ pub use notifications::{
 };
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;
-pub use runs::WAKE_CHANNEL;
+pub use runs::{MAX_HAND_BACKS, WAKE_CHANNEL};
 pub use schedule::{Fired, TASKS_CHANNEL};
 
 /// Runs the same statement text against whichever backend the store was opened on. Both arms expand the
@@ -110,6 +110,23 @@ pub struct Store {
     /// A shared `flock` on the SQLite file for as long as the store is open, so that `automa restore`, which
     /// needs it exclusively, can tell that a server or another command is using the database.
     _in_use: Option<std::sync::Arc<std::fs::File>>,
+    chains: ChainLimits,
+}
+
+/// How far run-after links may carry one run: without bounds, layers of fan-in multiply it (a task waiting
+/// for 32 tasks starts once per run of each, so k layers give 32^k runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLimits {
+    /// The longest chain of `after` runs from the run that started it (hook, API, schedule: depth 0).
+    pub max_depth: i64,
+    /// How many `after` runs of one task may wait in the queue at once.
+    pub max_queued: i64,
+}
+
+impl Default for ChainLimits {
+    fn default() -> ChainLimits {
+        ChainLimits { max_depth: 10, max_queued: 100 }
+    }
 }
 
 /// The current time as stored: microsecond precision, the finest both databases keep, so a value read back
@@ -140,12 +157,22 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        Ok(Store { backend: std::sync::Arc::new(backend), audit_key: None, _in_use: in_use.map(std::sync::Arc::new) })
+        Ok(Store {
+            backend: std::sync::Arc::new(backend),
+            audit_key: None,
+            _in_use: in_use.map(std::sync::Arc::new),
+            chains: ChainLimits::default(),
+        })
     }
 
     /// The same store, writing and verifying audit entries with `key` (derived from the server's secret key).
     pub fn with_audit_key(self, key: AuditKey) -> Store {
         Store { audit_key: Some(std::sync::Arc::new(key)), ..self }
+    }
+
+    /// The same store, bounding run-after chains by `chains`.
+    pub fn with_chain_limits(self, chains: ChainLimits) -> Store {
+        Store { chains, ..self }
     }
 
     /// Applies the pending migrations of this backend.

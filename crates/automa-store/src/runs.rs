@@ -16,6 +16,9 @@ use crate::{
 /// The channel that tells every server on a PostgreSQL database that a run was queued.
 pub const WAKE_CHANNEL: &str = "automa_runs";
 
+/// How many times one run may be handed back before a hand-back counts as a lost attempt.
+pub const MAX_HAND_BACKS: i64 = 3;
+
 /// Retry delays double with each attempt from the task's backoff, up to this.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
@@ -29,27 +32,90 @@ const INSERT_RUN: &str = "INSERT INTO runs (task_id, script_id, script_version, 
 const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, \
      target_agent_id, labels, trigger, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, \
      env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by, hook_id, \
-     upstream_run_id) \
+     upstream_run_id, depth) \
      SELECT task_id, script_id, script_version, content, filename, target_agent_id, labels, 'retry', attempt + 1, \
      retries, retry_backoff_seconds, 'queued', $2, $3, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, \
-     max_output_bytes, network, created_by, hook_id, upstream_run_id FROM runs WHERE id = $1 RETURNING *";
+     max_output_bytes, network, created_by, hook_id, upstream_run_id, depth FROM runs WHERE id = $1 RETURNING *";
 
 /// A retry gets the payload of the hook call that started the attempt before it (`$1` retry, `$2` attempt).
 const COPY_PAYLOAD: &str =
     "INSERT INTO run_payloads (run_id, payload) SELECT $1, payload FROM run_payloads WHERE run_id = $2";
 
-/// Queues a run of every enabled task that runs after task `$2` when its run ends in `$3`, for run `$1` that
-/// just ended so, copying each task's fields like the scheduler does. The unique (upstream_run_id, task_id)
-/// index makes a second run for the same upstream run impossible.
-const QUEUE_AFTER: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, \
-     trigger, upstream_run_id, retries, retry_backoff_seconds, status, queued_at, not_before, args, env, secrets, \
-     timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
-     SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, t.labels, \
-     'after', $1, t.retries, t.retry_backoff_seconds, 'queued', $4, $4, t.args, t.env, t.secrets, t.timeout_seconds, \
-     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
-     FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
-     WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
-     ON CONFLICT (upstream_run_id, task_id) WHERE trigger = 'after' DO NOTHING RETURNING *";
+/// Inserts, for run `$1` of task `$2` that just ended in `$3` at `$4`, a run of every enabled task that runs
+/// after it so, copying each task's fields like the scheduler does, with status `$5`, `finished_at` `$6`,
+/// `error` `$7` and chain depth `$8`, for the tasks whose queued `after` runs number `$cmp` `$9`. The unique
+/// (upstream_run_id, task_id) index makes a second run for the same upstream run impossible.
+macro_rules! insert_after {
+    ($cmp:literal) => {
+        concat!(
+            "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
+             upstream_run_id, depth, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, \
+             error, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+             SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, \
+             t.labels, 'after', $1, $8, t.retries, t.retry_backoff_seconds, $5, $4, $4, $6, $7, t.args, t.env, \
+             t.secrets, t.timeout_seconds, t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
+             FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
+             WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
+             AND (SELECT COUNT(*) FROM runs q WHERE q.task_id = t.id AND q.trigger = 'after' \
+             AND q.status = 'queued') ",
+            $cmp,
+            " $9 ON CONFLICT (upstream_run_id, task_id) WHERE trigger = 'after' DO NOTHING RETURNING *"
+        )
+    };
+}
+const QUEUE_AFTER: &str = insert_after!("<");
+const REFUSE_AFTER: &str = insert_after!(">=");
+
+/// Starts the tasks that run after `$run` (task `$task_id`), which ended at `$at`, within the store's chain
+/// limits; evaluates to the runs queued. A run that would go deeper than the limit, or join a task's full
+/// queue, is recorded `skipped` with the reason instead: refused visibly, and starting nothing further (no link
+/// fires on `skipped`), so the records are bounded by the runs that really ran.
+macro_rules! queue_after {
+    ($tx:expr, $chains:expr, $run:expr, $task_id:expr, $at:expr) => {{
+        let chains: crate::ChainLimits = $chains;
+        let run: &Run = $run;
+        let upstream_depth: i64 =
+            sqlx::query_scalar("SELECT depth FROM runs WHERE id = $1").bind(run.id).fetch_one(&mut *$tx).await?;
+        let depth = upstream_depth + 1;
+        let (cap, refusal) = if depth > chains.max_depth {
+            (0, format!("not started: run-after chains stop at {} links", chains.max_depth))
+        } else {
+            (
+                chains.max_queued,
+                format!("not started: {} run-after runs of this task already queued", chains.max_queued),
+            )
+        };
+        let queued: Vec<Run> = if cap > 0 {
+            sqlx::query_as(QUEUE_AFTER)
+                .bind(run.id)
+                .bind($task_id)
+                .bind(&run.status)
+                .bind($at)
+                .bind("queued")
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<String>)
+                .bind(depth)
+                .bind(cap)
+                .fetch_all(&mut *$tx)
+                .await?
+        } else {
+            Vec::new()
+        };
+        sqlx::query(REFUSE_AFTER)
+            .bind(run.id)
+            .bind($task_id)
+            .bind(&run.status)
+            .bind($at)
+            .bind("skipped")
+            .bind(Some($at))
+            .bind(Some(refusal))
+            .bind(depth)
+            .bind(cap)
+            .execute(&mut *$tx)
+            .await?;
+        queued
+    }};
+}
 
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
 /// has, whose every secret's policy lets this agent receive it, while the agent is neither draining nor
@@ -101,7 +167,7 @@ fn retry_delay(run: &Run) -> Duration {
 /// or else, its outcome being final, the runs of the tasks that run after it; evaluates to `Option<Finished>`
 /// (None: the run was not running, or not held by `$agent`).
 macro_rules! finish_in_tx {
-    ($tx:expr, $run_id:expr, $agent:expr, $end:expr) => {{
+    ($tx:expr, $chains:expr, $run_id:expr, $agent:expr, $end:expr) => {{
         let end: &RunEnd = $end;
         let at = now();
         let run: Option<Run> = sqlx::query_as(FINISH_RUN)
@@ -138,16 +204,10 @@ macro_rules! finish_in_tx {
                 if let Some(retry) = &retry {
                     sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut *$tx).await?;
                 }
+                // The payload serves this run and its retries only: once neither can start again, it goes.
+                sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut *$tx).await?;
                 let downstream: Vec<Run> = match (&retry, run.task_id) {
-                    (None, Some(task_id)) => {
-                        sqlx::query_as(QUEUE_AFTER)
-                            .bind(run.id)
-                            .bind(task_id)
-                            .bind(&run.status)
-                            .bind(at)
-                            .fetch_all(&mut *$tx)
-                            .await?
-                    }
+                    (None, Some(task_id)) => queue_after!($tx, $chains, &run, task_id, at),
                     _ => Vec::new(),
                 };
                 $crate::notifications::queue_run_notices!($tx, &run, retry.is_some());
@@ -288,6 +348,13 @@ impl Store {
         }
     }
 
+    /// The hook payload kept for a run: only until the run and its retries can no longer start.
+    pub async fn run_payload(&self, run_id: i64) -> StoreResult<Option<String>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT payload FROM run_payloads WHERE run_id = $1").bind(run_id).fetch_optional(pool).await?)
+        })
+    }
+
     /// The earliest time a queued run becomes claimable, if one waits for its retry backoff.
     pub async fn next_queued_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         dispatch!(self, pool => {
@@ -322,7 +389,7 @@ impl Store {
         let postgres = self.is_postgres();
         let finished = dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
-            let finished = finish_in_tx!(tx, run_id, agent_id, end);
+            let finished = finish_in_tx!(tx, self.chains, run_id, agent_id, end);
             if postgres && finished.as_ref().is_some_and(|f: &Finished| !f.downstream.is_empty()) {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
@@ -340,20 +407,23 @@ impl Store {
     /// Gives a running run back to the queue because its agent is shutting down, not because the run failed:
     /// the same run (same id, same attempt, so its retries are untouched) becomes `queued` again at the head of
     /// the queue, with a `system` line in its output saying why, in the transaction that releases the agent's
-    /// lease. A run whose cancellation was requested ends `cancelled` instead. `None` when the run is not
-    /// running on `agent_id` (already ended, reaped or handed back), so a repeated hand-back changes nothing.
+    /// lease. A run whose cancellation was requested ends `cancelled` instead, and one already handed back
+    /// [`MAX_HAND_BACKS`] times ends `lost` (spending an attempt, retried as usual), so that agents shutting
+    /// down again and again cannot keep a run going forever. `None` when the run is not running on `agent_id`
+    /// (already ended, reaped or handed back), so a repeated hand-back changes nothing.
     pub async fn hand_back_run(&self, run_id: i64, agent_id: i64, reason: &str) -> StoreResult<Option<Finished>> {
         let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let run: Option<Run> = sqlx::query_as(
                 "UPDATE runs SET status = 'queued', agent_id = NULL, started_at = NULL, lease_until = NULL, \
-                 not_before = $3 WHERE id = $1 AND agent_id = $2 AND status = 'running' AND NOT cancel_requested \
-                 RETURNING *",
+                 not_before = $3, hand_backs = hand_backs + 1 WHERE id = $1 AND agent_id = $2 AND status = 'running' \
+                 AND NOT cancel_requested AND hand_backs < $4 RETURNING *",
             )
             .bind(run_id)
             .bind(agent_id)
             .bind(now())
+            .bind(MAX_HAND_BACKS)
             .fetch_optional(&mut *tx)
             .await?;
             let finished = match run {
@@ -373,9 +443,22 @@ impl Store {
                     Some(Finished { run, changed: true, retry: None, downstream: Vec::new() })
                 }
                 None => {
-                    let error = Some("cancelled; its agent shut down before it stopped".to_owned());
-                    let end = RunEnd { error, ..RunEnd::new(RunStatus::Cancelled) };
-                    finish_in_tx!(tx, run_id, Some(agent_id), &end)
+                    let cancel: Option<bool> = sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+                        .bind(run_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let end = if cancel == Some(true) {
+                        let error = Some("cancelled; its agent shut down before it stopped".to_owned());
+                        RunEnd { error, ..RunEnd::new(RunStatus::Cancelled) }
+                    } else {
+                        let error = format!("handed back {MAX_HAND_BACKS} times already; this shutdown counts as a lost attempt");
+                        RunEnd { error: Some(error), ..RunEnd::new(RunStatus::Lost) }
+                    };
+                    let finished = finish_in_tx!(tx, self.chains, run_id, Some(agent_id), &end);
+                    if postgres && finished.as_ref().is_some_and(|f: &Finished| f.retry.is_some() || !f.downstream.is_empty()) {
+                        sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+                    }
+                    finished
                 }
             };
             tx.commit().await?;
@@ -407,7 +490,7 @@ impl Store {
             };
             let mut lost = Vec::with_capacity(expired.len());
             for run_id in expired {
-                if let Some(finished) = finish_in_tx!(tx, run_id, None::<i64>, &end) {
+                if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, None::<i64>, &end) {
                     lost.push(finished);
                 }
             }
@@ -446,14 +529,11 @@ impl Store {
                     .await?,
                 other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
             };
+            if run.status == "cancelled" {
+                sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut *tx).await?;
+            }
             let downstream: Vec<Run> = match run.task_id.filter(|_| run.status == "cancelled") {
-                Some(task_id) => sqlx::query_as(QUEUE_AFTER)
-                    .bind(run.id)
-                    .bind(task_id)
-                    .bind(&run.status)
-                    .bind(now())
-                    .fetch_all(&mut *tx)
-                    .await?,
+                Some(task_id) => queue_after!(tx, self.chains, &run, task_id, now()),
                 None => Vec::new(),
             };
             let details = json!({"status_before": status});

@@ -319,31 +319,33 @@ impl Store {
 /// The path from `start` back to itself along "runs after" edges `(task, upstream)`, if the edges hold one.
 /// Every cycle a save can make passes through the saved task, so starting there finds it.
 fn find_cycle(start: i64, edges: &[(i64, i64)]) -> Option<Vec<i64>> {
-    let mut path = vec![start];
-    let mut visited = std::collections::HashSet::new();
-    fn walk(
-        node: i64,
-        start: i64,
-        edges: &[(i64, i64)],
-        path: &mut Vec<i64>,
-        visited: &mut std::collections::HashSet<i64>,
-    ) -> bool {
-        for &(_, upstream) in edges.iter().filter(|(task, _)| *task == node) {
-            if upstream == start {
-                path.push(start);
-                return true;
-            }
-            if visited.insert(upstream) {
-                path.push(upstream);
-                if walk(upstream, start, edges, path, visited) {
-                    return true;
-                }
-                path.pop();
-            }
-        }
-        false
+    // Iterative over an adjacency map built once: a chain of any length neither grows the call stack nor
+    // rescans every link at each step.
+    let mut upstreams: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
+    for &(task, upstream) in edges {
+        upstreams.entry(task).or_default().push(upstream);
     }
-    walk(start, start, edges, &mut path, &mut visited).then_some(path)
+    let none: &[i64] = &[];
+    let next = |node: i64| upstreams.get(&node).map_or(none, Vec::as_slice);
+    let mut visited = std::collections::HashSet::new();
+    // The path so far, each node with how many of its upstreams have been tried.
+    let mut stack: Vec<(i64, usize)> = vec![(start, 0)];
+    while let Some((node, tried)) = stack.last_mut() {
+        let Some(&upstream) = next(*node).get(*tried) else {
+            stack.pop();
+            continue;
+        };
+        *tried += 1;
+        if upstream == start {
+            let mut path: Vec<i64> = stack.iter().map(|(node, _)| *node).collect();
+            path.push(start);
+            return Some(path);
+        }
+        if visited.insert(upstream) {
+            stack.push((upstream, 0));
+        }
+    }
+    None
 }
 
 /// What the audit log keeps of a task: everything but the environment's values, which may be sensitive.
@@ -396,5 +398,25 @@ mod tests {
         assert_eq!(find_cycle(1, &[(1, 2), (1, 3), (3, 2), (2, 4)]), None, "a diamond is not a cycle");
         assert_eq!(find_cycle(1, &[(1, 2), (2, 3), (3, 2)]), None, "a cycle elsewhere is another save's");
         assert_eq!(find_cycle(1, &[(1, 2), (1, 3), (3, 4), (4, 1)]), Some(vec![1, 3, 4, 1]));
+    }
+
+    /// A long chain on a small stack: a recursive walk would overflow it, and one rescanning every link per
+    /// step would take 10^10 steps.
+    #[test]
+    fn a_long_chain_is_walked_without_recursion() {
+        const LENGTH: i64 = 100_000;
+        let chain: Vec<(i64, i64)> = (1..LENGTH).map(|task| (task, task + 1)).collect();
+        let mut cycle = chain.clone();
+        cycle.push((LENGTH, 1));
+        let found = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || (find_cycle(1, &chain), find_cycle(1, &cycle)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(found.0, None);
+        let path = found.1.expect("the closed chain is a cycle");
+        assert_eq!(path.len(), LENGTH as usize + 1);
+        assert_eq!((path[0], path[1], path[path.len() - 2], path[path.len() - 1]), (1, 2, LENGTH, 1));
     }
 }

@@ -3,8 +3,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use automa_core::{RunStatus, Trigger};
-use automa_store::{Actor, AuditKey, NewAgent, NewLogChunk, NewRun, NewScript, RunEnd, Store};
+use automa_core::{Role, RunStatus, Trigger};
+use automa_store::{
+    Actor, AuditKey, ChainLimits, HookTrigger, NewAgent, NewHook, NewLogChunk, NewRun, NewScript, NewUser, Page,
+    RunAfter, RunEnd, RunFilter, Store, TaskSpec, UserUpdate,
+};
 use chrono::Duration;
 
 /// A store on a fresh database. Dropping it drops the PostgreSQL database, also when the test panicked.
@@ -360,3 +363,200 @@ async fn a_handed_back_run_keeps_its_retry_budget(store: &Store) {
     assert_eq!(retry.attempt, 2);
 }
 both_backends!(hand_back_budget, a_handed_back_run_keeps_its_retry_budget);
+
+async fn a_run_handed_back_too_often_is_lost_and_retried(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    for _ in 0..automa_store::MAX_HAND_BACKS {
+        store.claim_run(a, lease()).await.unwrap().unwrap();
+        let handed = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().unwrap();
+        assert_eq!(handed.run.status, "queued");
+    }
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let lost = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().expect("ended");
+    assert_eq!(lost.run.status, "lost", "one hand-back too many spends the attempt");
+    assert!(lost.run.error.as_deref().unwrap().contains("handed back 3 times"), "{:?}", lost.run.error);
+    let retry = lost.retry.expect("the normal retry path");
+    assert_eq!((retry.attempt, retry.status.as_str()), (2, "queued"));
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    assert_eq!(store.hand_back_run(retry.id, a, "again").await.unwrap().unwrap().run.status, "queued", "a fresh count");
+}
+both_backends!(hand_back_limit, a_run_handed_back_too_often_is_lost_and_retried);
+
+fn task_spec(name: &str, script: (i64, i64), after: &[i64], labels: &[&str], retries: i64) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        description: String::new(),
+        script_id: script.0,
+        script_version: None,
+        agent_id: None,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        args: vec![],
+        env: BTreeMap::new(),
+        secrets: vec![],
+        timeout_seconds: 60,
+        memory_mb: 64,
+        cpu_seconds: 60,
+        max_output_bytes: 1024,
+        network: false,
+        retries,
+        retry_backoff_seconds: 0,
+        schedule: None,
+        enabled: true,
+        next_fire_at: None,
+        run_after: after.iter().map(|&task_id| RunAfter { task_id, on: vec![RunStatus::Succeeded] }).collect(),
+    }
+}
+
+async fn task(store: &Store, name: &str, script: (i64, i64), after: &[i64], labels: &[&str]) -> i64 {
+    store.create_task(&Actor::system(), task_spec(name, script, after, labels, 0), &[]).await.unwrap().id
+}
+
+fn task_run(task_id: i64, script: (i64, i64)) -> NewRun {
+    NewRun { task_id: Some(task_id), ..new_run(script, &[], None, 0) }
+}
+
+/// Claims and succeeds every run agent `agent_id` may take, oldest first, until none is left.
+async fn drain(store: &Store, agent_id: i64) {
+    while let Some(claimed) = store.claim_run(agent_id, lease()).await.unwrap() {
+        store.finish_run(claimed.run.id, Some(agent_id), &RunEnd::new(RunStatus::Succeeded)).await.unwrap();
+    }
+}
+
+/// (queued, skipped with `reason`) `after` runs of a task.
+async fn after_runs(store: &Store, task_id: i64, reason: &str) -> (usize, usize) {
+    let filter = RunFilter { task_id: Some(task_id), trigger: Some("after".into()), ..RunFilter::default() };
+    let runs = store.list_runs(&filter, Page { limit: 1000, offset: 0 }).await.unwrap().items;
+    let queued = runs.iter().filter(|r| r.status == "queued").count();
+    let skipped = runs.iter().filter(|r| r.status == "skipped").inspect(|r| {
+        assert!(r.error.as_deref().unwrap_or_default().contains(reason), "{:?}", r.error);
+        assert!(r.finished_at.is_some());
+    });
+    (queued, skipped.count())
+}
+
+async fn fan_in_is_bounded_by_the_queue_cap(store: &Store) {
+    let store = &store.clone().with_chain_limits(ChainLimits { max_depth: 10, max_queued: 3 });
+    let s = script(store).await;
+    // D's runs wait for an agent with its label, so they pile up as they would behind a slow agent.
+    let worker = agent(store, "worker", &[], 100).await;
+    let a = task(store, "a", s, &[], &[]).await;
+    let mut bs = Vec::new();
+    for index in 1..=4 {
+        bs.push(task(store, &format!("b{index}"), s, &[a], &[]).await);
+    }
+    let mut cs = Vec::new();
+    for index in 1..=4 {
+        cs.push(task(store, &format!("c{index}"), s, &bs, &[]).await);
+    }
+    let d = task(store, "d", s, &cs, &["slow"]).await;
+    store.create_run(None, task_run(a, s)).await.unwrap();
+    drain(store, worker).await;
+    // Unbounded, each C would run once per B run (4) and D once per C run (16). Each B's run queues every C
+    // once; the fourth finds each C's queue full, since the worker takes runs oldest first.
+    for c in &cs {
+        assert_eq!(after_runs(store, *c, "3 run-after runs of this task already queued").await, (0, 1));
+    }
+    assert_eq!(after_runs(store, d, "3 run-after runs of this task already queued").await, (3, 9), "12 C runs");
+}
+both_backends!(fan_in_cap, fan_in_is_bounded_by_the_queue_cap);
+
+async fn chains_stop_at_the_maximum_depth(store: &Store) {
+    let store = &store.clone().with_chain_limits(ChainLimits { max_depth: 2, max_queued: 100 });
+    let s = script(store).await;
+    let worker = agent(store, "worker", &[], 100).await;
+    let first = task(store, "first", s, &[], &[]).await;
+    let second = task(store, "second", s, &[first], &[]).await;
+    let third = task(store, "third", s, &[second], &[]).await;
+    let fourth = task(store, "fourth", s, &[third], &[]).await;
+    store.create_run(None, task_run(first, s)).await.unwrap();
+    drain(store, worker).await;
+    assert_eq!(after_runs(store, second, "").await, (0, 0));
+    let filter = RunFilter { task_id: Some(third), ..RunFilter::default() };
+    let third_runs = store.list_runs(&filter, Page { limit: 10, offset: 0 }).await.unwrap().items;
+    assert_eq!(third_runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["succeeded"], "depth 2 runs");
+    assert_eq!(after_runs(store, fourth, "run-after chains stop at 2 links").await, (0, 1), "depth 3 is refused");
+}
+both_backends!(chain_depth, chains_stop_at_the_maximum_depth);
+
+async fn user(store: &Store, email: &str, role: Role) -> i64 {
+    let new = NewUser { email: email.into(), password_hash: "x".into(), role };
+    store.create_user(&Actor::system(), new, false).await.unwrap().unwrap().id
+}
+
+async fn hook(store: &Store, creator: i64, task_id: i64, name: &str) -> String {
+    let token_hash = format!("hash-{name}");
+    let new = NewHook {
+        task_id,
+        name: name.into(),
+        token_hash: token_hash.clone(),
+        prefix: "p".into(),
+        rate_per_minute: 100,
+    };
+    store.create_hook(&Actor::user(creator, None), new).await.unwrap();
+    token_hash
+}
+
+async fn hooks_die_with_their_creators_rights(store: &Store) {
+    let s = script(store).await;
+    let t = task(store, "t", s, &[], &[]).await;
+    let admin = user(store, "admin@example.com", Role::Admin).await;
+    let operator = user(store, "op@example.com", Role::Operator).await;
+    let fires = |hash: String| async move {
+        matches!(store.trigger_hook(&hash, None, None).await.unwrap(), HookTrigger::Queued(_))
+    };
+    let by_operator = hook(store, operator, t, "op").await;
+    let by_admin = hook(store, admin, t, "admin").await;
+    assert!(fires(by_operator.clone()).await && fires(by_admin.clone()).await);
+
+    let update = |active, role| UserUpdate { active, role, ..UserUpdate::default() };
+    store.update_user(&Actor::user(admin, None), operator, update(Some(false), None)).await.unwrap();
+    assert!(!fires(by_operator.clone()).await, "a deactivated creator's hook is unknown");
+    assert!(store.live_hook(&by_operator).await.unwrap().is_none());
+    store.update_user(&Actor::user(admin, None), operator, update(Some(true), None)).await.unwrap();
+    assert!(fires(by_operator.clone()).await, "reactivated");
+    store.update_user(&Actor::user(admin, None), operator, update(None, Some(Role::Viewer))).await.unwrap();
+    assert!(!fires(by_operator.clone()).await, "a viewer may not start runs, nor may the hooks it made");
+    store.update_user(&Actor::user(admin, None), operator, update(None, Some(Role::Operator))).await.unwrap();
+    store.delete_user(&Actor::user(admin, None), operator).await.unwrap();
+    assert!(!fires(by_operator).await, "a deleted creator's hook is unknown");
+    assert!(fires(by_admin).await, "other hooks are untouched");
+}
+both_backends!(hook_creators, hooks_die_with_their_creators_rights);
+
+async fn payloads_go_with_the_last_attempt(store: &Store) {
+    let s = script(store).await;
+    let worker = agent(store, "worker", &[], 4).await;
+    let operator = user(store, "op@example.com", Role::Operator).await;
+    let once = store.create_task(&Actor::system(), task_spec("once", s, &[], &[], 0), &[]).await.unwrap().id;
+    let twice = store.create_task(&Actor::system(), task_spec("twice", s, &[], &[], 1), &[]).await.unwrap().id;
+    let trigger = |hash: String| async move {
+        match store.trigger_hook(&hash, Some(r#"{"n": 1}"#), None).await.unwrap() {
+            HookTrigger::Queued(run) => run.id,
+            _ => panic!("the hook is live"),
+        }
+    };
+
+    let run = trigger(hook(store, operator, once, "once").await).await;
+    assert_eq!(store.run_payload(run).await.unwrap().as_deref(), Some(r#"{"n": 1}"#));
+    let claimed = store.claim_run(worker, lease()).await.unwrap().unwrap();
+    assert_eq!(claimed.payload.as_deref(), Some(r#"{"n": 1}"#));
+    store.finish_run(run, Some(worker), &RunEnd::new(RunStatus::Succeeded)).await.unwrap();
+    assert_eq!(store.run_payload(run).await.unwrap(), None, "gone once the run succeeded");
+
+    let run = trigger(hook(store, operator, twice, "twice").await).await;
+    store.claim_run(worker, lease()).await.unwrap().unwrap();
+    let failed = RunEnd { exit_code: Some(1), ..RunEnd::new(RunStatus::Failed) };
+    let retry = store.finish_run(run, Some(worker), &failed).await.unwrap().retry.expect("one retry").id;
+    assert_eq!(store.run_payload(run).await.unwrap(), None, "the failed attempt's copy is gone");
+    assert_eq!(store.run_payload(retry).await.unwrap().as_deref(), Some(r#"{"n": 1}"#), "the retry has its own");
+    assert_eq!(store.claim_run(worker, lease()).await.unwrap().unwrap().payload.as_deref(), Some(r#"{"n": 1}"#));
+    assert!(store.finish_run(retry, Some(worker), &failed).await.unwrap().retry.is_none());
+    assert_eq!(store.run_payload(retry).await.unwrap(), None, "gone after the last attempt");
+
+    let cancelled = trigger(hook(store, operator, once, "cancelled").await).await;
+    store.cancel_run(&Actor::system(), cancelled).await.unwrap();
+    assert_eq!(store.run_payload(cancelled).await.unwrap(), None, "a run cancelled before it started keeps none");
+}
+both_backends!(payloads, payloads_go_with_the_last_attempt);

@@ -60,6 +60,12 @@ fn confine_and_exec(request: &RunRequest) -> Result<Infallible, String> {
     if !layers.no_new_privs {
         super::seccomp::apply(&filters)?;
     }
+    // Written before the uid switch, so that with a slot user the file is the helper's, not the run's: the run
+    // can neither write it nor chmod it back to writable. Without one (unprivileged helper, or profile `none`)
+    // the run's uid owns it and only its mode says read-only.
+    if let Some(payload) = &request.payload {
+        write_read_only(&workdir.join(crate::TRIGGER_PAYLOAD_FILE), payload)?;
+    }
     if let Some((uid, gid)) = request.user {
         nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
         nix::unistd::setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
@@ -71,9 +77,6 @@ fn confine_and_exec(request: &RunRequest) -> Result<Infallible, String> {
         clear_capabilities()?;
     }
     write_script(&workdir.join(&request.script_name), &request.script)?;
-    if let Some(payload) = &request.payload {
-        write_read_only(&workdir.join(crate::TRIGGER_PAYLOAD_FILE), payload)?;
-    }
     close_inherited_fds()?;
     if layers.no_new_privs {
         super::seccomp::apply(&filters)?;

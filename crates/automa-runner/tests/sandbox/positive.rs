@@ -50,8 +50,9 @@ async fn workdir_holds_the_script_and_is_writable() {
 }
 
 /// A hook's payload is a read-only file beside the script, named by `AUTOMA_TRIGGER_PAYLOAD`, under either
-/// profile; a task's own variable of that name cannot point the script elsewhere. Under `strict` the script
-/// cannot write it; under `none` (possibly root, who ignores modes) only its mode says so.
+/// profile; a task's own variable of that name cannot point the script elsewhere. Under `strict` with a slot
+/// user (a root helper, as here) the script can neither write it nor chmod it; under `none` (possibly root, who
+/// ignores modes) only its mode says so.
 #[tokio::test]
 async fn the_payload_is_a_read_only_file_named_in_the_environment() {
     let payload = r#"{"ref": "refs/heads/main", "note": "ünïcode \u0000 and \"quotes\""}"#;
@@ -60,9 +61,14 @@ async fn the_payload_is_a_read_only_file_named_in_the_environment() {
         print(os.path.dirname(path) == os.getcwd(), oct(stat.S_IMODE(os.stat(path).st_mode)))\n\
         print(json.load(open(path))['ref'])\n\
         print(open(path, encoding='utf-8').read())\n";
-    let write = "try:\n    open(os.environ['AUTOMA_TRIGGER_PAYLOAD'], 'a').write('x')\n    print('WROTE')\n\
+    // Not the run's file under `strict` with a slot user: it cannot make it writable again.
+    let write = "try:\n    os.chmod(os.environ['AUTOMA_TRIGGER_PAYLOAD'], 0o644)\n    print('CHMOD')\n\
+        except PermissionError:\n    print('chmod refused')\n\
+        try:\n    open(os.environ['AUTOMA_TRIGGER_PAYLOAD'], 'a').write('x')\n    print('WROTE')\n\
         except PermissionError:\n    print('refused')\n";
-    for (profile, tail, expected_tail) in [(Profile::Strict, write, "refused\n"), (Profile::None, "", "")] {
+    for (profile, tail, expected_tail) in
+        [(Profile::Strict, write, "chmod refused\nrefused\n"), (Profile::None, "", "")]
+    {
         let h = support::with(profile, &[]);
         let mut s = spec(&format!("{read}{tail}"));
         s.payload = Some(payload.to_owned());

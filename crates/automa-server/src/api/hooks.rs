@@ -29,8 +29,6 @@ use crate::{
 
 /// Hook tokens start with this, so a leaked one is recognisable.
 pub const HOOK_TOKEN_PREFIX: &str = "atmh_";
-/// The largest payload a hook takes.
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HookInfo {
@@ -139,8 +137,9 @@ pub async fn revoke(
 }
 
 /// Start the hook's task. The token is the credential. An optional JSON body (`Content-Type:
-/// application/json`, at most 1 MiB) is given to the run as a read-only file whose path is in
-/// `AUTOMA_TRIGGER_PAYLOAD`. 404 for a token that is unknown or revoked alike; 429 past the hook's rate.
+/// application/json`, at most `AUTOMA_HOOK_MAX_PAYLOAD_BYTES`, 1 MiB by default) is given to the run as a
+/// read-only file whose path is in `AUTOMA_TRIGGER_PAYLOAD`. 404 alike for a token that is unknown, revoked, or
+/// whose creator is no longer an active operator or admin; 429 past the hook's rate.
 #[utoipa::path(post, path = "/hooks/{token}", operation_id = "triggerHook", params(("token" = String, Path, description = "The hook's token")), tag = "hooks",
     request_body(content = Object, description = "Any JSON value, handed to the script as it was sent", content_type = "application/json"),
     security(()),
@@ -160,7 +159,7 @@ pub async fn trigger(
     }
     let token_hash = auth::token_hash(&token);
     let hook = state.store.live_hook(&token_hash).await?.ok_or_else(unknown)?;
-    let payload = read_payload(&headers, body).await?;
+    let payload = read_payload(&headers, body, state.config.hook_max_payload_bytes).await?;
     let task = state.store.get_task(hook.task_id).await.map_err(|error| match error {
         // Deleted since the look-up, with its hooks.
         automa_store::StoreError::NotFound => unknown(),
@@ -195,19 +194,19 @@ fn is_hook_token(token: &str) -> bool {
     })
 }
 
-/// The body as JSON text, if there is one: at most [`MAX_PAYLOAD_BYTES`] (413), declared `application/json`
-/// (415) and well-formed (422). Read chunk by chunk so a larger body is refused without being kept.
-async fn read_payload(headers: &HeaderMap, body: Body) -> ApiResult<Option<String>> {
-    let too_large = || ApiError::PayloadTooLarge(format!("a hook's body is at most {MAX_PAYLOAD_BYTES} bytes"));
+/// The body as JSON text, if there is one: at most `max_bytes` (413), declared `application/json` (415) and
+/// well-formed (422). Read chunk by chunk so a larger body is refused without being kept.
+async fn read_payload(headers: &HeaderMap, body: Body, max_bytes: usize) -> ApiResult<Option<String>> {
+    let too_large = || ApiError::PayloadTooLarge(format!("a hook's body is at most {max_bytes} bytes"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > MAX_PAYLOAD_BYTES) {
+    if declared.is_some_and(|length| length > max_bytes) {
         return Err(too_large());
     }
     let mut bytes = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
-        if bytes.len() + chunk.len() > MAX_PAYLOAD_BYTES {
+        if bytes.len() + chunk.len() > max_bytes {
             return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);

@@ -6,7 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Reply, TestApp, on_both_backends, spawn_app};
+use crate::helpers::{Backend, Reply, TestApp, on_both_backends, spawn_app, spawn_app_with};
 
 on_both_backends!(
     a_hook_starts_its_task_and_a_revoked_hook_looks_unknown,
@@ -14,6 +14,8 @@ on_both_backends!(
     each_hook_has_its_own_rate_limit,
     run_after_fires_once_per_upstream_run_on_its_final_outcome,
     run_after_refuses_cycles_and_unknown_tasks_and_guards_deletes,
+    a_hook_lives_only_while_its_creator_may_run_tasks,
+    the_hook_payload_limit_is_a_setting,
 );
 
 async fn hook(app: &TestApp, token: &str, task: i64, body: Value) -> Reply {
@@ -356,4 +358,46 @@ async fn run_after_refuses_cycles_and_unknown_tasks_and_guards_deletes(backend: 
     assert_eq!(app.delete(&format!("/tasks/{a}"), &admin).await.status, StatusCode::NO_CONTENT);
     let audit = app.get(&format!("/audit?resource_type=task&resource_id={b}"), &admin).await.body;
     assert!(audit.to_string().contains("run_after"), "the link is in the task's audit details");
+}
+
+async fn a_hook_lives_only_while_its_creator_may_run_tasks(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    let operator_id = app.get("/users/me", &operator).await.body["id"].as_i64().unwrap();
+    let task = task(&app, &admin, "deploy").await;
+    let path = hook(&app, &operator, task, json!({"name": "ci"})).await.body["path"].as_str().unwrap().to_owned();
+    let by_admin = hook(&app, &admin, task, json!({"name": "admin"})).await.body["path"].as_str().unwrap().to_owned();
+    assert_eq!(call(&app, &path, None, None).await.status, StatusCode::ACCEPTED);
+    let unknown = json!({"detail": "no such hook"});
+
+    let user = format!("/users/{operator_id}");
+    assert_eq!(app.put(&user, &admin, json!({"active": false})).await.status, StatusCode::OK);
+    let deactivated = call(&app, &path, None, None).await;
+    assert_eq!((deactivated.status, &deactivated.body), (StatusCode::NOT_FOUND, &unknown), "like a made-up token");
+    assert_eq!(app.put(&user, &admin, json!({"active": true})).await.status, StatusCode::OK);
+    assert_eq!(call(&app, &path, None, None).await.status, StatusCode::ACCEPTED, "reactivated");
+    assert_eq!(app.put(&user, &admin, json!({"role": "viewer"})).await.status, StatusCode::OK);
+    let demoted = call(&app, &path, None, None).await;
+    assert_eq!((demoted.status, &demoted.body), (StatusCode::NOT_FOUND, &unknown), "a viewer's hook");
+    assert_eq!(app.delete(&user, &admin).await.status, StatusCode::NO_CONTENT);
+    let deleted = call(&app, &path, None, None).await;
+    assert_eq!((deleted.status, &deleted.body), (StatusCode::NOT_FOUND, &unknown), "a deleted creator's hook");
+    assert_eq!(call(&app, &by_admin, None, None).await.status, StatusCode::ACCEPTED, "other hooks still work");
+    assert_eq!(app.get(&format!("/runs?task_id={task}"), &admin).await.body["total"], 3);
+}
+
+async fn the_hook_payload_limit_is_a_setting(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.hook_max_payload_bytes = 64).await;
+    let admin = app.admin_token().await;
+    let task = task(&app, &admin, "ingest").await;
+    let path = hook(&app, &admin, task, json!({"name": "feed"})).await.body["path"].as_str().unwrap().to_owned();
+    let fits = format!(r#"{{"pad": "{}"}}"#, "x".repeat(64 - 11));
+    assert_eq!(fits.len(), 64);
+    let called = call(&app, &path, Some("application/json"), Some(fits.into_bytes())).await;
+    assert_eq!(called.status, StatusCode::ACCEPTED, "{:?}", called.body);
+    let over = format!(r#"{{"pad": "{}"}}"#, "x".repeat(64 - 10));
+    let refused = call(&app, &path, Some("application/json"), Some(over.into_bytes())).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", refused.body);
+    assert_eq!(refused.detail(), "a hook's body is at most 64 bytes");
 }

@@ -120,11 +120,12 @@ impl<B: AgentBackend> Agent<B> {
             let claim = self.backend.claim(CLAIM_WAIT);
             tokio::pin!(claim);
             let claimed = tokio::select! {
-                claimed = &mut claim => claimed,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    self.give_back_late_claim(claim).await;
-                    break;
-                }
+                claimed = &mut claim => Some(claimed),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let Some(claimed) = claimed else {
+                self.give_back_late_claim(claim).await;
+                break;
             };
             while runs.try_join_next().is_some() {}
             match claimed {

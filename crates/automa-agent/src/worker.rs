@@ -117,14 +117,15 @@ impl<B: AgentBackend> Agent<B> {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let claim = self.backend.claim(CLAIM_WAIT);
-            tokio::pin!(claim);
+            let claiming = self.backend.clone();
+            let mut claim = Box::pin(async move { claiming.claim(CLAIM_WAIT).await });
             let claimed = tokio::select! {
                 claimed = &mut claim => Some(claimed),
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             let Some(claimed) = claimed else {
-                self.give_back_late_claim(claim).await;
+                // Settled beside the running runs, so it does not hold up their grace period.
+                runs.spawn(give_back_late_claim(self.backend.clone(), claim));
                 break;
             };
             while runs.try_join_next().is_some() {}
@@ -150,18 +151,6 @@ impl<B: AgentBackend> Agent<B> {
         self.drain(runs).await;
     }
 
-    /// Settles a claim that was in flight when shutdown came. Dropping it could lose a run the server had
-    /// already granted (marked running on this agent) but not yet answered with, which would then end `lost`
-    /// instead of going back to the queue. A stopping server answers its embedded agent's claim at once; a
-    /// remote server's long poll is given a short while, then dropped.
-    async fn give_back_late_claim(&self, claim: impl Future<Output = Result<Option<Assignment>, AgentError>>) {
-        let Ok(Ok(Some(assignment))) = tokio::time::timeout(LATE_CLAIM_WAIT, claim).await else { return };
-        tracing::info!(run_id = assignment.run_id, "claimed while shutting down: handing the run back");
-        if let Err(error) = self.backend.hand_back(assignment.run_id).await {
-            tracing::warn!(run_id = assignment.run_id, %error, "could not hand back a run claimed while shutting down");
-        }
-    }
-
     /// Lets running runs finish within the grace period, then stops the rest and hands them back.
     async fn drain(&self, mut runs: JoinSet<()>) {
         if runs.is_empty() {
@@ -178,6 +167,21 @@ impl<B: AgentBackend> Agent<B> {
             control.abandon();
         }
         while runs.join_next().await.is_some() {}
+    }
+}
+
+/// Settles a claim that was in flight when shutdown came. Dropping it could lose a run the server had already
+/// granted (marked running on this agent) but not yet answered with, which would then end `lost` instead of
+/// going back to the queue. A stopping server answers its embedded agent's claim at once; a remote server's long
+/// poll is given a short while, then dropped.
+async fn give_back_late_claim<B: AgentBackend>(
+    backend: Arc<B>,
+    claim: impl Future<Output = Result<Option<Assignment>, AgentError>>,
+) {
+    let Ok(Ok(Some(assignment))) = tokio::time::timeout(LATE_CLAIM_WAIT, claim).await else { return };
+    tracing::info!(run_id = assignment.run_id, "claimed while shutting down: handing the run back");
+    if let Err(error) = backend.hand_back(assignment.run_id).await {
+        tracing::warn!(run_id = assignment.run_id, %error, "could not hand back a run claimed while shutting down");
     }
 }
 

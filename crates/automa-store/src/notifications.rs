@@ -20,6 +20,11 @@ pub const RUN_EVENTS: &[&str] = &["failed", "timed_out", "lost", "skipped", "rec
 /// Events about the installation rather than a run; they go to the default channels.
 pub const SYSTEM_EVENTS: &[&str] = &["agent_offline", "scheduler_behind"];
 
+/// A task's failures of one kind are reported to a channel at most once per this many seconds plus one
+/// grouped notice counting the rest (`details.suppressed`): a task made to fail a thousand times a minute
+/// (a public hook can) sends two messages, not a thousand.
+pub const GROUP_WINDOW_SECONDS: i64 = 600;
+
 const CHANNEL_COLUMNS: &str = "id, name, kind, url, recipients, is_default, events, created_at, updated_at";
 
 pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO notification_deliveries (channel_id, channel_name, run_id, event, details, \
@@ -167,16 +172,67 @@ macro_rules! queue_run_notices {
                             .await?;
                     let at = $crate::now();
                     for (channel_id, channel_name) in $crate::notifications::recipients_of(&channels, choice.as_ref(), event) {
-                        sqlx::query($crate::notifications::INSERT_DELIVERY)
+                        let mut due = at;
+                        if event == "recovered" {
+                            // Failures held back for a grouped notice go first, so the recovery is the last word.
+                            sqlx::query(
+                                "UPDATE notification_deliveries SET next_attempt_at = $3 WHERE channel_id = $1 \
+                                 AND status = 'pending' AND attempts = 0 AND next_attempt_at > $3 \
+                                 AND run_id IN (SELECT id FROM runs WHERE task_id = $2)",
+                            )
                             .bind(channel_id)
-                            .bind(channel_name)
-                            .bind(run.id)
-                            .bind(event)
-                            .bind(sqlx::types::Json(&details))
-                            .bind(None::<String>)
+                            .bind(task_id)
                             .bind(at)
                             .execute(&mut *$tx)
                             .await?;
+                        } else {
+                            let window = chrono::Duration::seconds($crate::notifications::GROUP_WINDOW_SECONDS);
+                            let recent: Option<(i64, String, chrono::DateTime<chrono::Utc>, sqlx::types::Json<serde_json::Value>)> =
+                                sqlx::query_as(
+                                    "SELECT d.id, d.status, d.created_at, d.details FROM notification_deliveries d \
+                                     JOIN runs r ON r.id = d.run_id WHERE r.task_id = $1 AND d.channel_id = $2 \
+                                     AND d.event = $3 AND d.created_at > $4 ORDER BY d.id DESC LIMIT 1",
+                                )
+                                .bind(task_id)
+                                .bind(channel_id)
+                                .bind(event)
+                                .bind(at - window)
+                                .fetch_optional(&mut *$tx)
+                                .await?;
+                            match recent {
+                                // Not sent yet: this failure is folded into it and counted.
+                                Some((id, status, _, sqlx::types::Json(mut grouped))) if status == "pending" => {
+                                    let count = grouped["suppressed"].as_i64().unwrap_or(0) + 1;
+                                    if let Some(fields) = grouped.as_object_mut() {
+                                        fields.insert("suppressed".into(), serde_json::json!(count));
+                                        fields.insert("last_run_id".into(), serde_json::json!(run.id));
+                                    }
+                                    sqlx::query("UPDATE notification_deliveries SET details = $2 WHERE id = $1")
+                                        .bind(id)
+                                        .bind(sqlx::types::Json(&grouped))
+                                        .execute(&mut *$tx)
+                                        .await?;
+                                    continue;
+                                }
+                                // One went out within the window: the next waits for the window's end and
+                                // gathers the failures until then.
+                                Some((_, _, created_at, _)) => due = created_at + window,
+                                None => {}
+                            }
+                        }
+                        sqlx::query(
+                            "INSERT INTO notification_deliveries (channel_id, channel_name, run_id, event, details, \
+                             status, attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7)",
+                        )
+                        .bind(channel_id)
+                        .bind(channel_name)
+                        .bind(run.id)
+                        .bind(event)
+                        .bind(sqlx::types::Json(&details))
+                        .bind(due)
+                        .bind(at)
+                        .execute(&mut *$tx)
+                        .await?;
                     }
                 }
             }
@@ -193,14 +249,12 @@ fn channel_audit(channel: &NotificationChannel, secret_changed: bool) -> Value {
         "secret_changed": secret_changed})
 }
 
-/// `scheme://host[:port]` of a URL, or the text up to its path.
+/// `scheme://host[:port]` of a URL as a browser would read it (a backslash counts as a `/`, `user:pw@` is dropped),
+/// so a token in an oddly typed path never passes for part of the host.
 pub fn url_origin(url: &str) -> String {
-    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
-    let end = url[start..].find(['/', '?', '#']).map(|i| start + i).unwrap_or(url.len());
-    let authority = &url[..end];
-    match authority[start..].rfind('@') {
-        Some(at) => format!("{}{}", &url[..start], &authority[start + at + 1..]),
-        None => authority.to_owned(),
+    match url::Url::parse(url) {
+        Ok(parsed) => parsed.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -550,6 +604,8 @@ mod tests {
         assert_eq!(url_origin("https://hooks.example.com/services/T0/B1/xyz"), "https://hooks.example.com");
         assert_eq!(url_origin("http://user:pw@host:8080/p?q"), "http://host:8080");
         assert_eq!(url_origin("https://example.com"), "https://example.com");
+        assert_eq!(url_origin("https://h\\services\\T\\B\\tok"), "https://h");
+        assert_eq!(url_origin("not a url/with/tok"), "(not a URL)");
     }
 
     #[test]

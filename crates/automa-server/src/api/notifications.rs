@@ -169,12 +169,25 @@ pub struct DeliveryResponse {
     pub last_error: Option<String>,
     /// The HTTP status, or the SMTP reply code, of the latest attempt.
     pub response_code: Option<i64>,
-    /// Event-specific fields (`recovered_from`, `agent`, `scheduler`).
+    /// Event-specific fields (`recovered_from`, `agent`, `scheduler`, and on a grouped failure notice
+    /// `suppressed`: how many later failures of the task it stands for, the last being `last_run_id`).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl DeliveryResponse {
+    /// Users who are not admins see a failed answer's status, not its body: receivers often echo the request
+    /// path, and a webhook URL's path is often its token (the snippet kept for admins is redacted too).
+    fn for_viewer(delivery: Delivery) -> Self {
+        let mut response = DeliveryResponse::from(delivery);
+        if let Some(code) = response.response_code.filter(|_| response.last_error.is_some()) {
+            response.last_error = Some(format!("the receiver answered with status {code}"));
+        }
+        response
+    }
 }
 
 impl From<Delivery> for DeliveryResponse {
@@ -226,7 +239,8 @@ fn parse_url(url: &str) -> ApiResult<String> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > MAX_URL_BYTES {
         return Err(ApiError::invalid("url", format!("must be an http or https URL of at most {MAX_URL_BYTES} bytes")));
     }
-    Ok(url.to_owned())
+    // Stored as parsed, so what is sent to and what is shown as the origin are the same URL.
+    Ok(parsed.as_str().to_owned())
 }
 
 fn parse_recipients(recipients: Vec<String>) -> ApiResult<Vec<String>> {
@@ -445,10 +459,12 @@ pub async fn deliveries(
     responses((status = 200, body = Vec<DeliveryResponse>)))]
 pub async fn run_deliveries(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Vec<DeliveryResponse>>> {
     state.store.get_run(id).await.map_err(missing("run"))?;
-    Ok(Json(state.store.run_deliveries(id).await?.into_iter().map(DeliveryResponse::from).collect()))
+    let shown = if principal.role == Role::Admin { DeliveryResponse::from } else { DeliveryResponse::for_viewer };
+    Ok(Json(state.store.run_deliveries(id).await?.into_iter().map(shown).collect()))
 }
 
 /// A task's notification choice, or that it uses the default channels.

@@ -201,7 +201,14 @@ impl Notifier {
         match channel.kind.as_str() {
             "webhook" => {
                 let url = channel.url.as_deref().ok_or_else(|| anyhow::anyhow!("the channel has no URL"))?;
-                let secret = self.channel_secret(channel).await?.unwrap_or_default();
+                // Signing with an empty key would look signed to a receiver that checks nothing else.
+                let Some(secret) = self.channel_secret(channel).await? else {
+                    return Ok(Sent {
+                        ok: false,
+                        code: None,
+                        error: Some("the channel has no signing secret: give it one (rotate_secret)".into()),
+                    });
+                };
                 let bytes = serde_json::to_vec(body)?;
                 Ok(self.senders.webhook(url, &secret, event, delivery, bytes).await)
             }
@@ -357,7 +364,11 @@ fn summary(event: &str, run: Option<&Run>, task_name: Option<&str>, details: &Va
         (None, None) => "an ad-hoc run".to_owned(),
     };
     let run_id = run.map(|run| run.id).unwrap_or_default();
-    match event {
+    let more = match details["suppressed"].as_i64() {
+        Some(count) => format!(" (and {count} more since, the last run {})", details["last_run_id"]),
+        None => String::new(),
+    };
+    let line = match event {
         "failed" => match run.and_then(|run| run.exit_code) {
             Some(code) => format!("Run {run_id} of {task} failed with exit code {code}"),
             None => format!("Run {run_id} of {task} failed"),
@@ -372,7 +383,8 @@ fn summary(event: &str, run: Option<&Run>, task_name: Option<&str>, details: &Va
             details["scheduler"]["lateness_seconds"].as_f64().unwrap_or_default().round()
         ),
         _ => "Test notice from Automa".to_owned(),
-    }
+    };
+    line + &more
 }
 
 fn capitalised(text: &str) -> String {
@@ -402,7 +414,7 @@ fn email_text(body: &Value) -> (String, String) {
             }
         }
     }
-    for key in ["recovered_from", "agent", "scheduler", "message"] {
+    for key in ["recovered_from", "suppressed", "last_run_id", "agent", "scheduler", "message"] {
         if let Some(value) = body.get(key).filter(|value| !value.is_null()) {
             let value = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
             text.push_str(&format!("{key}: {value}\n"));

@@ -7,7 +7,12 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode as AxumStatus, routing::post};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode as AxumStatus, Uri},
+    routing::post,
+};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -26,6 +31,10 @@ on_both_backends!(
     an_agent_gone_silent_is_reported_to_the_default_channel,
     channels_are_validated_and_their_secret_is_shown_once,
     a_skipped_fire_is_queued_with_the_scheduler_batch,
+    a_viewer_never_sees_a_token_the_receiver_echoes,
+    an_endless_error_body_is_read_only_in_part,
+    a_failing_task_is_reported_once_per_window_with_a_count,
+    urls_are_kept_as_parsed_and_unsigned_notices_are_refused,
 );
 
 const SECRET: &str = "a-webhook-signing-secret-for-tests";
@@ -459,4 +468,170 @@ async fn a_skipped_fire_is_queued_with_the_scheduler_batch(backend: Backend) {
         receiver.all().iter().all(|r| r.json()["event"] == "skipped"),
         "the default channel takes skipped fires only"
     );
+}
+
+/// A failed task on a channel of its own, answered by whatever `url` serves; returns the failed run's id.
+async fn fail_once_to(app: &TestApp, admin: &str, url: &str) -> i64 {
+    let channel = app
+        .post(
+            "/notification-channels",
+            admin,
+            json!({"name": "echo", "kind": "webhook", "url": url, "secret": SECRET, "default": true}),
+        )
+        .await;
+    assert_eq!(channel.status, StatusCode::CREATED, "{:?}", channel.body);
+    let script = app.create_script(admin, "s").await["id"].as_i64().unwrap();
+    let task = app.create_task(admin, "flaky", script).await["id"].as_i64().unwrap();
+    let agent = agent(app, admin, "remote").await;
+    run_once(app, admin, &agent, task, 1).await
+}
+
+async fn a_viewer_never_sees_a_token_the_receiver_echoes(backend: Backend) {
+    // Like many chat services, the receiver names the path it does not know in its 404 page.
+    async fn not_found(uri: Uri) -> (AxumStatus, String) {
+        (AxumStatus::NOT_FOUND, format!("no such hook: {} (token {})", uri, uri.path().rsplit('/').next().unwrap()))
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/services/T0/B1/tok-echoed-secret", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(not_found)).await.unwrap() });
+    let app = spawn_app_with(backend, |config| config.notification_attempts = 1).await;
+    let admin = app.admin_token().await;
+    let run = fail_once_to(&app, &admin, &url).await;
+
+    let seen = settled_deliveries(&app, &admin, run, 1).await;
+    assert_eq!((&seen[0]["status"], &seen[0]["response_code"]), (&json!("failed"), &json!(404)));
+    let error = seen[0]["last_error"].as_str().unwrap();
+    assert!(error.starts_with("HTTP 404") && error.contains("[redacted]"), "admins see a redacted snippet: {error}");
+    for role in ["viewer", "operator", "admin"] {
+        let token = if role == "admin" { admin.clone() } else { app.user_token(&admin, role).await };
+        let reply = app.get(&format!("/runs/{run}/notifications"), &token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert!(!reply.body.to_string().contains("tok-echoed-secret"), "{role} sees the token: {:?}", reply.body);
+        if role != "admin" {
+            assert_eq!(reply.body[0]["last_error"], "the receiver answered with status 404", "{role}");
+        }
+    }
+}
+
+async fn an_endless_error_body_is_read_only_in_part(backend: Backend) {
+    // A receiver answering 500 and then streaming its error page for ever; it reports how much it wrote once
+    // the client hangs up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (written_tx, written_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let mut written = 0usize;
+        let head =
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+        if stream.write_all(head.as_bytes()).is_ok() {
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            while stream.write_all(chunk.as_bytes()).is_ok() {
+                written += 0x10000;
+            }
+        }
+        written_tx.send(written).unwrap();
+    });
+    let app = spawn_app_with(backend, |config| {
+        config.notification_attempts = 1;
+        config.notification_timeout_seconds = 60;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let run = fail_once_to(&app, &admin, &url).await;
+
+    let seen = settled_deliveries(&app, &admin, run, 1).await;
+    assert_eq!((&seen[0]["status"], &seen[0]["response_code"]), (&json!("failed"), &json!(500)));
+    let written = tokio::task::spawn_blocking(move || written_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the client hung up");
+    // What the sockets' buffers take, not the stream: without the bound this is gigabytes.
+    assert!(written < 64 << 20, "the receiver wrote {written} bytes before the client hung up");
+}
+
+async fn a_failing_task_is_reported_once_per_window_with_a_count(backend: Backend) {
+    let (receiver, url) = Receiver::start(0).await;
+    let app = spawn_app_with(backend, |config| config.notification_concurrency = 1).await;
+    let admin = app.admin_token().await;
+    let channel = app
+        .post(
+            "/notification-channels",
+            &admin,
+            json!({"name": "on call", "kind": "webhook", "url": url, "secret": SECRET, "default": true}),
+        )
+        .await;
+    let channel = channel.body["id"].as_i64().unwrap();
+    let script = app.create_script(&admin, "s").await["id"].as_i64().unwrap();
+    let task = app.create_task(&admin, "hammered", script).await["id"].as_i64().unwrap();
+    let agent = agent(&app, &admin, "remote").await;
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(run_once(&app, &admin, &agent, task, 1).await);
+    }
+
+    let listed = app.get(&format!("/notification-channels/{channel}/deliveries"), &admin).await;
+    let deliveries = listed.body["items"].as_array().unwrap().clone();
+    assert!((1..=2).contains(&deliveries.len()), "20 failures, one notice and one summary at most: {deliveries:?}");
+    let represented: i64 = deliveries.iter().map(|d| 1 + d["details"]["suppressed"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(represented, 20, "every failure is counted: {deliveries:?}");
+    assert_eq!(deliveries.last().unwrap()["run_id"], runs[0], "the first failure is reported");
+
+    // The recovery still goes out, after the held-back summary.
+    let recovered = run_once(&app, &admin, &agent, task, 0).await;
+    receiver.wait_for("recovered").await;
+    let events: Vec<Value> = receiver.all().iter().map(Received::json).collect();
+    let failures: Vec<&Value> = events.iter().filter(|e| e["event"] == "failed").collect();
+    assert!(failures.len() <= 2, "{failures:?}");
+    let counted: i64 = failures.iter().map(|e| 1 + e["suppressed"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(counted, 20, "the notices count every failure: {failures:?}");
+    assert_eq!(events.last().unwrap()["run"]["id"], recovered, "the recovery is the last word");
+    if let Some(summary) = failures.iter().find(|e| e["suppressed"].is_i64()) {
+        assert_eq!(summary["last_run_id"], runs[19]);
+        assert!(summary["summary"].as_str().unwrap().contains("more since"), "{summary:?}");
+    }
+}
+
+async fn urls_are_kept_as_parsed_and_unsigned_notices_are_refused(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    // Backslashes are slashes to a URL parser: the token is in the path, not the host.
+    let created = app
+        .post(
+            "/notification-channels",
+            &admin,
+            json!({"name": "odd", "kind": "webhook", "url": "https://h\\services\\T\\B\\tok-in-path"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["url"], "https://h/services/T/B/tok-in-path");
+    let id = created.body["id"].as_i64().unwrap();
+    let shown = app.get(&format!("/notification-channels/{id}"), &operator).await;
+    assert_eq!(shown.body["url"], "https://h", "{:?}", shown.body);
+    let audit = app.get("/audit?limit=500", &admin).await;
+    assert!(!audit.body.to_string().contains("tok-in-path"), "{:?}", audit.body);
+
+    // A channel whose secret is gone sends nothing rather than an unsigned-looking signed notice.
+    let (receiver, url) = Receiver::start(0).await;
+    let hook = app
+        .post(
+            "/notification-channels",
+            &admin,
+            json!({"name": "hook", "kind": "webhook", "url": url, "secret": SECRET}),
+        )
+        .await;
+    let hook = hook.body["id"].as_i64().unwrap();
+    app.execute_sql(&format!(
+        "UPDATE notification_channels SET secret_ciphertext = NULL, secret_nonce = NULL WHERE id = {hook}"
+    ))
+    .await;
+    let tested = app.post(&format!("/notification-channels/{hook}/test"), &admin, json!({})).await;
+    assert_eq!(tested.status, StatusCode::OK, "{:?}", tested.body);
+    assert_eq!(tested.body["delivered"], false);
+    assert!(tested.body["error"].as_str().unwrap().contains("no signing secret"), "{:?}", tested.body);
+    assert!(receiver.all().is_empty());
 }

@@ -155,14 +155,14 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         ..Config::default()
     };
     adjust(&mut config);
-    start(config, database_url, backend, data_dir, database).await
+    start(config, database_url, backend, Some(data_dir), database).await
 }
 
 async fn start(
     config: Config,
     database_url: String,
     backend: Backend,
-    data_dir: tempfile::TempDir,
+    data_dir: Option<tempfile::TempDir>,
     database: Option<std::sync::Arc<PostgresDatabase>>,
 ) -> TestApp {
     let app = Application::build(config.clone()).await.expect("the server starts");
@@ -179,7 +179,7 @@ async fn start(
         database_url,
         backend,
         config,
-        data_dir: Some(data_dir),
+        data_dir,
         shutdown: Some(shutdown),
         server: Some(server),
         database,
@@ -209,32 +209,14 @@ impl TestApp {
         let data_dir = self.data_dir.take().expect("kept until the restart");
         let mut config = self.config.clone();
         config.bind = "127.0.0.1:0".into();
-        start(config, self.database_url.clone(), self.backend, data_dir, self.database.clone()).await
+        start(config, self.database_url.clone(), self.backend, Some(data_dir), self.database.clone()).await
     }
 
     /// A second server on the same database and data directory (so the same key), as a replica runs.
     pub async fn replica(&self) -> TestApp {
         let mut config = self.config.clone();
         config.bind = "127.0.0.1:0".into();
-        let app = Application::build(config.clone()).await.expect("the replica starts");
-        let addr = app.local_addr();
-        let metrics_addr = app.metrics_addr();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
-        TestApp {
-            addr,
-            metrics_addr,
-            client: reqwest::Client::new(),
-            database_url: self.database_url.clone(),
-            backend: self.backend,
-            config,
-            data_dir: None,
-            shutdown: Some(shutdown),
-            server: Some(server),
-            database: self.database.clone(),
-        }
+        start(config, self.database_url.clone(), self.backend, None, self.database.clone()).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -82,6 +82,8 @@ describe('dashboard', () => {
 
   async function createScript(name, content) {
     await go('/scripts/new');
+    // A hash change re-renders asynchronously: wait for the form, not the page being left.
+    await heading('New script').waitFor();
     await page.getByLabel('Name', { exact: true }).fill(name);
     await page.getByLabel('Python source').fill(content);
     await page.getByRole('button', { name: 'Create script' }).click();
@@ -156,6 +158,7 @@ describe('dashboard', () => {
   it('creates a task', async () => {
     await go('/tasks/new');
     await heading('New task').waitFor();
+    await heading('New task').waitFor();
     await page.getByLabel('Name', { exact: true }).fill('nightly-stream');
     await page.getByLabel('Script', { exact: true }).selectOption({ label: 'stream' });
     await page.getByLabel('Arguments').fill('--verbose');
@@ -202,6 +205,7 @@ describe('dashboard', () => {
   it('creates a hook, shows its URL once, and the hook starts the task with its payload', async () => {
     await createScript('reader', READS_PAYLOAD);
     await go('/tasks/new');
+    await heading('New task').waitFor();
     await page.getByLabel('Name', { exact: true }).fill('on-push');
     await page.getByLabel('Script', { exact: true }).selectOption({ label: 'reader' });
     await page.getByRole('button', { name: 'Create task' }).click();
@@ -218,6 +222,7 @@ describe('dashboard', () => {
     // A task that runs after on-push succeeds, set in the form.
     await createScript('follower', 'print("followed")\n');
     await go('/tasks/new');
+    await heading('New task').waitFor();
     await page.getByLabel('Name', { exact: true }).fill('after-push');
     await page.getByLabel('Script', { exact: true }).selectOption({ label: 'follower' });
     await page.getByRole('button', { name: 'Add a task to run after' }).click();
@@ -299,6 +304,7 @@ describe('dashboard', () => {
 
   it("notifies the default channel of a task's failure and shows the delivery on the run page", async () => {
     await go('/tasks/new');
+    await heading('New task').waitFor();
     await heading('New task').waitFor();
     await page.getByLabel('Name', { exact: true }).fill('fails-nightly');
     await page.getByLabel('Script', { exact: true }).selectOption({ label: 'fails' });

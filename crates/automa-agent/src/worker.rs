@@ -18,8 +18,10 @@ use crate::runner::{RunControl, execute};
 
 /// How long one claim may wait at the server.
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
-/// How long a claim in flight when shutdown comes may still take to answer.
-const LATE_CLAIM_WAIT: Duration = Duration::from_secs(5);
+/// How long a claim in flight when shutdown comes may still take to answer. A granted claim answers within
+/// milliseconds, and waiting less than a grace period (whole seconds) keeps a remote long poll from taking
+/// back the runs handed back when the grace period ends.
+const LATE_CLAIM_WAIT: Duration = Duration::from_millis(500);
 /// Longest pause between attempts to reach an unreachable server.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
@@ -173,7 +175,7 @@ impl<B: AgentBackend> Agent<B> {
 /// Settles a claim that was in flight when shutdown came. Dropping it could lose a run the server had already
 /// granted (marked running on this agent) but not yet answered with, which would then end `lost` instead of
 /// going back to the queue. A stopping server answers its embedded agent's claim at once; a remote server's long
-/// poll is given a short while, then dropped.
+/// poll that has granted nothing is dropped after a moment.
 async fn give_back_late_claim<B: AgentBackend>(
     backend: Arc<B>,
     claim: impl Future<Output = Result<Option<Assignment>, AgentError>>,

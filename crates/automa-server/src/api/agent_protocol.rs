@@ -97,9 +97,11 @@ pub async fn logs(
     Ok(Json(state.execution.append_logs(principal.agent.id, id, batch).await?))
 }
 
-/// Report how a run ended; a repeated or late report changes nothing.
+/// Report how a run ended; a repeated or late report changes nothing. `abandoned: true` (what agents before the
+/// hand-back route sent at shutdown) is a hand-back.
 #[utoipa::path(post, path = "/agent/runs/{id}/finish", operation_id = "agentFinishRun", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
-    responses((status = 200, body = FinishReply)))]
+    responses((status = 200, body = FinishReply),
+        (status = 409, description = "`abandoned: true` for a run this agent does not hold", body = crate::error::ErrorBody)))]
 pub async fn finish(
     State(state): State<AppState>,
     principal: AgentPrincipal,

@@ -19,6 +19,11 @@ pub const WAKE_CHANNEL: &str = "automa_runs";
 /// How many times one run may be handed back before a hand-back counts as a lost attempt.
 pub const MAX_HAND_BACKS: i64 = 3;
 
+/// Appends a `system` line (`$3`, ending in a newline) at time `$2` to run `$1`'s output, numbered after what is
+/// stored: what the platform did to a run, written in the transaction that did it.
+pub(crate) const APPEND_SYSTEM_LINE: &str = "INSERT INTO run_logs (run_id, seq, stream, ts, data) \
+     SELECT $1, COALESCE(MAX(seq), 0) + 1, 'system', $2, $3 FROM run_logs WHERE run_id = $1";
+
 /// Retry delays double with each attempt from the task's backoff, up to this.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
@@ -428,10 +433,7 @@ impl Store {
             .await?;
             let finished = match run {
                 Some(run) => {
-                    sqlx::query(
-                        "INSERT INTO run_logs (run_id, seq, stream, ts, data) SELECT $1, COALESCE(MAX(seq), 0) + 1, \
-                         'system', $2, $3 FROM run_logs WHERE run_id = $1",
-                    )
+                    sqlx::query(APPEND_SYSTEM_LINE)
                     .bind(run_id)
                     .bind(now())
                     .bind(format!("{reason}\n"))

@@ -9,30 +9,11 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::pg_database::Database;
-use crate::support::{PATIENCE, Server, text_of};
+use crate::support::{PATIENCE, Server, fresh_database, postgres_url, text_of};
 
 /// Long enough to outlast a one-second grace, short enough that the second execution is quick.
 const SLOW: &str = "import time\nprint('started', flush=True)\ntime.sleep(4)\nprint('done', flush=True)\n";
 const HANDED_BACK: &str = "the server shut down; run handed back and requeued";
-
-fn postgres_url() -> Option<String> {
-    match std::env::var("AUTOMA_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
-        }
-        _ => {
-            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL tier of this test");
-            None
-        }
-    }
-}
-
-async fn fresh_database(server_url: &str) -> Database {
-    let name = format!("automa_restart_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
-    Database::create(server_url, &name).await
-}
 
 /// SIGTERM, then a bounded wait for a graceful exit.
 async fn terminate(server: &mut Server) {

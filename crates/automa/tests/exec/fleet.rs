@@ -341,7 +341,7 @@ async fn a_fleet_of_two_servers_and_three_agents_runs_1000_runs_each_once_on_a_m
 }
 
 /// Runs queued before the agents start, for each measurement.
-const QUEUED: usize = 300;
+const QUEUED: usize = 120;
 
 /// Queues `QUEUED` runs printing `hi` through the servers in turn.
 async fn queue_trivial(servers: &[&Server]) -> BTreeSet<i64> {
@@ -369,12 +369,18 @@ async fn measured_rate(server: &Server, ids: &BTreeSet<i64>) -> f64 {
     ids.len() as f64 / (last - first).as_seconds_f64()
 }
 
+/// A row of the table, also printed as it is measured.
+fn measured(setup: String, rate: f64) -> (String, f64) {
+    eprintln!("{setup}: {rate:.1} runs/s");
+    (setup, rate)
+}
+
 /// Throughput of remote agents with 1 slot each, 1 to 3 of them, with `QUEUED` trivial runs already queued,
 /// in the strict sandbox, with two servers on one PostgreSQL database; then of the embedded agent alone with
 /// 1 to 3 slots. It prints a table and asserts nothing about speed: run it with
 /// `cargo nextest run -p automa --test exec --run-ignored ignored-only fleet_throughput --no-capture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a check: takes about a minute of both cores"]
+#[ignore = "a measurement, not a check: takes minutes of both cores"]
 async fn fleet_throughput() {
     let Some(server_url) = postgres_url() else { return };
     let database = fresh_database(&server_url).await;
@@ -396,9 +402,8 @@ async fn fleet_throughput() {
         for process in &mut processes {
             terminate(&mut process.child).await;
         }
-        table.push((format!("{count} remote agent{}, 1 slot each", if count == 1 { "" } else { "s" }), {
-            measured_rate(&servers[0], &ids).await
-        }));
+        let setup = format!("{count} remote agent{}, 1 slot each", if count == 1 { "" } else { "s" });
+        table.push(measured(setup, measured_rate(&servers[0], &ids).await));
     }
 
     let embedded_dir = tempfile::tempdir().unwrap();
@@ -413,9 +418,8 @@ async fn fleet_throughput() {
         let mut embedded = Server::start(embedded_dir.path(), &settings, false).await;
         wait_until_settled(&servers[0], STALL).await;
         terminate(&mut embedded.child).await;
-        table.push((format!("embedded agent, {concurrency} slot{}", if concurrency == 1 { "" } else { "s" }), {
-            measured_rate(&servers[0], &ids).await
-        }));
+        let setup = format!("embedded agent, {concurrency} slot{}", if concurrency == 1 { "" } else { "s" });
+        table.push(measured(setup, measured_rate(&servers[0], &ids).await));
     }
 
     eprintln!("\nthroughput: {QUEUED} queued runs of print('hi') each, strict sandbox, two servers on PostgreSQL");

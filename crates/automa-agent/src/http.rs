@@ -172,9 +172,7 @@ pub fn parse_server_urls(values: &[String], allow_insecure_http: bool) -> Result
 pub fn parse_server_url(text: &str, allow_insecure_http: bool) -> Result<Url, AgentError> {
     let invalid = |why: &str| AgentError::Config(format!("the server URL '{text}' {why}"));
     if !text.contains("://") {
-        return Err(invalid(&format!(
-            "has no scheme: write http://{text} (loopback) or https://{text}"
-        )));
+        return Err(invalid(&format!("has no scheme: write http://{text} (loopback) or https://{text}")));
     }
     let url = Url::parse(text).map_err(|e| invalid(&format!("is invalid: {e}")))?;
     if url.host_str().is_none_or(str::is_empty) {
@@ -301,7 +299,8 @@ mod tests {
 
     #[test]
     fn server_urls_are_repeated_or_comma_separated_and_each_is_checked() {
-        let values = ["http://127.0.0.1:1/".to_owned(), " https://a.example.com , https://b.example.com/automa".to_owned()];
+        let values =
+            ["http://127.0.0.1:1/".to_owned(), " https://a.example.com , https://b.example.com/automa".to_owned()];
         let urls: Vec<String> = parse_server_urls(&values, false).unwrap().iter().map(|u| u.to_string()).collect();
         assert_eq!(urls, ["http://127.0.0.1:1/", "https://a.example.com/", "https://b.example.com/automa"]);
 

@@ -6,8 +6,8 @@ use sqlx::types::Json;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Agent, AgentEvent, AgentEventKind, AgentUpdate, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, dispatch, now,
+    Actor, Agent, AgentEvent, AgentEventKind, AgentUpdate, AuditEvent, Listed, NewAgent, Page, Store, StoreError,
+    StoreResult, WritePool, audit::append_audit, dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \

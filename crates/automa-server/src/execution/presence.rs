@@ -8,12 +8,7 @@ use std::time::{Duration, Instant};
 
 use automa_store::{AgentEventKind, Finished};
 
-use crate::{
-    api::agents::OFFLINE_AFTER_SECONDS,
-    error::ApiResult,
-    events::Event,
-    execution::Execution,
-};
+use crate::{api::agents::OFFLINE_AFTER_SECONDS, error::ApiResult, events::Event, execution::Execution};
 
 /// How often a refused token is logged and recorded: a refused agent retrying in a loop must not flood either.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);

@@ -156,7 +156,8 @@ async fn an_agents_events_are_for_users_and_say_goodbye_and_refusal(backend: Bac
 
     let listed = app.get(&events, &viewer).await;
     assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
-    let kinds: Vec<&str> = listed.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        listed.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     // Three refusals in a row are recorded once: a refused agent looping cannot flood the history.
     assert_eq!(kinds, ["refused", "goodbye", "online"], "{:?}", listed.body);
     assert_eq!(listed.body["total"], 3);

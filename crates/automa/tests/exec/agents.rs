@@ -81,7 +81,8 @@ async fn an_agent_disabled_mid_run_stops_its_script_and_exits() {
     let server = Server::start(dir.path(), &[("AUTOMA_NO_AGENT", "true")], true).await;
     let agent = create_agent(&server, "doomed").await;
     // Without a sandbox the script's pid is this host's, so the test can see whether the process is gone.
-    let process = start_agent(dir.path(), agent["token"].as_str().unwrap(), &[&server.base], &[("AUTOMA_SANDBOX", "none")]);
+    let process =
+        start_agent(dir.path(), agent["token"].as_str().unwrap(), &[&server.base], &[("AUTOMA_SANDBOX", "none")]);
     let script = "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(600)\n";
     let run = server.execute(script, json!({"agent_id": agent["id"]})).await;
     let id = run["id"].as_i64().unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     /// The server could not be reached or answered garbage; worth retrying.
     #[error("server unreachable: {0}")]
@@ -13,6 +13,12 @@ pub enum AgentError {
     /// The server refused the request; retrying the same request will not help.
     #[error("server refused ({status}): {detail}")]
     Rejected { status: u16, detail: String },
+    /// The server refused this agent's token (401 or 403): nothing the agent sends will be taken any more.
+    #[error(
+        "the server refused this agent's token: the agent was disabled or retired, or the token is wrong \
+         ({status}: {detail})"
+    )]
+    Refused { status: u16, detail: String },
     /// The agent's own settings are unusable (a bad or insecure server URL).
     #[error("{0}")]
     Config(String),
@@ -23,7 +29,7 @@ impl AgentError {
         match self {
             AgentError::Transport(_) => true,
             AgentError::Rejected { status, .. } => *status >= 500 || *status == 429,
-            AgentError::Config(_) => false,
+            AgentError::Refused { .. } | AgentError::Config(_) => false,
         }
     }
 }
@@ -39,4 +45,7 @@ pub trait AgentBackend: Send + Sync + 'static {
     /// Gives back a run this agent stopped because it is shutting down: the server queues it again without
     /// counting an attempt.
     fn hand_back(&self, run_id: i64) -> impl Future<Output = Result<FinishReply, AgentError>> + Send;
+    /// Says the agent stopped cleanly (after its drain), so the server shows it offline at once instead of
+    /// when its heartbeats have been missed for long enough.
+    fn goodbye(&self) -> impl Future<Output = Result<(), AgentError>> + Send;
 }

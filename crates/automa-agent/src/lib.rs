@@ -10,7 +10,7 @@ mod runner;
 mod worker;
 
 pub use backend::{AgentBackend, AgentError};
-pub use http::{HttpBackend, check_transport, client_for};
+pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse_server_urls};
 pub use protocol::{
     Assignment, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
 };

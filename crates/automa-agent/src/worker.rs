@@ -1,7 +1,10 @@
 //! The agent loop: an initial heartbeat, then periodic heartbeats that renew leases and deliver cancel
 //! requests, and a claim loop that long-polls for work whenever a slot is free. On shutdown it stops claiming,
 //! lets running runs finish within a grace period, then stops the rest and hands them back to the server, which
-//! queues them again without counting an attempt.
+//! queues them again without counting an attempt, and says goodbye so the server shows it offline at once.
+//! When the server refuses the agent's token (the agent was disabled or retired), whichever request met the
+//! refusal, the agent stops every run at once and [`Agent::run`] returns the refusal: nothing it would send
+//! could be taken any more.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,7 @@ use tokio::task::JoinSet;
 use automa_runner::Sandbox;
 
 use crate::backend::{AgentBackend, AgentError};
-use crate::protocol::{Assignment, Heartbeat, HeartbeatReply};
+use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
 use crate::runner::{RunControl, execute};
 
 /// How long one claim may wait at the server.
@@ -38,7 +41,7 @@ pub struct AgentConfig {
 pub(crate) type Running = Arc<Mutex<HashMap<i64, Arc<RunControl>>>>;
 
 pub struct Agent<B: AgentBackend> {
-    backend: Arc<B>,
+    backend: Arc<Guarded<B>>,
     /// The sandbox, or why this host cannot run scripts under the configured profile.
     sandbox: Result<Arc<Sandbox>, String>,
     config: AgentConfig,
@@ -47,6 +50,7 @@ pub struct Agent<B: AgentBackend> {
 
 impl<B: AgentBackend> Agent<B> {
     pub fn new(backend: B, sandbox: Result<Arc<Sandbox>, String>, config: AgentConfig) -> Agent<B> {
+        let backend = Guarded { inner: backend, refused: watch::channel(None).0 };
         Agent { backend: Arc::new(backend), sandbox, config, running: Running::default() }
     }
 
@@ -63,20 +67,61 @@ impl<B: AgentBackend> Agent<B> {
         }
     }
 
-    /// Runs until `shutdown` becomes true, then drains as described in the module documentation.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let Some(reply) = self.register(&mut shutdown).await else { return };
+    /// Runs until `shutdown` becomes true, then drains as described in the module documentation. An error when
+    /// the server refused the agent (at start-up or later) or its answers make no sense to it: the agent cannot
+    /// go on, and a supervisor should hear of it.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let (mut stop, stopper) = self.stop_on(shutdown);
+        let registered = self.register(&mut stop).await;
+        let reply = match registered {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                stopper.abort();
+                return self.refusal().map_or(Ok(()), Err);
+            }
+            Err(error) => {
+                stopper.abort();
+                return Err(error);
+            }
+        };
         let lease = Duration::from_secs(reply.lease_seconds.max(3));
         let heartbeats =
             tokio::spawn(heartbeat_loop(self.backend.clone(), self.running.clone(), self.heartbeat(false), lease));
         match self.sandbox.clone() {
-            Ok(sandbox) => self.claim_loop(sandbox, &mut shutdown).await,
+            Ok(sandbox) => self.claim_loop(sandbox, &mut stop).await,
             Err(reason) => {
                 tracing::error!(%reason, "this agent refuses to run scripts: the sandbox cannot be built");
-                let _ = shutdown.wait_for(|stop| *stop).await;
+                let _ = stop.wait_for(|stop| *stop).await;
             }
         }
         heartbeats.abort();
+        stopper.abort();
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        if let Err(error) = self.backend.goodbye().await {
+            tracing::warn!(%error, "could not say goodbye: the server shows this agent offline once its heartbeats are missed");
+        }
+        Ok(())
+    }
+
+    /// A stop signal that turns true on `shutdown` or when the server refuses the agent.
+    fn stop_on(&self, mut shutdown: watch::Receiver<bool>) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (stop, stopping) = watch::channel(false);
+        let mut refused = self.backend.refused.subscribe();
+        let stopper = tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {}
+                _ = refused.wait_for(Option::is_some) => {}
+            }
+            stop.send_replace(true);
+        });
+        (stopping, stopper)
+    }
+
+    /// The refusal that stopped the agent, if one did.
+    fn refusal(&self) -> Option<AgentError> {
+        self.backend.refused.borrow().clone()
     }
 
     fn heartbeat(&self, initial: bool) -> Heartbeat {
@@ -89,22 +134,20 @@ impl<B: AgentBackend> Agent<B> {
         }
     }
 
-    /// The initial heartbeat, retried until the server answers or shutdown.
-    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Option<HeartbeatReply> {
+    /// The initial heartbeat, retried while the server cannot be reached; `None` when shutdown came first, an
+    /// error when the server refused it.
+    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Option<HeartbeatReply>, AgentError> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.backend.heartbeat(self.heartbeat(true)).await {
-                Ok(reply) => return Some(reply),
+                Ok(reply) => return Ok(Some(reply)),
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "cannot register with the server; retrying")
                 }
-                Err(error) => {
-                    tracing::error!(%error, "the server refused this agent");
-                    return None;
-                }
+                Err(error) => return Err(error),
             }
             if pause(shutdown, delay).await {
-                return None;
+                return Ok(None);
             }
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
@@ -153,22 +196,82 @@ impl<B: AgentBackend> Agent<B> {
         self.drain(runs).await;
     }
 
-    /// Lets running runs finish within the grace period, then stops the rest and hands them back.
+    /// Lets running runs finish within the grace period, then stops the rest and hands them back. A refused
+    /// agent has no grace to give: the server takes nothing from it any more, so its runs stop at once.
     async fn drain(&self, mut runs: JoinSet<()>) {
-        if runs.is_empty() {
-            return;
+        let refused = self.refusal().is_some();
+        // The set also holds a claim that was in flight at shutdown: count only what is running.
+        let running = self.controls().len();
+        if refused {
+            tracing::error!(runs = running, "the server refused this agent: stopping every run now");
+        } else if running > 0 {
+            tracing::info!(runs = running, grace = ?self.config.shutdown_grace, "waiting for running runs");
         }
-        tracing::info!(runs = runs.len(), grace = ?self.config.shutdown_grace, "waiting for running runs");
         let all_done = async { while runs.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.config.shutdown_grace, all_done).await.is_ok() {
+        let grace = if refused { Duration::ZERO } else { self.config.shutdown_grace };
+        if tokio::time::timeout(grace, all_done).await.is_ok() {
             return;
         }
-        let controls: Vec<_> = self.running.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        tracing::warn!(runs = controls.len(), "grace period over: giving the remaining runs back");
+        let controls = self.controls();
+        if !refused {
+            tracing::warn!(runs = controls.len(), "grace period over: giving the remaining runs back");
+        }
         for control in controls {
             control.abandon();
         }
         while runs.join_next().await.is_some() {}
+    }
+
+    fn controls(&self) -> Vec<Arc<RunControl>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+/// The backend as the agent's loops use it: a refusal of the agent's token, met by whichever request (a
+/// heartbeat, a claim, a run's output or result), is noted once for the whole agent, which then stops.
+pub(crate) struct Guarded<B> {
+    inner: B,
+    refused: watch::Sender<Option<AgentError>>,
+}
+
+impl<B: AgentBackend> Guarded<B> {
+    fn note<T>(&self, result: Result<T, AgentError>) -> Result<T, AgentError> {
+        if let Err(error @ AgentError::Refused { .. }) = &result {
+            self.refused.send_if_modified(|refused| {
+                let first = refused.is_none();
+                if first {
+                    *refused = Some(error.clone());
+                }
+                first
+            });
+        }
+        result
+    }
+}
+
+impl<B: AgentBackend> AgentBackend for Guarded<B> {
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, AgentError> {
+        self.note(self.inner.heartbeat(heartbeat).await)
+    }
+
+    async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, AgentError> {
+        self.note(self.inner.claim(wait).await)
+    }
+
+    async fn append_logs(&self, run_id: i64, batch: LogBatch) -> Result<LogsReply, AgentError> {
+        self.note(self.inner.append_logs(run_id, batch).await)
+    }
+
+    async fn finish(&self, run_id: i64, outcome: Outcome) -> Result<FinishReply, AgentError> {
+        self.note(self.inner.finish(run_id, outcome).await)
+    }
+
+    async fn hand_back(&self, run_id: i64) -> Result<FinishReply, AgentError> {
+        self.note(self.inner.hand_back(run_id).await)
+    }
+
+    async fn goodbye(&self) -> Result<(), AgentError> {
+        self.inner.goodbye().await
     }
 }
 

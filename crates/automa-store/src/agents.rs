@@ -3,13 +3,17 @@
 use serde_json::json;
 use sqlx::types::Json;
 
+use chrono::{DateTime, Utc};
+
 use crate::{
-    Actor, Agent, AgentUpdate, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, dispatch, now,
+    Actor, Agent, AgentEvent, AgentEventKind, AgentUpdate, AuditEvent, Listed, NewAgent, Page, Store, StoreError,
+    StoreResult, WritePool, audit::append_audit, dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
-                             version, capabilities, last_seen_at, created_at";
+                             version, capabilities, last_seen_at, created_at, disconnected_at";
+/// The newest events kept per agent.
+const EVENTS_KEPT: i64 = 100;
 
 impl Store {
     pub async fn create_agent(&self, actor: &Actor, new: NewAgent) -> StoreResult<Agent> {
@@ -177,6 +181,113 @@ impl Store {
                 .execute(pool)
                 .await?;
             Ok(())
+        })
+    }
+}
+
+/// An agent's presence and history: goodbyes, silences, returns, and the events operators see.
+impl Store {
+    /// The agent a token belongs to, disabled or not: to say whom the server refused, never to let it in.
+    pub async fn agent_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Agent>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE token_hash = $1")))
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await?)
+        })
+    }
+
+    /// Called before recording a heartbeat: true when the agent is coming back (it said goodbye, was found
+    /// silent, or was last seen before `offline_since`), in which case its disconnection is cleared. One
+    /// statement, so of two servers receiving heartbeats at once only one sees the return.
+    pub async fn agent_returns(&self, id: i64, offline_since: DateTime<Utc>) -> StoreResult<bool> {
+        dispatch!(self, pool => {
+            let returned = sqlx::query(
+                "UPDATE agents SET disconnected_at = NULL WHERE id = $1 \
+                 AND (disconnected_at IS NOT NULL OR last_seen_at IS NULL OR last_seen_at < $2)",
+            )
+            .bind(id)
+            .bind(offline_since)
+            .execute(pool)
+            .await?;
+            Ok(returned.rows_affected() > 0)
+        })
+    }
+
+    /// The agent stopped cleanly: it is offline from now until its next heartbeat.
+    pub async fn agent_goodbye(&self, id: i64) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            let updated = sqlx::query("UPDATE agents SET disconnected_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now())
+                .execute(pool)
+                .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    /// Marks agents silent since before `silent_since` disconnected and returns them (id, name, last seen). Each
+    /// silence is returned once, by whichever server looks first.
+    pub async fn disconnect_silent_agents(
+        &self,
+        silent_since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(i64, String, DateTime<Utc>)>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_as(
+                "UPDATE agents SET disconnected_at = $1 WHERE disconnected_at IS NULL AND NOT disabled \
+                 AND last_seen_at IS NOT NULL AND last_seen_at < $2 RETURNING id, name, last_seen_at",
+            )
+            .bind(now())
+            .bind(silent_since)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Records an event in the agent's history, keeping its newest [`EVENTS_KEPT`].
+    pub async fn record_agent_event(&self, agent_id: i64, kind: AgentEventKind, detail: &str) -> StoreResult<()> {
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("INSERT INTO agent_events (agent_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
+                .bind(agent_id)
+                .bind(now())
+                .bind(kind.as_str())
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "DELETE FROM agent_events WHERE agent_id = $1 AND id <= \
+                 (SELECT id FROM agent_events WHERE agent_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(agent_id)
+            .bind(EVENTS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// An agent's events, newest first.
+    pub async fn list_agent_events(&self, agent_id: i64, page: Page) -> StoreResult<Listed<AgentEvent>> {
+        dispatch!(self, pool => {
+            let total = sqlx::query_scalar("SELECT COUNT(*) FROM agent_events WHERE agent_id = $1")
+                .bind(agent_id)
+                .fetch_one(pool)
+                .await?;
+            let items = sqlx::query_as(
+                "SELECT id, agent_id, at, kind, detail FROM agent_events WHERE agent_id = $1 \
+                 ORDER BY id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(agent_id)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
+            Ok(Listed { items, total })
         })
     }
 }

@@ -137,19 +137,63 @@ pub struct Agent {
     pub capabilities: Json<Value>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// When the agent said goodbye or was found silent past the offline threshold; its next heartbeat clears it.
+    pub disconnected_at: Option<DateTime<Utc>>,
 }
 
 impl Agent {
-    /// An agent is online while its heartbeats keep coming; admin states win over liveness.
+    /// An agent is online while its heartbeats keep coming and it has not said goodbye; admin states win over
+    /// liveness.
     pub fn status(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> &'static str {
         if self.disabled {
             "disabled"
-        } else if self.last_seen_at.is_none_or(|seen| now - seen > offline_after) {
+        } else if self.disconnected_at.is_some() || self.last_seen_at.is_none_or(|seen| now - seen > offline_after) {
             "offline"
         } else if self.draining {
             "draining"
         } else {
             "online"
+        }
+    }
+}
+
+/// Something that happened to an agent, for its history on the dashboard.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AgentEvent {
+    pub id: i64,
+    pub agent_id: i64,
+    pub at: DateTime<Utc>,
+    /// `online`, `reconnected`, `offline`, `goodbye`, `refused` or `run_lost`.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// The kinds of [`AgentEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEventKind {
+    /// The agent started (its initial heartbeat).
+    Online,
+    /// The first heartbeat after the agent was offline or had said goodbye, without a restart.
+    Reconnected,
+    /// No heartbeat came for longer than the offline threshold.
+    Offline,
+    /// The agent stopped cleanly and said so.
+    Goodbye,
+    /// The server refused the agent's token (disabled or retired).
+    Refused,
+    /// A run the agent held was marked lost.
+    RunLost,
+}
+
+impl AgentEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentEventKind::Online => "online",
+            AgentEventKind::Reconnected => "reconnected",
+            AgentEventKind::Offline => "offline",
+            AgentEventKind::Goodbye => "goodbye",
+            AgentEventKind::Refused => "refused",
+            AgentEventKind::RunLost => "run_lost",
         }
     }
 }
@@ -593,6 +637,7 @@ mod tests {
             capabilities: Json(Value::Null),
             last_seen_at: None,
             created_at: Utc::now(),
+            disconnected_at: None,
         }
     }
 

@@ -92,9 +92,10 @@ enum BenchKind {
 /// it in the process list.
 #[derive(Args)]
 struct AgentFlags {
-    /// The server's URL: https://, or http:// on this host's loopback.
-    #[arg(long, env = "AUTOMA_URL")]
-    server: String,
+    /// The server's URL: https://, or http:// on this host's loopback. Several servers sharing one database:
+    /// repeat --server or separate the URLs with commas; the agent moves to the next when one cannot be reached.
+    #[arg(long, env = "AUTOMA_URL", required = true)]
+    server: Vec<String>,
     /// A file holding the agent's token (instead of the AUTOMA_TOKEN environment variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -236,9 +237,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = Config::load(cli.config, overrides)?;
             init_logging(config.log_format);
+            let servers = automa_agent::parse_server_urls(&flags.server, flags.allow_insecure_http)?;
             let token = token_from(flags.token_file.as_deref(), "the agent")?;
-            automa_agent::check_transport(&flags.server, flags.allow_insecure_http)?;
-            remote_agent(config, &flags.server, &token, flags.allow_insecure_http).await
+            remote_agent(config, &servers, &token, flags.allow_insecure_http).await
         }
         Command::Backup { path, force, store } => {
             let config = Config::load(cli.config, &store)?;
@@ -347,14 +348,21 @@ fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<Strin
     Ok(token.to_owned())
 }
 
-async fn remote_agent(mut config: Config, server: &str, token: &str, allow_insecure_http: bool) -> anyhow::Result<()> {
+async fn remote_agent(
+    mut config: Config,
+    servers: &[reqwest::Url],
+    token: &str,
+    allow_insecure_http: bool,
+) -> anyhow::Result<()> {
     // Run directories hold scripts and, while they run, their output: keep them from other local users.
     file_modes::prepare_data_dir(&config.data_dir)?;
-    deny_the_server(&mut config, server).await;
+    for server in servers {
+        deny_the_server(&mut config, server).await;
+    }
     let concurrency =
         config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
-    let backend = automa_agent::HttpBackend::new(server, token, allow_insecure_http)?;
+    let backend = automa_agent::HttpBackend::new(servers, token, allow_insecure_http)?;
     let agent_config = automa_agent::AgentConfig {
         concurrency,
         shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_seconds),
@@ -367,18 +375,18 @@ async fn remote_agent(mut config: Config, server: &str, token: &str, allow_insec
         signal.await;
         stop.send_replace(true);
     });
-    tracing::info!(%server, concurrency, "agent started");
-    agent.run(stopping).await;
+    let urls: Vec<&str> = servers.iter().map(reqwest::Url::as_str).collect();
+    tracing::info!(servers = ?urls, concurrency, "agent started");
+    agent.run(stopping).await?;
     Ok(())
 }
 
 /// Networked runs on a remote agent must not reach the Automa server any more than runs on the server's own
 /// agent do: its addresses, as resolved at start, join the deny list. (This host's own addresses and loopback
 /// are refused to networked runs already.)
-async fn deny_the_server(config: &mut Config, server: &str) {
-    let Some((host, port)) = reqwest::Url::parse(server)
-        .ok()
-        .and_then(|url| Some((url.host_str()?.trim_matches(['[', ']']).to_owned(), url.port_or_known_default()?)))
+async fn deny_the_server(config: &mut Config, server: &reqwest::Url) {
+    let Some((host, port)) =
+        server.host_str().map(|host| host.trim_matches(['[', ']']).to_owned()).zip(server.port_or_known_default())
     else {
         return;
     };
@@ -386,7 +394,7 @@ async fn deny_the_server(config: &mut Config, server: &str) {
         Ok(addresses) => {
             let addresses: Vec<String> =
                 addresses.map(|a| a.ip()).filter(|ip| !ip.is_loopback()).map(|ip| ip.to_string()).collect();
-            tracing::info!(?addresses, "networked runs may not reach the server's addresses");
+            tracing::info!(%host, ?addresses, "networked runs may not reach the server's addresses");
             config.network_deny.extend(addresses);
         }
         Err(error) => tracing::warn!(

@@ -125,3 +125,12 @@ pub async fn hand_back(
 ) -> ApiResult<Json<FinishReply>> {
     Ok(Json(state.execution.hand_back(principal.agent.id, id).await?))
 }
+
+/// Say goodbye: the agent stopped cleanly (after finishing or handing back its runs) and is shown offline at
+/// once, until its next heartbeat.
+#[utoipa::path(post, path = "/agent/goodbye", operation_id = "agentGoodbye", tag = "agent protocol", security(("agent" = [])),
+    responses((status = 204, description = "The agent is marked offline")))]
+pub async fn goodbye(State(state): State<AppState>, principal: AgentPrincipal) -> ApiResult<StatusCode> {
+    state.execution.goodbye(principal.agent.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,4 +1,5 @@
-//! Agents: create (the response carries the enrollment token, once), list, inspect, drain, disable, delete.
+//! Agents: create (the response carries the enrollment token, once), list, inspect, drain, disable, delete,
+//! and each agent's recent events.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -6,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use automa_core::ResourceName;
-use automa_store::{Agent, AgentUpdate, NewAgent};
+use automa_store::{Agent, AgentEvent, AgentUpdate, NewAgent};
 
 use crate::{
     api::{Page, Paging},
@@ -185,4 +186,35 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     state.store.delete_agent(&principal.actor(), id).await.map_err(missing("agent"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Something that happened to an agent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentEventResponse {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `online` (it started), `reconnected` (heartbeats resumed after it was offline), `offline` (no heartbeat
+    /// past the offline threshold), `goodbye` (it stopped cleanly), `refused` (its token was refused: disabled
+    /// or retired), `run_lost` (a run it held was marked lost).
+    pub kind: String,
+    pub detail: String,
+}
+
+impl From<AgentEvent> for AgentEventResponse {
+    fn from(event: AgentEvent) -> Self {
+        AgentEventResponse { id: event.id, at: event.at, kind: event.kind, detail: event.detail }
+    }
+}
+
+/// An agent's recent events, newest first (the newest 100 are kept).
+#[utoipa::path(get, path = "/agents/{id}/events", operation_id = "listAgentEvents", params(("id" = i64, Path, description = "The agent's id"), Paging), tag = "agents", security(("bearer" = ["viewer"])),
+    responses((status = 200, body = Page<AgentEventResponse>), (status = 404, description = "No such agent", body = crate::error::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<Page<AgentEventResponse>>> {
+    state.store.get_agent(id).await.map_err(missing("agent"))?;
+    let page = paging.page();
+    Ok(Json(Page::from_listed(state.store.list_agent_events(id, page).await?, page, AgentEventResponse::from)))
 }

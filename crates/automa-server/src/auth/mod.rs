@@ -336,12 +336,13 @@ impl<S: Send + Sync> FromRequestParts<S> for AgentPrincipal {
 
 async fn authenticate_agent(state: &AppState, parts: &Parts) -> ApiResult<AgentPrincipal> {
     let token = bearer(parts).ok_or_else(|| ApiError::Unauthorized("agent token required".into()))?;
-    let agent = state
-        .store
-        .authenticate_agent(&token_hash(token))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("the agent token is invalid or the agent is disabled".into()))?;
-    Ok(AgentPrincipal { agent, ip: client_ip(parts) })
+    let hash = token_hash(token);
+    let ip = client_ip(parts);
+    let Some(agent) = state.store.authenticate_agent(&hash).await? else {
+        state.execution.note_refused(&hash, ip.as_deref()).await;
+        return Err(ApiError::Unauthorized("the agent token is invalid or the agent is disabled".into()));
+    };
+    Ok(AgentPrincipal { agent, ip })
 }
 
 /// Shared by the first-admin check and tests: whether a principal may act as `role`.

@@ -52,6 +52,10 @@ impl AgentBackend for EmbeddedBackend {
     async fn hand_back(&self, run_id: i64) -> Result<FinishReply, AgentError> {
         self.execution.hand_back(self.agent_id, run_id).await.map_err(agent_error)
     }
+
+    async fn goodbye(&self) -> Result<(), AgentError> {
+        self.execution.goodbye(self.agent_id).await.map_err(agent_error)
+    }
 }
 
 /// Builds the sandbox as configured, or says why it cannot be built. `strict` never falls back to less.
@@ -118,5 +122,11 @@ pub async fn start(
     let agent = Agent::new(backend, sandbox, agent_config);
     *status.write().unwrap_or_else(|e| e.into_inner()) = Some(agent.capabilities());
     tracing::info!(agent = %name, concurrency, "embedded agent started");
-    Ok(tokio::spawn(agent.run(shutdown)))
+    Ok(tokio::spawn(async move {
+        // In-process calls are never refused: a disabled embedded agent keeps heartbeating and claims nothing
+        // (the claim skips disabled agents) until it is enabled again.
+        if let Err(error) = agent.run(shutdown).await {
+            tracing::error!(%error, "the embedded agent stopped");
+        }
+    }))
 }

@@ -3,6 +3,7 @@
 //! kinds of agent are held to the same rules. Also the reaper that turns expired leases into lost runs.
 
 pub mod embedded;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ pub struct Execution {
     stopping: watch::Receiver<bool>,
     /// This process's counts of runs, fires and requests, for `/metrics`.
     pub metrics: Metrics,
+    /// When each refused agent token was last logged.
+    refusals: presence::RefusalLog,
 }
 
 impl Execution {
@@ -59,6 +62,7 @@ impl Execution {
             masks: Mutex::default(),
             stopping,
             metrics: Metrics::default(),
+            refusals: presence::RefusalLog::default(),
         }
     }
 
@@ -239,6 +243,7 @@ impl Execution {
     /// Records a heartbeat, renews the leases of the runs the agent reports, and on an agent's first
     /// heartbeat after a start marks the runs it held before as lost: it cannot be running them any more.
     pub async fn heartbeat(&self, agent_id: i64, heartbeat: Heartbeat) -> ApiResult<HeartbeatReply> {
+        self.note_presence(agent_id, heartbeat.initial).await?;
         self.store.agent_seen(agent_id, &heartbeat.hostname, &heartbeat.version, &heartbeat.capabilities).await?;
         if heartbeat.initial {
             let lost = self
@@ -246,6 +251,7 @@ impl Execution {
                 .lose_runs(automa_store::now(), Some(agent_id), "the agent restarted while the run was running")
                 .await?;
             lost.iter().for_each(|finished| self.publish_finish(finished));
+            self.note_lost(&lost).await;
             self.hub.publish(Event::Agent { id: agent_id });
         }
         let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
@@ -347,8 +353,9 @@ impl Execution {
         }
     }
 
-    /// Marks runs with expired leases lost, every third of a lease. Agents renew at the same pace, so a
-    /// healthy run is never reaped; a lost one waits at most a lease and a third.
+    /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, every third
+    /// of a lease. Agents renew at the same pace, so a healthy run is never reaped; a lost one waits at most a
+    /// lease and a third.
     async fn reap_forever(self: Arc<Self>) {
         let period = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
         let mut ticker = tokio::time::interval(period);
@@ -360,9 +367,13 @@ impl Execution {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
             match self.store.lose_runs(automa_store::now(), None, "the agent stopped renewing the run's lease").await {
-                Ok(lost) => lost.iter().for_each(|finished| self.publish_finish(finished)),
+                Ok(lost) => {
+                    lost.iter().for_each(|finished| self.publish_finish(finished));
+                    self.note_lost(&lost).await;
+                }
                 Err(error) => tracing::warn!(%error, "reaping expired leases failed; trying again later"),
             }
+            self.note_silent_agents().await;
         }
     }
 }

@@ -9,7 +9,9 @@ use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app};
 on_both_backends!(
     output_is_taken_only_from_the_agent_running_the_run,
     what_an_agent_reports_is_bounded_and_reads_back,
-    a_run_handed_back_is_queued_again_for_any_agent
+    a_run_handed_back_is_queued_again_for_any_agent,
+    an_agents_events_are_for_users_and_say_goodbye_and_refusal,
+    an_agents_history_keeps_its_newest_hundred_events
 );
 
 async fn agent(app: &TestApp, admin: &str, name: &str) -> String {
@@ -126,4 +128,71 @@ async fn a_run_handed_back_is_queued_again_for_any_agent(backend: Backend) {
     assert_eq!((reclaimed["run_id"].as_i64(), reclaimed["last_log_seq"].as_i64()), (Some(run), Some(2)), "{reclaimed}");
     let text = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
     assert_eq!(text.unwrap().text().await.unwrap(), "hello\nagent 'first' shut down; run handed back and requeued\n");
+}
+
+async fn agent_id(app: &TestApp, admin: &str, name: &str) -> i64 {
+    let agents = app.get("/agents?limit=500", admin).await;
+    agents.body["items"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["id"].as_i64().unwrap()
+}
+
+async fn an_agents_events_are_for_users_and_say_goodbye_and_refusal(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let viewer = app.user_token(&admin, "viewer").await;
+    let token = agent(&app, &admin, "visible").await;
+    let id = agent_id(&app, &admin, "visible").await;
+    let events = format!("/agents/{id}/events");
+
+    let goodbye = app.request(Method::POST, "/agent/goodbye", Some(&token), None).await;
+    assert_eq!(goodbye.status, StatusCode::NO_CONTENT, "{:?}", goodbye.body);
+    assert_eq!(app.get(&format!("/agents/{id}"), &viewer).await.body["status"], "offline", "offline at once");
+    let disabled = app.put(&format!("/agents/{id}"), &admin, json!({"disabled": true})).await;
+    assert_eq!(disabled.status, StatusCode::OK, "{:?}", disabled.body);
+    let heartbeat = json!({"hostname": "visible", "version": "test", "capabilities": {}, "running": []});
+    for _ in 0..3 {
+        let refused = app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&heartbeat)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
+
+    let listed = app.get(&events, &viewer).await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    let kinds: Vec<&str> =
+        listed.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    // Three refusals in a row are recorded once: a refused agent looping cannot flood the history.
+    assert_eq!(kinds, ["refused", "goodbye", "online"], "{:?}", listed.body);
+    assert_eq!(listed.body["total"], 3);
+    let paged = app.get(&format!("{events}?limit=1&offset=1"), &viewer).await;
+    assert_eq!(paged.body["items"][0]["kind"], "goodbye", "{:?}", paged.body);
+
+    // A heartbeat after goodbye is a return.
+    let enabled = app.put(&format!("/agents/{id}"), &admin, json!({"disabled": false})).await;
+    assert_eq!(enabled.status, StatusCode::OK);
+    let back = app.request(Method::POST, "/agent/heartbeat", Some(&token), Some(&heartbeat)).await;
+    assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
+    assert_eq!(app.get(&format!("/agents/{id}"), &viewer).await.body["status"], "online");
+    assert_eq!(app.get(&events, &viewer).await.body["items"][0]["kind"], "reconnected");
+
+    let as_agent = app.request(Method::GET, &events, Some(&token), None).await;
+    assert_eq!(as_agent.status, StatusCode::UNAUTHORIZED, "an agent token reads no user route");
+    let anonymous = app.request(Method::GET, &events, None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let unknown = app.get("/agents/999999/events", &viewer).await;
+    assert_eq!((unknown.status, unknown.detail()), (StatusCode::NOT_FOUND, "agent not found"));
+    let nobody = app.request(Method::POST, "/agent/goodbye", Some("atma_nobody"), None).await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn an_agents_history_keeps_its_newest_hundred_events(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let token = agent(&app, &admin, "chatty").await;
+    let id = agent_id(&app, &admin, "chatty").await;
+    for _ in 0..105 {
+        let goodbye = app.request(Method::POST, "/agent/goodbye", Some(&token), None).await;
+        assert_eq!(goodbye.status, StatusCode::NO_CONTENT);
+    }
+    let listed = app.get(&format!("/agents/{id}/events?limit=500"), &admin).await;
+    assert_eq!(listed.body["total"], 100, "pruned on insert");
+    let items = listed.body["items"].as_array().unwrap();
+    assert!(items.iter().all(|e| e["kind"] == "goodbye"), "the oldest (online) went first");
 }

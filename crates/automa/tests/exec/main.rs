@@ -3,6 +3,7 @@
 //! is this binary re-executed (`automa __sandbox-helper`), which only this crate's tests can start
 //! (`CARGO_BIN_EXE_automa`). Every wait is an event (SSE) or a bounded read, never a sleep.
 
+mod agents;
 mod api;
 mod cli;
 mod client;

@@ -1,4 +1,5 @@
-// Agents: status, sandbox capabilities, load, and the admin's levers — drain, disable, enroll, delete.
+// Agents: status, sandbox capabilities, load, recent events, and the admin's levers — drain, disable, enroll,
+// delete. Refreshed on the live `agent` and `run` events.
 
 import { api } from '../api.js';
 import { h, mount, loading, empty, failure, badge, relative, pageHeader, confirm, toast, busy, debounce, field, showFieldError, clearFieldErrors } from '../dom.js';
@@ -33,7 +34,24 @@ function capabilities(caps) {
   return [h('ul.chips', chips), notes.length ? h('ul.cap-notes', notes) : null];
 }
 
-function agentCard(agent, running, ctx, reload) {
+/** Events shown per agent; the server keeps the newest 100 (`GET /agents/{id}/events`). */
+const EVENTS_SHOWN = 10;
+
+const EVENT_LABELS = {
+  online: 'started', reconnected: 'reconnected', offline: 'went offline', goodbye: 'stopped cleanly',
+  refused: 'refused', run_lost: 'run lost',
+};
+
+/** What happened to the agent lately, newest first. */
+function eventList(events) {
+  if (!events || events.length === 0) return h('p.muted.small', 'No events yet.');
+  return h('ul.agent-events', events.map((event) => h('li',
+    h('time', { datetime: event.at, title: event.at }, relative(event.at)), ' ',
+    h(`span.chip${['offline', 'refused', 'run_lost'].includes(event.kind) ? '.warn' : ''}`, EVENT_LABELS[event.kind] || event.kind),
+    event.detail ? h('span.muted.small', ` ${event.detail}`) : null)));
+}
+
+function agentCard(agent, running, events, ctx, reload) {
   const load = running.get(agent.id) || 0;
   const percent = Math.min(100, Math.round((load / Math.max(1, agent.max_concurrency)) * 100));
   const actions = [];
@@ -73,6 +91,7 @@ function agentCard(agent, running, ctx, reload) {
       h('div.meter', { role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': agent.max_concurrency, 'aria-valuenow': load, 'aria-label': 'Runs in progress' },
         h('span', { dataset: { percent } }))),
     h('h3.small-heading', 'Sandbox'), capabilities(agent.capabilities),
+    h('h3.small-heading', 'Recent events'), eventList(events.get(agent.id)),
     actions.length ? h('div.actions', actions) : null);
 }
 
@@ -142,7 +161,11 @@ export async function render(main, _params, ctx) {
         mount(body, empty('No agents. `automa serve` starts one of its own unless run with --no-agent.'));
         return;
       }
-      mount(body, h('div.cards', agents.items.map((agent) => agentCard(agent, perAgent, ctx, load))));
+      const events = new Map(await Promise.all(agents.items.map((agent) =>
+        api(`/agents/${agent.id}/events`, { query: { limit: EVENTS_SHOWN } })
+          .then((page) => [agent.id, page.items])
+          .catch(() => [agent.id, null]))));
+      mount(body, h('div.cards', agents.items.map((agent) => agentCard(agent, perAgent, events, ctx, load))));
       applyMeters(body);
     } catch (error) {
       mount(body, failure(error, load));

@@ -1,0 +1,123 @@
+//! What operators see of agents coming and going: each agent's start, return, silence, goodbye and refusal,
+//! and each run lost on it, logged (never with a token) and kept in the agent's event history, and announced
+//! so the dashboard refreshes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use automa_store::{AgentEventKind, Finished};
+
+use crate::{api::agents::OFFLINE_AFTER_SECONDS, error::ApiResult, events::Event, execution::Execution};
+
+/// How often a refused token is logged and recorded: a refused agent retrying in a loop must not flood either.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Distinct refused tokens remembered; past it the memory starts over (at worst, a few more log lines).
+const REFUSALS_REMEMBERED: usize = 1024;
+
+/// When each refused token was last reported, by the token's hash.
+#[derive(Default)]
+pub(crate) struct RefusalLog {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl RefusalLog {
+    /// True when this token's refusal should be reported now.
+    fn due(&self, token_hash: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.get(token_hash).is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY) {
+            return false;
+        }
+        if last.len() >= REFUSALS_REMEMBERED {
+            last.clear();
+        }
+        last.insert(token_hash.to_owned(), now);
+        true
+    }
+}
+
+impl Execution {
+    /// Notes an agent's start (an initial heartbeat) or its return after being offline; called before the
+    /// heartbeat is recorded.
+    pub(crate) async fn note_presence(&self, agent_id: i64, initial: bool) -> ApiResult<()> {
+        let offline_since = automa_store::now() - chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
+        let returned = self.store.agent_returns(agent_id, offline_since).await?;
+        if !initial && !returned {
+            return Ok(());
+        }
+        let agent = self.store.get_agent(agent_id).await?;
+        let (kind, detail) = if initial {
+            tracing::info!(agent = %agent.name, agent_id, "agent online");
+            (AgentEventKind::Online, "the agent started")
+        } else {
+            tracing::info!(agent = %agent.name, agent_id, "agent reconnected");
+            (AgentEventKind::Reconnected, "heartbeats resumed after the agent was offline")
+        };
+        self.record(agent_id, kind, detail).await;
+        Ok(())
+    }
+
+    /// The agent stopped cleanly: it is offline at once.
+    pub async fn goodbye(&self, agent_id: i64) -> ApiResult<()> {
+        self.store.agent_goodbye(agent_id).await?;
+        let agent = self.store.get_agent(agent_id).await?;
+        tracing::info!(agent = %agent.name, agent_id, "agent said goodbye: offline");
+        self.record(agent_id, AgentEventKind::Goodbye, "the agent stopped cleanly").await;
+        Ok(())
+    }
+
+    /// Logs and records runs that were just marked lost.
+    pub(crate) async fn note_lost(&self, lost: &[Finished]) {
+        for finished in lost.iter().filter(|finished| finished.changed) {
+            let run = &finished.run;
+            let reason = run.error.as_deref().unwrap_or("lost");
+            tracing::warn!(run_id = run.id, agent_id = run.agent_id, %reason, "run lost");
+            if let Some(agent_id) = run.agent_id {
+                self.record(agent_id, AgentEventKind::RunLost, &format!("run {}: {reason}", run.id)).await;
+            }
+        }
+    }
+
+    /// Logs and records a refused agent token, at most once a minute per token. The token itself is never
+    /// logged; the agent it belongs to is, when there is one (disabled, or retired).
+    pub async fn note_refused(&self, token_hash: &str, ip: Option<&str>) {
+        if !self.refusals.due(token_hash) {
+            return;
+        }
+        match self.store.agent_by_token_hash(token_hash).await {
+            Ok(Some(agent)) => {
+                let why = if agent.disabled { "the agent is disabled" } else { "the agent may not connect" };
+                tracing::warn!(agent = %agent.name, agent_id = agent.id, ip, reason = why, "agent refused");
+                self.record(agent.id, AgentEventKind::Refused, &format!("token refused: {why}")).await;
+            }
+            Ok(None) => tracing::warn!(ip, "agent refused: the token belongs to no agent"),
+            Err(error) => tracing::warn!(%error, ip, "agent refused; cannot look up whose token it was"),
+        }
+    }
+
+    /// Marks agents offline whose heartbeats stopped for longer than the offline threshold, once per silence
+    /// (whichever server looks first). Works whether or not notification channels are configured.
+    pub(crate) async fn note_silent_agents(&self) {
+        let silent_since = automa_store::now() - chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
+        match self.store.disconnect_silent_agents(silent_since).await {
+            Ok(silent) => {
+                for (agent_id, name, last_seen_at) in silent {
+                    tracing::warn!(agent = %name, agent_id, %last_seen_at, "agent offline: no heartbeat");
+                    let detail = format!("no heartbeat since {}", last_seen_at.to_rfc3339());
+                    self.record(agent_id, AgentEventKind::Offline, &detail).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot look for silent agents; trying again later"),
+        }
+    }
+
+    /// Keeps an event in the agent's history and tells the dashboard. History is for people: failing to keep
+    /// it must not fail what the agent asked for.
+    async fn record(&self, agent_id: i64, kind: AgentEventKind, detail: &str) {
+        if let Err(error) = self.store.record_agent_event(agent_id, kind, detail).await {
+            tracing::warn!(%error, agent_id, kind = kind.as_str(), "cannot record an agent event");
+        }
+        self.hub.publish(Event::Agent { id: agent_id });
+    }
+}

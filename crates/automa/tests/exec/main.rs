@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod client;
 mod crash;
+mod fence;
 mod load;
 mod logs;
 #[path = "../pg_database/mod.rs"]

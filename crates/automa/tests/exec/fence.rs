@@ -23,19 +23,20 @@ use crate::support::{PATIENCE, Server, fresh_database, postgres_url, text_of};
 
 /// Writes a start mark, a tick every 50 ms for `SECONDS` seconds, then an end mark, each `kind pid ns`, to the
 /// file named by `MARKS`; prints a line when it starts so the test can wait for that.
-const MARKING: &str = "import os, sys, time\n\
-path, seconds = os.environ['MARKS'], float(os.environ['SECONDS'])\n\
-def mark(kind):\n\
-    with open(path, 'a') as f:\n\
-        f.write(f'{kind} {os.getpid()} {time.time_ns()}\\n')\n\
-mark('start')\n\
-print('started', flush=True)\n\
-end = time.monotonic() + seconds\n\
-while time.monotonic() < end:\n\
-    time.sleep(0.05)\n\
-    mark('tick')\n\
-mark('end')\n\
-print('done', flush=True)\n";
+const MARKING: &str = r#"import os, time
+path, seconds = os.environ['MARKS'], float(os.environ['SECONDS'])
+def mark(kind):
+    with open(path, 'a') as f:
+        f.write(f'{kind} {os.getpid()} {time.time_ns()}\n')
+mark('start')
+print('started', flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    time.sleep(0.05)
+    mark('tick')
+mark('end')
+print('done', flush=True)
+"#;
 
 /// A TCP proxy to one server that the test can cut: while cut, open connections are dropped and new ones
 /// closed as soon as they are accepted, as an unreachable server looks to its agent.

@@ -169,7 +169,11 @@ const RUNNING_TIMES: &str =
 /// When a run that ended at `at` by the store's clock really started and ended: the agent's account
 /// (`end.ended_ago`, `end.elapsed`), bounded by what the server saw: nothing before the claim, nothing after
 /// now. A result delivered late, after an outage, so keeps the run's own times instead of the delivery's.
-fn run_times(end: &RunEnd, at: DateTime<Utc>, claimed: Option<DateTime<Utc>>) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+fn run_times(
+    end: &RunEnd,
+    at: DateTime<Utc>,
+    claimed: Option<DateTime<Utc>>,
+) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
     let earliest = claimed.unwrap_or(at).min(at);
     let finished = end.ended_ago.map_or(at, |ago| (at - ago.max(Duration::zero())).clamp(earliest, at));
     let started = match end.elapsed {

@@ -112,11 +112,8 @@ async fn a_lost_attempt_is_not_retried_before_its_lease_ends(store: &Store) {
     let run = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
     let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
     // The agent reports it stopped the run because it could not renew its lease: the lease has not ended yet.
-    let end = RunEnd {
-        error: Some("stopped by its agent".into()),
-        retry_after_lease: true,
-        ..RunEnd::new(RunStatus::Lost)
-    };
+    let end =
+        RunEnd { error: Some("stopped by its agent".into()), retry_after_lease: true, ..RunEnd::new(RunStatus::Lost) };
     let finished = store.finish_run(run.id, Some(a), &end).await.unwrap();
     let retry = finished.retry.expect("retried");
     assert!(retry.not_before >= claimed.run.lease_until.unwrap(), "{retry:?}");

@@ -159,7 +159,8 @@ async fn a_retry_queued_on_one_server_wakes_a_claim_waiting_on_another() {
     // would sleep out its 30 s. (Had the retry come first, the claim would take it at once either way.)
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let outcome = json!({"exit_code": 1, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0});
-    let finished = first.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(&holder), Some(&outcome)).await;
+    let finished =
+        first.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(&holder), Some(&outcome)).await;
     assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
 
     let (claim, waited) = waiting.await.unwrap();

@@ -117,7 +117,8 @@ async fn start_agent(admin: &Server, dir: &Path, name: &str, server_url: &str) -
 /// Two API-only servers on a fresh PostgreSQL database with a lease of `lease` seconds; `None` without
 /// PostgreSQL.
 async fn two_servers(database_url: &str, dirs: &[tempfile::TempDir; 2], lease: &str) -> [Server; 2] {
-    let settings = [("AUTOMA_DATABASE_URL", database_url), ("AUTOMA_NO_AGENT", "true"), ("AUTOMA_LEASE_SECONDS", lease)];
+    let settings =
+        [("AUTOMA_DATABASE_URL", database_url), ("AUTOMA_NO_AGENT", "true"), ("AUTOMA_LEASE_SECONDS", lease)];
     [Server::start(dirs[0].path(), &settings, true).await, Server::start(dirs[1].path(), &settings, false).await]
 }
 
@@ -167,7 +168,9 @@ fn executions(marks: &Path) -> BTreeMap<u32, (i128, i128, bool)> {
 }
 
 fn timestamp(run: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap_or_else(|| panic!("{field} in {run}"))).unwrap().to_utc()
+    chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap_or_else(|| panic!("{field} in {run}")))
+        .unwrap()
+        .to_utc()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,8 +114,7 @@ async fn start_agent(admin: &Server, dir: &Path, name: &str, server_url: &str) -
     (agent["id"].as_i64().unwrap(), AgentProcess(process))
 }
 
-/// Two API-only servers on a fresh PostgreSQL database with a lease of `lease` seconds; `None` without
-/// PostgreSQL.
+/// Two API-only servers on one PostgreSQL database with a lease of `lease` seconds.
 async fn two_servers(database_url: &str, dirs: &[tempfile::TempDir; 2], lease: &str) -> [Server; 2] {
     let settings =
         [("AUTOMA_DATABASE_URL", database_url), ("AUTOMA_NO_AGENT", "true"), ("AUTOMA_LEASE_SECONDS", lease)];

@@ -65,6 +65,11 @@ pub struct Assignment {
     /// names it in `AUTOMA_TRIGGER_PAYLOAD`. Absent for other runs (and from servers that predate hooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// Milliseconds the server held the claim before it granted this run and took its lease. The agent adds
+    /// it to the moment it sent the claim to get a moment no later than the lease's start, which a long poll
+    /// would otherwise push far into the past. 0 from servers that predate it (the safe side).
+    #[serde(default)]
+    pub held_ms: i64,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -83,6 +88,7 @@ pub struct WireChunk {
     pub seq: i64,
     /// `stdout`, `stderr` or `system`.
     pub stream: String,
+    /// When the agent read the output from the script (the agent's clock).
     pub ts: DateTime<Utc>,
     pub data: String,
 }
@@ -124,13 +130,27 @@ pub struct Outcome {
     /// Milliseconds from starting the run's sandbox until its script was started in it, when the agent knows.
     #[serde(default)]
     pub setup_ms: Option<i64>,
+    /// The agent stopped the run because it could not renew the run's lease in time (the server was
+    /// unreachable), before the lease could expire and the run be given to another agent. The run ends `lost`
+    /// (and is retried like any lost run).
+    #[serde(default)]
+    pub lease_lost: bool,
+    /// How long the run took on the agent, in milliseconds, measured with a monotonic clock. The server
+    /// stores `started_at` this long before `finished_at` (within what it saw).
+    #[serde(default)]
+    pub elapsed_ms: Option<i64>,
+    /// How many milliseconds before this report was sent the run ended, recomputed on every attempt to
+    /// deliver it. The server stores `finished_at` this long before it received the report (within what it
+    /// saw), so a result delivered after an outage keeps the time the run really ended.
+    #[serde(default)]
+    pub ended_ms_ago: Option<i64>,
 }
 
 impl Outcome {
     /// The status the run ends with. Cancellation wins over how the killed process exited; a timeout over a
     /// failure.
     pub fn status(&self) -> RunStatus {
-        if self.abandoned {
+        if self.abandoned || self.lease_lost {
             RunStatus::Lost
         } else if self.cancelled {
             RunStatus::Cancelled
@@ -180,5 +200,7 @@ mod tests {
         assert_eq!(Outcome { exit_code: Some(3), ..Outcome::default() }.status(), RunStatus::Failed);
         let abandoned = Outcome { abandoned: true, cancelled: true, ..Outcome::default() };
         assert_eq!(abandoned.status(), RunStatus::Lost);
+        let fenced = Outcome { lease_lost: true, cancelled: true, signal: Some(9), ..Outcome::default() };
+        assert_eq!(fenced.status(), RunStatus::Lost);
     }
 }

@@ -3,12 +3,13 @@
 //! bounded channel and, once that is full, the script blocks on its next write rather than the agent growing
 //! without bound.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use automa_runner::{Limits, OutputChunk, Report, RunSpec, Sandbox, Stream};
 
@@ -23,54 +24,129 @@ const BATCH_BYTES: usize = 512 * 1024;
 /// How long to keep trying to deliver output or a result before giving up on an unreachable server.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Stops a run: `cancel` for a cancel request, `abandon` when the agent gives the run back.
+/// Why this agent stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its cancellation was requested.
+    Cancelled,
+    /// The agent is shutting down and gives the run back.
+    HandedBack,
+    /// The server no longer counts the run as this agent's (it ended or was lost): it writes what happened.
+    Gone,
+    /// The lease could not be renewed for this long, so the run was stopped before it could expire.
+    LeaseLost(Duration),
+}
+
+/// Stops a run, and knows how fresh its lease is.
 pub(crate) struct RunControl {
     stop: watch::Sender<bool>,
-    abandoned: AtomicBool,
+    reason: Mutex<Option<Stop>>,
+    /// A moment no later than the server's last grant or renewal of the run's lease: when the request that
+    /// renewed it was sent.
+    renewed: Mutex<Instant>,
+    /// The script has ended: nothing is left to fence, only a result to deliver (which heartbeats keep the
+    /// lease for meanwhile).
+    ended: AtomicBool,
 }
 
 impl RunControl {
-    pub(crate) fn cancel(&self) {
+    /// Stops the run for `reason`. The server having given the run up (gone, or its lease lost) is a fact a
+    /// later reason cannot change; otherwise the latest reason counts (a shutdown after a cancel request hands
+    /// the run back, and the server then ends it cancelled).
+    pub(crate) fn stop(&self, reason: Stop) {
+        {
+            let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(*current, Some(Stop::Gone | Stop::LeaseLost(_))) {
+                *current = Some(reason);
+            }
+        }
         self.stop.send_replace(true);
     }
 
-    pub(crate) fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-        self.stop.send_replace(true);
+    pub(crate) fn reason(&self) -> Option<Stop> {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that a request sent at `sent` renewed the lease.
+    pub(crate) fn renewed(&self, sent: Instant) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        *renewed = (*renewed).max(sent);
+    }
+
+    /// How long ago the lease was last known renewed.
+    pub(crate) fn unrenewed_for(&self) -> Duration {
+        self.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
+    pub(crate) fn script_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 }
 
-/// Executes one assignment to its end and reports it.
+/// Executes one assignment to its end and reports it. `claim_sent` is when the claim that brought it was sent.
 pub(crate) async fn execute<B: AgentBackend>(
     backend: Arc<B>,
     sandbox: Arc<Sandbox>,
     running: Running,
     work: Assignment,
+    claim_sent: Instant,
 ) {
     let run_id = work.run_id;
+    // The server took the lease after holding the claim this long, and no earlier than it received it.
+    let leased = (claim_sent + Duration::from_millis(u64::try_from(work.held_ms).unwrap_or(0))).min(Instant::now());
     let (stop, stopped) = watch::channel(false);
-    let control = Arc::new(RunControl { stop, abandoned: AtomicBool::new(false) });
+    let control = Arc::new(RunControl {
+        stop,
+        reason: Mutex::new(None),
+        renewed: Mutex::new(leased),
+        ended: AtomicBool::new(false),
+    });
     running.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, control.clone());
     let (output, chunks) = mpsc::channel(CHANNEL_CHUNKS);
     let shipper = tokio::spawn(ship(backend.clone(), run_id, work.last_log_seq, chunks, control.clone()));
+    let started = Instant::now();
     let result = sandbox.run(spec(work), output, stopped).await;
+    let ended = Instant::now();
+    control.ended.store(true, Ordering::SeqCst);
     let shipped = shipper.await.unwrap_or(false);
     let mut outcome = match result {
         Ok(report) => outcome(&report),
         Err(error) => Outcome { error: Some(error.to_string()), ..Outcome::default() },
     };
-    if control.abandoned.load(Ordering::SeqCst) && (outcome.cancelled || outcome.error.is_some()) {
+    if outcome.elapsed_ms.is_none() {
+        outcome.elapsed_ms = i64::try_from((ended - started).as_millis()).ok();
+    }
+    let reason = control.reason();
+    if reason == Some(Stop::HandedBack) && (outcome.cancelled || outcome.error.is_some()) {
         // Stopped by this agent's shutdown, not by anything the script did: the run is not over. (A script that
         // ended by itself just as the grace ran out is reported as it ended.)
         let _ = deliver(|| backend.hand_back(run_id), run_id, "hand-back").await;
         running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
         return;
     }
+    if let Some(Stop::LeaseLost(unrenewed)) = reason {
+        outcome.lease_lost = true;
+        outcome.cancelled = false;
+        outcome.error = Some(fenced_explanation(unrenewed));
+    }
     if !shipped && outcome.error.is_none() {
         outcome.error = Some("some output could not be delivered to the server".into());
     }
-    let _ = deliver(|| backend.finish(run_id, outcome.clone()), run_id, "result").await;
+    let report = |mut outcome: Outcome| {
+        outcome.ended_ms_ago = i64::try_from(ended.elapsed().as_millis()).ok();
+        backend.finish(run_id, outcome)
+    };
+    let _ = deliver(|| report(outcome.clone()), run_id, "result").await;
     running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+}
+
+/// What a run stopped by its lease's fence says, in its result and its log.
+fn fenced_explanation(unrenewed: Duration) -> String {
+    format!(
+        "stopped by its agent: the lease could not be renewed for {} s (server unreachable), so it was stopped \
+         before another agent could be given it",
+        unrenewed.as_secs()
+    )
 }
 
 fn spec(work: Assignment) -> RunSpec {
@@ -108,6 +184,9 @@ fn outcome(report: &Report) -> Outcome {
         error: None,
         abandoned: false,
         setup_ms: report.setup.and_then(|setup| i64::try_from(setup.as_millis()).ok()),
+        lease_lost: false,
+        elapsed_ms: i64::try_from(report.duration.as_millis()).ok(),
+        ended_ms_ago: None,
     }
 }
 
@@ -127,13 +206,14 @@ async fn ship<B: AgentBackend>(
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(chunk) = next.take() {
-            // The sandbox notes a stop as a cancel; after a shutdown's stop the server writes what happened
-            // (the run was handed back), which a "cancelled" line would contradict.
-            if chunk.stream != Stream::System || !control.abandoned.load(Ordering::SeqCst) {
+            // The sandbox notes every stop as a cancel. After any other stop the log says what happened instead:
+            // the server's line (handed back, lost) or this agent's (the lease's fence).
+            if chunk.stream != Stream::System || !stopped_otherwise(&control) {
                 bytes += chunk.data.len();
                 seq += 1;
                 let stream = stream_name(chunk.stream).into();
-                batch.push(WireChunk { seq, stream, ts: Utc::now(), data: chunk.data });
+                let ts = DateTime::<Utc>::from(chunk.at);
+                batch.push(WireChunk { seq, stream, ts, data: chunk.data });
             }
             if bytes < BATCH_BYTES {
                 next = chunks.try_recv().ok();
@@ -144,19 +224,32 @@ async fn ship<B: AgentBackend>(
         }
         let batch = LogBatch { chunks: batch };
         match deliver(|| backend.append_logs(run_id, batch.clone()), run_id, "output").await {
-            Ok(reply) if reply.cancel_requested => control.cancel(),
+            Ok(reply) if reply.cancel_requested => control.stop(Stop::Cancelled),
             Ok(_) => {}
             Err(crate::AgentError::Rejected { status: 404 | 409, detail }) => {
                 // The run ended or went to another agent: nothing this agent does for it counts any more.
                 tracing::warn!(run_id, %detail, "the server no longer takes this run's output; stopping it");
-                control.cancel();
+                control.stop(Stop::Gone);
                 while chunks.recv().await.is_some() {}
                 return false;
             }
             Err(_) => delivered = false,
         }
     }
+    if let Some(Stop::LeaseLost(unrenewed)) = control.reason() {
+        let data = format!("{}\n", fenced_explanation(unrenewed));
+        let note = WireChunk { seq: seq + 1, stream: "system".into(), ts: Utc::now(), data };
+        // Refused once the lease has expired: the server's own line then says the run was lost.
+        delivered &= deliver(|| backend.append_logs(run_id, LogBatch { chunks: vec![note.clone()] }), run_id, "output")
+            .await
+            .is_ok();
+    }
     delivered
+}
+
+/// True once the run was stopped for a reason other than a cancel request.
+fn stopped_otherwise(control: &RunControl) -> bool {
+    !matches!(control.reason(), None | Some(Stop::Cancelled))
 }
 
 fn stream_name(stream: Stream) -> &'static str {

@@ -17,7 +17,7 @@ use automa_runner::Sandbox;
 
 use crate::backend::{AgentBackend, AgentError};
 use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
-use crate::runner::{RunControl, execute};
+use crate::runner::{RunControl, Stop, execute};
 
 /// How long one claim may wait at the server.
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -163,6 +163,7 @@ impl<B: AgentBackend> Agent<B> {
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
             let claiming = self.backend.clone();
+            let claim_sent = tokio::time::Instant::now();
             let mut claim = Box::pin(async move { claiming.claim(CLAIM_WAIT).await });
             let claimed = tokio::select! {
                 claimed = &mut claim => Some(claimed),
@@ -179,7 +180,7 @@ impl<B: AgentBackend> Agent<B> {
                     delay = Duration::from_millis(200);
                     let (backend, sandbox, running) = (self.backend.clone(), sandbox.clone(), self.running.clone());
                     runs.spawn(async move {
-                        execute(backend, sandbox, running, assignment).await;
+                        execute(backend, sandbox, running, assignment, claim_sent).await;
                         drop(permit);
                     });
                 }
@@ -216,8 +217,11 @@ impl<B: AgentBackend> Agent<B> {
         if !refused {
             tracing::warn!(runs = controls.len(), "grace period over: giving the remaining runs back");
         }
+        // A refused agent's runs are no longer its own: the server has ended them (a disabled agent's end
+        // `cancelled`), so there is nothing to hand back.
+        let reason = if refused { Stop::Gone } else { Stop::HandedBack };
         for control in controls {
-            control.abandon();
+            control.stop(reason);
         }
         while runs.join_next().await.is_some() {}
     }
@@ -305,10 +309,31 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
 /// How often a busy agent heartbeats: a cancel reaches a silent script within about this long.
 const BUSY_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long after its last renewal this agent stops a run it could not renew (the fence), for a lease of
+/// `lease`: two thirds of it. The server's reaper marks the run lost, and may give it to another agent, once the
+/// lease has expired by the clock of whichever server reaps, so the remaining third must cover that server's
+/// clock running ahead of the one that wrote the lease, the stop itself (killing the sandbox takes
+/// milliseconds) and this watchdog's tick. A renewal counts from when its request was sent, which the server
+/// can only have received later, so the measured age is never less than the true one.
+pub(crate) fn fence(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
 /// Heartbeats, renewing the leases of running runs and acting on the answers: every second while runs are
-/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online.
+/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online. Beside
+/// them a watchdog stops any run whose lease could not be renewed for [`fence`]`(lease)`, whatever the
+/// heartbeats are waiting for.
 async fn heartbeat_loop<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
+    tokio::select! {
+        () = heartbeats(backend, running.clone(), template, lease) => {}
+        () = watchdog(running, fence(lease)) => {}
+    }
+}
+
+async fn heartbeats<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
     let idle_every = lease / 3;
+    // A heartbeat that hangs must not use up the time left to renew: several attempts fit before the fence.
+    let patience = lease / 6;
     let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(idle_every));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -319,18 +344,46 @@ async fn heartbeat_loop<B: AgentBackend>(backend: Arc<B>, running: Running, temp
         if ids.is_empty() && last.elapsed() < idle_every {
             continue;
         }
-        last = tokio::time::Instant::now();
-        let heartbeat = Heartbeat { running: ids, ..template.clone() };
-        match backend.heartbeat(heartbeat).await {
+        let sent = tokio::time::Instant::now();
+        last = sent;
+        let heartbeat = Heartbeat { running: ids.clone(), ..template.clone() };
+        let reply = match tokio::time::timeout(patience, backend.heartbeat(heartbeat)).await {
+            Ok(reply) => reply,
+            Err(_) => Err(AgentError::Transport(format!("no answer within {patience:?}"))),
+        };
+        match reply {
             Ok(reply) => {
                 let running = running.lock().unwrap_or_else(|e| e.into_inner());
-                for id in reply.cancel.iter().chain(&reply.gone) {
+                for id in ids.iter().filter(|id| !reply.gone.contains(id)) {
                     if let Some(control) = running.get(id) {
-                        control.cancel();
+                        control.renewed(sent);
+                    }
+                }
+                for (ids, reason) in [(&reply.cancel, Stop::Cancelled), (&reply.gone, Stop::Gone)] {
+                    for control in ids.iter().filter_map(|id| running.get(id)) {
+                        control.stop(reason);
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going and the next one retries"),
+            Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going until their lease's fence"),
+        }
+    }
+}
+
+/// Stops every run still executing whose lease was last renewed longer than `fence` ago.
+async fn watchdog(running: Running, fence: Duration) {
+    let mut ticker = tokio::time::interval((fence / 20).clamp(Duration::from_millis(20), Duration::from_millis(250)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        for (run_id, control) in running.iter() {
+            let unrenewed = control.unrenewed_for();
+            let fenced = matches!(control.reason(), Some(Stop::Gone | Stop::LeaseLost(_)));
+            if unrenewed > fence && !fenced && !control.script_ended() {
+                tracing::error!(run_id, ?unrenewed, "the run's lease could not be renewed: stopping the run");
+                control.stop(Stop::LeaseLost(unrenewed));
+            }
         }
     }
 }

@@ -194,6 +194,9 @@ pub struct OutputChunk {
     pub stream: Stream,
     /// The bytes as written, decoded as lossy UTF-8.
     pub data: String,
+    /// When the chunk was read from the script (this host's clock), so that output shipped late, after an
+    /// outage, keeps the time it was written.
+    pub at: std::time::SystemTime,
 }
 
 /// How a run ended and what it used.

@@ -119,7 +119,8 @@ pub(crate) async fn send(out: &mpsc::Sender<OutputChunk>, stream: Stream, bytes:
         return;
     }
     // NUL is replaced like invalid UTF-8: stored output is text, and PostgreSQL's text cannot hold it.
-    let chunk = OutputChunk { stream, data: String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}") };
+    let data = String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}");
+    let chunk = OutputChunk { stream, data, at: std::time::SystemTime::now() };
     let _ = out.send(chunk).await;
 }
 

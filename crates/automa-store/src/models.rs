@@ -504,6 +504,16 @@ pub struct RunEnd {
     pub output_bytes: Option<i64>,
     pub truncated: bool,
     pub error: Option<String>,
+    /// How long before the report the run ended, by the agent's account: `finished_at` is set that long
+    /// before now, but never before the run was claimed. `None`: now.
+    pub ended_ago: Option<chrono::Duration>,
+    /// How long the run took, by the agent's monotonic clock: `started_at` is set that long before
+    /// `finished_at`, but never before the run was claimed. `None`: the claim's time stays.
+    pub elapsed: Option<chrono::Duration>,
+    /// The attempt may still be running until its lease ends (the server lost it without the agent reporting
+    /// its end, or the agent stopped it only because it could not renew the lease): its retry does not become
+    /// claimable before then.
+    pub retry_after_lease: bool,
 }
 
 /// What finishing (or losing) a run changed.

@@ -159,7 +159,29 @@ const POSTGRES_SECRETS: &str = "NOT EXISTS (SELECT 1 FROM secrets s \
 /// Ends a running run. `$1` run, `$2` agent (NULL: whichever agent holds it, for the reaper).
 const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_code = $5, signal = $6, timed_out = $7, \
      oom_killed = $8, max_rss_kb = $9, cpu_ms = $10, output_bytes = $11, truncated = $12, error = $13, \
-     lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) RETURNING *";
+     started_at = $14, lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) \
+     RETURNING *";
+
+/// What the finish of a running run needs to know about it: when it was claimed and its lease's end.
+const RUNNING_TIMES: &str =
+    "SELECT started_at, lease_until FROM runs WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2)";
+
+/// When a run that ended at `at` by the store's clock really started and ended: the agent's account
+/// (`end.ended_ago`, `end.elapsed`), bounded by what the server saw: nothing before the claim, nothing after
+/// now. A result delivered late, after an outage, so keeps the run's own times instead of the delivery's.
+fn run_times(
+    end: &RunEnd,
+    at: DateTime<Utc>,
+    claimed: Option<DateTime<Utc>>,
+) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+    let earliest = claimed.unwrap_or(at).min(at);
+    let finished = end.ended_ago.map_or(at, |ago| (at - ago.max(Duration::zero())).clamp(earliest, at));
+    let started = match end.elapsed {
+        Some(elapsed) => Some((finished - elapsed.max(Duration::zero())).clamp(earliest, finished)),
+        None => claimed,
+    };
+    (finished, started)
+}
 
 /// When attempt `attempt` failing should be retried: the backoff doubled per earlier attempt, capped.
 fn retry_delay(run: &Run) -> Duration {
@@ -175,11 +197,15 @@ macro_rules! finish_in_tx {
     ($tx:expr, $chains:expr, $run_id:expr, $agent:expr, $end:expr) => {{
         let end: &RunEnd = $end;
         let at = now();
+        let times: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+            sqlx::query_as(RUNNING_TIMES).bind($run_id).bind($agent).fetch_optional(&mut *$tx).await?;
+        let (claimed, lease_until) = times.unwrap_or_default();
+        let (finished_at, started_at) = run_times(end, at, claimed);
         let run: Option<Run> = sqlx::query_as(FINISH_RUN)
             .bind($run_id)
             .bind($agent)
             .bind(end.status.as_str())
-            .bind(at)
+            .bind(finished_at)
             .bind(end.exit_code)
             .bind(end.signal)
             .bind(end.timed_out)
@@ -189,17 +215,22 @@ macro_rules! finish_in_tx {
             .bind(end.output_bytes)
             .bind(end.truncated)
             .bind(&end.error)
+            .bind(started_at)
             .fetch_optional(&mut *$tx)
             .await?;
         match run {
             None => None,
             Some(run) => {
                 let retry: Option<Run> = if end.status.is_retryable() && run.attempt <= run.retries {
+                    let not_before = match lease_until.filter(|_| end.retry_after_lease) {
+                        Some(lease_until) => (at + retry_delay(&run)).max(lease_until),
+                        None => at + retry_delay(&run),
+                    };
                     Some(
                         sqlx::query_as(INSERT_RETRY)
                             .bind(run.id)
                             .bind(at)
-                            .bind(at + retry_delay(&run))
+                            .bind(not_before)
                             .fetch_one(&mut *$tx)
                             .await?,
                     )
@@ -360,10 +391,15 @@ impl Store {
         })
     }
 
-    /// The earliest time a queued run becomes claimable, if one waits for its retry backoff.
-    pub async fn next_queued_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+    /// The earliest time after `after` at which a queued run becomes claimable, if one waits (for its retry
+    /// backoff, or for the lease of the attempt it retries to end). Runs already claimable do not count: one
+    /// this agent may not take must not hide a later one it may.
+    pub async fn next_queued_at(&self, after: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
         dispatch!(self, pool => {
-            Ok(sqlx::query_scalar("SELECT MIN(not_before) FROM runs WHERE status = 'queued'").fetch_one(pool).await?)
+            Ok(sqlx::query_scalar("SELECT MIN(not_before) FROM runs WHERE status = 'queued' AND not_before > $1")
+                .bind(after)
+                .fetch_one(pool)
+                .await?)
         })
     }
 
@@ -395,7 +431,7 @@ impl Store {
         let finished = dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
             let finished = finish_in_tx!(tx, self.chains, run_id, agent_id, end);
-            if postgres && finished.as_ref().is_some_and(|f: &Finished| !f.downstream.is_empty()) {
+            if postgres && finished.as_ref().is_some_and(Finished::queued_any) {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -457,7 +493,7 @@ impl Store {
                         RunEnd { error: Some(error), ..RunEnd::new(RunStatus::Lost) }
                     };
                     let finished = finish_in_tx!(tx, self.chains, run_id, Some(agent_id), &end);
-                    if postgres && finished.as_ref().is_some_and(|f: &Finished| f.retry.is_some() || !f.downstream.is_empty()) {
+                    if postgres && finished.as_ref().is_some_and(Finished::queued_any) {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }
                     finished
@@ -469,38 +505,62 @@ impl Store {
     }
 
     /// Marks `lost` every running run whose lease expired before `at` (or, with `agent_id`, every running run
-    /// of that agent, which has restarted and so holds none), queueing retries. Returns what changed.
-    pub async fn lose_runs(
-        &self,
-        at: DateTime<Utc>,
-        agent_id: Option<i64>,
-        reason: &str,
-    ) -> StoreResult<Vec<Finished>> {
-        let end = RunEnd { error: Some(reason.to_owned()), ..RunEnd::new(RunStatus::Lost) };
+    /// of that agent, which has restarted and so holds none), queueing retries and waking the servers' waiting
+    /// claims for them. Each lost run gets the reason as its error and as a `system` line in its output, in the
+    /// same transaction. Returns what changed.
+    pub async fn lose_runs(&self, at: DateTime<Utc>, agent_id: Option<i64>) -> StoreResult<Vec<Finished>> {
         let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
-            let expired: Vec<i64> = match agent_id {
-                Some(agent_id) => sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' AND agent_id = $1 ORDER BY id")
+            let select = "SELECT r.id, a.name, r.lease_until FROM runs r LEFT JOIN agents a ON a.id = r.agent_id \
+                 WHERE r.status = 'running' AND ";
+            let expired: Vec<(i64, Option<String>, Option<DateTime<Utc>>)> = match agent_id {
+                Some(agent_id) => sqlx::query_as(composed(format!("{select} r.agent_id = $1 ORDER BY r.id")))
                     .bind(agent_id)
                     .fetch_all(&mut *tx)
                     .await?,
-                None => sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' AND lease_until < $1 ORDER BY id")
+                None => sqlx::query_as(composed(format!("{select} r.lease_until < $1 ORDER BY r.id")))
                     .bind(at)
                     .fetch_all(&mut *tx)
                     .await?,
             };
             let mut lost = Vec::with_capacity(expired.len());
-            for run_id in expired {
+            for (run_id, agent, lease_until) in expired {
+                let agent = agent.unwrap_or_else(|| "(deleted)".into());
+                let reason = match (agent_id, lease_until) {
+                    (Some(_), _) => format!("agent '{agent}' restarted while the run was running"),
+                    (None, Some(expiry)) => format!(
+                        "agent '{agent}' stopped renewing the run's lease (it expired at {})",
+                        expiry.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                    (None, None) => format!("agent '{agent}' stopped renewing the run's lease"),
+                };
+                // Lost without its agent's word that it stopped (a second process with the same token, an agent
+                // cut off): the retry waits for the lease, which the reaper's runs have already passed.
+                let end =
+                    RunEnd { error: Some(reason.clone()), retry_after_lease: true, ..RunEnd::new(RunStatus::Lost) };
                 if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, None::<i64>, &end) {
+                    sqlx::query(APPEND_SYSTEM_LINE)
+                        .bind(run_id)
+                        .bind(finished.run.finished_at.unwrap_or(at))
+                        .bind(format!("lost: {reason}\n"))
+                        .execute(&mut *tx)
+                        .await?;
                     lost.push(finished);
                 }
             }
-            if postgres && lost.iter().any(|f| !f.downstream.is_empty()) {
+            if postgres && lost.iter().any(Finished::queued_any) {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(lost)
+        })
+    }
+
+    /// When the earliest lease of a running run ends, if any run is running: the reaper sleeps until then.
+    pub async fn next_lease_expiry(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT MIN(lease_until) FROM runs WHERE status = 'running'").fetch_one(pool).await?)
         })
     }
 
@@ -562,11 +622,21 @@ impl RunEnd {
             output_bytes: None,
             truncated: false,
             error: None,
+            ended_ago: None,
+            elapsed: None,
+            retry_after_lease: false,
         }
     }
 
     pub fn failed(error: &str) -> RunEnd {
         RunEnd { error: Some(error.to_owned()), ..RunEnd::new(RunStatus::Failed) }
+    }
+}
+
+impl Finished {
+    /// Whether this end queued a run (a retry or a run-after run) that waiting claims should hear of.
+    pub fn queued_any(&self) -> bool {
+        self.retry.is_some() || !self.downstream.is_empty()
     }
 }
 

@@ -64,7 +64,7 @@ async fn expired_leases_are_reaped_and_retried(store: &Store) {
     store.claim_run(a, Duration::seconds(-1)).await.unwrap().unwrap();
     let renewal = store.renew_leases(a, &[run.id, 999], Duration::seconds(-1)).await.unwrap();
     assert_eq!(renewal.gone, vec![999]);
-    let lost = store.lose_runs(automa_store::now(), None, "lease expired").await.unwrap();
+    let lost = store.lose_runs(automa_store::now(), None).await.unwrap();
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].run.status, "lost");
     let retry = lost[0].retry.as_ref().expect("retried");
@@ -72,12 +72,125 @@ async fn expired_leases_are_reaped_and_retried(store: &Store) {
     assert_eq!(claimed.run.id, retry.id);
     let renewal = store.renew_leases(a, &[run.id, retry.id], lease()).await.unwrap();
     assert_eq!(renewal.gone, vec![run.id], "the lost run is gone for the agent");
-    assert!(store.lose_runs(automa_store::now(), None, "x").await.unwrap().is_empty(), "a renewed lease is kept");
-    let restarted = store.lose_runs(automa_store::now(), Some(a), "agent restarted").await.unwrap();
+    assert!(store.lose_runs(automa_store::now(), None).await.unwrap().is_empty(), "a renewed lease is kept");
+    let restarted = store.lose_runs(automa_store::now(), Some(a)).await.unwrap();
     assert_eq!(restarted.len(), 1);
     assert!(restarted[0].retry.is_none(), "no retries left");
 }
 both_backends!(reaping, expired_leases_are_reaped_and_retried);
+
+/// The system lines of a run's output.
+async fn system_lines(store: &Store, run_id: i64) -> Vec<String> {
+    let logs = store.run_logs(run_id, 0, 100).await.unwrap();
+    logs.into_iter().filter(|c| c.stream == "system").map(|c| c.data).collect()
+}
+
+async fn a_lost_run_says_why_in_its_log(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "edge-1", &[], 4).await;
+    let expired = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, Duration::seconds(-1)).await.unwrap().unwrap();
+    let lost = store.lose_runs(automa_store::now(), None).await.unwrap();
+    let error = lost[0].run.error.clone().unwrap();
+    assert!(error.starts_with("agent 'edge-1' stopped renewing the run's lease (it expired at "), "{error}");
+    assert_eq!(system_lines(store, expired.id).await, [format!("lost: {error}\n")]);
+
+    let restarted = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let output = NewLogChunk { seq: 1, stream: "stdout".into(), ts: automa_store::now(), data: "x\n".into() };
+    store.append_logs(restarted.id, a, &[output], 1_000).await.unwrap();
+    store.lose_runs(automa_store::now(), Some(a)).await.unwrap();
+    let lines = system_lines(store, restarted.id).await;
+    assert_eq!(lines, ["lost: agent 'edge-1' restarted while the run was running\n"], "after the run's output");
+    assert_eq!(store.run_logs(restarted.id, 0, 100).await.unwrap().last().unwrap().seq, 2);
+}
+both_backends!(lost_runs_say_why, a_lost_run_says_why_in_its_log);
+
+async fn a_lost_attempt_is_not_retried_before_its_lease_ends(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
+    // The agent reports it stopped the run because it could not renew its lease: the lease has not ended yet.
+    let end =
+        RunEnd { error: Some("stopped by its agent".into()), retry_after_lease: true, ..RunEnd::new(RunStatus::Lost) };
+    let finished = store.finish_run(run.id, Some(a), &end).await.unwrap();
+    let retry = finished.retry.expect("retried");
+    assert!(retry.not_before >= claimed.run.lease_until.unwrap(), "{retry:?}");
+    assert!(store.claim_run(a, lease()).await.unwrap().is_none(), "not while the old lease lasts");
+    assert_eq!(store.next_queued_at(automa_store::now()).await.unwrap(), Some(retry.not_before));
+}
+both_backends!(lost_retry_waits_for_the_lease, a_lost_attempt_is_not_retried_before_its_lease_ends);
+
+async fn agent_reported_times_are_kept_within_what_the_server_saw(store: &Store) {
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap().run.started_at.unwrap();
+    let before = automa_store::now();
+    let end = RunEnd {
+        exit_code: Some(0),
+        ended_ago: Some(Duration::zero()),
+        elapsed: Some(Duration::hours(1)),
+        ..RunEnd::new(RunStatus::Succeeded)
+    };
+    let ended = store.finish_run(run.id, Some(a), &end).await.unwrap().run;
+    let finished = ended.finished_at.unwrap();
+    assert!(finished >= before && finished <= automa_store::now(), "ended as reported: {finished}");
+    assert_eq!(ended.started_at, Some(claimed), "never before the claim");
+
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    let end = RunEnd { elapsed: Some(Duration::zero()), ..RunEnd::new(RunStatus::Succeeded) };
+    let ended = store.finish_run(run.id, Some(a), &end).await.unwrap().run;
+    assert_eq!(ended.started_at, ended.finished_at, "started the reported time before it ended");
+
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap().run.started_at.unwrap();
+    let end = RunEnd {
+        exit_code: Some(0),
+        ended_ago: Some(Duration::hours(1)),
+        elapsed: Some(Duration::milliseconds(5)),
+        ..RunEnd::new(RunStatus::Succeeded)
+    };
+    let ended = store.finish_run(run.id, Some(a), &end).await.unwrap().run;
+    assert_eq!((ended.started_at, ended.finished_at), (Some(claimed), Some(claimed)), "never before the claim");
+}
+both_backends!(agent_times, agent_reported_times_are_kept_within_what_the_server_saw);
+
+/// Counts the notifications on the wake channel (PostgreSQL; on SQLite there are none to count).
+async fn wake_counter(store: &Store) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let woken = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let counted = woken.clone();
+    store.listen_for_runs(move || counted.add_permits(1)).await.unwrap();
+    woken
+}
+
+async fn woken_once(woken: &tokio::sync::Semaphore, what: &str) {
+    let permit = tokio::time::timeout(std::time::Duration::from_secs(30), woken.acquire()).await;
+    permit.unwrap_or_else(|_| panic!("no notification for {what}")).unwrap().forget();
+}
+
+async fn queued_retries_wake_every_server(store: &Store) {
+    if store.backend_name() != "postgres" {
+        return;
+    }
+    let s = script(store).await;
+    let a = agent(store, "a", &[], 4).await;
+    let failing = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    let expiring = store.create_run(None, new_run(s, &[], None, 1)).await.unwrap();
+    store.claim_run(a, lease()).await.unwrap().unwrap();
+    store.claim_run(a, Duration::seconds(-1)).await.unwrap().unwrap();
+    let woken = wake_counter(store).await;
+    let end = RunEnd { exit_code: Some(1), ..RunEnd::new(RunStatus::Failed) };
+    assert!(store.finish_run(failing.id, Some(a), &end).await.unwrap().retry.is_some());
+    woken_once(&woken, "a retry queued by a finish").await;
+    let lost = store.lose_runs(automa_store::now(), None).await.unwrap();
+    assert_eq!(lost.iter().map(|f| f.run.id).collect::<Vec<_>>(), [expiring.id]);
+    assert!(lost[0].retry.is_some());
+    woken_once(&woken, "a retry queued by the reaper").await;
+}
+both_backends!(retries_wake, queued_retries_wake_every_server);
 
 async fn cancel_queued_and_running(store: &Store) {
     let s = script(store).await;
@@ -185,7 +298,7 @@ async fn a_handed_back_run_is_queued_again_without_spending_a_retry(store: &Stor
     assert!(handed.retry.is_none(), "no new run: the same one goes back to the queue");
     assert!(handed.run.started_at.is_none() && handed.run.lease_until.is_none(), "its lease is released");
     assert!(store.hand_back_run(run.id, a, "again").await.unwrap().is_none(), "a repeated hand-back changes nothing");
-    let lost = store.lose_runs(automa_store::now(), Some(a), "restart").await.unwrap();
+    let lost = store.lose_runs(automa_store::now(), Some(a)).await.unwrap();
     assert_eq!(lost.iter().map(|f| f.run.id).collect::<Vec<_>>(), [older.id], "the handed-back run is not lost");
 
     let again = store.claim_run(b, lease()).await.unwrap().expect("claimable at once");

@@ -124,20 +124,23 @@ impl Execution {
     /// Waits up to `wait` for a run `agent_id` may take, answering at once when one is waiting. Woken by
     /// queued runs rather than polling; sleeps no longer than until the next retry becomes due.
     pub async fn claim(&self, agent_id: i64, wait: Duration) -> ApiResult<Option<Assignment>> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_CLAIM_WAIT);
+        let received = tokio::time::Instant::now();
+        let deadline = received + wait.min(MAX_CLAIM_WAIT);
         let mut stopping = self.stopping.clone();
         loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let claiming = tokio::time::Instant::now();
             if let Some(claimed) = self.store.claim_run(agent_id, self.lease).await? {
-                match self.assignment(agent_id, claimed).await? {
+                let held = claiming - received;
+                match self.assignment(agent_id, claimed, held).await? {
                     Some(assignment) => return Ok(Some(assignment)),
                     None => continue,
                 }
             }
             let mut until = deadline;
-            if let Some(next) = self.store.next_queued_at().await? {
+            if let Some(next) = self.store.next_queued_at(Utc::now()).await? {
                 let due_in = (next - Utc::now()).to_std().unwrap_or_default();
                 if !due_in.is_zero() {
                     until = until.min(tokio::time::Instant::now() + due_in);
@@ -157,7 +160,7 @@ impl Execution {
     /// Turns a claimed run into what the agent executes, with its secrets' values. A run naming a secret
     /// that does not exist, does not decrypt, or whose policy refuses this run or this agent fails at once;
     /// `None` tells the caller to claim again.
-    async fn assignment(&self, agent_id: i64, claimed: ClaimedRun) -> ApiResult<Option<Assignment>> {
+    async fn assignment(&self, agent_id: i64, claimed: ClaimedRun, held: Duration) -> ApiResult<Option<Assignment>> {
         let ClaimedRun { run, content, last_log_seq, payload } = claimed;
         let names = run.secrets.0.clone();
         let mut problem = self.secret_refusal(agent_id, &run).await?;
@@ -201,6 +204,7 @@ impl Execution {
             network: run.network,
             last_log_seq,
             payload,
+            held_ms: i64::try_from(held.as_millis()).unwrap_or(0),
         }))
     }
 
@@ -246,10 +250,7 @@ impl Execution {
         self.note_presence(agent_id, heartbeat.initial).await?;
         self.store.agent_seen(agent_id, &heartbeat.hostname, &heartbeat.version, &heartbeat.capabilities).await?;
         if heartbeat.initial {
-            let lost = self
-                .store
-                .lose_runs(automa_store::now(), Some(agent_id), "the agent restarted while the run was running")
-                .await?;
+            let lost = self.store.lose_runs(automa_store::now(), Some(agent_id)).await?;
             lost.iter().for_each(|finished| self.publish_finish(finished));
             self.note_lost(&lost).await;
             self.hub.publish(Event::Agent { id: agent_id });
@@ -318,6 +319,11 @@ impl Execution {
             output_bytes: outcome.output_bytes,
             truncated: outcome.truncated,
             error: outcome.explanation(),
+            ended_ago: outcome.ended_ms_ago.map(chrono::Duration::milliseconds),
+            elapsed: outcome.elapsed_ms.map(chrono::Duration::milliseconds),
+            // Stopped only because the agent could not renew the lease: the retry waits for the lease's end as
+            // after any loss the server did not see end, which the fence's margin is there to cover.
+            retry_after_lease: outcome.lease_lost,
         };
         let finished = match self.store.finish_run(run_id, Some(agent_id), &end).await {
             Err(StoreError::NotFound) => return Err(ApiError::not_found("run")),
@@ -353,27 +359,41 @@ impl Execution {
         }
     }
 
-    /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, every third
-    /// of a lease. Agents renew at the same pace, so a healthy run is never reaped; a lost one waits at most a
-    /// lease and a third.
+    /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as the earliest lease ends, looking at least every third
+    /// of a lease (another server may have claimed or renewed meanwhile; a new lease never ends sooner than a
+    /// lease from now). A killed agent's run is so lost within moments of its lease's end, not a third later.
     async fn reap_forever(self: Arc<Self>) {
-        let period = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let longest = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
         let mut stopping = self.stopping.clone();
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stopping.wait_for(|stop| *stop) => return,
-            }
-            match self.store.lose_runs(automa_store::now(), None, "the agent stopped renewing the run's lease").await {
+            let mut pause = longest;
+            let reaped = match self.store.lose_runs(automa_store::now(), None).await {
                 Ok(lost) => {
                     lost.iter().for_each(|finished| self.publish_finish(finished));
                     self.note_lost(&lost).await;
+                    Ok(())
                 }
+                Err(error) => Err(error),
+            };
+            // After a failure the next look waits the longest pause, so a database that is down is not hammered.
+            let next_expiry = match reaped {
+                Ok(()) => self.store.next_lease_expiry().await,
+                Err(error) => Err(error),
+            };
+            match next_expiry {
+                // Just past the expiry: the reaper takes leases that ended strictly before its time.
+                Ok(Some(expiry)) => {
+                    let until = (expiry - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(5);
+                    pause = pause.min(until);
+                }
+                Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "reaping expired leases failed; trying again later"),
             }
             self.note_silent_agents().await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
         }
     }
 }

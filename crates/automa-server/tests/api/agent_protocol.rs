@@ -196,3 +196,45 @@ async fn an_agents_history_keeps_its_newest_hundred_events(backend: Backend) {
     let items = listed.body["items"].as_array().unwrap();
     assert!(items.iter().all(|e| e["kind"] == "goodbye"), "the oldest (online) went first");
 }
+
+/// A retry queued on one server (by an agent's finish) answers a claim waiting on another server of the same
+/// PostgreSQL database at once, not when that claim's long poll ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_queued_on_one_server_wakes_a_claim_waiting_on_another() {
+    if crate::helpers::postgres_url().is_none() {
+        return;
+    }
+    let first = spawn_app(Backend::Postgres).await;
+    let second = first.replica().await;
+    let admin = first.admin_token().await;
+    let holder = agent(&first, &admin, "holder").await;
+    let waiter = agent(&first, &admin, "waiter").await;
+    let script = first.create_script(&admin, "flaky").await;
+    let body = json!({"name": "flaky", "script_id": script["id"], "retries": 1, "retry_backoff_seconds": 0});
+    let task = first.post("/tasks", &admin, body).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+    let queued = first.post(&format!("/tasks/{}/execute", task.body["id"]), &admin, json!({})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let claim = first.request(Method::POST, "/agent/claim", Some(&holder), Some(&json!({"wait_seconds": 0}))).await;
+    let run = claim.body["run_id"].as_i64().expect("the holder claims the run");
+
+    let long_poll = json!({"wait_seconds": 30});
+    let waiting = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let claim = second.request(Method::POST, "/agent/claim", Some(&waiter), Some(&long_poll)).await;
+        (claim, started.elapsed())
+    });
+    // The waiting claim has looked once and found nothing before the retry is queued: without a wake-up it
+    // would sleep out its 30 s. (Had the retry come first, the claim would take it at once either way.)
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let outcome = json!({"exit_code": 1, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0});
+    let finished =
+        first.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(&holder), Some(&outcome)).await;
+    assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
+
+    let (claim, waited) = waiting.await.unwrap();
+    assert_eq!(claim.status, StatusCode::OK, "{:?}", claim.body);
+    assert_eq!(claim.body["attempt"], 2, "the retry: {:?}", claim.body);
+    // Far below the 30 s long poll: the wake-up, not the poll's end, answered the claim.
+    assert!(waited < std::time::Duration::from_secs(10), "the claim waited {waited:?}");
+}

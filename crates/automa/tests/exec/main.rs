@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod client;
 mod crash;
+mod fence;
 mod fleet;
 mod load;
 mod logs;

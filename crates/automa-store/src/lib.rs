@@ -39,6 +39,7 @@ pub use notifications::{
 };
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;
+pub use agents::NO_CAP;
 pub use runs::{MAX_HAND_BACKS, WAKE_CHANNEL};
 pub use schedule::{Fired, TASKS_CHANNEL};
 

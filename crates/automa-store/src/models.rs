@@ -137,12 +137,24 @@ pub struct Agent {
     pub capabilities: Json<Value>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The runs at once the agent reports it has (its `--concurrency`); `None` until it reported them.
+    pub slots: Option<i64>,
+    /// When the agent was retired: its record stays for the runs that name it, but it is refused.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 impl Agent {
+    /// How many runs the agent may hold at once: what it runs, within the admin's cap. An agent that has not
+    /// reported its slots (never seen, or older than the report) gets the cap.
+    pub fn effective_concurrency(&self) -> i64 {
+        self.slots.map_or(self.max_concurrency, |slots| slots.min(self.max_concurrency))
+    }
+
     /// An agent is online while its heartbeats keep coming; admin states win over liveness.
     pub fn status(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> &'static str {
-        if self.disabled {
+        if self.retired_at.is_some() {
+            "retired"
+        } else if self.disabled {
             "disabled"
         } else if self.last_seen_at.is_none_or(|seen| now - seen > offline_after) {
             "offline"
@@ -462,6 +474,15 @@ pub struct RunEnd {
     pub error: Option<String>,
 }
 
+/// What changing an agent did: the agent as it is now, and the runs that ended because it was disabled.
+#[derive(Debug, Clone)]
+pub struct AgentUpdated {
+    pub agent: Agent,
+    pub cancelled: Vec<Finished>,
+    /// The change may let the agent take runs it could not take before: waiting claims should look again.
+    pub may_take_more: bool,
+}
+
 /// What finishing (or losing) a run changed.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -593,6 +614,8 @@ mod tests {
             capabilities: Json(Value::Null),
             last_seen_at: None,
             created_at: Utc::now(),
+            slots: None,
+            retired_at: None,
         }
     }
 

@@ -27,7 +27,8 @@ async fn existing_secrets(state: &AppState, names: &[String]) -> ApiResult<Vec<S
     Ok(ordered)
 }
 
-/// The agent a run is pinned to, refusing one that does not exist or is disabled (it would never run).
+/// The agent a run is pinned to, refusing one that does not exist (422), or is disabled or retired (409: it
+/// would never run the run).
 pub(crate) async fn pinned_agent(state: &AppState, agent_id: Option<i64>) -> ApiResult<Option<Agent>> {
     let Some(agent_id) = agent_id else { return Ok(None) };
     let agent = match state.store.get_agent(agent_id).await {
@@ -37,10 +38,23 @@ pub(crate) async fn pinned_agent(state: &AppState, agent_id: Option<i64>) -> Api
         }
         Err(other) => return Err(other.into()),
     };
-    if agent.disabled {
-        return Err(ApiError::invalid("agent_id", format!("agent {agent_id} is disabled and takes no runs")));
-    }
+    refuse_unavailable(&agent)?;
     Ok(Some(agent))
+}
+
+/// A run pinned to a disabled or retired agent would wait forever: refused with the agent's name and why.
+pub(crate) fn refuse_unavailable(agent: &Agent) -> ApiResult<()> {
+    let why = if agent.retired_at.is_some() {
+        "retired"
+    } else if agent.disabled {
+        "disabled"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::Conflict(format!(
+        "agent '{}' (id {}) is {why} and takes no runs; pin the run to another agent or to none",
+        agent.name, agent.id
+    )))
 }
 
 /// A run pinned to an agent that none of its secrets' policies admit would wait forever: refuse it now.

@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod client;
+mod concurrency;
 mod crash;
 mod load;
 mod logs;

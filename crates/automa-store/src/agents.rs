@@ -4,8 +4,8 @@ use serde_json::json;
 use sqlx::types::Json;
 
 use crate::{
-    Actor, Agent, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, dispatch, now,
+    Actor, Agent, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult, WritePool, audit::append_audit,
+    dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \

@@ -28,6 +28,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use agents::NO_CAP;
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
 pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
@@ -39,7 +40,6 @@ pub use notifications::{
 };
 pub use retention::{AuditPruneSummary, BatchLimits, RunPruneSummary, RunRetention};
 pub use run_logs::NewLogChunk;
-pub use agents::NO_CAP;
 pub use runs::{MAX_HAND_BACKS, WAKE_CHANNEL};
 pub use schedule::{Fired, TASKS_CHANNEL};
 

@@ -9,9 +9,11 @@ use sqlx::types::Json;
 use automa_core::RunStatus;
 
 use crate::{
-    Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun, Page, Run, RunEnd, RunFilter,
-    Store, StoreError, StoreResult, WritePool, agents::{AGENT_COLUMNS, EFFECTIVE_CONCURRENCY}, audit::append_audit, composed,
-    dispatch, now,
+    Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun,
+    Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
+    agents::{AGENT_COLUMNS, EFFECTIVE_CONCURRENCY},
+    audit::append_audit,
+    composed, dispatch, now,
 };
 
 /// The channel that tells every server on a PostgreSQL database that a run was queued.

@@ -85,22 +85,26 @@ async fn retiring_keeps_history_and_unpins(store: &Store) {
     let retired = store.retire_agent(&Actor::system(), a).await.unwrap();
     assert!(retired.retired_at.is_some());
     assert_eq!(store.get_run(done.id).await.unwrap().agent_id, Some(a), "a past run keeps its agent");
-    let history = store.list_runs(&RunFilter { agent_id: Some(a), ..RunFilter::default() }, Page::new(None, None));
-    assert_eq!(history.await.unwrap().items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![done.id]);
+    let filter = RunFilter { agent_id: Some(a), ..RunFilter::default() };
+    let history = store.list_runs(&filter, Page::new(None, None)).await.unwrap();
+    assert_eq!(history.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![done.id]);
     assert_eq!(store.get_run(pinned.id).await.unwrap().target_agent_id, None, "a queued run is unpinned");
     assert!(store.authenticate_agent("hash-old-box").await.unwrap().is_none(), "its token is refused");
     assert_eq!(store.list_agents(Page::new(None, None), false).await.unwrap().total, 0);
     assert_eq!(store.list_agents(Page::new(None, None), true).await.unwrap().total, 1);
     assert_eq!(store.get_agent(a).await.unwrap().status(automa_store::now(), Duration::seconds(90)), "retired");
     let taken = store
-        .create_agent(&Actor::system(), automa_store::NewAgent {
-            name: "old-box".into(),
-            description: String::new(),
-            labels: vec![],
-            max_concurrency: 1,
-            token_hash: "another".into(),
-            embedded: false,
-        })
+        .create_agent(
+            &Actor::system(),
+            automa_store::NewAgent {
+                name: "old-box".into(),
+                description: String::new(),
+                labels: vec![],
+                max_concurrency: 1,
+                token_hash: "another".into(),
+                embedded: false,
+            },
+        )
         .await
         .unwrap_err();
     assert!(taken.to_string().contains(&format!("belongs to retired agent {a}")), "{taken}");

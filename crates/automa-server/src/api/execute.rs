@@ -36,9 +36,7 @@ pub async fn task(
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let task = state.store.get_task(id).await.map_err(missing("task"))?;
     grants::check_task_may_run(&state, &task).await?;
-    if let Some(agent_id) = task.agent_id {
-        grants::refuse_unavailable(&state.store.get_agent(agent_id).await?)?;
-    }
+    grants::run_agent(&state, task.agent_id).await?;
     let script = state.store.get_script(task.script_id).await.map_err(missing("script"))?;
     let new = NewRun {
         task_id: Some(task.id),
@@ -105,7 +103,7 @@ pub async fn adhoc(
     if input.network {
         grants::authorize_network(&state, &principal)?;
     }
-    let agent = grants::pinned_agent(&state, input.agent_id).await?;
+    let agent = grants::run_agent(&state, input.agent_id).await?;
     grants::authorize_adhoc_secrets(&state, &principal, &input.secrets, agent.as_ref()).await?;
     let (script_id, script_version, content, filename) = match (input.script_id, input.content) {
         (Some(script_id), None) => {

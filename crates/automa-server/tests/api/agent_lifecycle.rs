@@ -53,7 +53,10 @@ async fn heartbeats_report_concurrency_and_get_the_effective_grant(backend: Back
     let shown = app.get(&format!("/agents/{id}"), &admin).await.body;
     assert_eq!((shown["concurrency"].clone(), shown["effective_concurrency"].clone()), (json!(3), json!(3)));
     let capped = app.put(&format!("/agents/{id}"), &admin, json!({"max_concurrency": 2})).await;
-    assert_eq!((capped.body["max_concurrency"].clone(), capped.body["effective_concurrency"].clone()), (json!(2), json!(2)));
+    assert_eq!(
+        (capped.body["max_concurrency"].clone(), capped.body["effective_concurrency"].clone()),
+        (json!(2), json!(2))
+    );
     let (_, reply) = beat(&app, &token, json!(3)).await;
     assert_eq!(reply["max_concurrency"], 2, "the grant follows the cap: {reply}");
     let (_, reply) = beat(&app, &token, Value::Null).await;
@@ -98,7 +101,7 @@ async fn disabling_cancels_running_runs_and_refuses_pins(backend: Backend) {
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert_eq!(
         refused.detail(),
-        format!("agent 'box' (id {id}) is disabled and takes no runs; pin the run to another agent or to none")
+        format!("agent 'box' (id {id}) is disabled and takes no runs; pin to another agent or to none")
     );
     let script = app.create_script(&admin, "s").await;
     let task = app.create_task(&admin, "t", script["id"].as_i64().unwrap()).await;
@@ -173,10 +176,15 @@ async fn retired_agents_keep_history_and_their_name(backend: Backend) {
     assert_eq!(taken.status, StatusCode::CONFLICT);
     assert_eq!(
         taken.detail(),
-        format!("the name 'old' belongs to retired agent {id}; rename that agent (PUT /agents/{id} with a new name) to free it")
+        format!(
+            "the name 'old' belongs to retired agent {id}; rename that agent (PUT /agents/{id} with a new name) to free it"
+        )
     );
     let changed = app.put(&format!("/agents/{id}"), &admin, json!({"labels": ["x"]})).await;
-    assert_eq!((changed.status, changed.detail()), (StatusCode::CONFLICT, "agent 'old' is retired: only its name can change"));
+    assert_eq!(
+        (changed.status, changed.detail()),
+        (StatusCode::CONFLICT, "agent 'old' is retired: only its name can change")
+    );
     let renamed = app.put(&format!("/agents/{id}"), &admin, json!({"name": "old-2025"})).await;
     assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
     create(&app, &admin, json!({"name": "old"})).await;

@@ -23,6 +23,11 @@ pub struct Heartbeat {
     /// Runs this agent is executing; their leases are renewed.
     #[serde(default)]
     pub running: Vec<i64>,
+    /// How many runs this agent executes at once (`automa agent --concurrency`, `AUTOMA_AGENT_CONCURRENCY`),
+    /// 1-1024. The server grants at most this, within the admin's cap. Absent from older agents: the cap alone
+    /// decides.
+    #[serde(default)]
+    pub concurrency: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -33,6 +38,10 @@ pub struct HeartbeatReply {
     pub cancel: Vec<i64>,
     /// Runs the server no longer counts as this agent's (finished or lost): stop them.
     pub gone: Vec<i64>,
+    /// The runs this agent may hold at once: its reported concurrency within the admin's cap. The agent claims
+    /// only below it. Absent from older servers: the agent's own concurrency applies.
+    #[serde(default)]
+    pub max_concurrency: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

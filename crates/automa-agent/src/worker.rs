@@ -1,5 +1,6 @@
-//! The agent loop: an initial heartbeat, then periodic heartbeats that renew leases and deliver cancel
-//! requests, and a claim loop that long-polls for work whenever a slot is free. On shutdown it stops claiming,
+//! The agent loop: an initial heartbeat, then periodic heartbeats that renew leases, deliver cancel requests and
+//! grant the agent its concurrency, and a claim loop that long-polls for work whenever it holds fewer runs than
+//! both its own concurrency and the server's grant. On shutdown it stops claiming,
 //! lets running runs finish within a grace period, then stops the rest and hands them back to the server, which
 //! queues them again without counting an attempt, and says goodbye so the server shows it offline at once.
 //! When the server refuses the agent's token (the agent was disabled or retired), whichever request met the
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use automa_runner::Sandbox;
@@ -85,10 +86,16 @@ impl<B: AgentBackend> Agent<B> {
             }
         };
         let lease = Duration::from_secs(reply.lease_seconds.max(3));
-        let heartbeats =
-            tokio::spawn(heartbeat_loop(self.backend.clone(), self.running.clone(), self.heartbeat(false), lease));
+        let (grant, granted) = watch::channel(reply.max_concurrency);
+        let heartbeats = tokio::spawn(heartbeat_loop(
+            self.backend.clone(),
+            self.running.clone(),
+            self.heartbeat(false),
+            lease,
+            grant,
+        ));
         match self.sandbox.clone() {
-            Ok(sandbox) => self.claim_loop(sandbox, &mut stop).await,
+            Ok(sandbox) => self.claim_loop(sandbox, &mut stop, granted).await,
             Err(reason) => {
                 tracing::error!(%reason, "this agent refuses to run scripts: the sandbox cannot be built");
                 let _ = stop.wait_for(|stop| *stop).await;
@@ -131,6 +138,7 @@ impl<B: AgentBackend> Agent<B> {
             version: crate::VERSION.into(),
             capabilities: self.capabilities(),
             running: Vec::new(),
+            concurrency: Some(i64::try_from(self.config.concurrency).unwrap_or(i64::MAX)),
         }
     }
 
@@ -153,15 +161,27 @@ impl<B: AgentBackend> Agent<B> {
         }
     }
 
-    async fn claim_loop(&self, sandbox: Arc<Sandbox>, shutdown: &mut watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+    /// Claims while it holds fewer runs than it may: its own concurrency within the server's latest grant. At
+    /// that capacity it sends no claim (a claim the server cannot grant would wait out a whole long poll) and
+    /// waits for one of its runs to end, a new grant or shutdown; so it does after the server answers that it
+    /// is at capacity (409), which happens when the server counts runs this agent no longer knows of.
+    async fn claim_loop(
+        &self,
+        sandbox: Arc<Sandbox>,
+        shutdown: &mut watch::Receiver<bool>,
+        mut granted: watch::Receiver<Option<i64>>,
+    ) {
+        let own = self.config.concurrency.max(1);
         let mut runs = JoinSet::new();
         let mut delay = Duration::from_millis(200);
         loop {
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
+            while runs.try_join_next().is_some() {}
+            if runs.len() >= capacity(own, *granted.borrow_and_update()) {
+                if wait_for_room(&mut runs, &mut granted, shutdown).await {
+                    break;
+                }
+                continue;
+            }
             let claiming = self.backend.clone();
             let claim_sent = tokio::time::Instant::now();
             let mut claim = Box::pin(async move { claiming.claim(CLAIM_WAIT).await });
@@ -174,17 +194,19 @@ impl<B: AgentBackend> Agent<B> {
                 runs.spawn(give_back_late_claim(self.backend.clone(), claim));
                 break;
             };
-            while runs.try_join_next().is_some() {}
             match claimed {
                 Ok(Some(assignment)) => {
                     delay = Duration::from_millis(200);
                     let (backend, sandbox, running) = (self.backend.clone(), sandbox.clone(), self.running.clone());
-                    runs.spawn(async move {
-                        execute(backend, sandbox, running, assignment, claim_sent).await;
-                        drop(permit);
-                    });
+                    runs.spawn(execute(backend, sandbox, running, assignment, claim_sent));
                 }
                 Ok(None) => delay = Duration::from_millis(200),
+                Err(AgentError::Rejected { status: 409, .. }) => {
+                    tracing::debug!(runs = runs.len(), "the server says this agent is at capacity");
+                    if wait_for_room(&mut runs, &mut granted, shutdown).await {
+                        break;
+                    }
+                }
                 Err(error) => {
                     log_claim_error(&error);
                     if pause(shutdown, delay).await {
@@ -294,6 +316,31 @@ async fn give_back_late_claim<B: AgentBackend>(
     }
 }
 
+/// The runs this agent holds at once: its own concurrency, within what the server grants (servers that grant
+/// nothing leave it its own).
+fn capacity(own: usize, granted: Option<i64>) -> usize {
+    granted.and_then(|granted| usize::try_from(granted.max(1)).ok()).map_or(own, |granted| own.min(granted))
+}
+
+/// Waits until one of `runs` ends, the server grants a new concurrency, or shutdown; true on shutdown.
+async fn wait_for_room(
+    runs: &mut JoinSet<()>,
+    granted: &mut watch::Receiver<Option<i64>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let grant = async {
+        // The heartbeats ended (they only do when the agent stops): no grant will come.
+        if granted.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = runs.join_next(), if !runs.is_empty() => false,
+        _ = grant => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
+    }
+}
+
 fn log_claim_error(error: &AgentError) {
     tracing::warn!(%error, "claim failed; retrying");
 }
@@ -320,17 +367,29 @@ pub(crate) fn fence(lease: Duration) -> Duration {
 }
 
 /// Heartbeats, renewing the leases of running runs and acting on the answers: every second while runs are
-/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online. Beside
-/// them a watchdog stops any run whose lease could not be renewed for [`fence`]`(lease)`, whatever the
-/// heartbeats are waiting for.
-async fn heartbeat_loop<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
+/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online. Each
+/// answer's concurrency grant goes to the claim loop through `grant`. Beside them a watchdog stops any run whose
+/// lease could not be renewed for [`fence`]`(lease)`, whatever the heartbeats are waiting for.
+async fn heartbeat_loop<B: AgentBackend>(
+    backend: Arc<B>,
+    running: Running,
+    template: Heartbeat,
+    lease: Duration,
+    grant: watch::Sender<Option<i64>>,
+) {
     tokio::select! {
-        () = heartbeats(backend, running.clone(), template, lease) => {}
+        () = heartbeats(backend, running.clone(), template, lease, grant) => {}
         () = watchdog(running, fence(lease)) => {}
     }
 }
 
-async fn heartbeats<B: AgentBackend>(backend: Arc<B>, running: Running, template: Heartbeat, lease: Duration) {
+async fn heartbeats<B: AgentBackend>(
+    backend: Arc<B>,
+    running: Running,
+    template: Heartbeat,
+    lease: Duration,
+    grant: watch::Sender<Option<i64>>,
+) {
     let idle_every = lease / 3;
     // A heartbeat that hangs must not use up the time left to renew: several attempts fit before the fence.
     let patience = lease / 6;
@@ -353,6 +412,7 @@ async fn heartbeats<B: AgentBackend>(backend: Arc<B>, running: Running, template
         };
         match reply {
             Ok(reply) => {
+                grant.send_replace(reply.max_concurrency);
                 let running = running.lock().unwrap_or_else(|e| e.into_inner());
                 for id in ids.iter().filter(|id| !reply.gone.contains(id)) {
                     if let Some(control) = running.get(id) {

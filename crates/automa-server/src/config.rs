@@ -332,6 +332,17 @@ impl Config {
             .collect()
     }
 
+    /// Runs an agent executes at once: `AUTOMA_AGENT_CONCURRENCY` (or `--concurrency`), by default the number of
+    /// cores up to the most an agent may report (1024).
+    pub fn agent_concurrency(&self) -> anyhow::Result<usize> {
+        const MOST: usize = 1024;
+        match self.agent_concurrency {
+            Some(value @ 1..=MOST) => Ok(value),
+            Some(_) => anyhow::bail!("AUTOMA_AGENT_CONCURRENCY (--concurrency) must be between 1 and {MOST}"),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MOST)),
+        }
+    }
+
     /// The run retention policy, refusing zeros: "keep 0 days" or "keep 0 runs" is far more likely a mistake
     /// than a wish to delete every finished run as soon as it ends.
     pub fn run_retention(&self) -> anyhow::Result<automa_store::RunRetention> {

@@ -6,19 +6,35 @@ use sqlx::types::Json;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Agent, AgentEvent, AgentEventKind, AgentUpdate, AuditEvent, Listed, NewAgent, Page, Store, StoreError,
-    StoreResult, WritePool, audit::append_audit, dispatch, now,
+    Actor, Agent, AgentEvent, AgentEventKind, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult,
+    WritePool, audit::append_audit, dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
-                             version, capabilities, last_seen_at, created_at, disconnected_at";
+                             version, capabilities, last_seen_at, created_at, disconnected_at, slots, retired_at";
 /// The newest events kept per agent.
 const EVENTS_KEPT: i64 = 100;
+
+/// What `max_concurrency` holds when the admin sets no cap: the agent's own slots decide.
+pub const NO_CAP: i64 = 1024;
+
+/// The runs agent `$1` may hold at once: the slots it reports, within the admin's cap (`Agent::effective_concurrency`
+/// in SQL, which both backends evaluate alike).
+pub(crate) const EFFECTIVE_CONCURRENCY: &str =
+    "CASE WHEN a.slots IS NULL OR a.slots > a.max_concurrency THEN a.max_concurrency ELSE a.slots END";
 
 impl Store {
     pub async fn create_agent(&self, actor: &Actor, new: NewAgent) -> StoreResult<Agent> {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            let retired: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM agents WHERE name = $1 AND retired_at IS NOT NULL")
+                    .bind(&new.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(retired) = retired {
+                return Err(name_of_retired_agent(&new.name, retired));
+            }
             let agent: Agent = sqlx::query_as(crate::composed(format!(
                 "INSERT INTO agents (name, description, labels, max_concurrency, token_hash, embedded, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {AGENT_COLUMNS}"
@@ -50,87 +66,42 @@ impl Store {
         })
     }
 
-    pub async fn list_agents(&self, page: Page) -> StoreResult<Listed<Agent>> {
+    /// Agents by id; retired ones only with `include_retired`.
+    pub async fn list_agents(&self, page: Page, include_retired: bool) -> StoreResult<Listed<Agent>> {
+        let filter = if include_retired { "" } else { " WHERE retired_at IS NULL" };
         dispatch!(self, pool => {
-            let total = sqlx::query_scalar("SELECT COUNT(*) FROM agents").fetch_one(pool).await?;
-            let items =
-                sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id LIMIT $1 OFFSET $2")))
-                    .bind(page.limit)
-                    .bind(page.offset)
-                    .fetch_all(pool)
-                    .await?;
+            let total = sqlx::query_scalar(crate::composed(format!("SELECT COUNT(*) FROM agents{filter}")))
+                .fetch_one(pool)
+                .await?;
+            let items = sqlx::query_as(crate::composed(format!(
+                "SELECT {AGENT_COLUMNS} FROM agents{filter} ORDER BY id LIMIT $1 OFFSET $2"
+            )))
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(pool)
+            .await?;
             Ok(Listed { items, total })
         })
     }
 
-    /// The agent an enrollment token belongs to, unless it is disabled.
+    /// The agent an enrollment token belongs to, unless it is disabled or retired.
     pub async fn authenticate_agent(&self, token_hash: &str) -> StoreResult<Option<Agent>> {
         dispatch!(self, pool => {
             Ok(sqlx::query_as(crate::composed(format!(
-                "SELECT {AGENT_COLUMNS} FROM agents WHERE token_hash = $1 AND NOT disabled"
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE token_hash = $1 AND NOT disabled AND retired_at IS NULL"
             )))
             .bind(token_hash)
             .fetch_optional(pool)
             .await?)
         })
     }
-
-    pub async fn update_agent(&self, actor: &Actor, id: i64, update: AgentUpdate) -> StoreResult<Agent> {
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let current: Agent = sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let name = update.name.clone().unwrap_or(current.name);
-            let agent: Agent = sqlx::query_as(crate::composed(format!(
-                "UPDATE agents SET name = $1, description = $2, labels = $3, max_concurrency = $4, disabled = $5, \
-                 draining = $6 WHERE id = $7 RETURNING {AGENT_COLUMNS}"
-            )))
-            .bind(&name)
-            .bind(update.description.clone().unwrap_or(current.description))
-            .bind(Json(update.labels.clone().unwrap_or(current.labels.0)))
-            .bind(update.max_concurrency.unwrap_or(current.max_concurrency))
-            .bind(update.disabled.unwrap_or(current.disabled))
-            .bind(update.draining.unwrap_or(current.draining))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| StoreError::from_constraint(e, || format!("an agent named '{name}' already exists")))?;
-            let details = json!({"name": update.name, "description": update.description, "labels": update.labels,
-                "max_concurrency": update.max_concurrency, "disabled": update.disabled, "draining": update.draining});
-            append_audit!(self, tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details));
-            tx.commit().await?;
-            Ok(agent)
-        })
-    }
-
-    pub async fn delete_agent(&self, actor: &Actor, id: i64) -> StoreResult<()> {
-        dispatch!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let name: Option<String> = sqlx::query_scalar("DELETE FROM agents WHERE id = $1 RETURNING name")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| StoreError::from_constraint(e, || "the agent still has runs".into()))?;
-            let name = name.ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("agent.delete", "agent", Some(id), json!({"name": name})));
-            tx.commit().await?;
-            Ok(())
-        })
-    }
 }
 
 impl Store {
-    /// The embedded agent's record, created on first start and given the current token hash and concurrency
-    /// on every start (the token lives only in the server's memory).
-    pub async fn ensure_embedded_agent(
-        &self,
-        name: &str,
-        token_hash: &str,
-        max_concurrency: i64,
-    ) -> StoreResult<Agent> {
+    /// The embedded agent's record, created on first start (without a cap: it reports its slots like any
+    /// agent) and given the current token hash on every start (the token lives only in the server's memory).
+    /// An admin's cap stays. A retired embedded agent comes back: the server was started with it again.
+    pub async fn ensure_embedded_agent(&self, name: &str, token_hash: &str) -> StoreResult<Agent> {
         let existing: Option<Agent> = dispatch!(self, pool => {
             sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1")))
                 .bind(name)
@@ -140,11 +111,10 @@ impl Store {
         match existing {
             Some(agent) if agent.embedded => dispatch!(self, pool => {
                 Ok(sqlx::query_as(crate::composed(format!(
-                    "UPDATE agents SET token_hash = $2, max_concurrency = $3 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+                    "UPDATE agents SET token_hash = $2, retired_at = NULL WHERE id = $1 RETURNING {AGENT_COLUMNS}"
                 )))
                 .bind(agent.id)
                 .bind(token_hash)
-                .bind(max_concurrency)
                 .fetch_one(pool)
                 .await?)
             }),
@@ -154,7 +124,7 @@ impl Store {
                     name: name.to_owned(),
                     description: "the agent inside automa serve".into(),
                     labels: Vec::new(),
-                    max_concurrency,
+                    max_concurrency: NO_CAP,
                     token_hash: token_hash.to_owned(),
                     embedded: true,
                 };
@@ -163,24 +133,95 @@ impl Store {
         }
     }
 
-    /// Records a heartbeat: the agent is alive, on this host, with this version and these capabilities.
+    /// Records a heartbeat: the agent is alive, on this host, with this version, these capabilities and these
+    /// slots (`None` from agents that do not report them). Returns the agent as it is now.
     pub async fn agent_seen(
         &self,
         id: i64,
         hostname: &str,
         version: &str,
         capabilities: &serde_json::Value,
-    ) -> StoreResult<()> {
+        slots: Option<i64>,
+    ) -> StoreResult<Agent> {
         dispatch!(self, pool => {
-            sqlx::query("UPDATE agents SET last_seen_at = $2, hostname = $3, version = $4, capabilities = $5 WHERE id = $1")
+            sqlx::query_as(crate::composed(format!(
+                "UPDATE agents SET last_seen_at = $2, hostname = $3, version = $4, capabilities = $5, slots = $6 \
+                 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(now())
+            .bind(hostname)
+            .bind(version)
+            .bind(Json(capabilities))
+            .bind(slots)
+            .fetch_optional(pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Whether agent `id` holds as many running runs as it may (or more, after its cap was lowered).
+    pub async fn agent_at_capacity(&self, id: i64) -> StoreResult<bool> {
+        dispatch!(self, pool => {
+            Ok(sqlx::query_scalar(crate::composed(format!(
+                "SELECT {EFFECTIVE_CONCURRENCY} <= (SELECT COUNT(*) FROM runs x WHERE x.agent_id = a.id \
+                 AND x.status = 'running') FROM agents a WHERE a.id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(false))
+        })
+    }
+
+    /// Retires an agent: refused while it runs runs; otherwise, in one transaction, its token stops working,
+    /// the tasks and queued runs pinned to it fall back to label matching, and the record stays, so the runs
+    /// it executed keep naming it. Retiring a retired agent changes nothing.
+    pub async fn retire_agent(&self, actor: &Actor, id: i64) -> StoreResult<Agent> {
+        let postgres = self.is_postgres();
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let agent: Agent = sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1")))
                 .bind(id)
-                .bind(now())
-                .bind(hostname)
-                .bind(version)
-                .bind(Json(capabilities))
-                .execute(pool)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            if agent.retired_at.is_some() {
+                return Ok(agent);
+            }
+            let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND status = 'running'")
+                .bind(id)
+                .fetch_one(&mut *tx)
                 .await?;
-            Ok(())
+            if running > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "agent '{}' is running {running} run{}: drain or disable it first",
+                    agent.name,
+                    if running == 1 { "" } else { "s" }
+                )));
+            }
+            // The token hash is replaced, not only refused: no token can ever match a retired agent again.
+            let retired: Agent = sqlx::query_as(crate::composed(format!(
+                "UPDATE agents SET retired_at = $2, token_hash = $3 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(now())
+            .bind(format!("retired-{id}"))
+            .fetch_one(&mut *tx)
+            .await?;
+            let tasks = sqlx::query("UPDATE tasks SET agent_id = NULL WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
+            let queued = sqlx::query("UPDATE runs SET target_agent_id = NULL WHERE target_agent_id = $1 AND status = 'queued'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let details = json!({"name": agent.name, "tasks_unpinned": tasks.rows_affected(),
+                "queued_runs_unpinned": queued.rows_affected()});
+            append_audit!(self, tx, actor, AuditEvent::new("agent.retire", "agent", Some(id), details));
+            if postgres && queued.rows_affected() > 0 {
+                sqlx::query("SELECT pg_notify($1, '')").bind(crate::WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(retired)
         })
     }
 }
@@ -237,7 +278,7 @@ impl Store {
     ) -> StoreResult<Vec<(i64, String, DateTime<Utc>)>> {
         dispatch!(self, pool => {
             Ok(sqlx::query_as(
-                "UPDATE agents SET disconnected_at = $1 WHERE disconnected_at IS NULL AND NOT disabled \
+                "UPDATE agents SET disconnected_at = $1 WHERE disconnected_at IS NULL AND NOT disabled AND retired_at IS NULL \
                  AND last_seen_at IS NOT NULL AND last_seen_at < $2 RETURNING id, name, last_seen_at",
             )
             .bind(now())
@@ -290,4 +331,13 @@ impl Store {
             Ok(Listed { items, total })
         })
     }
+}
+
+/// Names stay unique across retired agents (SQLite cannot drop the inline constraint, and history reads better
+/// when a name means one machine); the message says how to free the name.
+pub(crate) fn name_of_retired_agent(name: &str, retired_id: i64) -> StoreError {
+    StoreError::Conflict(format!(
+        "the name '{name}' belongs to retired agent {retired_id}; rename that agent (PUT /agents/{retired_id} with a \
+         new name) to free it"
+    ))
 }

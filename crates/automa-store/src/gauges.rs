@@ -24,10 +24,12 @@ impl Store {
         })
     }
 
-    /// Every agent: a handful of rows, whose liveness the caller judges.
+    /// Every agent not retired: a handful of rows, whose liveness the caller judges.
     pub async fn all_agents(&self) -> StoreResult<Vec<Agent>> {
         dispatch!(self, pool => {
-            Ok(sqlx::query_as(crate::composed(format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id")))
+            Ok(sqlx::query_as(crate::composed(format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE retired_at IS NULL ORDER BY id"
+            )))
                 .fetch_all(pool)
                 .await?)
         })

@@ -28,6 +28,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use agents::NO_CAP;
 pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
 pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};

@@ -139,13 +139,25 @@ pub struct Agent {
     pub created_at: DateTime<Utc>,
     /// When the agent said goodbye or was found silent past the offline threshold; its next heartbeat clears it.
     pub disconnected_at: Option<DateTime<Utc>>,
+    /// The runs at once the agent reports it has (its `--concurrency`); `None` until it reported them.
+    pub slots: Option<i64>,
+    /// When the agent was retired: its record stays for the runs that name it, but it is refused.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 impl Agent {
+    /// How many runs the agent may hold at once: what it runs, within the admin's cap. An agent that has not
+    /// reported its slots (never seen, or older than the report) gets the cap.
+    pub fn effective_concurrency(&self) -> i64 {
+        self.slots.map_or(self.max_concurrency, |slots| slots.min(self.max_concurrency))
+    }
+
     /// An agent is online while its heartbeats keep coming and it has not said goodbye; admin states win over
     /// liveness.
     pub fn status(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> &'static str {
-        if self.disabled {
+        if self.retired_at.is_some() {
+            "retired"
+        } else if self.disabled {
             "disabled"
         } else if self.disconnected_at.is_some() || self.last_seen_at.is_none_or(|seen| now - seen > offline_after) {
             "offline"
@@ -516,6 +528,15 @@ pub struct RunEnd {
     pub retry_after_lease: bool,
 }
 
+/// What changing an agent did: the agent as it is now, and the runs that ended because it was disabled.
+#[derive(Debug, Clone)]
+pub struct AgentUpdated {
+    pub agent: Agent,
+    pub cancelled: Vec<Finished>,
+    /// The change may let the agent take runs it could not take before: waiting claims should look again.
+    pub may_take_more: bool,
+}
+
 /// What finishing (or losing) a run changed.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -648,6 +669,8 @@ mod tests {
             last_seen_at: None,
             created_at: Utc::now(),
             disconnected_at: None,
+            slots: None,
+            retired_at: None,
         }
     }
 

@@ -9,8 +9,11 @@ use sqlx::types::Json;
 use automa_core::RunStatus;
 
 use crate::{
-    Actor, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun, Page, Run, RunEnd, RunFilter,
-    Store, StoreError, StoreResult, WritePool, audit::append_audit, composed, dispatch, now,
+    Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun,
+    Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
+    agents::{AGENT_COLUMNS, EFFECTIVE_CONCURRENCY},
+    audit::append_audit,
+    composed, dispatch, now,
 };
 
 /// The channel that tells every server on a PostgreSQL database that a run was queued.
@@ -124,13 +127,13 @@ macro_rules! queue_after {
 
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
 /// has, whose every secret's policy lets this agent receive it, while the agent is neither draining nor
-/// disabled and below its concurrency. `{labels}`, `{secrets}` and `{lock}` are the backend's subset test,
-/// secret policy test and row lock.
+/// disabled (nor retired) and below its effective concurrency (`{effective}`: its slots within the admin's cap).
+/// `{labels}`, `{secrets}` and `{lock}` are the backend's subset test, secret policy test and row lock.
 const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1, started_at = $2, lease_until = $3 \
      WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' AND r.not_before <= $2 \
      AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} AND {secrets} \
      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
-     AND a.max_concurrency > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running')) \
+     AND a.retired_at IS NULL AND {effective} > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running')) \
      ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
 
 const SQLITE_LABELS: &str = "NOT EXISTS (SELECT 1 FROM json_each(r.labels) l WHERE l.value NOT IN \
@@ -331,7 +334,8 @@ impl Store {
                 let sql = CLAIM_TEMPLATE
                     .replace("{labels}", SQLITE_LABELS)
                     .replace("{secrets}", SQLITE_SECRETS)
-                    .replace("{lock}", "");
+                    .replace("{lock}", "")
+                    .replace("{effective}", EFFECTIVE_CONCURRENCY);
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let run = sqlx::query_as(composed(sql))
                     .bind(agent_id)
@@ -346,7 +350,8 @@ impl Store {
                 let sql = CLAIM_TEMPLATE
                     .replace("{labels}", POSTGRES_LABELS)
                     .replace("{secrets}", POSTGRES_SECRETS)
-                    .replace("{lock}", "FOR UPDATE SKIP LOCKED");
+                    .replace("{lock}", "FOR UPDATE SKIP LOCKED")
+                    .replace("{effective}", EFFECTIVE_CONCURRENCY);
                 sqlx::query_as(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?
             }
         };
@@ -664,4 +669,114 @@ where
     if let Some(until) = filter.until {
         builder.push(" AND queued_at < ").push_bind(until);
     }
+}
+
+impl Store {
+    /// Changes an agent. Disabling it ends the runs it is running `cancelled`, with the reason as their error and
+    /// as a `system` line (they are not retried: the admin stopped them), in the same transaction. Any change
+    /// that may let the agent take runs it could not take before (a higher cap, other labels, no longer
+    /// draining or disabled) notifies every server's waiting claims. A retired agent takes only a new name,
+    /// which frees its old one for a new agent. It lives beside the run transitions because disabling is one.
+    pub async fn update_agent(&self, actor: &Actor, id: i64, update: AgentUpdate) -> StoreResult<AgentUpdated> {
+        let postgres = self.is_postgres();
+        dispatch!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let current: Agent = sqlx::query_as(composed(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let only_renames = update.description.is_none()
+                && update.labels.is_none()
+                && update.max_concurrency.is_none()
+                && update.disabled.is_none()
+                && update.draining.is_none();
+            if current.retired_at.is_some() && !only_renames {
+                return Err(StoreError::Conflict(format!(
+                    "agent '{}' is retired: only its name can change",
+                    current.name
+                )));
+            }
+            let name = update.name.clone().unwrap_or_else(|| current.name.clone());
+            if name != current.name {
+                let retired: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM agents WHERE name = $1 AND retired_at IS NOT NULL")
+                        .bind(&name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(retired) = retired {
+                    return Err(crate::agents::name_of_retired_agent(&name, retired));
+                }
+            }
+            let labels = update.labels.clone().unwrap_or_else(|| current.labels.0.clone());
+            let max_concurrency = update.max_concurrency.unwrap_or(current.max_concurrency);
+            let disabled = update.disabled.unwrap_or(current.disabled);
+            let draining = update.draining.unwrap_or(current.draining);
+            let agent: Agent = sqlx::query_as(composed(format!(
+                "UPDATE agents SET name = $1, description = $2, labels = $3, max_concurrency = $4, disabled = $5, \
+                 draining = $6 WHERE id = $7 RETURNING {AGENT_COLUMNS}"
+            )))
+            .bind(&name)
+            .bind(update.description.clone().unwrap_or_else(|| current.description.clone()))
+            .bind(Json(&labels))
+            .bind(max_concurrency)
+            .bind(disabled)
+            .bind(draining)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_constraint(e, || format!("an agent named '{name}' already exists")))?;
+            let mut cancelled = Vec::new();
+            if disabled {
+                let who: String = match (actor.actor_type, actor.actor_id.as_deref()) {
+                    ("user", Some(user_id)) => {
+                        let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                            .bind(user_id.parse::<i64>().unwrap_or_default())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        email.unwrap_or_else(|| format!("user {user_id}"))
+                    }
+                    (kind, _) => kind.to_owned(),
+                };
+                let reason = format!("cancelled: agent '{}' was disabled by {who}", agent.name);
+                let end = RunEnd { error: Some(reason.clone()), ..RunEnd::new(RunStatus::Cancelled) };
+                let running: Vec<i64> =
+                    sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' AND agent_id = $1 ORDER BY id")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for run_id in running {
+                    if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, Some(id), &end) {
+                        sqlx::query(APPEND_SYSTEM_LINE)
+                            .bind(run_id)
+                            .bind(now())
+                            .bind(format!("{reason}\n"))
+                            .execute(&mut *tx)
+                            .await?;
+                        cancelled.push(finished);
+                    }
+                }
+            }
+            let details = json!({"name": update.name, "description": update.description, "labels": update.labels,
+                "max_concurrency": update.max_concurrency, "disabled": update.disabled, "draining": update.draining,
+                "runs_cancelled": cancelled.iter().map(|f: &Finished| f.run.id).collect::<Vec<_>>()});
+            append_audit!(self, tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details));
+            let may_take_more = may_take_more(&current, &agent);
+            let queued_more = cancelled.iter().any(|f| !f.downstream.is_empty());
+            if postgres && (may_take_more || queued_more) {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(AgentUpdated { agent, cancelled, may_take_more })
+        })
+    }
+}
+
+/// Whether an agent changed from `before` to `after` may take runs it could not take before, so that claims
+/// waiting at any server should look again.
+fn may_take_more(before: &Agent, after: &Agent) -> bool {
+    after.effective_concurrency() > before.effective_concurrency()
+        || after.labels.0 != before.labels.0
+        || (before.draining && !after.draining)
+        || (before.disabled && !after.disabled)
 }

@@ -102,7 +102,7 @@ struct AgentFlags {
     /// Allow plain http:// to a server that is not on loopback: the token and run secrets travel in clear.
     #[arg(long, env = "AUTOMA_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
-    /// Runs at once (default: the number of cores).
+    /// Runs at once, 1-1024 (default: the number of cores); the server may cap it lower.
     #[arg(long)]
     concurrency: Option<usize>,
     /// Where run directories live.
@@ -359,8 +359,7 @@ async fn remote_agent(
     for server in servers {
         deny_the_server(&mut config, server).await;
     }
-    let concurrency =
-        config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let concurrency = config.agent_concurrency()?;
     let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
     let backend = automa_agent::HttpBackend::new(servers, token, allow_insecure_http)?;
     let agent_config = automa_agent::AgentConfig {

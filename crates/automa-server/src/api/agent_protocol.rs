@@ -19,10 +19,11 @@ use crate::{
     state::AppState,
 };
 
-/// Register (with `initial`) or heartbeat: report capabilities and running runs; renews their leases and
-/// returns cancel requests.
+/// Register (with `initial`) or heartbeat: report capabilities, concurrency and running runs; renews their
+/// leases, returns cancel requests and grants the agent its effective concurrency.
 #[utoipa::path(post, path = "/agent/heartbeat", operation_id = "agentHeartbeat", tag = "agent protocol", request_body = Heartbeat, security(("agent" = [])),
-    responses((status = 200, body = HeartbeatReply)))]
+    responses((status = 200, body = HeartbeatReply),
+        (status = 422, description = "A field out of bounds (`concurrency` outside 1-1024, an oversized report)", body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     principal: AgentPrincipal,
@@ -56,6 +57,9 @@ fn check_heartbeat(heartbeat: &Heartbeat) -> ApiResult<()> {
     if !numbers_are_safe(&heartbeat.capabilities) {
         return Err(ApiError::invalid("capabilities", "numbers must be within ±2^53"));
     }
+    if heartbeat.concurrency.is_some_and(|slots| !(1..=1024).contains(&slots)) {
+        return Err(ApiError::invalid("concurrency", "must be between 1 and 1024"));
+    }
     Ok(())
 }
 
@@ -68,9 +72,12 @@ fn numbers_are_safe(value: &serde_json::Value) -> bool {
     }
 }
 
-/// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204.
+/// Claim a run (long-poll): answers at once when a run is waiting, else within `wait_seconds` with 204. An
+/// agent that already holds as many runs as the server grants it (`HeartbeatReply.max_concurrency`) is answered
+/// at once with 409: it should claim again when one of its runs ends or a heartbeat grants it more.
 #[utoipa::path(post, path = "/agent/claim", operation_id = "agentClaim", tag = "agent protocol", request_body = ClaimRequest, security(("agent" = [])),
-    responses((status = 200, body = automa_agent::Assignment), (status = 204, description = "No run came within the wait")))]
+    responses((status = 200, body = automa_agent::Assignment), (status = 204, description = "No run came within the wait"),
+        (status = 409, description = "At capacity: the agent holds as many runs as it may", body = crate::error::ErrorBody)))]
 pub async fn claim(
     State(state): State<AppState>,
     principal: AgentPrincipal,

@@ -1,10 +1,10 @@
-//! Agents: create (the response carries the enrollment token, once), list, inspect, drain, disable, delete,
+//! Agents: create (the response carries the enrollment token, once), list, inspect, drain, disable, retire,
 //! and each agent's recent events.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use automa_core::ResourceName;
 use automa_store::{Agent, AgentEvent, AgentUpdate, NewAgent};
@@ -13,6 +13,7 @@ use crate::{
     api::{Page, Paging},
     auth::{self, Principal},
     error::{ApiError, ApiResult, missing},
+    events::Event,
     extract::{ApiJson, ApiPath, ApiQuery},
     state::AppState,
 };
@@ -26,8 +27,14 @@ pub struct AgentResponse {
     pub name: String,
     pub description: String,
     pub labels: Vec<String>,
+    /// The admin's cap on runs at once (1024: no cap beyond the agent's own concurrency).
     pub max_concurrency: i64,
-    /// `online`, `offline`, `draining` or `disabled`.
+    /// The runs at once the agent reports it executes (`--concurrency`); null until it reported them.
+    pub concurrency: Option<i64>,
+    /// The runs it is given at once: `concurrency` within `max_concurrency` (the cap alone while
+    /// `concurrency` is null).
+    pub effective_concurrency: i64,
+    /// `online`, `offline`, `draining`, `disabled` or `retired`.
     pub status: String,
     /// Whether this is the agent inside `automa serve`.
     pub embedded: bool,
@@ -38,12 +45,17 @@ pub struct AgentResponse {
     pub capabilities: serde_json::Value,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// When the agent was retired (`DELETE /agents/{id}`); its runs keep naming it.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 impl From<Agent> for AgentResponse {
     fn from(agent: Agent) -> Self {
         AgentResponse {
             status: agent.status(Utc::now(), chrono::Duration::seconds(OFFLINE_AFTER_SECONDS)).to_owned(),
+            effective_concurrency: agent.effective_concurrency(),
+            concurrency: agent.slots,
+            retired_at: agent.retired_at,
             id: agent.id,
             name: agent.name,
             description: agent.description,
@@ -75,7 +87,8 @@ pub struct CreateAgent {
     pub description: String,
     #[serde(default)]
     pub labels: Vec<String>,
-    /// Runs at once, 1-1024 (default 1).
+    /// The admin's cap on runs at once, 1-1024. Default 1024: no cap beyond the concurrency the agent reports
+    /// (`automa agent --concurrency`, by default its number of cores).
     pub max_concurrency: Option<i64>,
 }
 
@@ -85,8 +98,9 @@ pub struct UpdateAgent {
     pub name: Option<String>,
     pub description: Option<String>,
     pub labels: Option<Vec<String>>,
+    /// The admin's cap on runs at once, 1-1024 (1024: no cap beyond the agent's own concurrency).
     pub max_concurrency: Option<i64>,
-    /// A disabled agent is refused by the server.
+    /// A disabled agent is refused by the server; disabling one ends its running runs `cancelled`.
     pub disabled: Option<bool>,
     /// A draining agent finishes its runs and takes no new ones.
     pub draining: Option<bool>,
@@ -114,20 +128,34 @@ fn parse_concurrency(value: i64) -> ApiResult<i64> {
     }
 }
 
-/// List agents.
-#[utoipa::path(get, path = "/agents", operation_id = "listAgents", tag = "agents", params(Paging), security(("bearer" = ["viewer"])),
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuery {
+    /// Also list retired agents (default false: only agents that are not retired).
+    pub retired: Option<bool>,
+    /// Items per page (default 50); a value outside 1-500 is clamped to that range.
+    pub limit: Option<i64>,
+    /// Items to skip (default 0); a negative value counts as 0.
+    pub offset: Option<i64>,
+}
+
+/// List agents; retired ones only with `retired=true`.
+#[utoipa::path(get, path = "/agents", operation_id = "listAgents", tag = "agents", params(AgentQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = Page<AgentResponse>)))]
 pub async fn list(
     State(state): State<AppState>,
-    ApiQuery(paging): ApiQuery<Paging>,
+    ApiQuery(query): ApiQuery<AgentQuery>,
 ) -> ApiResult<Json<Page<AgentResponse>>> {
-    let page = paging.page();
-    Ok(Json(Page::from_listed(state.store.list_agents(page).await?, page, AgentResponse::from)))
+    let page = automa_store::Page::new(query.limit, query.offset);
+    let listed = state.store.list_agents(page, query.retired.unwrap_or(false)).await?;
+    Ok(Json(Page::from_listed(listed, page, AgentResponse::from)))
 }
 
 /// Register an agent; the response carries its enrollment token, once.
 #[utoipa::path(post, path = "/agents", operation_id = "createAgent", tag = "agents", request_body = CreateAgent, security(("bearer" = ["admin"])),
-    responses((status = 201, body = CreatedAgent), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+    responses((status = 201, body = CreatedAgent),
+        (status = 409, description = "Name taken, by an agent or by a retired agent (renaming that one frees it)", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -135,7 +163,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<CreatedAgent>)> {
     let name = ResourceName::parse("name", &input.name)?;
     let labels = parse_labels("labels", input.labels)?;
-    let max_concurrency = parse_concurrency(input.max_concurrency.unwrap_or(1))?;
+    let max_concurrency = parse_concurrency(input.max_concurrency.unwrap_or(automa_store::NO_CAP))?;
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
     let new = NewAgent {
         name: name.into_inner(),
@@ -149,16 +177,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedAgent { agent: agent.into(), token })))
 }
 
-/// An agent.
+/// An agent, retired or not.
 #[utoipa::path(get, path = "/agents/{id}", operation_id = "getAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", security(("bearer" = ["viewer"])),
     responses((status = 200, body = AgentResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<AgentResponse>> {
     Ok(Json(state.store.get_agent(id).await.map_err(missing("agent"))?.into()))
 }
 
-/// Rename, relabel, drain or disable an agent.
+/// Rename, relabel, cap, drain or disable an agent. Disabling ends its running runs `cancelled` (not retried),
+/// saying who disabled it. A retired agent can only be renamed, which frees its name.
 #[utoipa::path(put, path = "/agents/{id}", operation_id = "updateAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", request_body = UpdateAgent, security(("bearer" = ["admin"])),
-    responses((status = 200, body = AgentResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AgentResponse),
+        (status = 409, description = "Name taken, or a change other than the name to a retired agent", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -173,18 +203,32 @@ pub async fn update(
         disabled: input.disabled,
         draining: input.draining,
     };
-    Ok(Json(state.store.update_agent(&principal.actor(), id, update).await.map_err(missing("agent"))?.into()))
+    let updated = state.store.update_agent(&principal.actor(), id, update).await.map_err(missing("agent"))?;
+    for cancelled in &updated.cancelled {
+        state.execution.publish_finish(cancelled);
+    }
+    if updated.may_take_more {
+        state.execution.wake_claimers();
+    }
+    state.execution.hub.publish(Event::Agent { id });
+    Ok(Json(updated.agent.into()))
 }
 
-/// Delete an agent; tasks pinned to it fall back to label matching.
+/// Retire an agent: its token stops working, tasks and queued runs pinned to it fall back to label matching,
+/// and it leaves the list (`GET /agents?retired=true` shows it), while the runs it executed keep naming it.
+/// Refused while it is running runs: drain or disable it first.
 #[utoipa::path(delete, path = "/agents/{id}", operation_id = "deleteAgent", params(("id" = i64, Path, description = "The agent's id")), tag = "agents", security(("bearer" = ["admin"])),
-    responses((status = 204)))]
+    responses((status = 204),
+        (status = 409, description = "The agent is running runs: drain or disable it first", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_agent(&principal.actor(), id).await.map_err(missing("agent"))?;
+    state.store.retire_agent(&principal.actor(), id).await.map_err(missing("agent"))?;
+    // Queued runs that were pinned to it may now go to any agent with their labels.
+    state.execution.wake_claimers();
+    state.execution.hub.publish(Event::Agent { id });
     Ok(StatusCode::NO_CONTENT)
 }
 

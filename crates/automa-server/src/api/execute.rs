@@ -24,10 +24,11 @@ use crate::{
     state::AppState,
 };
 
-/// Run a task now, with its parameters. Refused while a secret the task names no longer allows it.
+/// Run a task now, with its parameters. Refused while a secret the task names no longer allows it, or while the
+/// agent it is pinned to is disabled.
 #[utoipa::path(post, path = "/tasks/{id}/execute", operation_id = "executeTask", params(("id" = i64, Path, description = "The task's id")), tag = "runs", security(("bearer" = ["operator"])),
     responses((status = 202, body = RunResponse),
-        (status = 409, description = "The task names a secret that does not exist", body = crate::error::ErrorBody)))]
+        (status = 409, description = "The task names a secret that does not exist, or is pinned to a disabled agent", body = crate::error::ErrorBody)))]
 pub async fn task(
     State(state): State<AppState>,
     principal: Principal,
@@ -35,6 +36,7 @@ pub async fn task(
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let task = state.store.get_task(id).await.map_err(missing("task"))?;
     grants::check_task_may_run(&state, &task).await?;
+    grants::run_agent(&state, task.agent_id).await?;
     let script = state.store.get_script(task.script_id).await.map_err(missing("script"))?;
     let new = NewRun {
         task_id: Some(task.id),
@@ -88,7 +90,8 @@ pub struct ExecuteRequest {
 
 /// Run a script, or inline code, once.
 #[utoipa::path(post, path = "/execute", operation_id = "executeAdhoc", tag = "runs", request_body = ExecuteRequest, security(("bearer" = ["operator"])),
-    responses((status = 202, body = RunResponse)))]
+    responses((status = 202, body = RunResponse),
+        (status = 409, description = "`agent_id` names a disabled or retired agent", body = crate::error::ErrorBody)))]
 pub async fn adhoc(
     State(state): State<AppState>,
     principal: Principal,
@@ -100,7 +103,7 @@ pub async fn adhoc(
     if input.network {
         grants::authorize_network(&state, &principal)?;
     }
-    let agent = grants::pinned_agent(&state, input.agent_id).await?;
+    let agent = grants::run_agent(&state, input.agent_id).await?;
     grants::authorize_adhoc_secrets(&state, &principal, &input.secrets, agent.as_ref()).await?;
     let (script_id, script_version, content, filename) = match (input.script_id, input.content) {
         (Some(script_id), None) => {

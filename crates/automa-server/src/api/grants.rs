@@ -27,20 +27,50 @@ async fn existing_secrets(state: &AppState, names: &[String]) -> ApiResult<Vec<S
     Ok(ordered)
 }
 
-/// The agent a run is pinned to, refusing one that does not exist or is disabled (it would never run).
+/// The agent a task is pinned to, refusing (422, on `agent_id`) one that does not exist, or that is disabled or
+/// retired (the task's runs would never start).
 pub(crate) async fn pinned_agent(state: &AppState, agent_id: Option<i64>) -> ApiResult<Option<Agent>> {
-    let Some(agent_id) = agent_id else { return Ok(None) };
-    let agent = match state.store.get_agent(agent_id).await {
-        Ok(agent) => agent,
-        Err(automa_store::StoreError::NotFound) => {
-            return Err(ApiError::invalid("agent_id", format!("there is no agent with id {agent_id}")));
-        }
-        Err(other) => return Err(other.into()),
-    };
-    if agent.disabled {
-        return Err(ApiError::invalid("agent_id", format!("agent {agent_id} is disabled and takes no runs")));
+    let Some(agent) = existing_agent(state, agent_id).await? else { return Ok(None) };
+    match unavailable(&agent) {
+        Some(why) => Err(ApiError::invalid("agent_id", why)),
+        None => Ok(Some(agent)),
     }
-    Ok(Some(agent))
+}
+
+/// The agent a run queued now is pinned to: one that does not exist is a 422 on `agent_id`; a disabled or retired
+/// one a 409 naming it, since the run would wait forever.
+pub(crate) async fn run_agent(state: &AppState, agent_id: Option<i64>) -> ApiResult<Option<Agent>> {
+    let Some(agent) = existing_agent(state, agent_id).await? else { return Ok(None) };
+    match unavailable(&agent) {
+        Some(why) => Err(ApiError::Conflict(why)),
+        None => Ok(Some(agent)),
+    }
+}
+
+async fn existing_agent(state: &AppState, agent_id: Option<i64>) -> ApiResult<Option<Agent>> {
+    let Some(agent_id) = agent_id else { return Ok(None) };
+    match state.store.get_agent(agent_id).await {
+        Ok(agent) => Ok(Some(agent)),
+        Err(automa_store::StoreError::NotFound) => {
+            Err(ApiError::invalid("agent_id", format!("there is no agent with id {agent_id}")))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Why runs pinned to `agent` would never start, if they would not.
+fn unavailable(agent: &Agent) -> Option<String> {
+    let why = if agent.retired_at.is_some() {
+        "retired"
+    } else if agent.disabled {
+        "disabled"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "agent '{}' (id {}) is {why} and takes no runs; pin to another agent or to none",
+        agent.name, agent.id
+    ))
 }
 
 /// A run pinned to an agent that none of its secrets' policies admit would wait forever: refuse it now.

@@ -19,7 +19,7 @@ use automa_core::RunStatus;
 use automa_store::{LogChunk, Run, RunFilter, Store};
 
 use crate::{
-    api::Page,
+    api::{Page, agents::OFFLINE_AFTER_SECONDS},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     events::Event,
@@ -67,6 +67,11 @@ pub struct RunResponse {
     /// The agent the run is pinned to; null: any agent with `labels`.
     pub target_agent_id: Option<i64>,
     pub labels: Vec<String>,
+    /// Why a queued run is not starting, when the server can tell (its pinned agent is disabled, retired,
+    /// draining or offline; no online, enabled agent has its labels; it waits for its retry delay). Only in
+    /// `GET /runs/{id}`, never in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
 }
 
 impl From<Run> for RunResponse {
@@ -102,6 +107,7 @@ impl From<Run> for RunResponse {
             args: run.args.0,
             target_agent_id: run.target_agent_id,
             labels: run.labels.0,
+            waiting_reason: None,
         }
     }
 }
@@ -153,7 +159,36 @@ pub async fn list(
 #[utoipa::path(get, path = "/runs/{id}", operation_id = "getRun", params(("id" = i64, Path, description = "The run's id")), tag = "runs", security(("bearer" = ["viewer"])),
     responses((status = 200, body = RunResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<RunResponse>> {
-    Ok(Json(state.store.get_run(id).await.map_err(missing("run"))?.into()))
+    let run = state.store.get_run(id).await.map_err(missing("run"))?;
+    let waiting_reason = if run.status == "queued" { waiting_reason(&state.store, &run).await? } else { None };
+    Ok(Json(RunResponse { waiting_reason, ..run.into() }))
+}
+
+/// Why a queued run is not starting, as far as the agents' records tell: a run that would be claimed at once
+/// by an online agent has none. Read for one run at a time: it costs a look at the agents.
+async fn waiting_reason(store: &Store, run: &Run) -> ApiResult<Option<String>> {
+    let now = Utc::now();
+    if run.not_before > now {
+        return Ok(Some(format!("waiting for its retry delay, until {}", run.not_before.to_rfc3339())));
+    }
+    let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
+    if let Some(agent_id) = run.target_agent_id {
+        let agent = store.get_agent(agent_id).await?;
+        return Ok(match agent.status(now, offline_after) {
+            "online" => None,
+            why => Some(format!("pinned to agent '{}', which is {why}", agent.name)),
+        });
+    }
+    let agents = store.all_agents().await?;
+    let labels = &run.labels.0;
+    let able = agents.iter().any(|agent| {
+        agent.status(now, offline_after) == "online" && labels.iter().all(|label| agent.labels.0.contains(label))
+    });
+    Ok(match (able, labels.is_empty()) {
+        (true, _) => None,
+        (false, true) => Some("no agent is online and enabled".to_owned()),
+        (false, false) => Some(format!("no online, enabled agent has the labels {}", labels.join(", "))),
+    })
 }
 
 /// Cancel a run: a queued run ends at once; a running one is killed by its agent (status 202 either way).

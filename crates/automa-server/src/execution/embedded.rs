@@ -102,14 +102,13 @@ pub async fn start(
     status: Arc<RwLock<Option<serde_json::Value>>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let concurrency =
-        config.agent_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let concurrency = config.agent_concurrency()?;
     let hostname = automa_agent::hostname();
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
     let name = config.embedded_agent_name.clone().unwrap_or_else(|| format!("embedded-{hostname}"));
     let record = execution
         .store
-        .ensure_embedded_agent(&name, &auth::token_hash(&token), i64::try_from(concurrency).unwrap_or(1))
+        .ensure_embedded_agent(&name, &auth::token_hash(&token))
         .await
         .with_context(|| format!("preparing the embedded agent '{name}'"))?;
     let sandbox = build_sandbox(config, concurrency).await?;

@@ -26,6 +26,9 @@ use crate::{
 /// The longest a claim may be held open.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 
+/// The answer to a claim from an agent that holds as many runs as it may.
+pub const AT_CAPACITY: &str = "at capacity: this agent holds as many runs as it may; claim again when one ends";
+
 pub struct Execution {
     pub store: Store,
     pub hub: Hub,
@@ -109,6 +112,12 @@ impl Execution {
         }
     }
 
+    /// Wakes the claims waiting at this server, after a change that may let an agent take a run it could not
+    /// (PostgreSQL tells the other servers through the transaction's notification).
+    pub fn wake_claimers(&self) {
+        self.wake.notify_waiters();
+    }
+
     /// Announces a run that ended (or was asked to) and the runs its end queued: its retry, or the runs of
     /// the tasks that run after it.
     pub fn publish_finish(&self, finished: &Finished) {
@@ -122,7 +131,10 @@ impl Execution {
     }
 
     /// Waits up to `wait` for a run `agent_id` may take, answering at once when one is waiting. Woken by
-    /// queued runs rather than polling; sleeps no longer than until the next retry becomes due.
+    /// queued runs rather than polling; sleeps no longer than until the next retry becomes due. An agent that
+    /// already holds as many runs as it may is answered at once with a conflict rather than held: a claim held
+    /// open would not be woken when one of its runs ends, and the agent would wait out the whole poll while
+    /// work it may take is queued.
     pub async fn claim(&self, agent_id: i64, wait: Duration) -> ApiResult<Option<Assignment>> {
         let received = tokio::time::Instant::now();
         let deadline = received + wait.min(MAX_CLAIM_WAIT);
@@ -138,6 +150,9 @@ impl Execution {
                     Some(assignment) => return Ok(Some(assignment)),
                     None => continue,
                 }
+            }
+            if self.store.agent_at_capacity(agent_id).await? {
+                return Err(ApiError::Conflict(AT_CAPACITY.into()));
             }
             let mut until = deadline;
             if let Some(next) = self.store.next_queued_at(Utc::now()).await? {
@@ -246,9 +261,19 @@ impl Execution {
 
     /// Records a heartbeat, renews the leases of the runs the agent reports, and on an agent's first
     /// heartbeat after a start marks the runs it held before as lost: it cannot be running them any more.
+    /// The reply grants the agent its effective concurrency.
     pub async fn heartbeat(&self, agent_id: i64, heartbeat: Heartbeat) -> ApiResult<HeartbeatReply> {
         self.note_presence(agent_id, heartbeat.initial).await?;
-        self.store.agent_seen(agent_id, &heartbeat.hostname, &heartbeat.version, &heartbeat.capabilities).await?;
+        let agent = self
+            .store
+            .agent_seen(
+                agent_id,
+                &heartbeat.hostname,
+                &heartbeat.version,
+                &heartbeat.capabilities,
+                heartbeat.concurrency,
+            )
+            .await?;
         if heartbeat.initial {
             let lost = self.store.lose_runs(automa_store::now(), Some(agent_id)).await?;
             lost.iter().for_each(|finished| self.publish_finish(finished));
@@ -256,7 +281,12 @@ impl Execution {
             self.hub.publish(Event::Agent { id: agent_id });
         }
         let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
-        Ok(HeartbeatReply { lease_seconds: self.lease_seconds(), cancel: renewal.cancel, gone: renewal.gone })
+        Ok(HeartbeatReply {
+            lease_seconds: self.lease_seconds(),
+            cancel: renewal.cancel,
+            gone: renewal.gone,
+            max_concurrency: Some(agent.effective_concurrency()),
+        })
     }
 
     /// Stores a batch of output with secret values masked. Masking happens here, not on the agent, so an agent

@@ -100,7 +100,10 @@ async fn agents_round_trip(backend: Backend) {
     assert_eq!(app.get("/agents", &admin).await.body["items"][0]["id"], id);
 
     assert_eq!(app.delete(&format!("/agents/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.get(&format!("/agents/{id}"), &admin).await.status, StatusCode::NOT_FOUND);
+    let retired = app.get(&format!("/agents/{id}"), &admin).await;
+    assert_eq!(retired.body["status"], "retired", "deleting retires: the record stays for its runs");
+    assert_eq!(app.get("/agents", &admin).await.body["total"], 0);
+    assert_eq!(app.get("/agents/999999", &admin).await.status, StatusCode::NOT_FOUND);
 }
 
 async fn scripts_round_trip(backend: Backend) {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod agent_fuzz;
+mod agent_lifecycle;
 mod agent_protocol;
 mod audit;
 mod client_limits;

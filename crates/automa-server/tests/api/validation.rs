@@ -40,7 +40,6 @@ async fn meaningless_runs_and_tasks_are_refused(backend: Backend) {
             "also set in env",
         ),
         ("/execute", json!({"script_id": script, "agent_id": 999}), "agent_id", "no agent with id 999"),
-        ("/execute", json!({"script_id": script, "agent_id": disabled}), "agent_id", "disabled"),
         ("/secrets", json!({"name": "PATH", "value": "v"}), "name", "set by the sandbox"),
         ("/tasks", json!({"name": "t", "script_id": script, "labels": [""]}), "labels[0]", ""),
         ("/tasks", json!({"name": "t", "script_id": script, "retries": 101}), "retries", "between 0 and 100"),

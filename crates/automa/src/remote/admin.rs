@@ -207,7 +207,10 @@ const AGENT_COLUMNS: &[Column<AgentResponse>] = &[
     ("NAME", |a| a.name.clone()),
     ("STATUS", |a| a.status.clone()),
     ("LABELS", |a| a.labels.join(",")),
-    ("MAX", |a| a.max_concurrency.to_string()),
+    ("CONCURRENCY", |a| {
+        let reported = a.concurrency.map_or_else(|| "-".to_owned(), |slots| slots.to_string());
+        format!("{reported}/{}/{}", a.max_concurrency, a.effective_concurrency)
+    }),
     ("HOST", |a| or_dash(a.hostname.as_deref())),
     ("VERSION", |a| or_dash(a.version.as_deref())),
     ("LAST SEEN", |a| when(a.last_seen_at)),

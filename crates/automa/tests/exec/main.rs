@@ -7,6 +7,7 @@ mod agents;
 mod api;
 mod cli;
 mod client;
+mod concurrency;
 mod crash;
 mod fence;
 mod fleet;

@@ -1,5 +1,5 @@
 // Agents: status, sandbox capabilities, load, recent events, and the admin's levers — drain, disable, enroll,
-// delete. Refreshed on the live `agent` and `run` events.
+// retire. Retired agents are hidden unless asked for. Refreshed on the live `agent` and `run` events.
 
 import { api } from '../api.js';
 import { h, mount, loading, empty, failure, badge, relative, pageHeader, confirm, toast, busy, debounce, field, showFieldError, clearFieldErrors } from '../dom.js';
@@ -53,23 +53,23 @@ function eventList(events) {
 
 function agentCard(agent, running, events, ctx, reload) {
   const load = running.get(agent.id) || 0;
-  const percent = Math.min(100, Math.round((load / Math.max(1, agent.max_concurrency)) * 100));
+  const percent = Math.min(100, Math.round((load / Math.max(1, agent.effective_concurrency)) * 100));
   const actions = [];
-  if (ctx.can('admin')) {
+  if (ctx.can('admin') && agent.status !== 'retired') {
     const draining = agent.status === 'draining';
     const disabled = agent.status === 'disabled';
     const drain = h('button.button.small', { type: 'button' }, draining ? 'Stop draining' : 'Drain');
     drain.addEventListener('click', () => busy(drain, () => update(agent, { draining: !draining }, reload)));
     const disable = h(`button.button.small${disabled ? '' : '.danger'}`, { type: 'button' }, disabled ? 'Enable' : 'Disable');
     disable.addEventListener('click', async () => {
-      if (!disabled && !(await confirm(`Disable ${agent.name}? It is refused by the server until enabled again.`, { action: 'Disable agent' }))) return;
+      if (!disabled && !(await confirm(`Disable ${agent.name}? Its running runs are cancelled and it is refused by the server until enabled again.`, { action: 'Disable agent' }))) return;
       await busy(disable, () => update(agent, { disabled: !disabled }, reload));
     });
     actions.push(drain, disable);
     if (!agent.embedded) {
-      const remove = h('button.button.small.danger', { type: 'button' }, 'Delete');
+      const remove = h('button.button.small.danger', { type: 'button' }, 'Retire');
       remove.addEventListener('click', async () => {
-        if (!(await confirm(`Delete the agent ${agent.name}? Its token stops working.`, { action: 'Delete agent' }))) return;
+        if (!(await confirm(`Retire the agent ${agent.name}? Its token stops working; its runs stay in the history.`, { action: 'Retire agent' }))) return;
         try {
           await api(`/agents/${agent.id}`, { method: 'DELETE' });
           reload();
@@ -86,9 +86,12 @@ function agentCard(agent, running, events, ctx, reload) {
     h('dl.facts.compact',
       h('dt', 'Host'), h('dd', agent.hostname || '—'), h('dt', 'Version'), h('dd', agent.version || '—'),
       h('dt', 'Last seen'), h('dd', agent.last_seen_at ? relative(agent.last_seen_at) : 'never'),
-      h('dt', 'Labels'), h('dd', agent.labels.length ? agent.labels.join(', ') : '—')),
-    h('div.load', h('span', `Load ${load} / ${agent.max_concurrency}`),
-      h('div.meter', { role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': agent.max_concurrency, 'aria-valuenow': load, 'aria-label': 'Runs in progress' },
+      h('dt', 'Labels'), h('dd', agent.labels.length ? agent.labels.join(', ') : '—'),
+      h('dt', 'Concurrency'), h('dd', { title: 'reported by the agent / admin cap / effective' },
+        `${agent.concurrency ?? '—'} / ${agent.max_concurrency >= 1024 ? 'no cap' : agent.max_concurrency} / ${agent.effective_concurrency}`),
+      agent.retired_at ? [h('dt', 'Retired'), h('dd', relative(agent.retired_at))] : null),
+    h('div.load', h('span', `Load ${load} / ${agent.effective_concurrency}`),
+      h('div.meter', { role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': agent.effective_concurrency, 'aria-valuenow': load, 'aria-label': 'Runs in progress' },
         h('span', { dataset: { percent } }))),
     h('h3.small-heading', 'Sandbox'), capabilities(agent.capabilities),
     h('h3.small-heading', 'Recent events'), eventList(events.get(agent.id)),
@@ -107,11 +110,11 @@ async function update(agent, change, reload) {
 function enrollForm(reload) {
   const name = h('input', { name: 'name', required: true, autocomplete: 'off' });
   const labels = h('input', { name: 'labels', autocomplete: 'off' });
-  const concurrency = h('input', { type: 'number', name: 'max_concurrency', min: 1, value: '1' });
+  const concurrency = h('input', { type: 'number', name: 'max_concurrency', min: 1, max: 1024, placeholder: 'no cap' });
   const result = h('div');
   const submit = h('button.button.primary', { type: 'submit' }, 'Enroll agent');
   const form = h('form.stack', h('p.form-error', { role: 'alert', tabindex: '-1', hidden: true }),
-    h('div.row', field('Name', name), field('Labels', labels, { hint: 'Comma-separated.' }), field('Max concurrency', concurrency)),
+    h('div.row', field('Name', name), field('Labels', labels, { hint: 'Comma-separated.' }), field('Max concurrency', concurrency, { hint: 'Empty: the agent\'s own --concurrency.' })),
     h('div.actions', submit), result);
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -119,7 +122,8 @@ function enrollForm(reload) {
     busy(submit, async () => {
       try {
         const created = await api('/agents', { method: 'POST', body: {
-          name: name.value.trim(), labels: labels.value.split(',').map((l) => l.trim()).filter(Boolean), max_concurrency: Number(concurrency.value),
+          name: name.value.trim(), labels: labels.value.split(',').map((l) => l.trim()).filter(Boolean),
+          max_concurrency: concurrency.value === '' ? null : Number(concurrency.value),
         } });
         // The token goes in the environment, never on the command line, where every local user sees it in `ps`.
         mount(result, h('div.secret-once', { role: 'status' }, h('p', h('strong', 'Enrollment token — shown only now. '), 'Start the agent with:'),
@@ -148,11 +152,14 @@ function applyMeters(root) {
 
 export async function render(main, _params, ctx) {
   const body = h('div', loading());
-  mount(main, pageHeader('Agents'), ctx.can('admin') ? enrollForm(() => load()) : null, body);
+  const showRetired = h('input', { type: 'checkbox', name: 'retired' });
+  showRetired.addEventListener('change', () => load());
+  mount(main, pageHeader('Agents', h('label.check', showRetired, ' Show retired agents')),
+    ctx.can('admin') ? enrollForm(() => load()) : null, body);
   async function load() {
     try {
       const [agents, running] = await Promise.all([
-        api('/agents', { query: { limit: 500 } }),
+        api('/agents', { query: { limit: 500, retired: showRetired.checked } }),
         api('/runs', { query: { status: 'running', limit: 500 } }).catch(() => ({ items: [] })),
       ]);
       const perAgent = new Map();

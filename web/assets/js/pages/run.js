@@ -63,6 +63,12 @@ function problem(run) {
     lines.map((line) => h('p', line)));
 }
 
+/** Why a queued run is not starting, as the server tells it for this one run. */
+function waiting(run) {
+  if (run.status !== 'queued' || !run.waiting_reason) return null;
+  return h('div.state.run-waiting', { role: 'status' }, h('strong', 'Waiting: '), run.waiting_reason);
+}
+
 export async function render(main, params) {
   mount(main, loading('Loading run'));
   let run;
@@ -132,7 +138,7 @@ export async function render(main, params) {
     actions.push(rerun);
     mount(header, pageHeader(h('span', `Run #${run.id} `, badge(run.status)), actions));
     mount(factsSlot, facts(run, named));
-    mount(problemSlot, problem(run));
+    mount(problemSlot, problem(run) || waiting(run));
   }
 
   async function refreshRun() {

@@ -27,6 +27,9 @@ pub enum AgentCommand {
     List {
         #[command(flatten)]
         page: PageFlags,
+        /// Include retired agents.
+        #[arg(long)]
+        retired: bool,
     },
     /// An agent, by id or name.
     Get { agent: String },
@@ -61,8 +64,9 @@ pub enum AgentCommand {
         #[arg(long)]
         disabled: Option<bool>,
     },
-    /// Delete an agent.
-    Delete { agent: String },
+    /// Retire an agent: its token stops working and its runs keep naming it. Refused while it runs anything.
+    #[command(alias = "delete")]
+    Retire { agent: String },
 }
 
 #[derive(Subcommand)]
@@ -277,8 +281,12 @@ pub async fn agents(flags: &ClientFlags, command: AgentCommand) -> anyhow::Resul
     let api = connect(flags, "automa agents")?;
     let output = flags.output;
     match command {
-        AgentCommand::List { page } => {
-            print_page(output, &api.get::<Page<AgentResponse>>("/agents", &page.query()).await?, AGENT_COLUMNS)
+        AgentCommand::List { page, retired } => {
+            let mut query = page.query();
+            if retired {
+                query.push(("retired", "true".into()));
+            }
+            print_page(output, &api.get::<Page<AgentResponse>>("/agents", &query).await?, AGENT_COLUMNS)
         }
         AgentCommand::Get { agent } => {
             let id = agent_id(&api, &agent).await?;
@@ -294,10 +302,10 @@ pub async fn agents(flags: &ClientFlags, command: AgentCommand) -> anyhow::Resul
             let body = UpdateAgent { name, description, labels, max_concurrency, disabled, draining };
             print_object(output, &api.put::<_, AgentResponse>(&format!("/agents/{id}"), &body).await?)?;
         }
-        AgentCommand::Delete { agent } => {
+        AgentCommand::Retire { agent } => {
             let id = agent_id(&api, &agent).await?;
             api.delete(&format!("/agents/{id}")).await?;
-            eprintln!("deleted agent {id}");
+            eprintln!("retired agent {id}");
         }
     }
     Ok(0)

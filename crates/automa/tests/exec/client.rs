@@ -145,8 +145,12 @@ async fn login_stores_a_private_token_that_administration_commands_use_and_logou
     let labels = disabled["labels"].clone();
     assert_eq!((disabled["status"].as_str(), labels), (Some("disabled"), serde_json::json!(["big", "gpu"])));
     assert_eq!(user.json(&["agents", "get", "edge-1"])["max_concurrency"], 2);
-    user.ok(&["agents", "delete", "edge-1"]);
-    assert!(user.fails(&["agents", "get", &agent["id"].to_string()], 1).contains("404"));
+    user.ok(&["agents", "retire", "edge-1"]);
+    let id = agent["id"].to_string();
+    assert_eq!(user.json(&["agents", "get", &id])["status"], "retired", "retired agents keep their record");
+    assert!(!user.ok(&["agents", "list"]).contains("edge-1"), "and leave the list");
+    assert!(user.ok(&["agents", "list", "--retired"]).contains("edge-1"));
+    user.ok(&["agents", "delete", &id]);
 
     // Users; the new user's password comes from the environment, never an argument.
     let bob = user.with_stdin(

@@ -37,7 +37,13 @@ impl AgentError {
 /// The agent protocol's operations. Every one is idempotent: a request repeated after a lost response has
 /// the effect of one.
 pub trait AgentBackend: Send + Sync + 'static {
-    fn heartbeat(&self, heartbeat: Heartbeat) -> impl Future<Output = Result<HeartbeatReply, AgentError>> + Send;
+    /// Reports the agent and renews its runs' leases. A server that has not answered within `patience` is
+    /// taken as unreachable (a transport error), so an agent with several servers moves on in time to renew.
+    fn heartbeat(
+        &self,
+        heartbeat: Heartbeat,
+        patience: Duration,
+    ) -> impl Future<Output = Result<HeartbeatReply, AgentError>> + Send;
     /// Waits up to `wait` for a run; `None` when none came.
     fn claim(&self, wait: Duration) -> impl Future<Output = Result<Option<Assignment>, AgentError>> + Send;
     fn append_logs(&self, run_id: i64, batch: LogBatch) -> impl Future<Output = Result<LogsReply, AgentError>> + Send;

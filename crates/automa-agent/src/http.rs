@@ -235,8 +235,10 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 impl AgentBackend for HttpBackend {
-    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, AgentError> {
-        self.post_some("/agent/heartbeat", &heartbeat).await
+    async fn heartbeat(&self, heartbeat: Heartbeat, patience: Duration) -> Result<HeartbeatReply, AgentError> {
+        self.post("/agent/heartbeat", &heartbeat, patience)
+            .await?
+            .ok_or_else(|| AgentError::Transport("/agent/heartbeat answered without a body".into()))
     }
 
     async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, AgentError> {

@@ -76,9 +76,11 @@ pub struct Assignment {
     pub payload: Option<String>,
     /// Milliseconds the server held the claim before it granted this run and took its lease. The agent adds
     /// it to the moment it sent the claim to get a moment no later than the lease's start, which a long poll
-    /// would otherwise push far into the past. 0 from servers that predate it (the safe side).
-    #[serde(default)]
-    pub held_ms: i64,
+    /// would otherwise push far into the past. Absent from servers that predate it: the agent then counts the
+    /// lease from the answer's arrival, moments after the server took it (within the fence's margin), since
+    /// counting from the claim's sending would fence every run that followed a long wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -145,12 +147,12 @@ pub struct Outcome {
     #[serde(default)]
     pub lease_lost: bool,
     /// How long the run took on the agent, in milliseconds, measured with a monotonic clock. The server
-    /// stores `started_at` this long before `finished_at` (within what it saw).
+    /// stores `started_at` this long before `finished_at` (within what it saw). At most ten years.
     #[serde(default)]
     pub elapsed_ms: Option<i64>,
     /// How many milliseconds before this report was sent the run ended, recomputed on every attempt to
     /// deliver it. The server stores `finished_at` this long before it received the report (within what it
-    /// saw), so a result delivered after an outage keeps the time the run really ended.
+    /// saw), so a result delivered after an outage keeps the time the run really ended. At most ten years.
     #[serde(default)]
     pub ended_ms_ago: Option<i64>,
 }

@@ -93,7 +93,11 @@ pub(crate) async fn execute<B: AgentBackend>(
 ) {
     let run_id = work.run_id;
     // The server took the lease after holding the claim this long, and no earlier than it received it.
-    let leased = (claim_sent + Duration::from_millis(u64::try_from(work.held_ms).unwrap_or(0))).min(Instant::now());
+    let arrived = Instant::now();
+    let leased = match work.held_ms.and_then(|ms| u64::try_from(ms).ok()) {
+        Some(held) => (claim_sent + Duration::from_millis(held)).min(arrived),
+        None => arrived,
+    };
     let (stop, stopped) = watch::channel(false);
     let control = Arc::new(RunControl {
         stop,

@@ -8,6 +8,7 @@
 //! could be taken any more.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ const CLAIM_WAIT: Duration = Duration::from_secs(30);
 /// milliseconds, and waiting less than a grace period (whole seconds) keeps a remote long poll from taking
 /// back the runs handed back when the grace period ends.
 const LATE_CLAIM_WAIT: Duration = Duration::from_millis(500);
+/// How long the first heartbeat may take to be answered: no lease depends on it yet.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+/// Heartbeats sent at once at most: the next is not held up by one a slow server has yet to answer, and a
+/// server that answers nothing does not collect them without bound.
+const HEARTBEATS_IN_FLIGHT: usize = 3;
 /// Longest pause between attempts to reach an unreachable server.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
@@ -147,7 +153,7 @@ impl<B: AgentBackend> Agent<B> {
     async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Option<HeartbeatReply>, AgentError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.backend.heartbeat(self.heartbeat(true)).await {
+            match self.backend.heartbeat(self.heartbeat(true), REGISTER_PATIENCE).await {
                 Ok(reply) => return Ok(Some(reply)),
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "cannot register with the server; retrying")
@@ -276,8 +282,8 @@ impl<B: AgentBackend> Guarded<B> {
 }
 
 impl<B: AgentBackend> AgentBackend for Guarded<B> {
-    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, AgentError> {
-        self.note(self.inner.heartbeat(heartbeat).await)
+    async fn heartbeat(&self, heartbeat: Heartbeat, patience: Duration) -> Result<HeartbeatReply, AgentError> {
+        self.note(self.inner.heartbeat(heartbeat, patience).await)
     }
 
     async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, AgentError> {
@@ -369,7 +375,9 @@ pub(crate) fn fence(lease: Duration) -> Duration {
 /// Heartbeats, renewing the leases of running runs and acting on the answers: every second while runs are
 /// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online. Each
 /// answer's concurrency grant goes to the claim loop through `grant`. Beside them a watchdog stops any run whose
-/// lease could not be renewed for [`fence`]`(lease)`, whatever the heartbeats are waiting for.
+/// lease could not be renewed for [`fence`] of the shortest lease any server has announced (servers should all
+/// use one lease; if they do not, the shortest is the one that can expire first), whatever the heartbeats are
+/// waiting for.
 async fn heartbeat_loop<B: AgentBackend>(
     backend: Arc<B>,
     running: Running,
@@ -377,9 +385,10 @@ async fn heartbeat_loop<B: AgentBackend>(
     lease: Duration,
     grant: watch::Sender<Option<i64>>,
 ) {
+    let shortest_lease = Arc::new(AtomicU64::new(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
     tokio::select! {
-        () = heartbeats(backend, running.clone(), template, lease, grant) => {}
-        () = watchdog(running, fence(lease)) => {}
+        () = heartbeats(backend, running.clone(), template, lease, grant, shortest_lease.clone()) => {}
+        () = watchdog(running, shortest_lease) => {}
     }
 }
 
@@ -389,53 +398,65 @@ async fn heartbeats<B: AgentBackend>(
     template: Heartbeat,
     lease: Duration,
     grant: watch::Sender<Option<i64>>,
+    shortest_lease: Arc<AtomicU64>,
 ) {
     let idle_every = lease / 3;
-    // A heartbeat that hangs must not use up the time left to renew: several attempts fit before the fence.
-    let patience = lease / 6;
+    // A server that has not answered in a third of the lease counts as unreachable, so an agent with several
+    // servers moves on while there is time to renew before the fence; several heartbeats may be in flight, so
+    // a slow server's late answer still renews (it counts from when it was sent) without holding up the next.
+    let patience = lease / 3;
     let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(idle_every));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last = tokio::time::Instant::now();
+    let mut in_flight = JoinSet::new();
     loop {
         ticker.tick().await;
+        while in_flight.try_join_next().is_some() {}
         let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        if ids.is_empty() && last.elapsed() < idle_every {
+        if (ids.is_empty() && last.elapsed() < idle_every) || in_flight.len() >= HEARTBEATS_IN_FLIGHT {
             continue;
         }
         let sent = tokio::time::Instant::now();
         last = sent;
         let heartbeat = Heartbeat { running: ids.clone(), ..template.clone() };
-        let reply = match tokio::time::timeout(patience, backend.heartbeat(heartbeat)).await {
-            Ok(reply) => reply,
-            Err(_) => Err(AgentError::Transport(format!("no answer within {patience:?}"))),
-        };
-        match reply {
-            Ok(reply) => {
-                grant.send_replace(reply.max_concurrency);
-                let running = running.lock().unwrap_or_else(|e| e.into_inner());
-                for id in ids.iter().filter(|id| !reply.gone.contains(id)) {
-                    if let Some(control) = running.get(id) {
-                        control.renewed(sent);
+        let (backend, running, grant, shortest_lease) =
+            (backend.clone(), running.clone(), grant.clone(), shortest_lease.clone());
+        in_flight.spawn(async move {
+            match backend.heartbeat(heartbeat, patience).await {
+                Ok(reply) => {
+                    shortest_lease.fetch_min(reply.lease_seconds.max(3).saturating_mul(1000), Ordering::AcqRel);
+                    grant.send_if_modified(|granted| {
+                        let changed = *granted != reply.max_concurrency;
+                        *granted = reply.max_concurrency;
+                        changed
+                    });
+                    let running = running.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in ids.iter().filter(|id| !reply.gone.contains(id)) {
+                        if let Some(control) = running.get(id) {
+                            control.renewed(sent);
+                        }
+                    }
+                    for (ids, reason) in [(&reply.cancel, Stop::Cancelled), (&reply.gone, Stop::Gone)] {
+                        for control in ids.iter().filter_map(|id| running.get(id)) {
+                            control.stop(reason);
+                        }
                     }
                 }
-                for (ids, reason) in [(&reply.cancel, Stop::Cancelled), (&reply.gone, Stop::Gone)] {
-                    for control in ids.iter().filter_map(|id| running.get(id)) {
-                        control.stop(reason);
-                    }
-                }
+                Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going until their lease's fence"),
             }
-            Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going until their lease's fence"),
-        }
+        });
     }
 }
 
-/// Stops every run still executing whose lease was last renewed longer than `fence` ago.
-async fn watchdog(running: Running, fence: Duration) {
-    let mut ticker = tokio::time::interval((fence / 20).clamp(Duration::from_millis(20), Duration::from_millis(250)));
+/// Stops every run still executing whose lease was last renewed longer ago than the fence of the shortest
+/// lease announced (milliseconds in `shortest_lease`).
+async fn watchdog(running: Running, shortest_lease: Arc<AtomicU64>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let fence = fence(Duration::from_millis(shortest_lease.load(Ordering::Acquire)));
         let running = running.lock().unwrap_or_else(|e| e.into_inner());
         for (run_id, control) in running.iter() {
             let unrenewed = control.unrenewed_for();

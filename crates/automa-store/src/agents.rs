@@ -189,6 +189,16 @@ impl Store {
             if agent.retired_at.is_some() {
                 return Ok(agent);
             }
+            // The agent's row is written first: on PostgreSQL a claim locks that row (FOR SHARE), so a claim
+            // racing this transaction has either committed before the count below (which then sees its run) or
+            // waits and finds the agent retired. Its token hash stays, refused, so a refusal names the agent.
+            let retired: Agent = sqlx::query_as(crate::composed(format!(
+                "UPDATE agents SET retired_at = $2 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(now())
+            .fetch_one(&mut *tx)
+            .await?;
             let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND status = 'running'")
                 .bind(id)
                 .fetch_one(&mut *tx)
@@ -200,15 +210,6 @@ impl Store {
                     if running == 1 { "" } else { "s" }
                 )));
             }
-            // The token hash is replaced, not only refused: no token can ever match a retired agent again.
-            let retired: Agent = sqlx::query_as(crate::composed(format!(
-                "UPDATE agents SET retired_at = $2, token_hash = $3 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
-            )))
-            .bind(id)
-            .bind(now())
-            .bind(format!("retired-{id}"))
-            .fetch_one(&mut *tx)
-            .await?;
             let tasks = sqlx::query("UPDATE tasks SET agent_id = NULL WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
             let queued = sqlx::query("UPDATE runs SET target_agent_id = NULL WHERE target_agent_id = $1 AND status = 'queued'")
                 .bind(id)

@@ -133,8 +133,8 @@ const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1,
      WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' AND r.not_before <= $2 \
      AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} AND {secrets} \
      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
-     AND a.retired_at IS NULL AND {effective} > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running')) \
-     ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
+     AND a.retired_at IS NULL AND {effective} > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running') \
+     {agent_lock}) ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
 
 const SQLITE_LABELS: &str = "NOT EXISTS (SELECT 1 FROM json_each(r.labels) l WHERE l.value NOT IN \
      (SELECT value FROM json_each((SELECT labels FROM agents WHERE id = $1))))";
@@ -224,22 +224,25 @@ macro_rules! finish_in_tx {
         match run {
             None => None,
             Some(run) => {
-                let retry: Option<Run> = if end.status.is_retryable() && run.attempt <= run.retries {
-                    let not_before = match lease_until.filter(|_| end.retry_after_lease) {
-                        Some(lease_until) => (at + retry_delay(&run)).max(lease_until),
-                        None => at + retry_delay(&run),
+                // A run whose cancellation was requested is not tried again, however it ended: the user wants
+                // it stopped (an agent cut off from the server could not be told before it lost the run).
+                let retry: Option<Run> =
+                    if end.status.is_retryable() && run.attempt <= run.retries && !run.cancel_requested {
+                        let not_before = match lease_until.filter(|_| end.retry_after_lease) {
+                            Some(lease_until) => (at + retry_delay(&run)).max(lease_until),
+                            None => at + retry_delay(&run),
+                        };
+                        Some(
+                            sqlx::query_as(INSERT_RETRY)
+                                .bind(run.id)
+                                .bind(at)
+                                .bind(not_before)
+                                .fetch_one(&mut *$tx)
+                                .await?,
+                        )
+                    } else {
+                        None
                     };
-                    Some(
-                        sqlx::query_as(INSERT_RETRY)
-                            .bind(run.id)
-                            .bind(at)
-                            .bind(not_before)
-                            .fetch_one(&mut *$tx)
-                            .await?,
-                    )
-                } else {
-                    None
-                };
                 if let Some(retry) = &retry {
                     sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut *$tx).await?;
                 }
@@ -335,6 +338,7 @@ impl Store {
                     .replace("{labels}", SQLITE_LABELS)
                     .replace("{secrets}", SQLITE_SECRETS)
                     .replace("{lock}", "")
+                    .replace("{agent_lock}", "")
                     .replace("{effective}", EFFECTIVE_CONCURRENCY);
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let run = sqlx::query_as(composed(sql))
@@ -351,6 +355,9 @@ impl Store {
                     .replace("{labels}", POSTGRES_LABELS)
                     .replace("{secrets}", POSTGRES_SECRETS)
                     .replace("{lock}", "FOR UPDATE SKIP LOCKED")
+                    // Disabling or retiring writes the agent's row and then reads its running runs: holding the
+                    // row for the claim's statement puts each such change wholly before or after the claim.
+                    .replace("{agent_lock}", "FOR SHARE")
                     .replace("{effective}", EFFECTIVE_CONCURRENCY);
                 sqlx::query_as(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?
             }

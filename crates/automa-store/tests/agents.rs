@@ -93,26 +93,21 @@ async fn retiring_keeps_history_and_unpins(store: &Store) {
     assert_eq!(store.list_agents(Page::new(None, None), false).await.unwrap().total, 0);
     assert_eq!(store.list_agents(Page::new(None, None), true).await.unwrap().total, 1);
     assert_eq!(store.get_agent(a).await.unwrap().status(automa_store::now(), Duration::seconds(90)), "retired");
-    let taken = store
-        .create_agent(
-            &Actor::system(),
-            automa_store::NewAgent {
-                name: "old-box".into(),
-                description: String::new(),
-                labels: vec![],
-                max_concurrency: 1,
-                token_hash: "another".into(),
-                embedded: false,
-            },
-        )
-        .await
-        .unwrap_err();
+    let successor = automa_store::NewAgent {
+        name: "old-box".into(),
+        description: String::new(),
+        labels: vec![],
+        max_concurrency: 1,
+        token_hash: "another".into(),
+        embedded: false,
+    };
+    let taken = store.create_agent(&Actor::system(), successor.clone()).await.unwrap_err();
     assert!(taken.to_string().contains(&format!("belongs to retired agent {a}")), "{taken}");
     let changed = AgentUpdate { draining: Some(true), ..AgentUpdate::default() };
     let refused = store.update_agent(&Actor::system(), a, changed).await.unwrap_err();
     assert_eq!(refused.to_string(), "agent 'old-box' is retired: only its name can change");
     let renamed = AgentUpdate { name: Some("old-box-retired".into()), ..AgentUpdate::default() };
     store.update_agent(&Actor::system(), a, renamed).await.unwrap();
-    agent(store, "old-box", &[], 1).await;
+    store.create_agent(&Actor::system(), successor).await.unwrap();
 }
 both_backends!(retire, retiring_keeps_history_and_unpins);

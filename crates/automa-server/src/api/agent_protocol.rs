@@ -108,7 +108,8 @@ pub async fn logs(
 /// hand-back route sent at shutdown) is a hand-back.
 #[utoipa::path(post, path = "/agent/runs/{id}/finish", operation_id = "agentFinishRun", params(("id" = i64, Path, description = "The run's id")), tag = "agent protocol", request_body = Outcome, security(("agent" = [])),
     responses((status = 200, body = FinishReply),
-        (status = 409, description = "`abandoned: true` for a run this agent does not hold", body = crate::error::ErrorBody)))]
+        (status = 409, description = "`abandoned: true` for a run this agent does not hold", body = crate::error::ErrorBody),
+        (status = 422, description = "`elapsed_ms` or `ended_ms_ago` outside 0 to ten years", body = crate::error::ErrorBody)))]
 pub async fn finish(
     State(state): State<AppState>,
     principal: AgentPrincipal,

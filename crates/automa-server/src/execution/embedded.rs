@@ -33,7 +33,9 @@ fn agent_error(error: ApiError) -> AgentError {
 }
 
 impl AgentBackend for EmbeddedBackend {
-    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, AgentError> {
+    /// In-process: there is no other server to move to, so a slow answer is waited for (the agent's heartbeat
+    /// loop keeps sending beside it).
+    async fn heartbeat(&self, heartbeat: Heartbeat, _patience: Duration) -> Result<HeartbeatReply, AgentError> {
         self.execution.heartbeat(self.agent_id, heartbeat).await.map_err(agent_error)
     }
 

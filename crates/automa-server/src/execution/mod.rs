@@ -219,7 +219,7 @@ impl Execution {
             network: run.network,
             last_log_seq,
             payload,
-            held_ms: i64::try_from(held.as_millis()).unwrap_or(0),
+            held_ms: Some(i64::try_from(held.as_millis()).unwrap_or(0)),
         }))
     }
 
@@ -338,6 +338,8 @@ impl Execution {
         if outcome.abandoned {
             return self.hand_back(agent_id, run_id).await;
         }
+        let ended_ago = agent_duration("ended_ms_ago", outcome.ended_ms_ago)?;
+        let elapsed = agent_duration("elapsed_ms", outcome.elapsed_ms)?;
         let end = RunEnd {
             status: outcome.status(),
             exit_code: outcome.exit_code,
@@ -349,8 +351,8 @@ impl Execution {
             output_bytes: outcome.output_bytes,
             truncated: outcome.truncated,
             error: outcome.explanation(),
-            ended_ago: outcome.ended_ms_ago.map(chrono::Duration::milliseconds),
-            elapsed: outcome.elapsed_ms.map(chrono::Duration::milliseconds),
+            ended_ago,
+            elapsed,
             // Stopped only because the agent could not renew the lease: the retry waits for the lease's end as
             // after any loss the server did not see end, which the fence's margin is there to cover.
             retry_after_lease: outcome.lease_lost,
@@ -425,5 +427,18 @@ impl Execution {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
         }
+    }
+}
+
+/// The longest time an agent may report for a run's duration or for how long ago it ended: far beyond any real
+/// run or outage, and far within what date arithmetic can represent.
+const MAX_AGENT_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+/// A duration an agent reported, checked: between 0 and [`MAX_AGENT_MS`] milliseconds.
+fn agent_duration(field: &str, ms: Option<i64>) -> ApiResult<Option<chrono::Duration>> {
+    match ms {
+        None => Ok(None),
+        Some(ms) if (0..=MAX_AGENT_MS).contains(&ms) => Ok(Some(chrono::Duration::milliseconds(ms))),
+        Some(_) => Err(ApiError::invalid(field, format!("must be between 0 and {MAX_AGENT_MS} milliseconds"))),
     }
 }

@@ -4,35 +4,34 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use automa_store::{AgentEventKind, Finished};
 
 use crate::{api::agents::OFFLINE_AFTER_SECONDS, error::ApiResult, events::Event, execution::Execution};
 
-/// How often a refused token is logged and recorded: a refused agent retrying in a loop must not flood either.
+/// How often a refusal is logged and recorded per agent (and, for tokens that belong to no agent, at all): a
+/// refused agent retrying in a loop, or a stream of made-up tokens, must flood neither the log nor the history.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Distinct refused tokens remembered; past it the memory starts over (at worst, a few more log lines).
-const REFUSALS_REMEMBERED: usize = 1024;
 
-/// When each refused token was last reported, by the token's hash.
+/// When refusals were last reported: per agent, and once for all tokens that belong to no agent (their count
+/// since is logged instead), so memory is bounded by the agents that exist.
 #[derive(Default)]
 pub(crate) struct RefusalLog {
-    last: Mutex<HashMap<String, Instant>>,
+    last: Mutex<HashMap<Option<i64>, Instant>>,
+    unknown_since_logged: AtomicU64,
 }
 
 impl RefusalLog {
-    /// True when this token's refusal should be reported now.
-    fn due(&self, token_hash: &str) -> bool {
+    /// True when a refusal of `agent_id`'s token (`None`: a token of no agent) should be reported now.
+    fn due(&self, agent_id: Option<i64>) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if last.get(token_hash).is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY) {
+        if last.get(&agent_id).is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY) {
             return false;
         }
-        if last.len() >= REFUSALS_REMEMBERED {
-            last.clear();
-        }
-        last.insert(token_hash.to_owned(), now);
+        last.insert(agent_id, now);
         true
     }
 }
@@ -79,20 +78,32 @@ impl Execution {
         }
     }
 
-    /// Logs and records a refused agent token, at most once a minute per token. The token itself is never
+    /// Logs and records a refused agent token, at most once a minute per agent. The token itself is never
     /// logged; the agent it belongs to is, when there is one (disabled, or retired).
     pub async fn note_refused(&self, token_hash: &str, ip: Option<&str>) {
-        if !self.refusals.due(token_hash) {
-            return;
-        }
         match self.store.agent_by_token_hash(token_hash).await {
-            Ok(Some(agent)) => {
-                let why = if agent.disabled { "the agent is disabled" } else { "the agent may not connect" };
+            Ok(Some(agent)) if self.refusals.due(Some(agent.id)) => {
+                let why = if agent.retired_at.is_some() { "the agent is retired" } else { "the agent is disabled" };
                 tracing::warn!(agent = %agent.name, agent_id = agent.id, ip, reason = why, "agent refused");
                 self.record(agent.id, AgentEventKind::Refused, &format!("token refused: {why}")).await;
             }
-            Ok(None) => tracing::warn!(ip, "agent refused: the token belongs to no agent"),
-            Err(error) => tracing::warn!(%error, ip, "agent refused; cannot look up whose token it was"),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let refused = self.refusals.unknown_since_logged.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.refusals.due(None) {
+                    self.refusals.unknown_since_logged.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        ip,
+                        refused,
+                        "agent tokens refused: they belong to no agent (count since last said)"
+                    );
+                }
+            }
+            Err(error) => {
+                if self.refusals.due(None) {
+                    tracing::warn!(%error, ip, "agent refused; cannot look up whose token it was");
+                }
+            }
         }
     }
 

@@ -11,7 +11,9 @@ on_both_backends!(
     what_an_agent_reports_is_bounded_and_reads_back,
     a_run_handed_back_is_queued_again_for_any_agent,
     an_agents_events_are_for_users_and_say_goodbye_and_refusal,
-    an_agents_history_keeps_its_newest_hundred_events
+    an_agents_history_keeps_its_newest_hundred_events,
+    reported_times_out_of_range_are_refused_and_the_run_still_finishes,
+    a_cancelled_run_lost_with_its_agent_is_not_retried
 );
 
 async fn agent(app: &TestApp, admin: &str, name: &str) -> String {
@@ -237,4 +239,55 @@ async fn a_retry_queued_on_one_server_wakes_a_claim_waiting_on_another() {
     assert_eq!(claim.body["attempt"], 2, "the retry: {:?}", claim.body);
     // Far below the 30 s long poll: the wake-up, not the poll's end, answered the claim.
     assert!(waited < std::time::Duration::from_secs(10), "the claim waited {waited:?}");
+}
+
+/// What an agent says about a run's times is checked before any date arithmetic: a value no clock can hold is
+/// a 422 naming the field (it was a panic, a 500 the agent kept resending), and the run finishes on a sane retry.
+async fn reported_times_out_of_range_are_refused_and_the_run_still_finishes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let holder = agent(&app, &admin, "timer").await;
+    let queued = app.post("/execute", &admin, json!({"content": "print('hello')\n"})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let claim = app.request(Method::POST, "/agent/claim", Some(&holder), Some(&json!({"wait_seconds": 0}))).await;
+    let run = claim.body["run_id"].as_i64().expect("the agent claims the run");
+    let finish = format!("/agent/runs/{run}/finish");
+    for (field, value) in [("ended_ms_ago", i64::MAX), ("ended_ms_ago", -1), ("elapsed_ms", 9_000_000_000_000_000)] {
+        let outcome = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null,
+            "output_bytes": 0, field: value});
+        let refused = app.request(Method::POST, &finish, Some(&holder), Some(&outcome)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}={value}: {:?}", refused.body);
+        assert!(refused.detail().contains(field), "{}", refused.detail());
+    }
+    assert_eq!(app.get(&format!("/runs/{run}"), &admin).await.body["status"], "running", "nothing was written");
+    let outcome = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0,
+        "elapsed_ms": 1500, "ended_ms_ago": 0});
+    let finished = app.request(Method::POST, &finish, Some(&holder), Some(&outcome)).await;
+    assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
+}
+
+/// A user cancels a run whose agent has lost the server; the run then ends `lost` (fenced, or reaped). It is
+/// not tried again: the user asked for it to stop.
+async fn a_cancelled_run_lost_with_its_agent_is_not_retried(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let holder = agent(&app, &admin, "cut-off").await;
+    let script = app.create_script(&admin, "cancelled").await;
+    let body = json!({"name": "cancelled", "script_id": script["id"], "retries": 2, "retry_backoff_seconds": 0});
+    let task = app.post("/tasks", &admin, body).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+    let queued = app.post(&format!("/tasks/{}/execute", task.body["id"]), &admin, json!({})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let claim = app.request(Method::POST, "/agent/claim", Some(&holder), Some(&json!({"wait_seconds": 0}))).await;
+    let run = claim.body["run_id"].as_i64().expect("the agent claims the run");
+    let cancel = app.post(&format!("/runs/{run}/cancel"), &admin, json!({})).await;
+    assert!(cancel.status.is_success(), "{:?}", cancel.body);
+
+    let fenced = json!({"exit_code": null, "signal": 9, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0,
+        "lease_lost": true});
+    let finished = app.request(Method::POST, &format!("/agent/runs/{run}/finish"), Some(&holder), Some(&fenced)).await;
+    assert_eq!(finished.status, StatusCode::OK, "{:?}", finished.body);
+    assert_eq!(finished.body["status"], "lost");
+    let runs = app.get(&format!("/runs?task_id={}", task.body["id"]), &admin).await;
+    assert_eq!(runs.body["total"], 1, "no retry: {:?}", runs.body);
 }

@@ -39,28 +39,43 @@ print('done', flush=True)
 "#;
 
 /// A TCP proxy to one server that the test can cut: while cut, open connections are dropped and new ones
-/// closed as soon as they are accepted, as an unreachable server looks to its agent.
+/// closed as soon as they are accepted, as an unreachable server looks to its agent. Or it can fall silent:
+/// connections, open and new, stay open and nothing more goes through them, as a host that went down without
+/// a word (its packets dropped) looks.
 struct Proxy {
     url: String,
     cut: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     changed: Arc<Notify>,
 }
+
+/// Longer than any test waits: a silent proxy's connections are held this long before they are dropped.
+const SILENCE: Duration = Duration::from_secs(300);
 
 impl Proxy {
     async fn start(target: &str) -> Proxy {
         let target = target.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (cut, changed) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
-        let (cut_flag, cut_changed) = (cut.clone(), changed.clone());
+        let (cut, silent, changed) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+        let (cut_flag, silent_flag, cut_changed) = (cut.clone(), silent.clone(), changed.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else { return };
+                if silent_flag.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SILENCE).await;
+                        drop(inbound);
+                    });
+                    continue;
+                }
                 if cut_flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let (target, cut, changed) = (target.clone(), cut_flag.clone(), cut_changed.clone());
+                let (target, cut, silent, changed) =
+                    (target.clone(), cut_flag.clone(), silent_flag.clone(), cut_changed.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
                     let mut inbound = inbound;
@@ -72,12 +87,21 @@ impl Proxy {
                     }
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = cutting => {}
+                        () = cutting => {
+                            if silent.load(Ordering::SeqCst) {
+                                tokio::time::sleep(SILENCE).await;
+                            }
+                        }
                     }
                 });
             }
         });
-        Proxy { url, cut, changed }
+        Proxy { url, cut, silent, changed }
+    }
+
+    fn fall_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     fn cut(&self) {
@@ -291,4 +315,39 @@ async fn a_killed_agents_run_is_lost_within_the_lease_and_retried_at_once_elsewh
     eprintln!("lost {lost_after} after the kill; the retry started {waited} after it became eligible");
     // Far less than one 30 s long poll, which is what a retry nobody was told about waits.
     assert!(waited.num_milliseconds() < 2000, "the retry waited {waited} once eligible: {retry}");
+}
+
+/// An agent given two servers keeps its runs when the first stops answering without refusing (its host went
+/// down): its heartbeats give up on that server in time to renew the leases through the second, so the run is
+/// neither fenced nor retried, and runs once to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_through_its_second_server_when_the_first_falls_silent() {
+    let Some(server_url) = postgres_url() else { return };
+    let database = fresh_database(&server_url).await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // A lease of 12 s: the fence is at 8 s without a renewal, and a heartbeat is given up after 4 s. A
+    // renewal can then be missing for a tick, the wait for the silent server and the next tick: 6 s at most.
+    let [a, b] = two_servers(&database.url, &dirs, "12").await;
+    let proxy = Proxy::start(&a.base).await;
+    let marks = dirs[0].path().join("marks");
+    // Long past the fence: a run stopped for want of renewals would not reach its end mark.
+    let task = marking_task(&a, &marks, 14.0, 1).await;
+    let servers = format!("{},{}", proxy.url, b.base);
+    let (agent_id, _agent) = start_agent(&a, dirs[0].path(), "two-servers", &servers).await;
+    let (status, run) = a.post(&format!("/tasks/{task}/execute"), json!({})).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_i64().unwrap();
+    wait_until_started(&a, id).await;
+
+    proxy.fall_silent();
+    let (chunks, ended) = b.follow(id).await;
+
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!((ended["attempt"].as_i64(), ended["agent_id"].as_i64()), (Some(1), Some(agent_id)), "{ended}");
+    assert_eq!(text_of(&chunks, "stdout"), "started\ndone\n");
+    let runs = b.get(&format!("/runs?task_id={task}")).await;
+    assert_eq!(runs["total"], 1, "no retry was queued: {runs}");
+    let executions = executions(&marks);
+    assert_eq!(executions.len(), 1, "one execution: {executions:?}");
+    assert!(executions.values().all(|execution| execution.2), "it ran to its end: {executions:?}");
 }

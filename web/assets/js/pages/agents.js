@@ -156,6 +156,9 @@ export async function render(main, _params, ctx) {
   showRetired.addEventListener('change', () => load());
   mount(main, pageHeader('Agents', h('label.check', showRetired, ' Show retired agents')),
     ctx.can('admin') ? enrollForm(() => load()) : null, body);
+  /** Each agent's recent events, by id, fetched again after an `agent` event. */
+  const events = new Map();
+  let eventsStale = true;
   async function load() {
     try {
       const [agents, running] = await Promise.all([
@@ -168,10 +171,16 @@ export async function render(main, _params, ctx) {
         mount(body, empty('No agents. `automa serve` starts one of its own unless run with --no-agent.'));
         return;
       }
-      const events = new Map(await Promise.all(agents.items.map((agent) =>
+      // Events change only with `agent` events; a busy queue's `run` events refresh the load alone, so the
+      // page does not ask for every agent's events on every run.
+      const missing = agents.items.filter((agent) => eventsStale || !events.has(agent.id));
+      eventsStale = false;
+      for (const [id, items] of await Promise.all(missing.map((agent) =>
         api(`/agents/${agent.id}/events`, { query: { limit: EVENTS_SHOWN } })
           .then((page) => [agent.id, page.items])
-          .catch(() => [agent.id, null]))));
+          .catch(() => [agent.id, null])))) {
+        events.set(id, items);
+      }
       mount(body, h('div.cards', agents.items.map((agent) => agentCard(agent, perAgent, events, ctx, load))));
       applyMeters(body);
     } catch (error) {
@@ -179,7 +188,15 @@ export async function render(main, _params, ctx) {
     }
   }
   const refresh = debounce(load, 300);
-  const stop = onLive(['agent', 'run'], refresh);
+  const stopRuns = onLive(['run'], refresh);
+  const stopAgents = onLive(['agent'], () => {
+    eventsStale = true;
+    refresh();
+  });
+  const stop = () => {
+    stopRuns();
+    stopAgents();
+  };
   await load();
   return () => {
     stop();

@@ -391,9 +391,10 @@ impl Execution {
         }
     }
 
-    /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as the earliest lease ends, looking at least every third
-    /// of a lease (another server may have claimed or renewed meanwhile; a new lease never ends sooner than a
-    /// lease from now). A killed agent's run is so lost within moments of its lease's end, not a third later.
+    /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
+    /// the earliest lease ends, looking at least every third of a lease (another server may have claimed or
+    /// renewed meanwhile; a new lease never ends sooner than a lease from now). A killed agent's run is so lost
+    /// within moments of its lease's end, not a third later.
     async fn reap_forever(self: Arc<Self>) {
         let longest = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
         let mut stopping = self.stopping.clone();

@@ -24,8 +24,15 @@ pub const MAX_HAND_BACKS: i64 = 3;
 
 /// Appends a `system` line (`$3`, ending in a newline) at time `$2` to run `$1`'s output, numbered after what is
 /// stored: what the platform did to a run, written in the transaction that did it.
-pub(crate) const APPEND_SYSTEM_LINE: &str = "INSERT INTO run_logs (run_id, seq, stream, ts, data) \
+const APPEND_SYSTEM_LINE: &str = "INSERT INTO run_logs (run_id, seq, stream, ts, data) \
      SELECT $1, COALESCE(MAX(seq), 0) + 1, 'system', $2, $3 FROM run_logs WHERE run_id = $1";
+
+/// Writes `$line` (without its newline) as a `system` line of run `$run_id`'s output at `$at`, inside `$tx`.
+macro_rules! append_system_line {
+    ($tx:expr, $run_id:expr, $at:expr, $line:expr) => {
+        sqlx::query(APPEND_SYSTEM_LINE).bind($run_id).bind($at).bind(format!("{}\n", $line)).execute(&mut *$tx).await?
+    };
+}
 
 /// Retry delays double with each attempt from the task's backoff, up to this.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
@@ -481,12 +488,7 @@ impl Store {
             .await?;
             let finished = match run {
                 Some(run) => {
-                    sqlx::query(APPEND_SYSTEM_LINE)
-                    .bind(run_id)
-                    .bind(now())
-                    .bind(format!("{reason}\n"))
-                    .execute(&mut *tx)
-                    .await?;
+                    append_system_line!(tx, run_id, now(), reason);
                     if postgres {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }
@@ -552,12 +554,7 @@ impl Store {
                 let end =
                     RunEnd { error: Some(reason.clone()), retry_after_lease: true, ..RunEnd::new(RunStatus::Lost) };
                 if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, None::<i64>, &end) {
-                    sqlx::query(APPEND_SYSTEM_LINE)
-                        .bind(run_id)
-                        .bind(finished.run.finished_at.unwrap_or(at))
-                        .bind(format!("lost: {reason}\n"))
-                        .execute(&mut *tx)
-                        .await?;
+                    append_system_line!(tx, run_id, finished.run.finished_at.unwrap_or(at), format!("lost: {reason}"));
                     lost.push(finished);
                 }
             }
@@ -754,12 +751,7 @@ impl Store {
                         .await?;
                 for run_id in running {
                     if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, Some(id), &end) {
-                        sqlx::query(APPEND_SYSTEM_LINE)
-                            .bind(run_id)
-                            .bind(now())
-                            .bind(format!("{reason}\n"))
-                            .execute(&mut *tx)
-                            .await?;
+                        append_system_line!(tx, run_id, now(), reason);
                         cancelled.push(finished);
                     }
                 }

@@ -209,7 +209,10 @@ impl<B: AgentBackend> Agent<B> {
                 Ok(None) => delay = Duration::from_millis(200),
                 Err(AgentError::Rejected { status: 409, .. }) => {
                     tracing::debug!(runs = runs.len(), "the server says this agent is at capacity");
-                    if wait_for_room(&mut runs, &mut granted, shutdown).await {
+                    // The server may count a run this agent no longer holds (its result could not be delivered)
+                    // until that run's lease ends: look again after a while even if nothing here changes.
+                    let room = tokio::time::timeout(MAX_RETRY_DELAY, wait_for_room(&mut runs, &mut granted, shutdown));
+                    if room.await == Ok(true) {
                         break;
                     }
                 }

@@ -68,8 +68,8 @@ pub struct RunResponse {
     pub target_agent_id: Option<i64>,
     pub labels: Vec<String>,
     /// Why a queued run is not starting, when the server can tell (its pinned agent is disabled, retired,
-    /// draining or offline; no online, enabled agent has its labels; it waits for its retry delay). Only in
-    /// `GET /runs/{id}`, never in lists.
+    /// draining or offline; no online, enabled agent has its labels; none that may take it may receive one of
+    /// its secrets; it waits for its retry delay). Only in `GET /runs/{id}`, never in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<String>,
 }
@@ -172,23 +172,42 @@ async fn waiting_reason(store: &Store, run: &Run) -> ApiResult<Option<String>> {
         return Ok(Some(format!("waiting for its retry delay, until {}", run.not_before.to_rfc3339())));
     }
     let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
+    // The claim statement's secret rule: every secret the run names must admit the agent.
+    let policies: Vec<_> =
+        store.secret_infos(&run.secrets.0).await?.iter().map(|info| (info.name.clone(), info.policy())).collect();
+    let refusing = |agent: &automa_store::Agent| {
+        policies.iter().find(|(_, policy)| !policy.allows_agent(agent)).map(|(name, _)| name.clone())
+    };
     if let Some(agent_id) = run.target_agent_id {
         let agent = store.get_agent(agent_id).await?;
-        return Ok(match agent.status(now, offline_after) {
-            "online" => None,
-            why => Some(format!("pinned to agent '{}', which is {why}", agent.name)),
+        return Ok(match (agent.status(now, offline_after), refusing(&agent)) {
+            ("online", None) => None,
+            ("online", Some(secret)) => {
+                Some(format!("pinned to agent '{}', but secret '{secret}' may not be given to it", agent.name))
+            }
+            (why, _) => Some(format!("pinned to agent '{}', which is {why}", agent.name)),
         });
     }
     let agents = store.all_agents().await?;
     let labels = &run.labels.0;
-    let able = agents.iter().any(|agent| {
-        agent.status(now, offline_after) == "online" && labels.iter().all(|label| agent.labels.0.contains(label))
-    });
-    Ok(match (able, labels.is_empty()) {
-        (true, _) => None,
-        (false, true) => Some("no agent is online and enabled".to_owned()),
-        (false, false) => Some(format!("no online, enabled agent has the labels {}", labels.join(", "))),
-    })
+    let able: Vec<_> = agents
+        .iter()
+        .filter(|agent| {
+            agent.status(now, offline_after) == "online" && labels.iter().all(|label| agent.labels.0.contains(label))
+        })
+        .collect();
+    if let Some(agent) = able.first() {
+        if able.iter().any(|agent| refusing(agent).is_none()) {
+            return Ok(None);
+        }
+        let secret = refusing(agent).unwrap_or_default();
+        return Ok(Some(format!("secret '{secret}' may not be given to any online agent that may take the run")));
+    }
+    Ok(Some(if labels.is_empty() {
+        "no agent is online and enabled".to_owned()
+    } else {
+        format!("no online, enabled agent has the labels {}", labels.join(", "))
+    }))
 }
 
 /// Cancel a run: a queued run ends at once; a running one is killed by its agent (status 202 either way).

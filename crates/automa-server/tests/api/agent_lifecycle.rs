@@ -143,6 +143,19 @@ async fn queued_runs_say_why_they_wait(backend: Backend) {
     app.put(&format!("/tasks/{task_id}"), &admin, json!({"labels": ["arm"]})).await;
     let run = app.post(&format!("/tasks/{task_id}/execute"), &admin, json!({})).await.body["id"].as_i64().unwrap();
     assert_eq!(reason(run).await, "no online, enabled agent has the labels arm");
+
+    // A run whose secret no online agent may receive says so, and stops saying it once one may.
+    let (cpu_id, cpu) = create(&app, &admin, json!({"name": "cpu-box", "labels": ["cpu"]})).await;
+    beat(&app, &cpu, json!(1)).await;
+    let secret = json!({"name": "VAULT", "value": "v", "policy": {"agent_labels": ["prod"]}});
+    assert_eq!(app.post("/secrets", &admin, secret).await.status, StatusCode::CREATED);
+    let guarded = queue(json!({"content": "print(2)\n", "secrets": ["VAULT"]})).await;
+    assert_eq!(reason(guarded).await, "secret 'VAULT' may not be given to any online agent that may take the run");
+    app.put("/secrets/VAULT", &admin, json!({"policy": {"agent_labels": ["cpu"]}})).await;
+    assert_eq!(reason(guarded).await, Value::Null, "cpu-box may receive it");
+    let pinned_secret = queue(json!({"content": "print(3)\n", "secrets": ["VAULT"], "agent_id": cpu_id})).await;
+    app.put("/secrets/VAULT", &admin, json!({"policy": {"agent_labels": ["prod"]}})).await;
+    assert_eq!(reason(pinned_secret).await, "pinned to agent 'cpu-box', but secret 'VAULT' may not be given to it");
 }
 
 async fn retired_agents_keep_history_and_their_name(backend: Backend) {

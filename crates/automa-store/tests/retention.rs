@@ -3,12 +3,10 @@
 //! and neither tampering with what remains nor forging the checkpoint passes. SQLite always; PostgreSQL when
 //! `AUTOMA_TEST_PG_URL` is set (required with `AUTOMA_REQUIRE_PG=1`).
 
-use std::collections::BTreeMap;
-
 use automa_core::RunStatus;
 use automa_store::{
     Actor, AuditCheckpoint, AuditEvent, AuditFilter, BatchLimits, NewLogChunk, Page, RunEnd, RunRetention, Store,
-    StoreError, TaskSpec,
+    StoreError,
 };
 use chrono::Duration;
 
@@ -16,31 +14,6 @@ use chrono::Duration;
 mod support;
 
 use support::*;
-
-fn task_spec(name: &str, script: (i64, i64)) -> TaskSpec {
-    TaskSpec {
-        name: name.into(),
-        description: String::new(),
-        script_id: script.0,
-        script_version: None,
-        agent_id: None,
-        labels: vec![],
-        args: vec![],
-        env: BTreeMap::new(),
-        secrets: vec![],
-        timeout_seconds: 60,
-        memory_mb: 64,
-        cpu_seconds: 60,
-        max_output_bytes: 1024,
-        network: false,
-        retries: 0,
-        retry_backoff_seconds: 0,
-        schedule: None,
-        enabled: true,
-        next_fire_at: None,
-        run_after: vec![],
-    }
-}
 
 /// Small batches, so that every pass takes several transactions.
 fn small_batches() -> BatchLimits {
@@ -83,8 +56,8 @@ async fn exists(store: &Store, id: i64) -> bool {
 
 async fn runs_are_deleted_exactly_as_the_policy_says(store: &Store) {
     let s = script(store).await;
-    let a = store.create_task(&Actor::system(), task_spec("a", s), &[]).await.unwrap().id;
-    let b = store.create_task(&Actor::system(), task_spec("b", s), &[]).await.unwrap().id;
+    let a = store.create_task(&Actor::system(), task_spec("a", s, &[], &[], 0), &[]).await.unwrap().id;
+    let b = store.create_task(&Actor::system(), task_spec("b", s, &[], &[], 0), &[]).await.unwrap().id;
     let worker = agent(store, "w", &[], 10).await;
 
     // a1 ran and wrote output; a2..a5 ended later; a6 is running and a7 queued.
@@ -252,7 +225,7 @@ async fn measure_retention_on_a_million_runs_on_sqlite() {
     let store = &db.store;
     let s = script(store).await;
     for i in 0..10 {
-        store.create_task(&Actor::system(), task_spec(&format!("t{i}"), s), &[]).await.unwrap();
+        store.create_task(&Actor::system(), task_spec(&format!("t{i}"), s, &[], &[], 0), &[]).await.unwrap();
     }
     // A month of runs, oldest first, one output chunk each; one in a thousand still queued.
     let started = std::time::Instant::now();

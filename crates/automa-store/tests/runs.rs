@@ -1,12 +1,11 @@
 //! The run lifecycle in the store on both backends: claim, lease, finish, reap, retry, cancel and output.
 //! SQLite always; PostgreSQL when `AUTOMA_TEST_PG_URL` is set (required with `AUTOMA_REQUIRE_PG=1`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use automa_core::{Role, RunStatus};
 use automa_store::{
-    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunAfter, RunEnd, RunFilter, Store,
-    TaskSpec, UserUpdate,
+    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, Store, UserUpdate,
 };
 use chrono::Duration;
 
@@ -356,31 +355,6 @@ async fn a_run_handed_back_too_often_is_lost_and_retried(store: &Store) {
     assert_eq!(store.hand_back_run(retry.id, a, "again").await.unwrap().unwrap().run.status, "queued", "a fresh count");
 }
 both_backends!(hand_back_limit, a_run_handed_back_too_often_is_lost_and_retried);
-
-fn task_spec(name: &str, script: (i64, i64), after: &[i64], labels: &[&str], retries: i64) -> TaskSpec {
-    TaskSpec {
-        name: name.into(),
-        description: String::new(),
-        script_id: script.0,
-        script_version: None,
-        agent_id: None,
-        labels: labels.iter().map(|l| l.to_string()).collect(),
-        args: vec![],
-        env: BTreeMap::new(),
-        secrets: vec![],
-        timeout_seconds: 60,
-        memory_mb: 64,
-        cpu_seconds: 60,
-        max_output_bytes: 1024,
-        network: false,
-        retries,
-        retry_backoff_seconds: 0,
-        schedule: None,
-        enabled: true,
-        next_fire_at: None,
-        run_after: after.iter().map(|&task_id| RunAfter { task_id, on: vec![RunStatus::Succeeded] }).collect(),
-    }
-}
 
 async fn task(store: &Store, name: &str, script: (i64, i64), after: &[i64], labels: &[&str]) -> i64 {
     store.create_task(&Actor::system(), task_spec(name, script, after, labels, 0), &[]).await.unwrap().id

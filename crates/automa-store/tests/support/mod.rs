@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use automa_core::Trigger;
-use automa_store::{Actor, AuditKey, NewAgent, NewRun, NewScript, Store};
+use automa_core::{RunStatus, Trigger};
+use automa_store::{Actor, AuditKey, NewAgent, NewRun, NewScript, RunAfter, Store, TaskSpec};
 
 /// A store on a fresh database. Dropping it drops the PostgreSQL database, also when the test panicked.
 pub struct TestDb {
@@ -150,5 +150,31 @@ pub fn new_run(script: (i64, i64), labels: &[&str], target: Option<i64>, retries
         cpu_seconds: 60,
         max_output_bytes: 1024,
         network: false,
+    }
+}
+
+/// A task of `script` with `labels` and `retries`, run after each of `after` succeeds.
+pub fn task_spec(name: &str, script: (i64, i64), after: &[i64], labels: &[&str], retries: i64) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        description: String::new(),
+        script_id: script.0,
+        script_version: None,
+        agent_id: None,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        args: vec![],
+        env: BTreeMap::new(),
+        secrets: vec![],
+        timeout_seconds: 60,
+        memory_mb: 64,
+        cpu_seconds: 60,
+        max_output_bytes: 1024,
+        network: false,
+        retries,
+        retry_backoff_seconds: 0,
+        schedule: None,
+        enabled: true,
+        next_fire_at: None,
+        run_after: after.iter().map(|&task_id| RunAfter { task_id, on: vec![RunStatus::Succeeded] }).collect(),
     }
 }

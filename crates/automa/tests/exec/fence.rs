@@ -156,6 +156,15 @@ async fn marking_task(server: &Server, marks: &Path, seconds: f64, retries: i64)
     task["id"].as_i64().unwrap()
 }
 
+/// Queues a run of `task` and returns its id once the script has started.
+async fn start_run(server: &Server, task: i64) -> i64 {
+    let (status, run) = server.post(&format!("/tasks/{task}/execute"), json!({})).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_i64().unwrap();
+    wait_until_started(server, id).await;
+    id
+}
+
 async fn wait_until_started(server: &Server, id: i64) {
     let mut stream = server.events(&format!("/runs/{id}/logs/stream")).await;
     let (name, data) = stream.next().await.expect("the stream stays open");
@@ -208,10 +217,7 @@ async fn a_run_cut_off_from_its_server_longer_than_the_lease_never_overlaps_its_
     // Long enough that, unfenced, the first execution would still be running when its retry starts.
     let task = marking_task(&a, &marks, 15.0, 1).await;
     let (first_agent, _one) = start_agent(&a, dirs[0].path(), "one", &proxy.url).await;
-    let (status, run) = a.post(&format!("/tasks/{task}/execute"), json!({})).await;
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_i64().unwrap();
-    wait_until_started(&a, id).await;
+    let id = start_run(&a, task).await;
     // Only now the second agent, on the other server: the first attempt is surely the first agent's.
     let mut events = b.events("/events").await;
     let (second_agent, _two) = start_agent(&a, dirs[1].path(), "two", &b.base).await;
@@ -256,10 +262,7 @@ async fn a_run_that_ends_during_a_short_outage_keeps_its_own_times() {
     let marks = dirs[0].path().join("marks");
     let task = marking_task(&a, &marks, 3.0, 0).await;
     let _one = start_agent(&a, dirs[0].path(), "one", &proxy.url).await;
-    let (status, run) = a.post(&format!("/tasks/{task}/execute"), json!({})).await;
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_i64().unwrap();
-    wait_until_started(&a, id).await;
+    let id = start_run(&a, task).await;
     proxy.cut();
     // The outage itself, not a wait for something: the script ends about 3 s into it.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -293,10 +296,7 @@ async fn a_killed_agents_run_is_lost_within_the_lease_and_retried_at_once_elsewh
     let marks = dirs[0].path().join("marks");
     let task = marking_task(&a, &marks, 2.0, 1).await;
     let (_, mut one) = start_agent(&a, dirs[0].path(), "one", &a.base).await;
-    let (status, run) = a.post(&format!("/tasks/{task}/execute"), json!({})).await;
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_i64().unwrap();
-    wait_until_started(&a, id).await;
+    let id = start_run(&a, task).await;
     let mut events = b.events("/events").await;
     let (second_agent, _two) = start_agent(&a, dirs[1].path(), "two", &b.base).await;
 
@@ -334,10 +334,7 @@ async fn an_agent_renews_through_its_second_server_when_the_first_falls_silent()
     let task = marking_task(&a, &marks, 14.0, 1).await;
     let servers = format!("{},{}", proxy.url, b.base);
     let (agent_id, _agent) = start_agent(&a, dirs[0].path(), "two-servers", &servers).await;
-    let (status, run) = a.post(&format!("/tasks/{task}/execute"), json!({})).await;
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_i64().unwrap();
-    wait_until_started(&a, id).await;
+    let id = start_run(&a, task).await;
 
     proxy.fall_silent();
     let (chunks, ended) = b.follow(id).await;

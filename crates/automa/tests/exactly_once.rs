@@ -25,19 +25,6 @@ const TASKS: usize = 200;
 /// Ticks each task must reach; the first half runs on both servers, the rest on the survivor.
 const TICKS: i64 = 22;
 
-fn postgres_url() -> Option<String> {
-    match std::env::var("AUTOMA_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
-        }
-        _ => {
-            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the exactly-once test on PostgreSQL");
-            None
-        }
-    }
-}
-
 fn serve(database_url: &str, data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(AUTOMA)
         .args(["serve", "--no-agent", "--bind", "127.0.0.1:0"])
@@ -67,12 +54,6 @@ fn serve(database_url: &str, data_dir: &std::path::Path) -> (Child, String) {
     let _ = child.kill();
     let _ = child.wait();
     panic!("serve exited or did not say it was running within 60 s");
-}
-
-async fn fresh_database(server_url: &str) -> pg_database::Database {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("automa_once_{}_{nanos}", std::process::id());
-    pg_database::Database::create(server_url, &name).await
 }
 
 /// The fewest runs any task has.
@@ -111,8 +92,8 @@ fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_fire_every_tick_exactly_once() {
-    let Some(server_url) = postgres_url() else { return };
-    let database = fresh_database(&server_url).await;
+    let Some(server_url) = pg_database::postgres_url() else { return };
+    let database = pg_database::Database::fresh(&server_url, "automa_once").await;
     let database_url = database.url.clone();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut first, base) = serve(&database_url, dirs.0.path());

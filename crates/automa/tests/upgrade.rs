@@ -137,15 +137,8 @@ async fn serve_upgrades_an_older_sqlite_database_or_refuses_when_told_to() {
 
 #[tokio::test]
 async fn serve_upgrades_an_older_postgres_database_or_refuses_when_told_to() {
-    let server_url = match std::env::var("AUTOMA_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
-        }
-        _ => return eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL upgrade test"),
-    };
-    let name = format!("automa_upgrade_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
-    let database = pg_database::Database::create(&server_url, &name).await;
+    let Some(server_url) = pg_database::postgres_url() else { return };
+    let database = pg_database::Database::fresh(&server_url, "automa_upgrade").await;
     let dir = tempfile::tempdir().unwrap();
     upgrade("postgres", &database.url, dir.path()).await;
 }

@@ -209,22 +209,9 @@ pub fn text_of(chunks: &[Value], stream: &str) -> String {
     chunks.iter().filter(|c| c["stream"] == stream).map(|c| c["data"].as_str().unwrap()).collect()
 }
 
-/// The PostgreSQL server of the tests' second tier, or `None` (with a notice) when it is not configured.
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("AUTOMA_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
-        }
-        _ => {
-            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL tier of this test");
-            None
-        }
-    }
-}
+pub use crate::pg_database::postgres_url;
 
 /// A database of its own on that server, dropped with the guard.
 pub async fn fresh_database(server_url: &str) -> crate::pg_database::Database {
-    let name = format!("automa_exec_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
-    crate::pg_database::Database::create(server_url, &name).await
+    crate::pg_database::Database::fresh(server_url, "automa_exec").await
 }

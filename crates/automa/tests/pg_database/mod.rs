@@ -9,7 +9,28 @@ pub struct Database {
     name: String,
 }
 
+/// The PostgreSQL server of the tests' second tier, or `None` (with a notice) when it is not configured; a panic
+/// when it is required (`AUTOMA_REQUIRE_PG=1`) and missing.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("AUTOMA_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
+            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
+        }
+        _ => {
+            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL tier of this test");
+            None
+        }
+    }
+}
+
 impl Database {
+    /// A database of its own, named after `prefix`, this process and the time, on the server `server_url`.
+    pub async fn fresh(server_url: &str, prefix: &str) -> Database {
+        let name = format!("{prefix}_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+        Database::create(server_url, &name).await
+    }
+
     /// Creates `name` on the server `server_url` points at.
     pub async fn create(server_url: &str, name: &str) -> Database {
         let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connecting to AUTOMA_TEST_PG_URL");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     Actor, Agent, AgentEvent, AgentEventKind, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult,
-    WritePool, audit::append_audit, dispatch, now,
+    WritePool, dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
@@ -50,7 +50,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("an agent named '{}' already exists", new.name)))?;
             let details = json!({"name": agent.name, "labels": new.labels, "max_concurrency": new.max_concurrency});
-            append_audit!(self, tx, actor, AuditEvent::new("agent.create", "agent", Some(agent.id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("agent.create", "agent", Some(agent.id), details)).await?;
             tx.commit().await?;
             Ok(agent)
         })
@@ -217,7 +217,7 @@ impl Store {
                 .await?;
             let details = json!({"name": agent.name, "tasks_unpinned": tasks.rows_affected(),
                 "queued_runs_unpinned": queued.rows_affected()});
-            append_audit!(self, tx, actor, AuditEvent::new("agent.retire", "agent", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("agent.retire", "agent", Some(id), details)).await?;
             if postgres && queued.rows_affected() > 0 {
                 sqlx::query("SELECT pg_notify($1, '')").bind(crate::WAKE_CHANNEL).execute(&mut *tx).await?;
             }

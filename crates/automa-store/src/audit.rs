@@ -4,25 +4,43 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use sqlx::{Transaction, types::Json};
+
 use automa_core::{AuditKey, AuditRecord, GENESIS_HASH, HashScheme};
 
-use crate::{AuditEntry, Listed, Page, Store, StoreError, StoreResult, dispatch};
+use crate::{Actor, AuditEntry, AuditEvent, Listed, Page, Store, StoreError, StoreResult, dispatch};
 
-/// Appends one entry for `$event` by `$actor` on the open write transaction `$tx` of `$store` and evaluates
-/// to its id. The entry is keyed with the store's audit key; a store opened without one refuses to write
-/// rather than extend the chain with hashes anyone could forge. The transaction must come from
-/// `begin_write`, which serialises writers so that two entries can never claim the same predecessor.
-macro_rules! append_audit {
-    ($store:expr, $tx:expr, $actor:expr, $event:expr) => {{
-        let key = $store.audit_key()?;
-        let actor: &$crate::Actor = $actor;
-        let event: $crate::AuditEvent = $event;
+impl Store {
+    /// Appends one entry for `event` by `actor` on the open write transaction `tx` and returns its id. The entry
+    /// is keyed with the store's audit key; a store opened without one refuses to write rather than extend the
+    /// chain with hashes anyone could forge. The transaction must come from `begin_write`, which serialises
+    /// writers so that two entries can never claim the same predecessor.
+    pub(crate) async fn append_audit<DB>(
+        &self,
+        tx: &mut Transaction<'_, DB>,
+        actor: &Actor,
+        event: AuditEvent,
+    ) -> StoreResult<i64>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        (i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+        str: sqlx::Type<DB>,
+        for<'a, 'q> Json<&'a serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let key = self.audit_key()?;
         let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *$tx).await?;
-        let (prev_id, prev_hash) = last.unwrap_or((0, automa_core::GENESIS_HASH.to_owned()));
-        let record = automa_core::AuditRecord {
+            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut **tx).await?;
+        let (prev_id, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let record = AuditRecord {
             id: prev_id + 1,
-            ts: $crate::now(),
+            ts: crate::now(),
             actor_type: actor.actor_type.to_owned(),
             actor_id: actor.actor_id.clone(),
             action: event.action,
@@ -31,11 +49,11 @@ macro_rules! append_audit {
             ip: actor.ip.clone(),
             details: event.details,
         };
-        let scheme = automa_core::HashScheme::HmacSha256;
+        let scheme = HashScheme::HmacSha256;
         let hash = record.hash(scheme, key, &prev_hash);
         sqlx::query(
             "INSERT INTO audit_log (id, ts, actor_type, actor_id, action, resource_type, resource_id, ip, details, \
-             prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(record.id)
         .bind(record.ts)
@@ -45,16 +63,15 @@ macro_rules! append_audit {
         .bind(&record.resource_type)
         .bind(&record.resource_id)
         .bind(&record.ip)
-        .bind(sqlx::types::Json(&record.details))
+        .bind(Json(&record.details))
         .bind(&prev_hash)
         .bind(&hash)
         .bind(scheme.as_str())
-        .execute(&mut *$tx)
+        .execute(&mut **tx)
         .await?;
-        record.id
-    }};
+        Ok(record.id)
+    }
 }
-pub(crate) use append_audit;
 
 /// Which entries `/audit/` returns; every field narrows the list.
 #[derive(Debug, Clone, Default)]
@@ -170,7 +187,7 @@ impl Store {
     pub async fn record_event(&self, actor: &crate::Actor, event: crate::AuditEvent) -> StoreResult<i64> {
         dispatch!(self, pool => {
             let mut tx = crate::WritePool::begin_write(pool).await?;
-            let id = append_audit!(self, tx, actor, event);
+            let id = self.append_audit(&mut tx, actor, event).await?;
             tx.commit().await?;
             Ok(id)
         })

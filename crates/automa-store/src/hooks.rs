@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use crate::{
-    Actor, AuditEvent, Hook, HookTrigger, NewHook, Run, Store, StoreError, StoreResult, WritePool, audit::append_audit,
-    dispatch, now, runs::WAKE_CHANNEL, scripts::actor_user_id,
+    Actor, AuditEvent, Hook, HookTrigger, NewHook, Run, Store, StoreError, StoreResult, WritePool, dispatch, now,
+    runs::WAKE_CHANNEL, scripts::actor_user_id,
 };
 
 const HOOK_COLUMNS: &str =
@@ -63,7 +63,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("this task already has a hook named '{}'", new.name)))?;
             let details = json!({"task_id": hook.task_id, "name": hook.name, "prefix": hook.prefix,
                 "rate_per_minute": hook.rate_per_minute});
-            append_audit!(self, tx, actor, AuditEvent::new("hook.create", "hook", Some(hook.id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("hook.create", "hook", Some(hook.id), details)).await?;
             tx.commit().await?;
             Ok(hook)
         })
@@ -93,7 +93,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
             let details = json!({"task_id": task_id, "name": hook.name, "prefix": hook.prefix});
-            append_audit!(self, tx, actor, AuditEvent::new("hook.revoke", "hook", Some(hook_id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("hook.revoke", "hook", Some(hook_id), details)).await?;
             tx.commit().await?;
             Ok(hook)
         })
@@ -159,7 +159,7 @@ impl Store {
             sqlx::query("UPDATE hooks SET last_triggered_at = $1 WHERE id = $2").bind(at).bind(hook.id).execute(&mut *tx).await?;
             let details = json!({"task_id": hook.task_id, "name": hook.name, "run_id": run.id,
                 "payload_bytes": payload.map(str::len)});
-            append_audit!(self, tx, &Actor::hook(hook.id, ip), AuditEvent::new("hook.trigger", "hook", Some(hook.id), details));
+            self.append_audit(&mut tx, &Actor::hook(hook.id, ip), AuditEvent::new("hook.trigger", "hook", Some(hook.id), details)).await?;
             if postgres {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }

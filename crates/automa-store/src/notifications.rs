@@ -6,13 +6,13 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::types::Json;
+use sqlx::{Transaction, types::Json};
 
 use automa_core::InvalidField;
 
 use crate::{
-    Actor, AuditEvent, Backend, Listed, Page, SealedSecret, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, composed, dispatch, now,
+    Actor, AuditEvent, Backend, Listed, Page, SealedSecret, Store, StoreError, StoreResult, WritePool, composed,
+    dispatch, now,
 };
 
 /// Events a run can raise.
@@ -128,118 +128,133 @@ pub(crate) fn recipients_of(channels: &[ChannelRow], choice: Option<&TaskChoice>
     }
 }
 
-/// Queues the notices `$run` raises, inside the transaction `$tx` that ended it. `$retried` says a retry was
+/// A task's previous final run, for a `recovered` notice: id, status and when it ended.
+pub(crate) type PreviousRun = (i64, String, Option<DateTime<Utc>>);
+/// The latest delivery of an event to a channel, for grouping: id, status, creation time and details.
+pub(crate) type RecentDelivery = (i64, String, DateTime<Utc>, Json<Value>);
+
+/// Queues the notices `run` raises, inside the transaction `tx` that ended it. `retried` says a retry was
 /// queued with it: a failure that will be tried again notifies nobody yet. A success notifies `recovered` when
 /// the task's previous final run had failed. Runs without a task raise nothing.
-macro_rules! queue_run_notices {
-    ($tx:expr, $run:expr, $retried:expr) => {{
-        let run: &$crate::Run = $run;
-        let retried: bool = $retried;
-        let notable = matches!(run.status.as_str(), "failed" | "timed_out" | "lost" | "skipped" | "succeeded");
-        if let (Some(task_id), true, false) = (run.task_id, notable, retried) {
-            let channels: Vec<$crate::notifications::ChannelRow> =
-                sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels")
-                    .fetch_all(&mut *$tx)
-                    .await?;
-            if !channels.is_empty() {
-                let mut details = serde_json::json!({});
-                let event: Option<&str> = if run.status == "succeeded" {
-                    let previous: Option<(i64, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
-                        "SELECT id, status, finished_at FROM runs WHERE task_id = $1 AND id < $2 \
-                         AND (status = 'succeeded' OR (status IN ('failed', 'timed_out', 'lost') AND attempt > retries)) \
-                         ORDER BY id DESC LIMIT 1",
-                    )
-                    .bind(task_id)
-                    .bind(run.id)
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-                    match previous {
-                        Some((id, status, finished_at)) if status != "succeeded" => {
-                            details = serde_json::json!({"recovered_from": {"run_id": id, "status": status,
-                                "finished_at": finished_at}});
-                            Some("recovered")
-                        }
-                        _ => None,
+pub(crate) async fn queue_run_notices<DB>(
+    tx: &mut Transaction<'_, DB>,
+    run: &crate::Run,
+    retried: bool,
+) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    ChannelRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+    TaskChoice: for<'r> sqlx::FromRow<'r, DB::Row>,
+    PreviousRun: for<'r> sqlx::FromRow<'r, DB::Row>,
+    RecentDelivery: for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+    str: sqlx::Type<DB>,
+    for<'a, 'q> Json<&'a Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let notable = matches!(run.status.as_str(), "failed" | "timed_out" | "lost" | "skipped" | "succeeded");
+    let Some(task_id) = run.task_id.filter(|_| notable && !retried) else { return Ok(()) };
+    let channels: Vec<ChannelRow> =
+        sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels").fetch_all(&mut **tx).await?;
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let mut details = json!({});
+    let event: Option<&str> = if run.status == "succeeded" {
+        let previous: Option<PreviousRun> = sqlx::query_as(
+            "SELECT id, status, finished_at FROM runs WHERE task_id = $1 AND id < $2 \
+             AND (status = 'succeeded' OR (status IN ('failed', 'timed_out', 'lost') AND attempt > retries)) \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(task_id)
+        .bind(run.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match previous {
+            Some((id, status, finished_at)) if status != "succeeded" => {
+                details = json!({"recovered_from": {"run_id": id, "status": status, "finished_at": finished_at}});
+                Some("recovered")
+            }
+            _ => None,
+        }
+    } else {
+        Some(run.status.as_str())
+    };
+    let Some(event) = event else { return Ok(()) };
+    let choice: Option<TaskChoice> =
+        sqlx::query_as("SELECT channel_ids, events FROM task_notifications WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let at = now();
+    for (channel_id, channel_name) in recipients_of(&channels, choice.as_ref(), event) {
+        let mut due = at;
+        if event == "recovered" {
+            // Failures held back for a grouped notice go first, so the recovery is the last word.
+            sqlx::query(
+                "UPDATE notification_deliveries SET next_attempt_at = $3 WHERE channel_id = $1 \
+             AND status = 'pending' AND attempts = 0 AND next_attempt_at > $3 \
+             AND run_id IN (SELECT id FROM runs WHERE task_id = $2)",
+            )
+            .bind(channel_id)
+            .bind(task_id)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        } else {
+            let window = Duration::seconds(GROUP_WINDOW_SECONDS);
+            let recent: Option<RecentDelivery> = sqlx::query_as(
+                "SELECT d.id, d.status, d.created_at, d.details FROM notification_deliveries d \
+             JOIN runs r ON r.id = d.run_id WHERE r.task_id = $1 AND d.channel_id = $2 \
+             AND d.event = $3 AND d.created_at > $4 ORDER BY d.id DESC LIMIT 1",
+            )
+            .bind(task_id)
+            .bind(channel_id)
+            .bind(event)
+            .bind(at - window)
+            .fetch_optional(&mut **tx)
+            .await?;
+            match recent {
+                // Not sent yet: this failure is folded into it and counted.
+                Some((id, status, _, Json(mut grouped))) if status == "pending" => {
+                    let count = grouped["suppressed"].as_i64().unwrap_or(0) + 1;
+                    if let Some(fields) = grouped.as_object_mut() {
+                        fields.insert("suppressed".into(), json!(count));
+                        fields.insert("last_run_id".into(), json!(run.id));
                     }
-                } else {
-                    Some(run.status.as_str())
-                };
-                if let Some(event) = event {
-                    let choice: Option<$crate::notifications::TaskChoice> =
-                        sqlx::query_as("SELECT channel_ids, events FROM task_notifications WHERE task_id = $1")
-                            .bind(task_id)
-                            .fetch_optional(&mut *$tx)
-                            .await?;
-                    let at = $crate::now();
-                    for (channel_id, channel_name) in $crate::notifications::recipients_of(&channels, choice.as_ref(), event) {
-                        let mut due = at;
-                        if event == "recovered" {
-                            // Failures held back for a grouped notice go first, so the recovery is the last word.
-                            sqlx::query(
-                                "UPDATE notification_deliveries SET next_attempt_at = $3 WHERE channel_id = $1 \
-                                 AND status = 'pending' AND attempts = 0 AND next_attempt_at > $3 \
-                                 AND run_id IN (SELECT id FROM runs WHERE task_id = $2)",
-                            )
-                            .bind(channel_id)
-                            .bind(task_id)
-                            .bind(at)
-                            .execute(&mut *$tx)
-                            .await?;
-                        } else {
-                            let window = chrono::Duration::seconds($crate::notifications::GROUP_WINDOW_SECONDS);
-                            let recent: Option<(i64, String, chrono::DateTime<chrono::Utc>, sqlx::types::Json<serde_json::Value>)> =
-                                sqlx::query_as(
-                                    "SELECT d.id, d.status, d.created_at, d.details FROM notification_deliveries d \
-                                     JOIN runs r ON r.id = d.run_id WHERE r.task_id = $1 AND d.channel_id = $2 \
-                                     AND d.event = $3 AND d.created_at > $4 ORDER BY d.id DESC LIMIT 1",
-                                )
-                                .bind(task_id)
-                                .bind(channel_id)
-                                .bind(event)
-                                .bind(at - window)
-                                .fetch_optional(&mut *$tx)
-                                .await?;
-                            match recent {
-                                // Not sent yet: this failure is folded into it and counted.
-                                Some((id, status, _, sqlx::types::Json(mut grouped))) if status == "pending" => {
-                                    let count = grouped["suppressed"].as_i64().unwrap_or(0) + 1;
-                                    if let Some(fields) = grouped.as_object_mut() {
-                                        fields.insert("suppressed".into(), serde_json::json!(count));
-                                        fields.insert("last_run_id".into(), serde_json::json!(run.id));
-                                    }
-                                    sqlx::query("UPDATE notification_deliveries SET details = $2 WHERE id = $1")
-                                        .bind(id)
-                                        .bind(sqlx::types::Json(&grouped))
-                                        .execute(&mut *$tx)
-                                        .await?;
-                                    continue;
-                                }
-                                // One went out within the window: the next waits for the window's end and
-                                // gathers the failures until then.
-                                Some((_, _, created_at, _)) => due = created_at + window,
-                                None => {}
-                            }
-                        }
-                        sqlx::query(
-                            "INSERT INTO notification_deliveries (channel_id, channel_name, run_id, event, details, \
-                             status, attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7)",
-                        )
-                        .bind(channel_id)
-                        .bind(channel_name)
-                        .bind(run.id)
-                        .bind(event)
-                        .bind(sqlx::types::Json(&details))
-                        .bind(due)
-                        .bind(at)
-                        .execute(&mut *$tx)
+                    sqlx::query("UPDATE notification_deliveries SET details = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(Json(&grouped))
+                        .execute(&mut **tx)
                         .await?;
-                    }
+                    continue;
                 }
+                // One went out within the window: the next waits for the window's end and gathers the
+                // failures until then.
+                Some((_, _, created_at, _)) => due = created_at + window,
+                None => {}
             }
         }
-    }};
+        sqlx::query(
+                        "INSERT INTO notification_deliveries (channel_id, channel_name, run_id, event, details, \
+                         status, attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7)",
+                    )
+                    .bind(channel_id)
+                    .bind(channel_name)
+                    .bind(run.id)
+                    .bind(event)
+                    .bind(Json(&details))
+                    .bind(due)
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+    }
+    Ok(())
 }
-pub(crate) use queue_run_notices;
 
 /// The audit details of a channel: never its secret, and of its URL only the origin, since a webhook URL often
 /// carries a token in its path.
@@ -285,7 +300,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a channel named '{}' already exists", new.name)))?;
             let details = channel_audit(&channel, new.secret.is_some());
-            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.create", "notification_channel", Some(channel.id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("notification_channel.create", "notification_channel", Some(channel.id), details)).await?;
             tx.commit().await?;
             Ok(channel)
         })
@@ -329,7 +344,7 @@ impl Store {
                     .await?;
             }
             let details = channel_audit(&channel, update.secret.is_some());
-            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.update", "notification_channel", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("notification_channel.update", "notification_channel", Some(id), details)).await?;
             tx.commit().await?;
             Ok(channel)
         })
@@ -350,7 +365,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("notification_channel.delete", "notification_channel", Some(id), json!({"name": name})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("notification_channel.delete", "notification_channel", Some(id), json!({"name": name}))).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -445,7 +460,7 @@ impl Store {
                 Some((channel_ids, events)) => json!({"channel_ids": channel_ids, "events": events}),
                 None => json!({"default": true}),
             };
-            append_audit!(self, tx, actor, AuditEvent::new("task.notifications", "task", Some(task_id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("task.notifications", "task", Some(task_id), details)).await?;
             tx.commit().await?;
             Ok(saved)
         })

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::{
     Actor, AuditEvent, Backend, Store, StoreResult, WritePool,
-    audit::{AuditCheckpoint, PRUNE_ACTION, append_audit},
+    audit::{AuditCheckpoint, PRUNE_ACTION},
     dispatch,
 };
 
@@ -284,7 +284,7 @@ impl Store {
                         });
                         // Appended before the delete: the new entry must link to the current head, which the
                         // delete may remove when every entry is old enough.
-                        append_audit!(self, tx, &Actor::system(), AuditEvent::new(PRUNE_ACTION, "audit", None, details));
+                        self.append_audit(&mut tx, &Actor::system(), AuditEvent::new(PRUNE_ACTION, "audit", None, details)).await?;
                         sqlx::query("DELETE FROM audit_log WHERE id <= $1").bind(last.0).execute(&mut *tx).await?;
                         sqlx::query(
                             "INSERT INTO audit_checkpoint (singleton, entry_id, entry_hash, pruned_at) \

@@ -4,16 +4,17 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
-use sqlx::types::Json;
+use sqlx::{Transaction, types::Json};
 
 use automa_core::RunStatus;
 
 use crate::{
-    Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun,
-    Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
+    Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ChainLimits, ClaimedRun, Finished, LeaseRenewal,
+    Listed, NewRun, Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
     agents::{AGENT_COLUMNS, EFFECTIVE_CONCURRENCY},
-    audit::append_audit,
-    composed, dispatch, now,
+    composed, dispatch,
+    notifications::queue_run_notices,
+    now,
 };
 
 /// The channel that tells every server on a PostgreSQL database that a run was queued.
@@ -27,11 +28,23 @@ pub const MAX_HAND_BACKS: i64 = 3;
 const APPEND_SYSTEM_LINE: &str = "INSERT INTO run_logs (run_id, seq, stream, ts, data) \
      SELECT $1, COALESCE(MAX(seq), 0) + 1, 'system', $2, $3 FROM run_logs WHERE run_id = $1";
 
-/// Writes `$line` (without its newline) as a `system` line of run `$run_id`'s output at `$at`, inside `$tx`.
-macro_rules! append_system_line {
-    ($tx:expr, $run_id:expr, $at:expr, $line:expr) => {
-        sqlx::query(APPEND_SYSTEM_LINE).bind($run_id).bind($at).bind(format!("{}\n", $line)).execute(&mut *$tx).await?
-    };
+/// Writes `line` (without its newline) as a `system` line of run `run_id`'s output at `at`, inside `tx`.
+async fn append_system_line<DB>(
+    tx: &mut Transaction<'_, DB>,
+    run_id: i64,
+    at: DateTime<Utc>,
+    line: &str,
+) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(APPEND_SYSTEM_LINE).bind(run_id).bind(at).bind(format!("{line}\n")).execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Retry delays double with each attempt from the task's backoff, up to this.
@@ -58,78 +71,81 @@ const COPY_PAYLOAD: &str =
 
 /// Inserts, for run `$1` of task `$2` that just ended in `$3` at `$4`, a run of every enabled task that runs
 /// after it so, copying each task's fields like the scheduler does, with status `$5`, `finished_at` `$6`,
-/// `error` `$7` and chain depth `$8`, for the tasks whose queued `after` runs number `$cmp` `$9`. The unique
+/// `error` `$7` and chain depth `$8`, for the tasks whose queued `after` runs number `{cmp}` `$9`. The unique
 /// (upstream_run_id, task_id) index makes a second run for the same upstream run impossible.
-macro_rules! insert_after {
-    ($cmp:literal) => {
-        concat!(
-            "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
-             upstream_run_id, depth, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, \
-             error, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
-             SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, \
-             t.labels, 'after', $1, $8, t.retries, t.retry_backoff_seconds, $5, $4, $4, $6, $7, t.args, t.env, \
-             t.secrets, t.timeout_seconds, t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
-             FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
-             WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
-             AND (SELECT COUNT(*) FROM runs q WHERE q.task_id = t.id AND q.trigger = 'after' \
-             AND q.status = 'queued') ",
-            $cmp,
-            " $9 ON CONFLICT (upstream_run_id, task_id) WHERE trigger = 'after' DO NOTHING RETURNING *"
-        )
-    };
-}
-const QUEUE_AFTER: &str = insert_after!("<");
-const REFUSE_AFTER: &str = insert_after!(">=");
+const INSERT_AFTER: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
+     upstream_run_id, depth, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, \
+     error, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, \
+     t.labels, 'after', $1, $8, t.retries, t.retry_backoff_seconds, $5, $4, $4, $6, $7, t.args, t.env, \
+     t.secrets, t.timeout_seconds, t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
+     FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
+     WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
+     AND (SELECT COUNT(*) FROM runs q WHERE q.task_id = t.id AND q.trigger = 'after' \
+     AND q.status = 'queued') {cmp} $9 \
+     ON CONFLICT (upstream_run_id, task_id) WHERE trigger = 'after' DO NOTHING RETURNING *";
 
-/// Starts the tasks that run after `$run` (task `$task_id`), which ended at `$at`, within the store's chain
-/// limits; evaluates to the runs queued. A run that would go deeper than the limit, or join a task's full
-/// queue, is recorded `skipped` with the reason instead: refused visibly, and starting nothing further (no link
-/// fires on `skipped`), so the records are bounded by the runs that really ran.
-macro_rules! queue_after {
-    ($tx:expr, $chains:expr, $run:expr, $task_id:expr, $at:expr) => {{
-        let chains: crate::ChainLimits = $chains;
-        let run: &Run = $run;
-        let upstream_depth: i64 =
-            sqlx::query_scalar("SELECT depth FROM runs WHERE id = $1").bind(run.id).fetch_one(&mut *$tx).await?;
-        let depth = upstream_depth + 1;
-        let (cap, refusal) = if depth > chains.max_depth {
-            (0, format!("not started: run-after chains stop at {} links", chains.max_depth))
-        } else {
-            (
-                chains.max_queued,
-                format!("not started: {} run-after runs of this task already queued", chains.max_queued),
-            )
-        };
-        let queued: Vec<Run> = if cap > 0 {
-            sqlx::query_as(QUEUE_AFTER)
-                .bind(run.id)
-                .bind($task_id)
-                .bind(&run.status)
-                .bind($at)
-                .bind("queued")
-                .bind(None::<DateTime<Utc>>)
-                .bind(None::<String>)
-                .bind(depth)
-                .bind(cap)
-                .fetch_all(&mut *$tx)
-                .await?
-        } else {
-            Vec::new()
-        };
-        sqlx::query(REFUSE_AFTER)
+/// Starts the tasks that run after `run` (task `task_id`), which ended at `at`, within `chains`; returns the
+/// runs queued. A run that would go deeper than the limit, or join a task's full queue, is recorded `skipped`
+/// with the reason instead: refused visibly, and starting nothing further (no link fires on `skipped`), so the
+/// records are bounded by the runs that really ran.
+async fn queue_after<DB>(
+    tx: &mut Transaction<'_, DB>,
+    chains: ChainLimits,
+    run: &Run,
+    task_id: i64,
+    at: DateTime<Utc>,
+) -> StoreResult<Vec<Run>>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    Run: for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<DateTime<Utc>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+    str: sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let upstream_depth: i64 =
+        sqlx::query_scalar("SELECT depth FROM runs WHERE id = $1").bind(run.id).fetch_one(&mut **tx).await?;
+    let depth = upstream_depth + 1;
+    let (cap, refusal) = if depth > chains.max_depth {
+        (0, format!("not started: run-after chains stop at {} links", chains.max_depth))
+    } else {
+        (chains.max_queued, format!("not started: {} run-after runs of this task already queued", chains.max_queued))
+    };
+    let queued: Vec<Run> = if cap > 0 {
+        sqlx::query_as(composed(INSERT_AFTER.replace("{cmp}", "<")))
             .bind(run.id)
-            .bind($task_id)
-            .bind(&run.status)
-            .bind($at)
-            .bind("skipped")
-            .bind(Some($at))
-            .bind(Some(refusal))
+            .bind(task_id)
+            .bind(run.status.as_str())
+            .bind(at)
+            .bind(RunStatus::Queued.as_str())
+            .bind(None::<DateTime<Utc>>)
+            .bind(None::<String>)
             .bind(depth)
             .bind(cap)
-            .execute(&mut *$tx)
-            .await?;
-        queued
-    }};
+            .fetch_all(&mut **tx)
+            .await?
+    } else {
+        Vec::new()
+    };
+    sqlx::query(composed(INSERT_AFTER.replace("{cmp}", ">=")))
+        .bind(run.id)
+        .bind(task_id)
+        .bind(run.status.as_str())
+        .bind(at)
+        .bind(RunStatus::Skipped.as_str())
+        .bind(Some(at))
+        .bind(Some(refusal))
+        .bind(depth)
+        .bind(cap)
+        .execute(&mut **tx)
+        .await?;
+    Ok(queued)
 }
 
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
@@ -200,70 +216,84 @@ fn retry_delay(run: &Run) -> Duration {
     Duration::seconds(seconds)
 }
 
-/// Finishes `$run_id` with `$end` inside `$tx` and queues its retry when it ended retryably with attempts left,
-/// or else, its outcome being final, the runs of the tasks that run after it; evaluates to `Option<Finished>`
-/// (None: the run was not running, or not held by `$agent`).
-macro_rules! finish_in_tx {
-    ($tx:expr, $chains:expr, $run_id:expr, $agent:expr, $end:expr) => {{
-        let end: &RunEnd = $end;
-        let at = now();
-        let times: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(RUNNING_TIMES).bind($run_id).bind($agent).fetch_optional(&mut *$tx).await?;
-        let (claimed, lease_until) = times.unwrap_or_default();
-        let (finished_at, started_at) = run_times(end, at, claimed);
-        let run: Option<Run> = sqlx::query_as(FINISH_RUN)
-            .bind($run_id)
-            .bind($agent)
-            .bind(end.status.as_str())
-            .bind(finished_at)
-            .bind(end.exit_code)
-            .bind(end.signal)
-            .bind(end.timed_out)
-            .bind(end.oom_killed)
-            .bind(end.max_rss_kb)
-            .bind(end.cpu_ms)
-            .bind(end.output_bytes)
-            .bind(end.truncated)
-            .bind(&end.error)
-            .bind(started_at)
-            .fetch_optional(&mut *$tx)
-            .await?;
-        match run {
-            None => None,
-            Some(run) => {
-                // A run whose cancellation was requested is not tried again, however it ended: the user wants
-                // it stopped (an agent cut off from the server could not be told before it lost the run).
-                let retry: Option<Run> =
-                    if end.status.is_retryable() && run.attempt <= run.retries && !run.cancel_requested {
-                        let not_before = match lease_until.filter(|_| end.retry_after_lease) {
-                            Some(lease_until) => (at + retry_delay(&run)).max(lease_until),
-                            None => at + retry_delay(&run),
-                        };
-                        Some(
-                            sqlx::query_as(INSERT_RETRY)
-                                .bind(run.id)
-                                .bind(at)
-                                .bind(not_before)
-                                .fetch_one(&mut *$tx)
-                                .await?,
-                        )
-                    } else {
-                        None
-                    };
-                if let Some(retry) = &retry {
-                    sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut *$tx).await?;
-                }
-                // The payload serves this run and its retries only: once neither can start again, it goes.
-                sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut *$tx).await?;
-                let downstream: Vec<Run> = match (&retry, run.task_id) {
-                    (None, Some(task_id)) => queue_after!($tx, $chains, &run, task_id, at),
-                    _ => Vec::new(),
-                };
-                $crate::notifications::queue_run_notices!($tx, &run, retry.is_some());
-                Some(Finished { run, changed: true, retry, downstream })
-            }
-        }
-    }};
+/// Finishes `run_id` with `end` inside `tx` and queues its retry when it ended retryably with attempts left,
+/// or else, its outcome being final, the runs of the tasks that run after it (within `chains`). `None`: the
+/// run was not running, or not held by `agent` (any holder when `agent` is `None`).
+async fn finish_in_tx<DB>(
+    tx: &mut Transaction<'_, DB>,
+    chains: ChainLimits,
+    run_id: i64,
+    agent: Option<i64>,
+    end: &RunEnd,
+) -> StoreResult<Option<Finished>>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    Run: for<'r> sqlx::FromRow<'r, DB::Row>,
+    (Option<DateTime<Utc>>, Option<DateTime<Utc>>): for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<DateTime<Utc>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+    str: sqlx::Type<DB>,
+    for<'a, 'q> Json<&'a serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    crate::notifications::ChannelRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+    crate::notifications::TaskChoice: for<'r> sqlx::FromRow<'r, DB::Row>,
+    crate::notifications::PreviousRun: for<'r> sqlx::FromRow<'r, DB::Row>,
+    crate::notifications::RecentDelivery: for<'r> sqlx::FromRow<'r, DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let at = now();
+    let times: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+        sqlx::query_as(RUNNING_TIMES).bind(run_id).bind(agent).fetch_optional(&mut **tx).await?;
+    let (claimed, lease_until) = times.unwrap_or_default();
+    let (finished_at, started_at) = run_times(end, at, claimed);
+    let run: Option<Run> = sqlx::query_as(FINISH_RUN)
+        .bind(run_id)
+        .bind(agent)
+        .bind(end.status.as_str())
+        .bind(finished_at)
+        .bind(end.exit_code)
+        .bind(end.signal)
+        .bind(end.timed_out)
+        .bind(end.oom_killed)
+        .bind(end.max_rss_kb)
+        .bind(end.cpu_ms)
+        .bind(end.output_bytes)
+        .bind(end.truncated)
+        .bind(&end.error)
+        .bind(started_at)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(run) = run else { return Ok(None) };
+    // A run whose cancellation was requested is not tried again, however it ended: the user wants it stopped
+    // (an agent cut off from the server could not be told before it lost the run).
+    let retry: Option<Run> = if end.status.is_retryable() && run.attempt <= run.retries && !run.cancel_requested {
+        let not_before = match lease_until.filter(|_| end.retry_after_lease) {
+            Some(lease_until) => (at + retry_delay(&run)).max(lease_until),
+            None => at + retry_delay(&run),
+        };
+        Some(sqlx::query_as(INSERT_RETRY).bind(run.id).bind(at).bind(not_before).fetch_one(&mut **tx).await?)
+    } else {
+        None
+    };
+    if let Some(retry) = &retry {
+        sqlx::query(COPY_PAYLOAD).bind(retry.id).bind(run.id).execute(&mut **tx).await?;
+    }
+    // The payload serves this run and its retries only: once neither can start again, it goes.
+    sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut **tx).await?;
+    let downstream: Vec<Run> = match (&retry, run.task_id) {
+        (None, Some(task_id)) => queue_after(tx, chains, &run, task_id, at).await?,
+        _ => Vec::new(),
+    };
+    queue_run_notices(tx, &run, retry.is_some()).await?;
+    Ok(Some(Finished { run, changed: true, retry, downstream }))
 }
 
 impl Store {
@@ -306,7 +336,7 @@ impl Store {
             if let Some(actor) = actor {
                 let details = json!({"task_id": run.task_id, "script_id": run.script_id, "trigger": run.trigger,
                     "args": new.args, "env_keys": new.env.keys().collect::<Vec<_>>(), "secrets": new.secrets});
-                append_audit!(self, tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details));
+                self.append_audit(&mut tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details)).await?;
             }
             if postgres {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
@@ -449,7 +479,7 @@ impl Store {
         let postgres = self.is_postgres();
         let finished = dispatch!(self, pool => {
             let mut tx = pool.begin_with_lock().await?;
-            let finished = finish_in_tx!(tx, self.chains, run_id, agent_id, end);
+            let finished = finish_in_tx(&mut tx, self.chains, run_id, agent_id, end).await?;
             if postgres && finished.as_ref().is_some_and(Finished::queued_any) {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
@@ -488,7 +518,7 @@ impl Store {
             .await?;
             let finished = match run {
                 Some(run) => {
-                    append_system_line!(tx, run_id, now(), reason);
+                    append_system_line(&mut tx, run_id, now(), &reason).await?;
                     if postgres {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }
@@ -506,7 +536,7 @@ impl Store {
                         let error = format!("handed back {MAX_HAND_BACKS} times already; this shutdown counts as a lost attempt");
                         RunEnd { error: Some(error), ..RunEnd::new(RunStatus::Lost) }
                     };
-                    let finished = finish_in_tx!(tx, self.chains, run_id, Some(agent_id), &end);
+                    let finished = finish_in_tx(&mut tx, self.chains, run_id, Some(agent_id), &end).await?;
                     if postgres && finished.as_ref().is_some_and(Finished::queued_any) {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }
@@ -553,8 +583,8 @@ impl Store {
                 // cut off): the retry waits for the lease, which the reaper's runs have already passed.
                 let end =
                     RunEnd { error: Some(reason.clone()), retry_after_lease: true, ..RunEnd::new(RunStatus::Lost) };
-                if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, None::<i64>, &end) {
-                    append_system_line!(tx, run_id, finished.run.finished_at.unwrap_or(at), format!("lost: {reason}"));
+                if let Some(finished) = finish_in_tx(&mut tx, self.chains, run_id, None, &end).await? {
+                    append_system_line(&mut tx, run_id, finished.run.finished_at.unwrap_or(at), &format!("lost: {reason}")).await?;
                     lost.push(finished);
                 }
             }
@@ -604,11 +634,11 @@ impl Store {
                 sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut *tx).await?;
             }
             let downstream: Vec<Run> = match run.task_id.filter(|_| run.status == "cancelled") {
-                Some(task_id) => queue_after!(tx, self.chains, &run, task_id, now()),
+                Some(task_id) => queue_after(&mut tx, self.chains, &run, task_id, now()).await?,
                 None => Vec::new(),
             };
             let details = json!({"status_before": status});
-            append_audit!(self, tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("run.cancel", "run", Some(run_id), details)).await?;
             if postgres && !downstream.is_empty() {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
@@ -750,8 +780,8 @@ impl Store {
                         .fetch_all(&mut *tx)
                         .await?;
                 for run_id in running {
-                    if let Some(finished) = finish_in_tx!(tx, self.chains, run_id, Some(id), &end) {
-                        append_system_line!(tx, run_id, now(), reason);
+                    if let Some(finished) = finish_in_tx(&mut tx, self.chains, run_id, Some(id), &end).await? {
+                        append_system_line(&mut tx, run_id, now(), &reason).await?;
                         cancelled.push(finished);
                     }
                 }
@@ -759,7 +789,7 @@ impl Store {
             let details = json!({"name": update.name, "description": update.description, "labels": update.labels,
                 "max_concurrency": update.max_concurrency, "disabled": update.disabled, "draining": update.draining,
                 "runs_cancelled": cancelled.iter().map(|f: &Finished| f.run.id).collect::<Vec<_>>()});
-            append_audit!(self, tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("agent.update", "agent", Some(id), details)).await?;
             let may_take_more = may_take_more(&current, &agent);
             let queued_more = cancelled.iter().any(|f| !f.downstream.is_empty());
             if postgres && (may_take_more || queued_more) {

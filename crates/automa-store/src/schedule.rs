@@ -189,7 +189,7 @@ impl Store {
                 runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);
             }
             for run in runs.iter().filter(|run| run.status != "queued") {
-                crate::notifications::queue_run_notices!(tx, run, false);
+                crate::notifications::queue_run_notices(&mut tx, run, false).await?;
             }
 
             let mut advance = sqlx::QueryBuilder::new("UPDATE tasks SET next_fire_at = v.column2 FROM (");

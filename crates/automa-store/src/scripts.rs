@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Actor, AuditEvent, Listed, NewScript, Page, Script, ScriptUpdate, ScriptVersion, Store, StoreError, StoreResult,
-    WritePool, audit::append_audit, composed, dispatch, now,
+    WritePool, composed, dispatch, now,
 };
 
 const SCRIPT_SELECT: &str = "SELECT s.id, s.name, s.description, s.filename, v.content, v.version, v.sha256, v.size, \
@@ -49,7 +49,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let details = json!({"name": new.name, "version": 1, "sha256": sha256});
-            append_audit!(self, tx, actor, AuditEvent::new("script.create", "script", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("script.create", "script", Some(id), details)).await?;
             let script = sqlx::query_as(composed(format!("{SCRIPT_SELECT} WHERE s.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(script)
@@ -141,7 +141,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("a script named '{name}' already exists")))?;
             let details = json!({"name": update.name, "description": update.description, "filename": update.filename,
                 "version": version, "new_version": new_content.is_some()});
-            append_audit!(self, tx, actor, AuditEvent::new("script.update", "script", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("script.update", "script", Some(id), details)).await?;
             let script = sqlx::query_as(composed(format!("{SCRIPT_SELECT} WHERE s.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(script)
@@ -174,7 +174,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("script.delete", "script", Some(id), json!({"name": name})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("script.delete", "script", Some(id), json!({"name": name}))).await?;
             tx.commit().await?;
             Ok(())
         })

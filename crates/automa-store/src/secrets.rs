@@ -3,48 +3,54 @@
 //! reads the agent part of it.
 
 use serde_json::json;
-use sqlx::types::Json;
+use sqlx::{Transaction, types::Json};
 
 use automa_core::InvalidField;
 
 use crate::{
     Actor, AuditEvent, Listed, Page, SealedSecret, SecretInfo, SecretPolicy, Store, StoreError, StoreResult, WritePool,
-    audit::append_audit, composed, dispatch, now, scripts::actor_user_id,
+    composed, dispatch, now, scripts::actor_user_id,
 };
 
 const SECRET_INFO: &str = "id, name, created_by, all_tasks, task_ids, agent_ids, agent_labels, created_at, updated_at";
 
-/// Adds task `$1` to the policy of secret `$2`, per backend.
-const SQLITE_GRANT_TASK: &str = "UPDATE secrets SET task_ids = json_insert(task_ids, '$[#]', $1) WHERE name = $2";
-const POSTGRES_GRANT_TASK: &str = "UPDATE secrets SET task_ids = task_ids || to_jsonb($1::bigint) WHERE name = $2";
+/// Adds task `$1` to the policy of secret `$2`, per backend, returning the secret's id (none: no such secret).
+const SQLITE_GRANT_TASK: &str =
+    "UPDATE secrets SET task_ids = json_insert(task_ids, '$[#]', $1) WHERE name = $2 RETURNING id";
+const POSTGRES_GRANT_TASK: &str =
+    "UPDATE secrets SET task_ids = task_ids || to_jsonb($1::bigint) WHERE name = $2 RETURNING id";
 
 /// Refuses a policy naming tasks or agents that do not exist, inside the write transaction; the error names
 /// the field (`policy.task_ids[2]`).
-macro_rules! check_policy_references {
-    ($tx:expr, $policy:expr) => {{
-        let policy: &SecretPolicy = $policy;
-        for (table, field, ids) in [("tasks", "task_ids", &policy.task_ids), ("agents", "agent_ids", &policy.agent_ids)]
-        {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut select = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
-            let mut list = select.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            select.push(")");
-            let existing: Vec<i64> = select.build_query_scalar().fetch_all(&mut *$tx).await?;
-            if let Some((index, id)) = ids.iter().enumerate().find(|(_, id)| !existing.contains(id)) {
-                let what = if table == "tasks" { "task" } else { "agent" };
-                return Err(InvalidField::new(
-                    format!("policy.{field}[{index}]"),
-                    format!("there is no {what} with id {id}"),
-                )
-                .into());
-            }
+async fn check_policy_references<DB>(tx: &mut Transaction<'_, DB>, policy: &SecretPolicy) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    for (table, field, ids) in [("tasks", "task_ids", &policy.task_ids), ("agents", "agent_ids", &policy.agent_ids)] {
+        if ids.is_empty() {
+            continue;
         }
-    }};
+        let mut select = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
+        let mut list = select.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        select.push(")");
+        let existing: Vec<i64> = select.build_query_scalar().fetch_all(&mut **tx).await?;
+        if let Some((index, id)) = ids.iter().enumerate().find(|(_, id)| !existing.contains(id)) {
+            let what = if table == "tasks" { "task" } else { "agent" };
+            return Err(InvalidField::new(
+                format!("policy.{field}[{index}]"),
+                format!("there is no {what} with id {id}"),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// What a secret change did, for the audit log: never the value, only whether it changed.
@@ -67,7 +73,7 @@ impl Store {
         let created_by = actor_user_id(actor);
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            check_policy_references!(tx, policy);
+            check_policy_references(&mut tx, policy).await?;
             let at = now();
             let info: SecretInfo = sqlx::query_as(crate::composed(format!(
                 "INSERT INTO secrets (name, ciphertext, nonce, created_by, all_tasks, task_ids, agent_ids, agent_labels, \
@@ -85,7 +91,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a secret named '{}' already exists", sealed.name)))?;
-            append_audit!(self, tx, actor, AuditEvent::new("secret.create", "secret", Some(info.id), audit_details(&info, true, true)));
+            self.append_audit(&mut tx, actor, AuditEvent::new("secret.create", "secret", Some(info.id), audit_details(&info, true, true))).await?;
             tx.commit().await?;
             Ok(info)
         })
@@ -113,7 +119,7 @@ impl Store {
                     .await?;
             }
             if let Some(policy) = policy {
-                check_policy_references!(tx, policy);
+                check_policy_references(&mut tx, policy).await?;
                 sqlx::query(
                     "UPDATE secrets SET all_tasks = $2, task_ids = $3, agent_ids = $4, agent_labels = $5, updated_at = $6 \
                      WHERE name = $1",
@@ -133,7 +139,7 @@ impl Store {
                 .await?
                 .ok_or(StoreError::NotFound)?;
             let details = audit_details(&info, sealed.is_some(), policy.is_some());
-            append_audit!(self, tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details)).await?;
             tx.commit().await?;
             Ok(info)
         })
@@ -204,7 +210,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name}))).await?;
             tx.commit().await?;
             Ok(())
         })

@@ -1,114 +1,152 @@
 //! Tasks: a script bound to arguments, environment, secrets, limits, a target and a schedule.
 
 use serde_json::json;
-use sqlx::types::Json;
+use sqlx::{Transaction, types::Json};
 
 use automa_core::{InvalidField, RunStatus};
 
 use crate::{
     Actor, AuditEvent, Listed, Page, RunAfter, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
-    WritePool,
-    audit::append_audit,
-    dispatch, now,
+    WritePool, dispatch, now,
     scripts::{actor_user_id, like_pattern},
 };
 
 /// Turns references to missing rows into a validation error naming the field, checked inside the write
 /// transaction so that the answer cannot go stale before the insert.
-macro_rules! check_task_references {
-    ($tx:expr, $spec:expr) => {{
-        let script: Option<i64> = sqlx::query_scalar("SELECT current_version FROM scripts WHERE id = $1")
-            .bind($spec.script_id)
-            .fetch_optional(&mut *$tx)
-            .await?;
-        let current_version = script
-            .ok_or_else(|| InvalidField::new("script_id", format!("there is no script with id {}", $spec.script_id)))?;
-        if let Some(pinned) = $spec.script_version {
-            if !(1..=current_version).contains(&pinned) {
-                return Err(InvalidField::new(
-                    "script_version",
-                    format!("the script has versions 1 to {current_version}, not {pinned}"),
-                )
-                .into());
-            }
+async fn check_task_references<DB>(tx: &mut Transaction<'_, DB>, spec: &TaskSpec) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let script: Option<i64> = sqlx::query_scalar("SELECT current_version FROM scripts WHERE id = $1")
+        .bind(spec.script_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let current_version = script
+        .ok_or_else(|| InvalidField::new("script_id", format!("there is no script with id {}", spec.script_id)))?;
+    if let Some(pinned) = spec.script_version {
+        if !(1..=current_version).contains(&pinned) {
+            return Err(InvalidField::new(
+                "script_version",
+                format!("the script has versions 1 to {current_version}, not {pinned}"),
+            )
+            .into());
         }
-        if let Some(agent_id) = $spec.agent_id {
-            let agent: Option<i64> = sqlx::query_scalar("SELECT id FROM agents WHERE id = $1")
-                .bind(agent_id)
-                .fetch_optional(&mut *$tx)
-                .await?;
-            agent.ok_or_else(|| InvalidField::new("agent_id", format!("there is no agent with id {agent_id}")))?;
-        }
-    }};
+    }
+    if let Some(agent_id) = spec.agent_id {
+        let agent: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM agents WHERE id = $1").bind(agent_id).fetch_optional(&mut **tx).await?;
+        agent.ok_or_else(|| InvalidField::new("agent_id", format!("there is no agent with id {agent_id}")))?;
+    }
+    Ok(())
 }
 
-/// Adds the task to each named secret's policy, audited as a change of that secret.
-macro_rules! grant_secrets {
-    ($store:expr, $tx:expr, $actor:expr, $statement:expr, $task_id:expr, $names:expr) => {{
-        for name in $names {
-            let granted = sqlx::query($statement).bind($task_id).bind(name).execute(&mut *$tx).await?;
-            if granted.rows_affected() == 0 {
+impl Store {
+    /// Adds the task to each named secret's policy, audited as a change of that secret.
+    async fn grant_secrets<DB>(
+        &self,
+        tx: &mut Transaction<'_, DB>,
+        actor: &Actor,
+        task_id: i64,
+        names: &[String],
+    ) -> StoreResult<()>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        (i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+        for<'q> chrono::DateTime<chrono::Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+        str: sqlx::Type<DB>,
+        for<'a, 'q> Json<&'a serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        for name in names {
+            let granted: Option<i64> = sqlx::query_scalar(self.grant_task_statement())
+                .bind(task_id)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if granted.is_none() {
                 return Err(InvalidField::new("secrets", format!("there is no secret named '{name}'")).into());
             }
-            let details = json!({"name": name, "granted_task_id": $task_id});
-            append_audit!($store, $tx, $actor, AuditEvent::new("secret.grant", "secret", None, details));
+            let details = json!({"name": name, "granted_task_id": task_id});
+            self.append_audit(tx, actor, AuditEvent::new("secret.grant", "secret", None, details)).await?;
         }
-    }};
+        Ok(())
+    }
+
+    /// On PostgreSQL, tells every server's scheduler, at commit, that a schedule may have changed.
+    async fn notify_schedulers<DB>(&self, tx: &mut Transaction<'_, DB>) -> StoreResult<()>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+        str: sqlx::Type<DB>,
+    {
+        if self.is_postgres() {
+            sqlx::query("SELECT pg_notify($1, '')").bind(crate::TASKS_CHANNEL).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Replaces the task's run-after links with `$links` and refuses (422, naming the tasks) an upstream task that
+/// Replaces the task's run-after links with `links` and refuses (422, naming the tasks) an upstream task that
 /// does not exist or a cycle. Checked inside the write transaction, which serialises every task save, so two
 /// saves cannot each close half of a cycle.
-macro_rules! set_run_after {
-    ($tx:expr, $task_id:expr, $links:expr) => {{
-        let task_id: i64 = $task_id;
-        let links: &[RunAfter] = $links;
-        sqlx::query("DELETE FROM task_run_after WHERE task_id = $1").bind(task_id).execute(&mut *$tx).await?;
-        for (index, link) in links.iter().enumerate() {
-            let upstream: Option<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1")
+async fn set_run_after<DB>(tx: &mut Transaction<'_, DB>, task_id: i64, links: &[RunAfter]) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    (i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'a, 'q> &'a str: sqlx::Encode<'q, DB>,
+    str: sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    sqlx::query("DELETE FROM task_run_after WHERE task_id = $1").bind(task_id).execute(&mut **tx).await?;
+    for (index, link) in links.iter().enumerate() {
+        let upstream: Option<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1")
+            .bind(link.task_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if upstream.is_none() {
+            let field = format!("run_after[{index}].task_id");
+            return Err(InvalidField::new(field, format!("there is no task with id {}", link.task_id)).into());
+        }
+        for status in &link.on {
+            sqlx::query("INSERT INTO task_run_after (task_id, after_task_id, on_status) VALUES ($1, $2, $3)")
+                .bind(task_id)
                 .bind(link.task_id)
-                .fetch_optional(&mut *$tx)
+                .bind(status.as_str())
+                .execute(&mut **tx)
                 .await?;
-            if upstream.is_none() {
-                let field = format!("run_after[{index}].task_id");
-                return Err(InvalidField::new(field, format!("there is no task with id {}", link.task_id)).into());
-            }
-            for status in &link.on {
-                sqlx::query("INSERT INTO task_run_after (task_id, after_task_id, on_status) VALUES ($1, $2, $3)")
-                    .bind(task_id)
-                    .bind(link.task_id)
-                    .bind(status.as_str())
-                    .execute(&mut *$tx)
-                    .await?;
-            }
         }
-        if !links.is_empty() {
-            let edges: Vec<(i64, i64)> = sqlx::query_as("SELECT DISTINCT task_id, after_task_id FROM task_run_after")
-                .fetch_all(&mut *$tx)
-                .await?;
-            if let Some(cycle) = find_cycle(task_id, &edges) {
-                let mut names = Vec::with_capacity(cycle.len());
-                for id in &cycle {
-                    let name: String = sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&mut *$tx)
-                        .await?;
-                    names.push(format!("'{name}'"));
-                }
-                let message = format!("would make a cycle: {} (each runs after the next)", names.join(" → "));
-                return Err(InvalidField::new("run_after", message).into());
+    }
+    if !links.is_empty() {
+        let edges: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT DISTINCT task_id, after_task_id FROM task_run_after").fetch_all(&mut **tx).await?;
+        if let Some(cycle) = find_cycle(task_id, &edges) {
+            let mut names = Vec::with_capacity(cycle.len());
+            for id in &cycle {
+                let name: String =
+                    sqlx::query_scalar("SELECT name FROM tasks WHERE id = $1").bind(id).fetch_one(&mut **tx).await?;
+                names.push(format!("'{name}'"));
             }
+            let message = format!("would make a cycle: {} (each runs after the next)", names.join(" → "));
+            return Err(InvalidField::new("run_after", message).into());
         }
-    }};
-}
-
-/// On PostgreSQL, tells every server's scheduler, at commit, that a schedule may have changed.
-macro_rules! notify_schedulers {
-    ($store:expr, $tx:expr) => {
-        if matches!(&*$store.backend, crate::Backend::Postgres(_)) {
-            sqlx::query("SELECT pg_notify($1, '')").bind(crate::TASKS_CHANNEL).execute(&mut *$tx).await?;
-        }
-    };
+    }
+    Ok(())
 }
 
 impl Store {
@@ -116,10 +154,9 @@ impl Store {
     /// new task: its id exists only inside this transaction.
     pub async fn create_task(&self, actor: &Actor, spec: TaskSpec, grants: &[String]) -> StoreResult<Task> {
         let created_by = actor_user_id(actor);
-        let grant = self.grant_task_statement();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            check_task_references!(tx, spec);
+            check_task_references(&mut tx, &spec).await?;
             let at = now();
             let task: Task = sqlx::query_as(
                 "INSERT INTO tasks (name, description, script_id, script_version, agent_id, labels, args, env, secrets, \
@@ -152,10 +189,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?;
-            set_run_after!(tx, task.id, &spec.run_after);
-            append_audit!(self, tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec)));
-            grant_secrets!(self, tx, actor, grant, task.id, grants);
-            notify_schedulers!(self, tx);
+            set_run_after(&mut tx, task.id, &spec.run_after).await?;
+            self.append_audit(&mut tx, actor, AuditEvent::new("task.create", "task", Some(task.id), audit_details(&spec))).await?;
+            self.grant_secrets(&mut tx, actor, task.id, grants).await?;
+            self.notify_schedulers(&mut tx).await?;
             tx.commit().await?;
             Ok(Task { run_after: spec.run_after, ..task })
         })
@@ -241,10 +278,9 @@ impl Store {
     /// Replaces every settable field with `spec` (the server has merged the client's partial update into it),
     /// and adds the task to the policies of the secrets in `grants`.
     pub async fn update_task(&self, actor: &Actor, id: i64, spec: TaskSpec, grants: &[String]) -> StoreResult<Task> {
-        let grant = self.grant_task_statement();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            check_task_references!(tx, spec);
+            check_task_references(&mut tx, &spec).await?;
             let task: Task = sqlx::query_as(
                 "UPDATE tasks SET name = $1, description = $2, script_id = $3, script_version = $4, agent_id = $5, \
                  labels = $6, args = $7, env = $8, secrets = $9, timeout_seconds = $10, memory_mb = $11, \
@@ -276,10 +312,10 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a task named '{}' already exists", spec.name)))?
             .ok_or(StoreError::NotFound)?;
-            set_run_after!(tx, id, &spec.run_after);
-            append_audit!(self, tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec)));
-            grant_secrets!(self, tx, actor, grant, id, grants);
-            notify_schedulers!(self, tx);
+            set_run_after(&mut tx, id, &spec.run_after).await?;
+            self.append_audit(&mut tx, actor, AuditEvent::new("task.update", "task", Some(id), audit_details(&spec))).await?;
+            self.grant_secrets(&mut tx, actor, id, grants).await?;
+            self.notify_schedulers(&mut tx).await?;
             tx.commit().await?;
             Ok(Task { run_after: spec.run_after, ..task })
         })
@@ -309,7 +345,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("task.delete", "task", Some(id), json!({"name": name}))).await?;
             tx.commit().await?;
             Ok(())
         })

@@ -3,10 +3,7 @@
 
 use serde_json::json;
 
-use crate::{
-    Actor, ApiToken, AuditEvent, NewApiToken, Store, StoreError, StoreResult, User, WritePool, audit::append_audit,
-    dispatch, now,
-};
+use crate::{Actor, ApiToken, AuditEvent, NewApiToken, Store, StoreError, StoreResult, User, WritePool, dispatch, now};
 
 /// `last_used_at` is refreshed at most this often, so a busy automation does not write on every request.
 const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
@@ -32,7 +29,7 @@ impl Store {
             .map_err(|e| StoreError::from_constraint(e, || format!("you already have a token named '{}'", new.name)))?;
             let details = json!({"name": token.name, "prefix": token.prefix, "role_cap": token.role_cap,
                 "expires_at": token.expires_at});
-            append_audit!(self, tx, actor, AuditEvent::new("token.create", "api_token", Some(token.id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("token.create", "api_token", Some(token.id), details)).await?;
             tx.commit().await?;
             Ok(token)
         })
@@ -64,7 +61,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-            append_audit!(self, tx, actor, AuditEvent::new("token.revoke", "api_token", Some(token_id), json!({"name": token.name})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("token.revoke", "api_token", Some(token_id), json!({"name": token.name}))).await?;
             tx.commit().await?;
             Ok(token)
         })

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use crate::{
-    Actor, AuditEvent, Listed, NewUser, Page, Store, StoreError, StoreResult, User, UserUpdate, WritePool,
-    audit::append_audit, composed, dispatch, now,
+    Actor, AuditEvent, Listed, NewUser, Page, Store, StoreError, StoreResult, User, UserUpdate, WritePool, composed,
+    dispatch, now,
 };
 
 const USER_COLUMNS: &str = "id, email, role, active, created_at, last_login_at, session_epoch";
@@ -38,7 +38,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a user with email '{}' already exists", new.email)))?;
             let event = AuditEvent::new("user.create", "user", Some(user.id), json!({"email": user.email, "role": user.role}));
-            append_audit!(self, tx, actor, event);
+            self.append_audit(&mut tx, actor, event).await?;
             tx.commit().await?;
             Ok(Some(user))
         })
@@ -122,7 +122,7 @@ impl Store {
                 "password_changed": update.password_hash.is_some(),
                 "sessions_revoked": update.ends_sessions(),
             });
-            append_audit!(self, tx, actor, AuditEvent::new("user.update", "user", Some(id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new("user.update", "user", Some(id), details)).await?;
             tx.commit().await?;
             Ok(user)
         })
@@ -148,7 +148,7 @@ impl Store {
                 }
             }
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
-            append_audit!(self, tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("user.delete", "user", Some(id), json!({"email": user.email}))).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -167,7 +167,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
             let details = json!({"session_epoch": user.session_epoch});
-            append_audit!(self, tx, actor, AuditEvent::new(action, "user", Some(user_id), details));
+            self.append_audit(&mut tx, actor, AuditEvent::new(action, "user", Some(user_id), details)).await?;
             tx.commit().await?;
             Ok(user)
         })
@@ -178,7 +178,7 @@ impl Store {
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2").bind(now()).bind(user_id).execute(&mut *tx).await?;
-            append_audit!(self, tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({})));
+            self.append_audit(&mut tx, actor, AuditEvent::new("auth.login", "user", Some(user_id), json!({}))).await?;
             tx.commit().await?;
             Ok(())
         })

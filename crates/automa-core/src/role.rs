@@ -52,6 +52,15 @@ impl FromStr for Role {
     }
 }
 
+/// Reads a stored role: the store's rows hold the text `as_str` gives.
+impl TryFrom<String> for Role {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -70,8 +70,17 @@ impl FromStr for RunStatus {
     }
 }
 
+/// Reads a stored status: the store's rows hold the text `as_str` gives.
+impl TryFrom<String> for RunStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// What caused a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     Manual,
@@ -105,6 +114,15 @@ impl FromStr for Trigger {
             .into_iter()
             .find(|trigger| trigger.as_str() == s)
             .ok_or_else(|| format!("unknown trigger '{s}'"))
+    }
+}
+
+/// Reads a stored trigger: the store's rows hold the text `as_str` gives.
+impl TryFrom<String> for Trigger {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

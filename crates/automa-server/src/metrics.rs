@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use automa_core::RunStatus;
 use automa_store::Run;
 
 /// Tasks that get their own `task` label in `automa_task_runs_finished_total`, in the order this process first
@@ -157,13 +158,13 @@ impl Metrics {
 
     /// A fire the scheduler recorded: queued ones measure its lateness (enqueued − planned), skipped ones count.
     pub fn fired(&self, run: &Run) {
-        match (run.status.as_str(), run.scheduled_for) {
-            ("queued", Some(planned)) => self.scheduler_lateness.update(
+        match (run.status, run.scheduled_for) {
+            (RunStatus::Queued, Some(planned)) => self.scheduler_lateness.update(
                 &[],
                 || Histogram::new(WAIT_BUCKETS),
                 |h| h.observe(seconds(planned, run.queued_at)),
             ),
-            ("skipped", _) => self.skipped_fires.update(&[], || 0, |count| *count += 1),
+            (RunStatus::Skipped, _) => self.skipped_fires.update(&[], || 0, |count| *count += 1),
             _ => {}
         }
     }

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 
+use automa_core::RunStatus;
 use automa_store::Store;
 
 use crate::{execution::Execution, notify::Notifier};
@@ -75,10 +76,10 @@ impl Scheduler {
             if let Some(notifier) = &self.notifier {
                 notifier.check_lateness(&fired.runs).await;
             }
-            for run in fired.runs.iter().filter(|run| run.status == "skipped") {
+            for run in fired.runs.iter().filter(|run| run.status == RunStatus::Skipped) {
                 tracing::info!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire skipped");
             }
-            for run in fired.runs.iter().filter(|run| run.status == "failed") {
+            for run in fired.runs.iter().filter(|run| run.status == RunStatus::Failed) {
                 tracing::warn!(task_id = run.task_id, scheduled_for = ?run.scheduled_for, reason = run.error.as_deref(), "fire refused");
             }
             if fired.tasks < BATCH as usize {

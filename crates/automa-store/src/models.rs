@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use automa_core::{Role, Schedule};
+use automa_core::{Role, RunStatus, Schedule, Trigger};
 
 /// Who made a change, for the audit log.
 #[derive(Debug, Clone)]
@@ -60,20 +60,13 @@ impl AuditEvent {
 pub struct User {
     pub id: i64,
     pub email: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub active: bool,
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
     /// Sessions issued under an older epoch are refused; bumped to sign the user out everywhere.
     pub session_epoch: i64,
-}
-
-impl User {
-    /// The database's CHECK constraint admits only valid roles; should one ever not parse, the user gets the
-    /// least privilege rather than an error.
-    pub fn role(&self) -> Role {
-        self.role.parse().unwrap_or(Role::Viewer)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -308,19 +301,14 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunAfter {
     pub task_id: i64,
-    pub on: Vec<automa_core::RunStatus>,
+    pub on: Vec<RunStatus>,
 }
 
 impl RunAfter {
     /// The statuses a run-after link may wait for: every way a started run ends. `skipped` is a fire that
     /// never became a run.
-    pub const STATUSES: [automa_core::RunStatus; 5] = [
-        automa_core::RunStatus::Succeeded,
-        automa_core::RunStatus::Failed,
-        automa_core::RunStatus::TimedOut,
-        automa_core::RunStatus::Cancelled,
-        automa_core::RunStatus::Lost,
-    ];
+    pub const STATUSES: [RunStatus; 5] =
+        [RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut, RunStatus::Cancelled, RunStatus::Lost];
 }
 
 /// A webhook that starts a task. Its token is shown once, at creation; the store keeps only its hash.
@@ -423,12 +411,14 @@ pub struct Run {
     pub agent_id: Option<i64>,
     pub target_agent_id: Option<i64>,
     pub labels: Json<Vec<String>>,
-    pub trigger: String,
+    #[sqlx(try_from = "String")]
+    pub trigger: Trigger,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub attempt: i64,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: RunStatus,
     pub queued_at: DateTime<Utc>,
     pub not_before: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -461,12 +451,6 @@ pub struct Run {
     pub upstream_run_id: Option<i64>,
 }
 
-impl Run {
-    pub fn status(&self) -> automa_core::RunStatus {
-        self.status.parse().unwrap_or(automa_core::RunStatus::Lost)
-    }
-}
-
 /// Everything a new run freezes. Exactly one of `script_id` (with its version) and `content` is set.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -477,7 +461,7 @@ pub struct NewRun {
     pub filename: String,
     pub target_agent_id: Option<i64>,
     pub labels: Vec<String>,
-    pub trigger: automa_core::Trigger,
+    pub trigger: Trigger,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
@@ -506,7 +490,7 @@ pub struct ClaimedRun {
 /// How a run ended, as its agent reports it.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
-    pub status: automa_core::RunStatus,
+    pub status: RunStatus,
     pub exit_code: Option<i64>,
     pub signal: Option<i64>,
     pub timed_out: bool,
@@ -582,8 +566,8 @@ pub struct RunFilter {
     pub task_id: Option<i64>,
     pub script_id: Option<i64>,
     pub agent_id: Option<i64>,
-    pub status: Option<String>,
-    pub trigger: Option<String>,
+    pub status: Option<RunStatus>,
+    pub trigger: Option<Trigger>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::{Transaction, types::Json};
 
-use automa_core::InvalidField;
+use automa_core::{InvalidField, RunStatus};
 
 use crate::{
     Actor, AuditEvent, Backend, Listed, Page, SealedSecret, Store, StoreError, StoreResult, WritePool, composed,
@@ -128,8 +128,14 @@ pub(crate) fn recipients_of(channels: &[ChannelRow], choice: Option<&TaskChoice>
     }
 }
 
-/// A task's previous final run, for a `recovered` notice: id, status and when it ended.
-pub(crate) type PreviousRun = (i64, String, Option<DateTime<Utc>>);
+/// A task's previous final run, for a `recovered` notice.
+#[derive(sqlx::FromRow)]
+pub(crate) struct PreviousRun {
+    id: i64,
+    #[sqlx(try_from = "String")]
+    status: RunStatus,
+    finished_at: Option<DateTime<Utc>>,
+}
 /// The latest delivery of an event to a channel, for grouping: id, status, creation time and details.
 pub(crate) type RecentDelivery = (i64, String, DateTime<Utc>, Json<Value>);
 
@@ -156,7 +162,10 @@ where
     str: sqlx::Type<DB>,
     for<'a, 'q> Json<&'a Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let notable = matches!(run.status.as_str(), "failed" | "timed_out" | "lost" | "skipped" | "succeeded");
+    let notable = matches!(
+        run.status,
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost | RunStatus::Skipped | RunStatus::Succeeded
+    );
     let Some(task_id) = run.task_id.filter(|_| notable && !retried) else { return Ok(()) };
     let channels: Vec<ChannelRow> =
         sqlx::query_as("SELECT id, name, is_default, events FROM notification_channels").fetch_all(&mut **tx).await?;
@@ -164,7 +173,7 @@ where
         return Ok(());
     }
     let mut details = json!({});
-    let event: Option<&str> = if run.status == "succeeded" {
+    let event: Option<&str> = if run.status == RunStatus::Succeeded {
         let previous: Option<PreviousRun> = sqlx::query_as(
             "SELECT id, status, finished_at FROM runs WHERE task_id = $1 AND id < $2 \
              AND (status = 'succeeded' OR (status IN ('failed', 'timed_out', 'lost') AND attempt > retries)) \
@@ -175,7 +184,7 @@ where
         .fetch_optional(&mut **tx)
         .await?;
         match previous {
-            Some((id, status, finished_at)) if status != "succeeded" => {
+            Some(PreviousRun { id, status, finished_at }) if status != RunStatus::Succeeded => {
                 details = json!({"recovered_from": {"run_id": id, "status": status, "finished_at": finished_at}});
                 Some("recovered")
             }

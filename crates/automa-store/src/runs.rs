@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use sqlx::{Transaction, types::Json};
 
-use automa_core::RunStatus;
+use automa_core::{RunStatus, Trigger};
 
 use crate::{
     Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ChainLimits, ClaimedRun, Finished, LeaseRenewal,
@@ -609,31 +609,41 @@ impl Store {
         let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let run: Run = match status.as_str() {
-                "queued" => sqlx::query_as(
-                    "UPDATE runs SET status = 'cancelled', finished_at = $2, error = 'cancelled before it started' \
-                     WHERE id = $1 RETURNING *",
-                )
-                .bind(run_id)
-                .bind(now())
-                .fetch_one(&mut *tx)
-                .await?,
-                "running" => sqlx::query_as("UPDATE runs SET cancel_requested = $2 WHERE id = $1 RETURNING *")
+            // Each update names the status it moves from: a claim, a finish or a hand-back committed between the
+            // read and the update leaves it without a row, and the run is looked at again in its new state.
+            let (status, run) = loop {
+                let current: Run = sqlx::query_as("SELECT * FROM runs WHERE id = $1")
                     .bind(run_id)
-                    .bind(true)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let status = current.status;
+                let run: Option<Run> = match status {
+                    RunStatus::Queued => sqlx::query_as(
+                        "UPDATE runs SET status = 'cancelled', finished_at = $2, error = 'cancelled before it started' \
+                         WHERE id = $1 AND status = 'queued' RETURNING *",
+                    )
+                    .bind(run_id)
+                    .bind(now())
+                    .fetch_optional(&mut *tx)
                     .await?,
-                other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
+                    RunStatus::Running => {
+                        sqlx::query_as("UPDATE runs SET cancel_requested = $2 WHERE id = $1 AND status = 'running' RETURNING *")
+                            .bind(run_id)
+                            .bind(true)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                    }
+                    other => return Err(StoreError::Conflict(format!("run {run_id} is {other} and cannot be cancelled"))),
+                };
+                if let Some(run) = run {
+                    break (status, run);
+                }
             };
-            if run.status == "cancelled" {
+            if run.status == RunStatus::Cancelled {
                 sqlx::query("DELETE FROM run_payloads WHERE run_id = $1").bind(run.id).execute(&mut *tx).await?;
             }
-            let downstream: Vec<Run> = match run.task_id.filter(|_| run.status == "cancelled") {
+            let downstream: Vec<Run> = match run.task_id.filter(|_| run.status == RunStatus::Cancelled) {
                 Some(task_id) => queue_after(&mut tx, self.chains, &run, task_id, now()).await?,
                 None => Vec::new(),
             };
@@ -682,7 +692,7 @@ impl Finished {
 fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter)
 where
     DB: sqlx::Database,
-    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
@@ -692,9 +702,10 @@ where
             builder.push(format_args!(" AND {column} = ")).push_bind(value);
         }
     }
-    for (column, value) in [("status", &filter.status), ("trigger", &filter.trigger)] {
+    let texts = [("status", filter.status.map(RunStatus::as_str)), ("trigger", filter.trigger.map(Trigger::as_str))];
+    for (column, value) in texts {
         if let Some(value) = value {
-            builder.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            builder.push(format_args!(" AND {column} = ")).push_bind(value);
         }
     }
     if let Some(since) = filter.since {

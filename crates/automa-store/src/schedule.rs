@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 
-use automa_core::{FireOutcome, Schedule};
+use automa_core::{FireOutcome, RunStatus, Schedule};
 
 use crate::{Backend, Run, SecretInfo, Store, StoreResult, WritePool, dispatch, now, runs::WAKE_CHANNEL};
 
@@ -188,7 +188,7 @@ impl Store {
                 insert.push(INSERT_FIRES_TAIL);
                 runs.extend(insert.build_query_as::<Run>().fetch_all(&mut *tx).await?);
             }
-            for run in runs.iter().filter(|run| run.status != "queued") {
+            for run in runs.iter().filter(|run| run.status != RunStatus::Queued) {
                 crate::notifications::queue_run_notices(&mut tx, run, false).await?;
             }
 
@@ -198,7 +198,7 @@ impl Store {
             });
             advance.push(") AS v WHERE tasks.id = v.column1");
             advance.build().execute(&mut *tx).await?;
-            if postgres && runs.iter().any(|run| run.status == "queued") {
+            if postgres && runs.iter().any(|run| run.status == RunStatus::Queued) {
                 sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
             }
             tx.commit().await?;

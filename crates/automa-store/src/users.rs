@@ -89,7 +89,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            let demotes_admin = current.role == "admin"
+            let demotes_admin = current.role == automa_core::Role::Admin
                 && (update.role.is_some_and(|role| role != automa_core::Role::Admin) || update.active == Some(false));
             if demotes_admin {
                 let other_admins: i64 =
@@ -102,14 +102,14 @@ impl Store {
                 }
             }
             let email = update.email.clone().unwrap_or(current.email);
-            let role = update.role.map(|r| r.as_str().to_owned()).unwrap_or(current.role);
+            let role = update.role.unwrap_or(current.role);
             let active = update.active.unwrap_or(current.active);
             let user: User = sqlx::query_as(
                 "UPDATE users SET email = $1, role = $2, active = $3, password_hash = COALESCE($4, password_hash), \
                  session_epoch = session_epoch + $6 WHERE id = $5 RETURNING id, email, role, active, created_at, last_login_at, session_epoch",
             )
             .bind(&email)
-            .bind(&role)
+            .bind(role.as_str())
             .bind(active)
             .bind(&update.password_hash)
             .bind(id)
@@ -137,7 +137,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-            if user.role == "admin" {
+            if user.role == automa_core::Role::Admin {
                 let other_admins: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND active AND id <> $1")
                         .bind(id)

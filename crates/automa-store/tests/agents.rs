@@ -60,14 +60,14 @@ async fn disabling_cancels_running_runs_with_the_reason(store: &Store) {
     assert!(updated.agent.disabled);
     assert_eq!(updated.cancelled.len(), 1);
     let ended = &updated.cancelled[0];
-    assert_eq!((ended.run.id, ended.run.status()), (running.id, RunStatus::Cancelled));
+    assert_eq!((ended.run.id, ended.run.status), (running.id, RunStatus::Cancelled));
     assert!(ended.retry.is_none(), "a run its agent's admin stopped is not retried");
     let reason = "cancelled: agent 'worker-1' was disabled by system";
     assert_eq!(store.get_run(running.id).await.unwrap().error.as_deref(), Some(reason));
     let logs = store.run_logs(running.id, 0, 100).await.unwrap();
     let last = logs.last().expect("a system line");
     assert_eq!((last.stream.as_str(), last.data.as_str()), ("system", format!("{reason}\n").as_str()));
-    assert_eq!(store.get_run(queued.id).await.unwrap().status, "queued", "a queued run is left to wait");
+    assert_eq!(store.get_run(queued.id).await.unwrap().status, RunStatus::Queued, "a queued run is left to wait");
     assert!(store.claim_run(a, lease()).await.unwrap().is_none(), "a disabled agent claims nothing");
     assert!(store.authenticate_agent("hash-worker-1").await.unwrap().is_none());
 }

@@ -100,8 +100,8 @@ async fn runs_are_deleted_exactly_as_the_policy_says(store: &Store) {
     for id in kept {
         assert!(exists(store, id).await, "run {id} is kept");
     }
-    assert_eq!(store.get_run(a6).await.unwrap().status, "running");
-    assert_eq!(store.get_run(a7).await.unwrap().status, "queued");
+    assert_eq!(store.get_run(a6).await.unwrap().status, RunStatus::Running);
+    assert_eq!(store.get_run(a7).await.unwrap().status, RunStatus::Queued);
     assert_eq!((summary.runs, summary.by_age, summary.by_count, summary.log_chunks), (6, 3, 3, 1));
     assert_eq!((summary.first_id, summary.last_id), (Some(a1), Some(x1)));
     assert!(summary.batches >= 3, "batches of two: {summary:?}");

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use automa_core::{Role, RunStatus};
+use automa_core::{Role, RunStatus, Trigger};
 use automa_store::{
     Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, Store, UserUpdate,
 };
@@ -27,7 +27,7 @@ async fn claims_respect_pinning_labels_and_concurrency(store: &Store) {
     assert!(store.claim_run(plain, lease()).await.unwrap().is_none(), "plain may take neither run");
     let first = store.claim_run(gpu, lease()).await.unwrap().expect("gpu takes the oldest");
     assert_eq!((first.run.id, first.content.as_str()), (needs_gpu.id, "print(1)"));
-    assert_eq!(first.run.status(), RunStatus::Running);
+    assert_eq!(first.run.status, RunStatus::Running);
     assert_eq!(store.claim_run(gpu, lease()).await.unwrap().unwrap().run.id, pinned.id);
     store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
     assert!(store.claim_run(gpu, lease()).await.unwrap().is_none(), "gpu is at its concurrency");
@@ -45,14 +45,14 @@ async fn finish_is_idempotent_and_retries_with_backoff(store: &Store) {
     let end = RunEnd { exit_code: Some(2), ..RunEnd::new(RunStatus::Failed) };
     let finished = store.finish_run(run.id, Some(a), &end).await.unwrap();
     assert!(finished.changed);
-    assert_eq!(finished.run.status, "failed");
+    assert_eq!(finished.run.status, RunStatus::Failed);
     let retry = finished.retry.expect("one retry left");
-    assert_eq!((retry.attempt, retry.trigger.as_str(), retry.status.as_str()), (2, "retry", "queued"));
+    assert_eq!((retry.attempt, retry.trigger, retry.status), (2, Trigger::Retry, RunStatus::Queued));
     assert!(retry.not_before > retry.queued_at, "the retry waits for its backoff");
     assert!(store.claim_run(a, lease()).await.unwrap().is_none(), "not before its backoff");
     let again = store.finish_run(run.id, Some(a), &RunEnd::new(RunStatus::Succeeded)).await.unwrap();
     assert!(!again.changed && again.retry.is_none());
-    assert_eq!(again.run.status, "failed", "a late finish changes nothing");
+    assert_eq!(again.run.status, RunStatus::Failed, "a late finish changes nothing");
 }
 both_backends!(finish_and_retry, finish_is_idempotent_and_retries_with_backoff);
 
@@ -65,7 +65,7 @@ async fn expired_leases_are_reaped_and_retried(store: &Store) {
     assert_eq!(renewal.gone, vec![999]);
     let lost = store.lose_runs(automa_store::now(), None).await.unwrap();
     assert_eq!(lost.len(), 1);
-    assert_eq!(lost[0].run.status, "lost");
+    assert_eq!(lost[0].run.status, RunStatus::Lost);
     let retry = lost[0].retry.as_ref().expect("retried");
     let claimed = store.claim_run(a, lease()).await.unwrap().expect("the retry is due at once");
     assert_eq!(claimed.run.id, retry.id);
@@ -195,16 +195,67 @@ async fn cancel_queued_and_running(store: &Store) {
     let s = script(store).await;
     let a = agent(store, "a", &[], 4).await;
     let queued = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
-    assert_eq!(store.cancel_run(&Actor::system(), queued.id).await.unwrap().run.status, "cancelled");
+    assert_eq!(store.cancel_run(&Actor::system(), queued.id).await.unwrap().run.status, RunStatus::Cancelled);
     let running = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
     store.claim_run(a, lease()).await.unwrap().unwrap();
     let requested = store.cancel_run(&Actor::system(), running.id).await.unwrap().run;
-    assert_eq!((requested.status.as_str(), requested.cancel_requested), ("running", true));
+    assert_eq!((requested.status, requested.cancel_requested), (RunStatus::Running, true));
     assert_eq!(store.renew_leases(a, &[running.id], lease()).await.unwrap().cancel, vec![running.id]);
     let error = store.cancel_run(&Actor::system(), queued.id).await.unwrap_err();
     assert_eq!(error.to_string(), format!("run {} is cancelled and cannot be cancelled", queued.id));
 }
 both_backends!(cancelling, cancel_queued_and_running);
+
+/// A claim that commits while a cancel is between reading the run (`queued`) and updating it wins: the running
+/// run is not marked cancelled under its agent, and the cancel becomes a request to stop it. PostgreSQL only:
+/// SQLite's write lock puts every cancel wholly before or after a claim. A second connection holds the run's
+/// row so that the cancel waits at its update, then moves the run to `running` as the claim statement does.
+#[tokio::test]
+async fn a_claim_between_a_cancels_read_and_update_wins() {
+    use sqlx::{Connection, PgConnection};
+    let Some(db) = TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    let s = script(&store).await;
+    let a = agent(&store, "a", &[], 4).await;
+    let run = store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let url = db.postgres_url().unwrap();
+    let mut claim = PgConnection::connect(&url).await.unwrap();
+    let mut watch = PgConnection::connect(&url).await.unwrap();
+    let mut claiming = claim.begin().await.unwrap();
+    sqlx::query("SELECT id FROM runs WHERE id = $1 FOR UPDATE").bind(run.id).execute(&mut *claiming).await.unwrap();
+    let cancel = tokio::spawn({
+        let store = store.clone();
+        async move { store.cancel_run(&Actor::system(), run.id).await }
+    });
+    // The cancel has read `queued` once it waits for the row.
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE runs SET status = ''cancelled''%')",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(!cancel.is_finished(), "the cancel ended without waiting for the row: {:?}", cancel.await);
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("UPDATE runs SET status = 'running', agent_id = $2, started_at = now(), lease_until = now() + interval '1 hour' WHERE id = $1 AND status = 'queued'")
+        .bind(run.id)
+        .bind(a)
+        .execute(&mut *claiming)
+        .await
+        .unwrap();
+    claiming.commit().await.unwrap();
+    let cancelled = cancel.await.unwrap().unwrap();
+    assert_eq!((cancelled.run.status, cancelled.run.cancel_requested), (RunStatus::Running, true));
+    assert!(cancelled.downstream.is_empty());
+    let stored = store.get_run(run.id).await.unwrap();
+    assert_eq!((stored.status, stored.agent_id, stored.finished_at), (RunStatus::Running, Some(a), None));
+    assert_eq!(store.renew_leases(a, &[run.id], lease()).await.unwrap().cancel, vec![run.id]);
+}
 
 async fn logs_are_stored_once_and_capped(store: &Store) {
     let s = script(store).await;
@@ -293,7 +344,7 @@ async fn a_handed_back_run_is_queued_again_without_spending_a_retry(store: &Stor
 
     assert!(store.hand_back_run(run.id, b, "not b's").await.unwrap().is_none(), "only its holder hands it back");
     let handed = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().expect("handed back");
-    assert_eq!((handed.run.status.as_str(), handed.run.attempt, handed.run.agent_id), ("queued", 1, None));
+    assert_eq!((handed.run.status, handed.run.attempt, handed.run.agent_id), (RunStatus::Queued, 1, None));
     assert!(handed.retry.is_none(), "no new run: the same one goes back to the queue");
     assert!(handed.run.started_at.is_none() && handed.run.lease_until.is_none(), "its lease is released");
     assert!(store.hand_back_run(run.id, a, "again").await.unwrap().is_none(), "a repeated hand-back changes nothing");
@@ -317,7 +368,7 @@ async fn a_handed_back_run_is_queued_again_without_spending_a_retry(store: &Stor
     store.claim_run(a, lease()).await.unwrap().unwrap();
     store.cancel_run(&Actor::system(), cancelled.id).await.unwrap();
     let ended = store.hand_back_run(cancelled.id, a, "the server shut down").await.unwrap().unwrap();
-    assert_eq!(ended.run.status, "cancelled", "a run whose cancel was requested is not run again");
+    assert_eq!(ended.run.status, RunStatus::Cancelled, "a run whose cancel was requested is not run again");
 }
 both_backends!(hand_back, a_handed_back_run_is_queued_again_without_spending_a_retry);
 
@@ -343,16 +394,20 @@ async fn a_run_handed_back_too_often_is_lost_and_retried(store: &Store) {
     for _ in 0..automa_store::MAX_HAND_BACKS {
         store.claim_run(a, lease()).await.unwrap().unwrap();
         let handed = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().unwrap();
-        assert_eq!(handed.run.status, "queued");
+        assert_eq!(handed.run.status, RunStatus::Queued);
     }
     store.claim_run(a, lease()).await.unwrap().unwrap();
     let lost = store.hand_back_run(run.id, a, "the server shut down").await.unwrap().expect("ended");
-    assert_eq!(lost.run.status, "lost", "one hand-back too many spends the attempt");
+    assert_eq!(lost.run.status, RunStatus::Lost, "one hand-back too many spends the attempt");
     assert!(lost.run.error.as_deref().unwrap().contains("handed back 3 times"), "{:?}", lost.run.error);
     let retry = lost.retry.expect("the normal retry path");
-    assert_eq!((retry.attempt, retry.status.as_str()), (2, "queued"));
+    assert_eq!((retry.attempt, retry.status), (2, RunStatus::Queued));
     store.claim_run(a, lease()).await.unwrap().unwrap();
-    assert_eq!(store.hand_back_run(retry.id, a, "again").await.unwrap().unwrap().run.status, "queued", "a fresh count");
+    assert_eq!(
+        store.hand_back_run(retry.id, a, "again").await.unwrap().unwrap().run.status,
+        RunStatus::Queued,
+        "a fresh count"
+    );
 }
 both_backends!(hand_back_limit, a_run_handed_back_too_often_is_lost_and_retried);
 
@@ -373,10 +428,10 @@ async fn drain(store: &Store, agent_id: i64) {
 
 /// (queued, skipped with `reason`) `after` runs of a task.
 async fn after_runs(store: &Store, task_id: i64, reason: &str) -> (usize, usize) {
-    let filter = RunFilter { task_id: Some(task_id), trigger: Some("after".into()), ..RunFilter::default() };
+    let filter = RunFilter { task_id: Some(task_id), trigger: Some(Trigger::After), ..RunFilter::default() };
     let runs = store.list_runs(&filter, Page { limit: 1000, offset: 0 }).await.unwrap().items;
-    let queued = runs.iter().filter(|r| r.status == "queued").count();
-    let skipped = runs.iter().filter(|r| r.status == "skipped").inspect(|r| {
+    let queued = runs.iter().filter(|r| r.status == RunStatus::Queued).count();
+    let skipped = runs.iter().filter(|r| r.status == RunStatus::Skipped).inspect(|r| {
         assert!(r.error.as_deref().unwrap_or_default().contains(reason), "{:?}", r.error);
         assert!(r.finished_at.is_some());
     });
@@ -422,7 +477,7 @@ async fn chains_stop_at_the_maximum_depth(store: &Store) {
     assert_eq!(after_runs(store, second, "").await, (0, 0));
     let filter = RunFilter { task_id: Some(third), ..RunFilter::default() };
     let third_runs = store.list_runs(&filter, Page { limit: 10, offset: 0 }).await.unwrap().items;
-    assert_eq!(third_runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["succeeded"], "depth 2 runs");
+    assert_eq!(third_runs.iter().map(|r| r.status).collect::<Vec<_>>(), [RunStatus::Succeeded], "depth 2 runs");
     assert_eq!(after_runs(store, fourth, "run-after chains stop at 2 links").await, (0, 1), "depth 3 is refused");
 }
 both_backends!(chain_depth, chains_stop_at_the_maximum_depth);

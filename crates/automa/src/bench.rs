@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use automa_core::RunStatus;
 use automa_server::{Application, Config, config::SecretString, events::Event};
 
 const RUNS: usize = 200;
@@ -83,12 +84,12 @@ async fn through_api(dir: &Path, profile: &str, interpreter: &Path) -> anyhow::R
         let event = tokio::time::timeout(Duration::from_secs(120), events.recv()).await.context("runs stalled")??;
         if let Event::Run(run) = &*event {
             anyhow::ensure!(
-                run.status == "succeeded" || !run.status().is_terminal(),
+                run.status == RunStatus::Succeeded || !run.status.is_terminal(),
                 "run {} ended {}",
                 run.id,
                 run.status
             );
-            if run.status().is_terminal() {
+            if run.status.is_terminal() {
                 ended.insert(run.id);
             }
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
+use automa_core::{RunStatus, Trigger};
 use automa_server::{Config, config::SecretString, events::Event};
 
 use crate::bench::BenchServer;
@@ -44,8 +45,8 @@ pub async fn bench() -> anyhow::Result<()> {
             .await
             .context("fires stalled")??;
         if let Event::Run(run) = &*event
-            && run.trigger == "schedule"
-            && run.status == "queued"
+            && run.trigger == Trigger::Schedule
+            && run.status == RunStatus::Queued
             && let Some(planned) = run.scheduled_for
         {
             lateness_ms.push(milliseconds(run.queued_at - planned));

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde::{Serialize, de::DeserializeOwned};
 
+use automa_core::RunStatus;
 use automa_server::api::{
     Page, execute::ExecuteRequest, runs::RunResponse, scripts::ScriptResponse, tasks::TaskResponse,
 };
@@ -304,10 +305,10 @@ fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
 
 /// The process exit code that reflects how a run ended.
 pub fn exit_code(run: &RunResponse) -> i32 {
-    match run.status.as_str() {
-        "succeeded" => 0,
-        "timed_out" => EXIT_TIMED_OUT,
-        "cancelled" => EXIT_CANCELLED,
+    match run.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::TimedOut => EXIT_TIMED_OUT,
+        RunStatus::Cancelled => EXIT_CANCELLED,
         _ => run.exit_code.and_then(|code| i32::try_from(code).ok()).filter(|code| *code != 0).unwrap_or(1),
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
-use automa_core::RunStatus;
+use automa_core::{RunStatus, Trigger};
 use automa_store::{LogChunk, Run, RunFilter, Store};
 
 use crate::{
@@ -37,14 +37,12 @@ pub struct RunResponse {
     pub script_version: Option<i64>,
     /// The agent that ran (or runs) it.
     pub agent_id: Option<i64>,
-    /// `manual`, `schedule`, `api`, `retry`, `hook` or `after`.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// The hook that started the run (`hook`), kept by its retries.
     pub hook_id: Option<i64>,
     /// The run whose end started this one (`after`), kept by its retries.
     pub upstream_run_id: Option<i64>,
-    /// `queued`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `lost` or `skipped`.
-    pub status: String,
+    pub status: RunStatus,
     pub attempt: i64,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub queued_at: DateTime<Utc>,
@@ -136,19 +134,17 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<RunQuery>,
 ) -> ApiResult<Json<Page<RunResponse>>> {
-    if let Some(status) = &query.status {
-        status.parse::<RunStatus>().map_err(|message| ApiError::invalid("status", message))?;
-    }
-    if let Some(trigger) = &query.trigger {
-        trigger.parse::<automa_core::Trigger>().map_err(|message| ApiError::invalid("trigger", message))?;
-    }
     let page = automa_store::Page::new(query.limit, query.offset);
     let filter = RunFilter {
         task_id: query.task_id,
         script_id: query.script_id,
         agent_id: query.agent_id,
-        status: query.status,
-        trigger: query.trigger,
+        status: query.status.map(|status| status.parse()).transpose().map_err(|e| ApiError::invalid("status", e))?,
+        trigger: query
+            .trigger
+            .map(|trigger| trigger.parse())
+            .transpose()
+            .map_err(|e| ApiError::invalid("trigger", e))?,
         since: query.since,
         until: query.until,
     };
@@ -160,7 +156,7 @@ pub async fn list(
     responses((status = 200, body = RunResponse)))]
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<RunResponse>> {
     let run = state.store.get_run(id).await.map_err(missing("run"))?;
-    let waiting_reason = if run.status == "queued" { waiting_reason(&state.store, &run).await? } else { None };
+    let waiting_reason = if run.status == RunStatus::Queued { waiting_reason(&state.store, &run).await? } else { None };
     Ok(Json(RunResponse { waiting_reason, ..run.into() }))
 }
 
@@ -345,7 +341,7 @@ impl Follower {
                 continue;
             }
             let run = self.store.get_run(self.run_id).await.ok()?;
-            if run.status().is_terminal() {
+            if run.status.is_terminal() {
                 // An agent stores all output before it finishes a run, so one more read gets the rest.
                 if self.fetch().await {
                     continue;

@@ -31,7 +31,7 @@ impl From<User> for UserResponse {
     fn from(user: User) -> Self {
         UserResponse {
             id: user.id,
-            role: user.role(),
+            role: user.role,
             email: user.email,
             active: user.active,
             created_at: user.created_at,

@@ -297,7 +297,7 @@ async fn authenticate(state: &AppState, parts: &Parts) -> ApiResult<Principal> {
     if token.starts_with(API_TOKEN_PREFIX) {
         let (api_token, user) = state.store.authenticate_token(&token_hash(token)).await?.ok_or_else(invalid)?;
         let cap = api_token.role_cap.as_deref().and_then(|r| r.parse().ok()).unwrap_or(Role::Admin);
-        let role = user.role().min(cap);
+        let role = user.role.min(cap);
         let credential = Credential::ApiToken {
             id: api_token.id,
             capped: api_token.role_cap.is_some(),
@@ -312,7 +312,7 @@ async fn authenticate(state: &AppState, parts: &Parts) -> ApiResult<Principal> {
         Err(other) => return Err(other.into()),
     };
     let credential = Credential::Session { epoch: claims.epoch, expires_at: claims.expires_at };
-    Ok(Principal { role: user.role(), user, credential, ip })
+    Ok(Principal { role: user.role, user, credential, ip })
 }
 
 /// The agent behind an agent token.

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, watch};
 
 use automa_agent::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
-use automa_core::Role;
+use automa_core::{Role, RunStatus};
 use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store, StoreError};
 
 use crate::{
@@ -103,11 +103,11 @@ impl Execution {
     /// Announces a run that changed state (its transaction committed), counting it if it ended. Every change
     /// is published once, by the server that made it, so each ending is counted once.
     pub fn published_run(&self, run: &Run) {
-        if run.status().is_terminal() {
+        if run.status.is_terminal() {
             self.metrics.run_finished(run);
         }
         self.hub.publish(Event::Run(Box::new(run.clone())));
-        if run.status == "queued" {
+        if run.status == RunStatus::Queued {
             self.wake.notify_waiters();
         }
     }
@@ -242,7 +242,7 @@ impl Execution {
                 },
                 None => None,
             };
-            if !creator.is_some_and(|user| user.active && user.role() == Role::Admin) {
+            if !creator.is_some_and(|user| user.active && user.role == Role::Admin) {
                 return Ok(Some("only an admin's ad-hoc run may receive secrets".into()));
             }
         }
@@ -324,7 +324,7 @@ impl Execution {
         let sealed = self.store.sealed_secrets(&run.secrets.0).await?;
         let values = sealed.iter().filter_map(|secret| self.sealer.unseal(secret).ok()).collect();
         let masks = Arc::new(sealing::mask_order(values));
-        if run.status == "running" {
+        if run.status == RunStatus::Running {
             self.masks.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, masks.clone());
         }
         Ok(masks)
@@ -362,7 +362,7 @@ impl Execution {
             other => other?,
         };
         self.publish_finish(&finished);
-        Ok(FinishReply { status: finished.run.status })
+        Ok(FinishReply { status: finished.run.status.to_string() })
     }
 
     /// Takes back a run its agent stopped because it is shutting down and queues it again (the store's
@@ -378,11 +378,11 @@ impl Execution {
             Some(handed) => {
                 tracing::info!(run_id, agent = %agent.name, status = %handed.run.status, "run handed back");
                 self.publish_finish(&handed);
-                Ok(FinishReply { status: handed.run.status })
+                Ok(FinishReply { status: handed.run.status.to_string() })
             }
             // Another agent's runs, and runs that do not exist, get the same answer.
             None => match self.store.get_run(run_id).await {
-                Ok(run) if run.agent_id == Some(agent_id) => Ok(FinishReply { status: run.status }),
+                Ok(run) if run.agent_id == Some(agent_id) => Ok(FinishReply { status: run.status.to_string() }),
                 Ok(_) | Err(StoreError::NotFound) => {
                     Err(ApiError::Conflict(format!("run {run_id} is not held by this agent")))
                 }

@@ -322,7 +322,7 @@ async fn run_ended(events: &mut broadcast::Receiver<Arc<Event>>) {
         match events.recv().await {
             Ok(event) => {
                 if let Event::Run(run) = &*event
-                    && !matches!(run.status.as_str(), "queued" | "running")
+                    && run.status.is_terminal()
                 {
                     return;
                 }

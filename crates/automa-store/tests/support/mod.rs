@@ -39,15 +39,26 @@ impl TestDb {
         let admin = Store::connect(&url).await.unwrap();
         admin.execute_raw(&format!("CREATE DATABASE {name}")).await.unwrap();
         admin.close().await;
-        let db_url = match url.rfind('/') {
-            Some(slash) => format!("{}/{name}", &url[..slash]),
-            None => unreachable!("a PostgreSQL URL has a path"),
-        };
+        let db_url = database_url(&url, &name);
         // Owned by the guard before anything can fail, so the database is dropped whatever happens next.
         let mut db = TestDb { store: Store::connect(&db_url).await.unwrap(), _dir: None, pg: Some((url, name)) };
         db.store = db.store.clone().with_audit_key(test_key());
         db.store.migrate().await.unwrap();
         Some(db)
+    }
+
+    /// The URL of this test's PostgreSQL database, for a test that needs a connection of its own beside the
+    /// store's.
+    pub fn postgres_url(&self) -> Option<String> {
+        self.pg.as_ref().map(|(url, name)| database_url(url, name))
+    }
+}
+
+/// The URL of database `name` on the server `url` names.
+fn database_url(url: &str, name: &str) -> String {
+    match url.rfind('/') {
+        Some(slash) => format!("{}/{name}", &url[..slash]),
+        None => unreachable!("a PostgreSQL URL has a path"),
     }
 }
 

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::{Args, Subcommand};
 
+use automa_core::RunStatus;
 use automa_server::api::{Page, runs::RunResponse};
 
 use super::{ClientFlags, Column, Output, PageFlags, connect, or_dash, print_object, print_page, print_raw, say, when};
@@ -53,8 +54,8 @@ pub struct RunFlags {
 pub const RUN_COLUMNS: &[Column<RunResponse>] = &[
     ("ID", |r| r.id.to_string()),
     ("TASK", |r| or_dash(r.task_id)),
-    ("STATUS", |r| r.status.clone()),
-    ("TRIGGER", |r| r.trigger.clone()),
+    ("STATUS", |r| r.status.as_str().to_owned()),
+    ("TRIGGER", |r| r.trigger.as_str().to_owned()),
     ("ATTEMPT", |r| r.attempt.to_string()),
     ("QUEUED", |r| when(Some(r.queued_at))),
     ("DURATION", |r| r.duration_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0))),
@@ -130,7 +131,7 @@ async fn follow_run(api: &Api, run: i64) -> anyhow::Result<i32> {
     let watched = std::io::stderr().is_terminal();
     if watched {
         let current: RunResponse = api.get(&format!("/runs/{run}"), &[]).await?.value;
-        if current.status == "queued" {
+        if current.status == RunStatus::Queued {
             eprintln!("[automa] run {run} is queued; waiting for an agent…");
         }
     }

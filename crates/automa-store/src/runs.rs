@@ -191,6 +191,7 @@ const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_co
 /// What the finish of a running run needs to know about it: when it was claimed and its lease's end.
 const RUNNING_TIMES: &str =
     "SELECT started_at, lease_until FROM runs WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2)";
+type RunningTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// When a run that ended at `at` by the store's clock really started and ended: the agent's account
 /// (`end.ended_ago`, `end.elapsed`), bounded by what the server saw: nothing before the claim, nothing after
@@ -231,7 +232,7 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
     Run: for<'r> sqlx::FromRow<'r, DB::Row>,
-    (Option<DateTime<Utc>>, Option<DateTime<Utc>>): for<'r> sqlx::FromRow<'r, DB::Row>,
+    RunningTimes: for<'r> sqlx::FromRow<'r, DB::Row>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -250,7 +251,7 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     let at = now();
-    let times: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+    let times: Option<RunningTimes> =
         sqlx::query_as(RUNNING_TIMES).bind(run_id).bind(agent).fetch_optional(&mut **tx).await?;
     let (claimed, lease_until) = times.unwrap_or_default();
     let (finished_at, started_at) = run_times(end, at, claimed);
@@ -518,7 +519,7 @@ impl Store {
             .await?;
             let finished = match run {
                 Some(run) => {
-                    append_system_line(&mut tx, run_id, now(), &reason).await?;
+                    append_system_line(&mut tx, run_id, now(), reason).await?;
                     if postgres {
                         sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut *tx).await?;
                     }

@@ -27,14 +27,14 @@ where
         .await?;
     let current_version = script
         .ok_or_else(|| InvalidField::new("script_id", format!("there is no script with id {}", spec.script_id)))?;
-    if let Some(pinned) = spec.script_version {
-        if !(1..=current_version).contains(&pinned) {
-            return Err(InvalidField::new(
-                "script_version",
-                format!("the script has versions 1 to {current_version}, not {pinned}"),
-            )
-            .into());
-        }
+    if let Some(pinned) = spec.script_version
+        && !(1..=current_version).contains(&pinned)
+    {
+        return Err(InvalidField::new(
+            "script_version",
+            format!("the script has versions 1 to {current_version}, not {pinned}"),
+        )
+        .into());
     }
     if let Some(agent_id) = spec.agent_id {
         let agent: Option<i64> =

@@ -16,7 +16,7 @@ pub use protocol::{
     Assignment, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
 };
 pub use sandbox::{SANDBOX_HELPER_ARG, SandboxSettings, SandboxStatus, build_sandbox, concurrency};
-pub use worker::{Agent, AgentConfig};
+pub use worker::{Agent, AgentConfig, DEFAULT_SHUTDOWN_GRACE_SECONDS};
 
 /// This agent's version, reported in heartbeats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,6 +36,10 @@ const HEARTBEATS_IN_FLIGHT: usize = 3;
 /// Longest pause between attempts to reach an unreachable server.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
+/// How long running runs may finish after shutdown is requested, unless configured otherwise
+/// (`AUTOMA_SHUTDOWN_GRACE_SECONDS`).
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Runs executed at once.

@@ -184,8 +184,13 @@ impl Application {
             let stopping = self.stopping.subscribe();
             Some(embedded::start(state.execution.clone(), &state.config, &state.sandbox, stopping).await?)
         };
-        let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone())
-            .with_notifier(state.notifier.clone());
+        let scheduler = Scheduler::new(
+            state.store.clone(),
+            state.execution.clone(),
+            state.events.clone(),
+            state.schedule_changed.clone(),
+        )
+        .with_notifier(state.notifier.clone());
         let notifier = state.notifier.start(&self.stopping.subscribe());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));

@@ -247,7 +247,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             lease_seconds: 30,
             max_log_bytes: 10 * 1024 * 1024,
-            shutdown_grace_seconds: 30,
+            shutdown_grace_seconds: automa_agent::DEFAULT_SHUTDOWN_GRACE_SECONDS,
             sandbox_helper: None,
             requests_per_minute: 1200,
             agent_requests_per_minute: 12_000,

@@ -16,7 +16,7 @@ pub enum Event {
     Output { run_id: i64, last_seq: i64 },
     /// An agent registered, heartbeat with a change, or was updated.
     Agent { id: i64 },
-    /// A task was created, changed (enabled and paused included) or deleted.
+    /// A task was created, changed (enabled and paused included), deleted, or fired (its next fire moved).
     Task { id: i64 },
 }
 

@@ -121,7 +121,7 @@ struct AgentFlags {
     #[arg(long, env = "AUTOMA_SANDBOX_HELPER")]
     sandbox_helper: Option<PathBuf>,
     /// On SIGTERM, how long running runs may finish before they are stopped and handed back.
-    #[arg(long, env = "AUTOMA_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "AUTOMA_SHUTDOWN_GRACE_SECONDS", default_value_t = automa_agent::DEFAULT_SHUTDOWN_GRACE_SECONDS)]
     shutdown_grace_seconds: u64,
     /// `text` or `json` (JSON lines).
     #[arg(long, env = "AUTOMA_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
@@ -134,7 +134,7 @@ impl AgentFlags {
             profile: self.sandbox.clone(),
             python: self.python.clone(),
             helper: self.sandbox_helper.clone(),
-            // The environment gives "a, b": the items keep their spaces after the split.
+            // As for the server's setting, "a, b," in the environment is two ranges.
             network_deny: self
                 .network_deny
                 .iter()

@@ -1,7 +1,7 @@
 // Live updates: one `GET /events` stream for the whole dashboard, fanned out by event type to the pages that
 // listen. The server sends these types (crates/automa-server/src/events.rs, `GET /events`):
 //   run   — a run was queued or changed state; data: the run, as `GET /runs/{id}` returns it
-//   task  — a task was created, changed (paused and resumed too) or deleted; data: `{id}`
+//   task  — a task was created, changed (paused and resumed too), deleted or fired; data: `{id}`
 //   agent — an agent registered, changed or was updated; data: `{id}`
 // Pages refetch what an event touches; nothing polls on a timer. After a dropped connection it reconnects with
 // a growing delay; a server without the stream (404) is reported, not retried.

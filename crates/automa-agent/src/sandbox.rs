@@ -16,7 +16,7 @@ pub const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
 /// The most runs an agent may execute at once (and report).
 const MOST_CONCURRENCY: usize = 1024;
 
-/// Everything the sandbox is built from. Each field is named after the setting that fills it.
+/// Everything the sandbox is built from; each field names the setting that fills it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSettings {
     /// `AUTOMA_SANDBOX`: `strict` (default) or `none`.

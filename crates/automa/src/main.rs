@@ -25,7 +25,8 @@ use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
 #[derive(Parser)]
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
 struct Cli {
-    /// Configuration file (default: ./automa.toml when it exists).
+    /// Configuration file (default: ./automa.toml when it exists); `automa agent` reads none, only its flags and
+    /// environment.
     #[arg(long, global = true, env = "AUTOMA_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]

@@ -188,6 +188,36 @@ describe('dashboard', () => {
     await screenshots(page, '09-tasks');
   });
 
+  it('shows a task created, paused and deleted through the API live on the tasks page, without reloading', async () => {
+    const login = await fetch(`${server.url}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ username: ADMIN.email, password: ADMIN.password }),
+    });
+    assert.equal(login.status, 200);
+    const { access_token: token } = await login.json();
+    const call = async (method, path, body) => {
+      const response = await fetch(`${server.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      assert.ok(response.ok, `${method} ${path} answered ${response.status}`);
+      return response.status === 204 ? null : response.json();
+    };
+    await page.locator('#live[data-state="on"]').waitFor();
+    await page.evaluate(() => { window.notReloaded = true; });
+    const { items: [script] } = await call('GET', '/scripts?name=stream');
+    const task = await call('POST', '/tasks', { name: 'made-elsewhere', script_id: script.id });
+    const row = page.getByRole('row').filter({ has: page.getByRole('link', { name: 'made-elsewhere' }) });
+    await row.locator('.badge', { hasText: 'enabled' }).waitFor();
+    await call('POST', `/tasks/${task.id}/pause`);
+    await row.locator('.badge', { hasText: 'disabled' }).waitFor();
+    await call('DELETE', `/tasks/${task.id}`);
+    await row.waitFor({ state: 'detached' });
+    assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page was not reloaded');
+  });
+
   it('runs the task and shows its output live, line by line', async () => {
     await page.getByRole('link', { name: 'nightly-stream' }).click();
     await heading('nightly-stream').waitFor();

@@ -7,6 +7,7 @@ mod backend;
 mod http;
 mod protocol;
 mod runner;
+mod sandbox;
 mod worker;
 
 pub use backend::{AgentBackend, AgentError};
@@ -14,7 +15,8 @@ pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse
 pub use protocol::{
     Assignment, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
 };
-pub use worker::{Agent, AgentConfig};
+pub use sandbox::{SANDBOX_HELPER_ARG, SandboxSettings, SandboxStatus, build_sandbox, concurrency};
+pub use worker::{Agent, AgentConfig, DEFAULT_SHUTDOWN_GRACE_SECONDS};
 
 /// This agent's version, reported in heartbeats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

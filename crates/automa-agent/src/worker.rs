@@ -20,6 +20,7 @@ use automa_runner::Sandbox;
 use crate::backend::{AgentBackend, AgentError};
 use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
 use crate::runner::{RunControl, Stop, execute};
+use crate::sandbox::SandboxStatus;
 
 /// How long one claim may wait at the server.
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -34,6 +35,10 @@ const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
 const HEARTBEATS_IN_FLIGHT: usize = 3;
 /// Longest pause between attempts to reach an unreachable server.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// How long running runs may finish after shutdown is requested, unless configured otherwise
+/// (`AUTOMA_SHUTDOWN_GRACE_SECONDS`).
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -62,16 +67,8 @@ impl<B: AgentBackend> Agent<B> {
     }
 
     /// What heartbeats report: the sandbox's layers, or why runs are refused.
-    pub fn capabilities(&self) -> serde_json::Value {
-        match &self.sandbox {
-            Ok(sandbox) => {
-                let mut value = serde_json::to_value(sandbox.capabilities()).unwrap_or_default();
-                value["profile"] = serde_json::to_value(sandbox.profile()).unwrap_or_default();
-                value["ready"] = true.into();
-                value
-            }
-            Err(reason) => serde_json::json!({"ready": false, "refused": reason}),
-        }
+    pub fn sandbox_status(&self) -> SandboxStatus {
+        SandboxStatus::of(&self.sandbox)
     }
 
     /// Runs until `shutdown` becomes true, then drains as described in the module documentation. An error when
@@ -142,7 +139,7 @@ impl<B: AgentBackend> Agent<B> {
             initial,
             hostname: self.config.hostname.clone(),
             version: crate::VERSION.into(),
-            capabilities: self.capabilities(),
+            capabilities: serde_json::to_value(self.sandbox_status()).unwrap_or_default(),
             running: Vec::new(),
             concurrency: Some(i64::try_from(self.config.concurrency).unwrap_or(i64::MAX)),
         }

@@ -83,14 +83,14 @@ impl Application {
         api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
         let (stopping, stopping_rx) = watch::channel(false);
-        let hub = Hub::default();
+        let events = Hub::default();
         let notifier = Arc::new(
-            Notifier::new(&config, store.clone(), Sealer::new(&key), hub.clone())
+            Notifier::new(&config, store.clone(), Sealer::new(&key), events.clone())
                 .context("preparing notification channels")?,
         );
         let execution = Arc::new(Execution::new(
             store.clone(),
-            hub,
+            events.clone(),
             Sealer::new(&key),
             config.lease_seconds,
             config.max_log_bytes,
@@ -98,6 +98,7 @@ impl Application {
         ));
         let state = AppState {
             execution,
+            events,
             notifier,
             sandbox: Arc::default(),
             schedule_changed: Arc::default(),
@@ -181,10 +182,15 @@ impl Application {
             None
         } else {
             let stopping = self.stopping.subscribe();
-            Some(embedded::start(state.execution.clone(), &state.config, state.sandbox.clone(), stopping).await?)
+            Some(embedded::start(state.execution.clone(), &state.config, &state.sandbox, stopping).await?)
         };
-        let scheduler = Scheduler::new(state.store.clone(), state.execution.clone(), state.schedule_changed.clone())
-            .with_notifier(state.notifier.clone());
+        let scheduler = Scheduler::new(
+            state.store.clone(),
+            state.execution.clone(),
+            state.events.clone(),
+            state.schedule_changed.clone(),
+        )
+        .with_notifier(state.notifier.clone());
         let notifier = state.notifier.start(&self.stopping.subscribe());
         let scheduler = tokio::spawn(scheduler.run(self.stopping.subscribe()));
         let failed_logins = tokio::spawn(api::session::flush_failed_logins(state.clone(), self.stopping.subscribe()));
@@ -236,8 +242,8 @@ impl Application {
         Ok(())
     }
 
-    pub fn execution(&self) -> &Arc<Execution> {
-        &self.state.execution
+    pub fn events(&self) -> &Hub {
+        &self.state.events
     }
 }
 

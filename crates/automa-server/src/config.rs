@@ -9,6 +9,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use automa_agent::SandboxSettings;
+
 /// A secret value: its `Debug` and `Display` never show it.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -235,7 +237,7 @@ impl Default for Config {
             open_signup: false,
             cors_origins: Vec::new(),
             log_format: LogFormat::Text,
-            sandbox: "strict".into(),
+            sandbox: SandboxSettings::DEFAULT_PROFILE.into(),
             python: None,
             agent_concurrency: None,
             no_agent: false,
@@ -245,7 +247,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             lease_seconds: 30,
             max_log_bytes: 10 * 1024 * 1024,
-            shutdown_grace_seconds: 30,
+            shutdown_grace_seconds: automa_agent::DEFAULT_SHUTDOWN_GRACE_SECONDS,
             sandbox_helper: None,
             requests_per_minute: 1200,
             agent_requests_per_minute: 12_000,
@@ -332,14 +334,14 @@ impl Config {
             .collect()
     }
 
-    /// Runs an agent executes at once: `AUTOMA_AGENT_CONCURRENCY` (or `--concurrency`), by default the number of
-    /// cores up to the most an agent may report (1024).
-    pub fn agent_concurrency(&self) -> anyhow::Result<usize> {
-        const MOST: usize = 1024;
-        match self.agent_concurrency {
-            Some(value @ 1..=MOST) => Ok(value),
-            Some(_) => anyhow::bail!("AUTOMA_AGENT_CONCURRENCY (--concurrency) must be between 1 and {MOST}"),
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MOST)),
+    /// The embedded agent's sandbox settings: its run directories live under `data_dir`.
+    pub fn sandbox_settings(&self) -> SandboxSettings {
+        SandboxSettings {
+            profile: self.sandbox.clone(),
+            python: self.python.clone(),
+            helper: self.sandbox_helper.clone(),
+            network_deny: self.network_deny.clone(),
+            ..SandboxSettings::new(&self.data_dir)
         }
     }
 

@@ -1,5 +1,5 @@
-//! The in-process event hub: run, agent and output changes, published after their transaction commits, for
-//! `/events`, the live log stream and long-polling claims. Slow subscribers lag and skip; every consumer
+//! The in-process event hub: run, task, agent and output changes, published after their transaction commits,
+//! for `/events`, the live log stream and long-polling claims. Slow subscribers lag and skip; every consumer
 //! re-reads the database for what it shows, so a skipped event costs freshness, never correctness.
 
 use std::sync::Arc;
@@ -16,6 +16,8 @@ pub enum Event {
     Output { run_id: i64, last_seq: i64 },
     /// An agent registered, heartbeat with a change, or was updated.
     Agent { id: i64 },
+    /// A task was created, changed (enabled and paused included), deleted, or fired (its next fire moved).
+    Task { id: i64 },
 }
 
 impl Event {
@@ -23,7 +25,7 @@ impl Event {
         match self {
             Event::Run(run) => Some(run.id),
             Event::Output { run_id, .. } => Some(*run_id),
-            Event::Agent { .. } => None,
+            Event::Agent { .. } | Event::Task { .. } => None,
         }
     }
 }

@@ -3,14 +3,18 @@
 //! task in one transaction. Every `automa serve` runs one; on a shared PostgreSQL database they split the due
 //! tasks and the unique (task, tick) key keeps each tick to one run.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 
 use automa_core::RunStatus;
 use automa_store::Store;
 
-use crate::{execution::Execution, notify::Notifier};
+use crate::{
+    events::{Event, Hub},
+    execution::Execution,
+    notify::Notifier,
+};
 
 /// Tasks fired per transaction: large enough that a thousand tasks due in the same second cost a few
 /// transactions, small enough that one transaction never holds the write lock for long.
@@ -22,6 +26,8 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 pub struct Scheduler {
     store: Store,
     execution: Arc<Execution>,
+    /// Told of the tasks a fire advanced (their next fire, or a one-off schedule spent).
+    events: Hub,
     /// Woken when a task is created or changed here or (PostgreSQL) on another server.
     changed: Arc<Notify>,
     /// Told of every batch of fires, to report a scheduler falling behind.
@@ -29,8 +35,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Store, execution: Arc<Execution>, changed: Arc<Notify>) -> Scheduler {
-        Scheduler { store, execution, changed, notifier: None }
+    pub fn new(store: Store, execution: Arc<Execution>, events: Hub, changed: Arc<Notify>) -> Scheduler {
+        Scheduler { store, execution, events, changed, notifier: None }
     }
 
     pub fn with_notifier(self, notifier: Arc<Notifier>) -> Scheduler {
@@ -72,6 +78,8 @@ impl Scheduler {
         loop {
             let fired = self.store.fire_due_tasks(automa_store::now(), BATCH).await?;
             self.execution.publish_runs(&fired.runs);
+            let advanced: BTreeSet<i64> = fired.runs.iter().filter_map(|run| run.task_id).collect();
+            advanced.into_iter().for_each(|id| self.events.publish(Event::Task { id }));
             fired.runs.iter().for_each(|run| self.execution.metrics.fired(run));
             if let Some(notifier) = &self.notifier {
                 notifier.check_lateness(&fired.runs).await;

@@ -2,15 +2,17 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock},
 };
 
+use automa_agent::SandboxStatus;
 use automa_store::Store;
 
 use crate::{
     auth::{Passwords, Sessions, SharedAccess},
     config::Config,
     db_size::DatabaseSize,
+    events::Hub,
     execution::Execution,
     limits::{FailedLogins, LoginLimiter},
     python::SyntaxChecker,
@@ -32,8 +34,11 @@ pub struct AppState {
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     pub data_dir: PathBuf,
     pub execution: Arc<Execution>,
-    /// The embedded agent's sandbox capabilities, or why it refuses to run scripts; `None` without one.
-    pub sandbox: Arc<RwLock<Option<serde_json::Value>>>,
+    /// Changes to runs, tasks and agents, published once their transaction commits: handlers publish theirs
+    /// here, [`Execution`] the agent protocol's; `/events`, log streams and waiting claims subscribe.
+    pub events: Hub,
+    /// The embedded agent's sandbox status, set once it started; unset without one.
+    pub sandbox: Arc<OnceLock<SandboxStatus>>,
     /// Wakes the scheduler when a task's schedule may have changed.
     pub schedule_changed: Arc<tokio::sync::Notify>,
     /// Sends notices: the outbox worker, and the channels' "send test".

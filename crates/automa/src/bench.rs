@@ -115,7 +115,7 @@ impl BenchServer {
     pub(crate) async fn start(config: Config, filename: &str, content: &str) -> anyhow::Result<BenchServer> {
         let app = Application::build(config).await?;
         let base = format!("http://{}", app.local_addr());
-        let events = app.execution().hub.subscribe();
+        let events = app.events().subscribe();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;

@@ -18,7 +18,6 @@ use automa_core::{Email, Role};
 use automa_server::{
     Application, Config,
     config::{LogFormat, SecretString},
-    execution::embedded,
     file_modes,
 };
 use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
@@ -26,7 +25,8 @@ use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
 #[derive(Parser)]
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
 struct Cli {
-    /// Configuration file (default: ./automa.toml when it exists).
+    /// Configuration file (default: ./automa.toml when it exists); `automa agent` reads none, only its flags and
+    /// environment.
     #[arg(long, global = true, env = "AUTOMA_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -89,7 +89,8 @@ enum BenchKind {
 
 /// The agent's token (atma_..., shown once when the agent was created) comes from the AUTOMA_TOKEN
 /// environment variable or from --token-file, never from the command line, where every local user could read
-/// it in the process list.
+/// it in the process list. The agent's settings are its flags and their AUTOMA_* variables, the same names as
+/// the server's; it reads no configuration file.
 #[derive(Args)]
 struct AgentFlags {
     /// The server's URL: https://, or http:// on this host's loopback. Several servers sharing one database:
@@ -103,14 +104,52 @@ struct AgentFlags {
     #[arg(long, env = "AUTOMA_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
     /// Runs at once, 1-1024 (default: the number of cores); the server may cap it lower.
-    #[arg(long)]
+    #[arg(long, env = "AUTOMA_AGENT_CONCURRENCY")]
     concurrency: Option<usize>,
     /// Where run directories live.
     #[arg(long, default_value = "automa-agent-data")]
     data_dir: PathBuf,
     /// Address ranges networked runs may not reach (repeatable, or comma-separated), e.g. 10.0.0.0/8.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "AUTOMA_NETWORK_DENY", value_delimiter = ',')]
     network_deny: Vec<String>,
+    /// `strict` or `none` (scripts run without isolation).
+    #[arg(long, env = "AUTOMA_SANDBOX", default_value = automa_agent::SandboxSettings::DEFAULT_PROFILE)]
+    sandbox: String,
+    /// The interpreter runs use (default: the real executable behind python3).
+    #[arg(long, env = "AUTOMA_PYTHON")]
+    python: Option<PathBuf>,
+    /// The program that sets up the sandbox (default: this binary).
+    #[arg(long, env = "AUTOMA_SANDBOX_HELPER")]
+    sandbox_helper: Option<PathBuf>,
+    /// On SIGTERM, how long running runs may finish before they are stopped and handed back.
+    #[arg(long, env = "AUTOMA_SHUTDOWN_GRACE_SECONDS", default_value_t = automa_agent::DEFAULT_SHUTDOWN_GRACE_SECONDS)]
+    shutdown_grace_seconds: u64,
+    /// `text` or `json` (JSON lines).
+    #[arg(long, env = "AUTOMA_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+}
+
+impl AgentFlags {
+    fn sandbox_settings(&self) -> automa_agent::SandboxSettings {
+        automa_agent::SandboxSettings {
+            profile: self.sandbox.clone(),
+            python: self.python.clone(),
+            helper: self.sandbox_helper.clone(),
+            // As for the server's setting, "a, b," in the environment is two ranges.
+            network_deny: self
+                .network_deny
+                .iter()
+                .map(|cidr| cidr.trim())
+                .filter(|cidr| !cidr.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            ..automa_agent::SandboxSettings::new(&self.data_dir)
+        }
+    }
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    serde_json::from_value(value.into()).map_err(|_| format!("'{value}' is not a log format: text or json"))
 }
 
 /// Flags override the environment and the configuration file.
@@ -182,7 +221,7 @@ enum AuditCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some(embedded::SANDBOX_HELPER_ARG) {
+    if std::env::args().nth(1).as_deref() == Some(automa_agent::SANDBOX_HELPER_ARG) {
         automa_runner::helper::main();
     }
     let _ = dotenvy::dotenv();
@@ -231,15 +270,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(flags) => {
-            let mut overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
-            if !flags.network_deny.is_empty() {
-                overrides["network_deny"] = flags.network_deny.into();
-            }
-            let config = Config::load(cli.config, overrides)?;
-            init_logging(config.log_format);
+            init_logging(flags.log_format);
             let servers = automa_agent::parse_server_urls(&flags.server, flags.allow_insecure_http)?;
             let token = token_from(flags.token_file.as_deref(), "the agent")?;
-            remote_agent(config, &servers, &token, flags.allow_insecure_http).await
+            remote_agent(&flags, &servers, &token).await
         }
         Command::Backup { path, force, store } => {
             let config = Config::load(cli.config, &store)?;
@@ -348,23 +382,19 @@ fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<Strin
     Ok(token.to_owned())
 }
 
-async fn remote_agent(
-    mut config: Config,
-    servers: &[reqwest::Url],
-    token: &str,
-    allow_insecure_http: bool,
-) -> anyhow::Result<()> {
+async fn remote_agent(flags: &AgentFlags, servers: &[reqwest::Url], token: &str) -> anyhow::Result<()> {
     // Run directories hold scripts and, while they run, their output: keep them from other local users.
-    file_modes::prepare_data_dir(&config.data_dir)?;
+    file_modes::prepare_data_dir(&flags.data_dir)?;
+    let mut settings = flags.sandbox_settings();
     for server in servers {
-        deny_the_server(&mut config, server).await;
+        deny_the_server(&mut settings, server).await;
     }
-    let concurrency = config.agent_concurrency()?;
-    let sandbox = automa_server::execution::embedded::build_sandbox(&config, concurrency).await?;
-    let backend = automa_agent::HttpBackend::new(servers, token, allow_insecure_http)?;
+    let concurrency = automa_agent::concurrency(flags.concurrency)?;
+    let sandbox = automa_agent::build_sandbox(&settings, concurrency).await?;
+    let backend = automa_agent::HttpBackend::new(servers, token, flags.allow_insecure_http)?;
     let agent_config = automa_agent::AgentConfig {
         concurrency,
-        shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_seconds),
+        shutdown_grace: std::time::Duration::from_secs(flags.shutdown_grace_seconds),
         hostname: automa_agent::hostname(),
     };
     let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
@@ -383,7 +413,7 @@ async fn remote_agent(
 /// Networked runs on a remote agent must not reach the Automa server any more than runs on the server's own
 /// agent do: its addresses, as resolved at start, join the deny list. (This host's own addresses and loopback
 /// are refused to networked runs already.)
-async fn deny_the_server(config: &mut Config, server: &reqwest::Url) {
+async fn deny_the_server(settings: &mut automa_agent::SandboxSettings, server: &reqwest::Url) {
     let Some((host, port)) =
         server.host_str().map(|host| host.trim_matches(['[', ']']).to_owned()).zip(server.port_or_known_default())
     else {
@@ -394,7 +424,7 @@ async fn deny_the_server(config: &mut Config, server: &reqwest::Url) {
             let addresses: Vec<String> =
                 addresses.map(|a| a.ip()).filter(|ip| !ip.is_loopback()).map(|ip| ip.to_string()).collect();
             tracing::info!(%host, ?addresses, "networked runs may not reach the server's addresses");
-            config.network_deny.extend(addresses);
+            settings.network_deny.extend(addresses);
         }
         Err(error) => tracing::warn!(
             %host, %error,

@@ -180,6 +180,11 @@ export function duration(ms) {
   return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
 }
 
+/** CPU time in seconds, from the API's milliseconds. */
+export function cpuTime(ms) {
+  return ms === null || ms === undefined ? '—' : `${(ms / 1000).toFixed(2)} s`;
+}
+
 export function bytes(count) {
   if (count === null || count === undefined) return '—';
   const units = ['B', 'KiB', 'MiB', 'GiB'];

@@ -1,6 +1,10 @@
-// Live updates: one `GET /events` stream for the whole dashboard, fanned out to the pages that listen for runs,
-// tasks or agents. Pages refetch what an event touches; nothing polls on a timer. After a dropped connection
-// it reconnects with a growing delay; a server without the stream (404) is reported, not retried.
+// Live updates: one `GET /events` stream for the whole dashboard, fanned out by event type to the pages that
+// listen. The server sends these types (crates/automa-server/src/events.rs, `GET /events`):
+//   run   — a run was queued or changed state; data: the run, as `GET /runs/{id}` returns it
+//   task  — a task was created, changed (paused and resumed too), deleted or fired; data: `{id}`
+//   agent — an agent registered, changed or was updated; data: `{id}`
+// Pages refetch what an event touches; nothing polls on a timer. After a dropped connection it reconnects with
+// a growing delay; a server without the stream (404) is reported, not retried.
 
 import { stream } from './api.js';
 
@@ -16,17 +20,12 @@ function indicator(state, text) {
   el.querySelector('.live-text').textContent = text;
 }
 
-/** The resource an event is about (`run`, `task`, `agent`), whatever way the server names it. */
-function kindOf(event) {
-  const data = event.data && typeof event.data === 'object' ? event.data : {};
-  const name = event.event !== 'message' ? event.event : data.type || data.kind || data.resource || data.resource_type;
-  return String(name || '').split(/[.:_/]/)[0].replace(/s$/, '');
-}
+/** The event types the server sends; a page can only listen for these. */
+const EVENT_TYPES = ['run', 'task', 'agent'];
 
-function dispatch(event) {
-  const kind = kindOf(event);
+function dispatch({ event: type, data }) {
   for (const listener of listeners) {
-    if (listener.kinds.includes(kind)) listener.fn(event.data, kind);
+    if (listener.types.includes(type)) listener.fn(data, type);
   }
 }
 
@@ -70,9 +69,11 @@ export function stopLive() {
   indicator('off', 'offline');
 }
 
-/** Calls `fn(data, kind)` for events about any of `kinds`; returns the function that stops listening. */
-export function onLive(kinds, fn) {
-  const listener = { kinds, fn };
+/** Calls `fn(data, type)` for events of any of `types`; returns the function that stops listening. */
+export function onLive(types, fn) {
+  const unknown = types.filter((type) => !EVENT_TYPES.includes(type));
+  if (unknown.length) throw new Error(`the server sends no ${unknown.join(', ')} events`);
+  const listener = { types, fn };
   listeners.add(listener);
   return () => listeners.delete(listener);
 }

@@ -210,7 +210,7 @@ pub async fn update(
     if updated.may_take_more {
         state.execution.wake_claimers();
     }
-    state.execution.hub.publish(Event::Agent { id });
+    state.events.publish(Event::Agent { id });
     Ok(Json(updated.agent.into()))
 }
 
@@ -228,7 +228,7 @@ pub async fn delete(
     state.store.retire_agent(&principal.actor(), id).await.map_err(missing("agent"))?;
     // Queued runs that were pinned to it may now go to any agent with their labels.
     state.execution.wake_claimers();
-    state.execution.hub.publish(Event::Agent { id });
+    state.events.publish(Event::Agent { id });
     Ok(StatusCode::NO_CONTENT)
 }
 

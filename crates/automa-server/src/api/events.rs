@@ -1,4 +1,4 @@
-//! `GET /events`: a Server-Sent Events stream of run and agent changes, for the dashboard's live views.
+//! `GET /events`: a Server-Sent Events stream of run, task and agent changes, for the dashboard's live views.
 
 use std::convert::Infallible;
 
@@ -11,7 +11,8 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{api::runs::RunResponse, auth::Principal, events::Event, state::AppState};
 
-/// Live changes: `run` events carry the run, `agent` events the agent's id. Output is not included (follow
+/// Live changes: `run` events carry the run, `task` and `agent` events `{"id": N}` (re-read the task or agent:
+/// a 404 means it was deleted). Output is not included (follow
 /// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists. The
 /// stream ends when the credentials it was opened with expire or are revoked.
 #[utoipa::path(get, path = "/events", operation_id = "streamEvents", tag = "events", security(("bearer" = ["viewer"])),
@@ -20,13 +21,14 @@ pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
-    let stream = BroadcastStream::new(state.execution.hub.subscribe()).filter_map(|event| async move {
+    let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|event| async move {
         let event = event.ok()?;
         let sse_event = match &*event {
             Event::Run(run) => {
                 let data = serde_json::to_string(&RunResponse::from((**run).clone())).ok()?;
                 sse::Event::default().event("run").data(data)
             }
+            Event::Task { id } => sse::Event::default().event("task").data(serde_json::json!({"id": id}).to_string()),
             Event::Agent { id } => sse::Event::default().event("agent").data(serde_json::json!({"id": id}).to_string()),
             Event::Output { .. } => return None,
         };

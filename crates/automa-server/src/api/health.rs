@@ -4,6 +4,8 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use automa_agent::SandboxStatus;
+
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,7 +31,7 @@ pub struct Readiness {
     /// The embedded agent's sandbox: its layers and warnings, or why it refuses to run scripts. Null when the
     /// server runs without an agent.
     #[schema(value_type = Option<Object>)]
-    pub sandbox: Option<serde_json::Value>,
+    pub sandbox: Option<SandboxStatus>,
 }
 
 /// The process is up.
@@ -50,7 +52,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         database_ready,
         database_size_bytes: state.database_size.get(&state.store).await,
         python: state.syntax.is_available(),
-        sandbox: state.sandbox.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        sandbox: state.sandbox.get().cloned(),
     };
     (status, Json(readiness))
 }

@@ -295,7 +295,7 @@ pub async fn stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>> {
-    let events = state.execution.hub.subscribe();
+    let events = state.events.subscribe();
     state.store.get_run(id).await.map_err(missing("run"))?;
     let resume =
         headers.get("last-event-id").and_then(|value| value.to_str().ok()).and_then(|value| value.parse().ok());

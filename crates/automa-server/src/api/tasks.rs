@@ -20,6 +20,7 @@ use crate::{
     },
     auth::Principal,
     error::{ApiError, ApiResult, missing},
+    events::Event,
     extract::{ApiJson, ApiPath, ApiQuery},
     state::AppState,
 };
@@ -453,6 +454,7 @@ pub async fn create(
     let grants = authorize(&state, &principal, None, &defaults, &spec, sets_agent).await?;
     let task = state.store.create_task(&principal.actor(), spec, &grants).await?;
     state.schedule_changed.notify_one();
+    state.events.publish(Event::Task { id: task.id });
     Ok((StatusCode::CREATED, Json(task.into())))
 }
 
@@ -488,6 +490,7 @@ pub(crate) async fn apply(
     let grants = authorize(&state, &principal, Some(id), &current, &spec, sets_agent).await?;
     let task = state.store.update_task(&principal.actor(), id, spec, &grants).await.map_err(missing("task"))?;
     state.schedule_changed.notify_one();
+    state.events.publish(Event::Task { id });
     Ok(Json(task.into()))
 }
 
@@ -500,5 +503,6 @@ pub async fn delete(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_task(&principal.actor(), id).await.map_err(missing("task"))?;
+    state.events.publish(Event::Task { id });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,7 @@
 //! The agent inside `automa serve`: the same agent loop as `automa agent`, talking to this server's
 //! [`Execution`] in-process instead of over HTTP. It is an agent record like any other (`embedded-<host>`).
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,14 +9,10 @@ use tokio::sync::watch;
 
 use automa_agent::{
     Agent, AgentBackend, AgentConfig, AgentError, Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch,
-    LogsReply, Outcome,
+    LogsReply, Outcome, SandboxStatus,
 };
-use automa_runner::{HelperCommand, Profile, Sandbox, SandboxConfig};
 
 use crate::{auth, config::Config, error::ApiError, execution::Execution};
-
-/// The argument that makes the `automa` binary act as the sandbox helper.
-pub const SANDBOX_HELPER_ARG: &str = "__sandbox-helper";
 
 pub struct EmbeddedBackend {
     execution: Arc<Execution>,
@@ -60,51 +55,15 @@ impl AgentBackend for EmbeddedBackend {
     }
 }
 
-/// Builds the sandbox as configured, or says why it cannot be built. `strict` never falls back to less.
-pub async fn build_sandbox(config: &Config, slots: usize) -> anyhow::Result<Result<Arc<Sandbox>, String>> {
-    let profile: Profile = config.sandbox.parse().context("AUTOMA_SANDBOX")?;
-    if profile == Profile::None {
-        tracing::error!("AUTOMA_SANDBOX=none: scripts run WITHOUT ISOLATION, as plain processes of this user");
-    }
-    let helper = match &config.sandbox_helper {
-        Some(program) => HelperCommand { program: program.clone(), args: Vec::new() },
-        None => HelperCommand {
-            program: std::env::current_exe().context("locating this binary for the sandbox helper")?,
-            args: vec![SANDBOX_HELPER_ARG.into()],
-        },
-    };
-    let python = config.python.clone();
-    let work_root = absolute(config.data_dir.join("runs"))?;
-    let network_deny = config
-        .network_deny
-        .iter()
-        .map(|cidr| cidr.parse::<automa_runner::Cidr>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("AUTOMA_NETWORK_DENY")?;
-    let built = tokio::task::spawn_blocking(move || {
-        let interpreter = automa_runner::resolve_interpreter(python.as_deref()).map_err(|e| e.to_string())?;
-        let mut sandbox_config = SandboxConfig::new(profile, interpreter, helper, work_root);
-        sandbox_config.slots = slots;
-        sandbox_config.network_deny = network_deny;
-        Sandbox::new(sandbox_config).map(Arc::new).map_err(|e| e.to_string())
-    })
-    .await?;
-    Ok(built)
-}
-
-fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
-    Ok(if path.is_absolute() { path } else { std::env::current_dir()?.join(path) })
-}
-
 /// Creates or updates the embedded agent's record, builds the sandbox and starts the agent loop. The sandbox's
-/// capabilities (or why it is refused) are written to `status` for `/ready`.
+/// status is written to `status` for `/ready`.
 pub async fn start(
     execution: Arc<Execution>,
     config: &Config,
-    status: Arc<RwLock<Option<serde_json::Value>>>,
+    status: &OnceLock<SandboxStatus>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let concurrency = config.agent_concurrency()?;
+    let concurrency = automa_agent::concurrency(config.agent_concurrency)?;
     let hostname = automa_agent::hostname();
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
     let name = config.embedded_agent_name.clone().unwrap_or_else(|| format!("embedded-{hostname}"));
@@ -113,7 +72,7 @@ pub async fn start(
         .ensure_embedded_agent(&name, &auth::token_hash(&token))
         .await
         .with_context(|| format!("preparing the embedded agent '{name}'"))?;
-    let sandbox = build_sandbox(config, concurrency).await?;
+    let sandbox = automa_agent::build_sandbox(&config.sandbox_settings(), concurrency).await?;
     if let Err(reason) = &sandbox {
         tracing::error!(%reason, "the embedded agent will not run scripts");
     }
@@ -121,7 +80,9 @@ pub async fn start(
     let agent_config =
         AgentConfig { concurrency, shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds), hostname };
     let agent = Agent::new(backend, sandbox, agent_config);
-    *status.write().unwrap_or_else(|e| e.into_inner()) = Some(agent.capabilities());
+    // An application starts its embedded agent once (running it consumes the application), so this is the
+    // only write.
+    let _ = status.set(agent.sandbox_status());
     tracing::info!(agent = %name, concurrency, "embedded agent started");
     Ok(tokio::spawn(async move {
         // In-process calls are never refused: a disabled embedded agent keeps heartbeating and claims nothing

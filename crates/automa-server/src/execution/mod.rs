@@ -31,7 +31,8 @@ pub const AT_CAPACITY: &str = "at capacity: this agent holds as many runs as it 
 
 pub struct Execution {
     pub store: Store,
-    pub hub: Hub,
+    /// The application's event hub, where the protocol's operations announce the changes they commit.
+    events: Hub,
     sealer: Sealer,
     /// Woken when a run is queued here or (PostgreSQL) anywhere.
     wake: Arc<Notify>,
@@ -49,7 +50,7 @@ pub struct Execution {
 impl Execution {
     pub fn new(
         store: Store,
-        hub: Hub,
+        events: Hub,
         sealer: Sealer,
         lease_seconds: u64,
         max_log_bytes: i64,
@@ -57,7 +58,7 @@ impl Execution {
     ) -> Execution {
         Execution {
             store,
-            hub,
+            events,
             sealer,
             wake: Arc::new(Notify::new()),
             lease: chrono::Duration::seconds(i64::try_from(lease_seconds.max(3)).unwrap_or(30)),
@@ -106,7 +107,7 @@ impl Execution {
         if run.status.is_terminal() {
             self.metrics.run_finished(run);
         }
-        self.hub.publish(Event::Run(Box::new(run.clone())));
+        self.events.publish(Event::Run(Box::new(run.clone())));
         if run.status == RunStatus::Queued {
             self.wake.notify_waiters();
         }
@@ -278,7 +279,7 @@ impl Execution {
             let lost = self.store.lose_runs(automa_store::now(), Some(agent_id)).await?;
             lost.iter().for_each(|finished| self.publish_finish(finished));
             self.note_lost(&lost).await;
-            self.hub.publish(Event::Agent { id: agent_id });
+            self.events.publish(Event::Agent { id: agent_id });
         }
         let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
         Ok(HeartbeatReply {
@@ -303,7 +304,7 @@ impl Execution {
         }
         let appended = self.store.append_logs(run_id, agent_id, &chunks, self.max_log_bytes).await?;
         if let Some(last) = appended.inserted.last() {
-            self.hub.publish(Event::Output { run_id, last_seq: last.seq });
+            self.events.publish(Event::Output { run_id, last_seq: last.seq });
         }
         Ok(LogsReply { cancel_requested: appended.cancel_requested })
     }

@@ -129,6 +129,6 @@ impl Execution {
         if let Err(error) = self.store.record_agent_event(agent_id, kind, detail).await {
             tracing::warn!(%error, agent_id, kind = kind.as_str(), "cannot record an agent event");
         }
-        self.hub.publish(Event::Agent { id: agent_id });
+        self.events.publish(Event::Agent { id: agent_id });
     }
 }

@@ -12,6 +12,7 @@ mod client_limits;
 mod crud;
 mod dashboard;
 mod errors;
+mod events;
 mod fuzz;
 mod metrics;
 mod notifications;

@@ -1,4 +1,4 @@
-//! A remote agent's life: bad server URLs and refused tokens end `automa agent` with a non-zero status and a
+//! A remote agent's life: bad server URLs, settings it cannot use and refused tokens end `automa agent` with a
 //! clear message; an agent disabled mid-run stops its script and exits; a clean stop says goodbye and shows the
 //! agent offline at once; and an agent given several server URLs moves to one that answers.
 
@@ -62,6 +62,36 @@ async fn a_server_url_without_a_scheme_is_refused_at_start() {
     let (status, stderr) = exit_within(process, Duration::from_secs(30)).await;
     assert!(!status.success(), "{status}: {stderr}");
     assert!(stderr.contains("refusing plain http:// to http://b.example.com"), "{stderr}");
+}
+
+/// The agent's settings come from its flags and environment alone: a server configuration file beside it is not
+/// read (the broken one here would stop it first), and each setting it cannot use is named.
+#[tokio::test]
+async fn an_agent_refuses_settings_it_cannot_use_naming_them_and_reads_no_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("automa.toml"), "this is = not toml [").unwrap();
+    let cases = [
+        (("AUTOMA_SANDBOX", "loose"), "AUTOMA_SANDBOX"),
+        (("AUTOMA_SANDBOX", "loose"), r#"unknown sandbox profile "loose": expected "strict" or "none""#),
+        (("AUTOMA_NETWORK_DENY", "10.0.0.0/8, 10.0.0.0/33"), "AUTOMA_NETWORK_DENY"),
+        (("AUTOMA_AGENT_CONCURRENCY", "0"), "AUTOMA_AGENT_CONCURRENCY (--concurrency) must be between 1 and 1024"),
+    ];
+    for (setting, message) in cases {
+        let mut process = command(dir.path(), &[setting]);
+        let process = process
+            .current_dir(dir.path())
+            .args(["agent", "--server", "http://127.0.0.1:9", "--data-dir"])
+            .arg(dir.path().join("agent"))
+            .env("AUTOMA_TOKEN", "atma_whatever")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused before any connection is tried (nothing listens on port 9).
+        let (status, stderr) = exit_within(process, Duration::from_secs(30)).await;
+        assert!(!status.success(), "{setting:?}: {status}: {stderr}");
+        assert!(stderr.contains(message), "{setting:?}: {stderr}");
+    }
 }
 
 #[tokio::test]

@@ -119,7 +119,7 @@ export async function render(main) {
     task: debounce(() => { loadFires(); loadCounts(); }, 300),
     agent: debounce(() => { loadAgents(); loadCounts(); }, 300),
   };
-  const stop = onLive(['run', 'task', 'agent'], (_, kind) => refresh[kind]());
+  const stop = onLive(['run', 'task', 'agent'], (_, type) => refresh[type]());
   return () => {
     stop();
     Object.values(refresh).forEach((fn) => fn.cancel());

@@ -2,10 +2,9 @@
 // stored log ended, which the user can pause and resume without losing lines. Cancel and re-run from here.
 
 import { api, stream } from '../api.js';
-import { h, mount, loading, failure, badge, time, runDuration, bytes, pageHeader, confirm, toast, busy, debounce, table } from '../dom.js';
+import { h, mount, loading, failure, badge, time, runDuration, bytes, cpuTime, pageHeader, confirm, toast, busy, debounce, table } from '../dom.js';
 import { onLive } from '../live.js';
 import { navigate } from '../router.js';
-import { cpu } from './runs.js';
 
 const ACTIVE = new Set(['queued', 'running']);
 const FAILED = new Set(['failed', 'timed_out', 'lost']);
@@ -32,7 +31,7 @@ function facts(run, named) {
     item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
     item('Duration', runDuration(run)),
     item('Exit', run.exit_code != null ? String(run.exit_code) : run.signal ? `signal ${run.signal}` : '—'),
-    item('Max memory', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), item('CPU', cpu(run.cpu_ms)),
+    item('Max memory', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), item('CPU', cpuTime(run.cpu_ms)),
     item('Output', run.output_bytes == null ? '—' : `${bytes(run.output_bytes)}${run.truncated ? ' (truncated)' : ''}`));
 }
 
@@ -231,9 +230,8 @@ export async function render(main, params) {
   }
   followStream();
   const refresh = debounce(refreshRun, 200);
-  const stop = onLive(['run'], (data) => {
-    const id = data && (data.run_id ?? data.id ?? (data.run && data.run.id));
-    if (id === undefined || Number(id) === run.id) refresh();
+  const stop = onLive(['run'], (changed) => {
+    if (changed.id === run.id) refresh();
   });
   return () => {
     closed = true;

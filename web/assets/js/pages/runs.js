@@ -1,7 +1,7 @@
 // Run history with filters (kept in the address, so a filtered view can be shared), live as runs change.
 
 import { api } from '../api.js';
-import { h, mount, loading, empty, failure, table, badge, time, runDuration, bytes, pageHeader, debounce, field } from '../dom.js';
+import { h, mount, loading, empty, failure, table, badge, time, runDuration, bytes, cpuTime, pageHeader, debounce, field } from '../dom.js';
 import { onLive } from '../live.js';
 import { setQuery } from '../router.js';
 
@@ -13,10 +13,6 @@ function select(name, label, options, value) {
   return h('select', { name, 'aria-label': label },
     h('option', { value: '' }, `Any ${label.toLowerCase()}`),
     options.map(([v, text]) => h('option', { value: String(v), selected: String(v) === value }, text)));
-}
-
-export function cpu(ms) {
-  return ms === null || ms === undefined ? '—' : `${(ms / 1000).toFixed(2)} s`;
 }
 
 export async function render(main, _params, ctx) {
@@ -57,7 +53,7 @@ export async function render(main, _params, ctx) {
             : run.script_id ? h('a', { href: `#/scripts/${run.script_id}` }, scriptNames.get(run.script_id) || `script ${run.script_id}`) : h('span.muted', 'inline'),
             run.script_version ? h('span.muted.small', ` v${run.script_version}`) : null),
           h('td', badge(run.status)), h('td', run.trigger), h('td', time(run.queued_at)), h('td.num', runDuration(run)),
-          h('td.num', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), h('td.num', cpu(run.cpu_ms)),
+          h('td.num', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), h('td.num', cpuTime(run.cpu_ms)),
           h('td.num', run.exit_code == null ? (run.signal ? `sig ${run.signal}` : '—') : String(run.exit_code))))));
       const last = Math.min(offset + page.items.length, page.total);
       mount(pager, h('span.muted', `${offset + 1}–${last} of ${page.total}`),

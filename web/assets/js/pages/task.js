@@ -9,7 +9,7 @@ import {
 import { createScheduleEditor } from '../schedule.js';
 import { navigate } from '../router.js';
 import { onLive } from '../live.js';
-import { runButton } from './tasks.js';
+import { runButton } from '../run-now.js';
 import { createRunAfterEditor, hooksPanel } from '../triggers.js';
 
 const DEFAULTS = {

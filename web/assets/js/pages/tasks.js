@@ -1,9 +1,10 @@
 // The task list: what each task runs, its schedule and next fire; run one now. Live: task events refresh it.
 
 import { api } from '../api.js';
-import { h, mount, loading, empty, failure, table, time, relative, pageHeader, toast, busy, debounce } from '../dom.js';
+import { h, mount, loading, empty, failure, table, time, relative, pageHeader, debounce } from '../dom.js';
 import { onLive } from '../live.js';
-import { navigate, setQuery } from '../router.js';
+import { setQuery } from '../router.js';
+import { runButton } from '../run-now.js';
 import { describeSchedule } from '../schedule.js';
 
 export async function render(main, _params, ctx) {
@@ -49,17 +50,4 @@ export async function render(main, _params, ctx) {
     refresh.cancel();
     onSearch.cancel();
   };
-}
-
-export function runButton(task, { small = true } = {}) {
-  const button = h(`button.button${small ? '.small' : ''}`, { type: 'button', 'aria-label': `Run now: ${task.name}` }, 'Run now');
-  button.addEventListener('click', () => busy(button, async () => {
-    try {
-      const run = await api(`/tasks/${task.id}/execute`, { method: 'POST' });
-      navigate(`/runs/${run.id}`);
-    } catch (error) {
-      toast(error.detail || error.message, 'error');
-    }
-  }));
-  return button;
 }

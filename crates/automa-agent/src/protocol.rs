@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use automa_core::RunStatus;
+use automa_core::{Args, Limits, RunStatus};
 
 /// Sent at start-up (`initial`) and then periodically.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -57,13 +57,14 @@ pub struct Assignment {
     pub attempt: i64,
     pub filename: String,
     pub content: String,
-    pub args: Vec<String>,
-    /// The task's environment and its secrets' values.
+    #[schema(value_type = Vec<String>)]
+    pub args: Args,
+    /// The task's environment and its secrets' values. A map rather than [`automa_core::EnvVars`]: secrets are
+    /// named and resolved only when the run is handed out, so this is the run's `env` and the secrets together.
     pub env: BTreeMap<String, String>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
+    /// `timeout_seconds`, `memory_mb`, `cpu_seconds` and `max_output_bytes`, flat, where they always were.
+    #[serde(flatten)]
+    pub limits: Limits,
     pub network: bool,
     /// The run's output already stored (a run handed back by an agent that shut down, claimed again): this
     /// execution numbers its chunks after it, so they follow the earlier output instead of being taken for
@@ -199,7 +200,33 @@ pub struct FinishReply {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    /// An assignment as servers sent it before its limits were one type: agents of either age read the other's.
+    fn assignment_before_run_params() -> serde_json::Value {
+        json!({"run_id": 7, "attempt": 1, "filename": "main.py", "content": "print(1)", "args": ["a"],
+               "env": {"TOKEN": "s"}, "timeout_seconds": 60, "memory_mb": 256, "cpu_seconds": 30,
+               "max_output_bytes": 4096, "network": true, "last_log_seq": 0, "held_ms": 5})
+    }
+
+    #[test]
+    fn assignment_keeps_its_wire_shape() {
+        let old = assignment_before_run_params();
+        let assignment: Assignment = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(assignment.limits, Limits::new(60, 256, 30, 4096).unwrap());
+        assert_eq!(assignment.args.as_slice(), ["a"]);
+        assert_eq!(serde_json::to_string(&assignment).unwrap(), serde_json::to_string(&old).unwrap());
+    }
+
+    #[test]
+    fn assignment_with_invalid_limits_is_refused_naming_the_field() {
+        let mut old = assignment_before_run_params();
+        old["memory_mb"] = json!(0);
+        let error = serde_json::from_value::<Assignment>(old).unwrap_err();
+        assert!(error.to_string().contains("memory_mb"), "{error}");
+    }
 
     #[test]
     fn outcome_status_precedence() {

@@ -12,9 +12,10 @@ use crate::{InvalidField, ResourceName};
 /// The variable that names the payload file of a run started by a hook with a body; set only then.
 pub const TRIGGER_PAYLOAD_ENV: &str = "AUTOMA_TRIGGER_PAYLOAD";
 
-/// Variables the sandbox sets itself in a run (`TMPDIR` only without a private `/tmp`, the trigger payload
-/// only for a hook's body). Neither a task's environment nor a secret may name them: the runner sets them
-/// after the run's own, from this list, and a value that silently did not apply would mislead.
+/// Variables the runner's sandbox sets itself in a run (`TMPDIR` only without a private `/tmp`, the trigger
+/// payload only for a hook's body). Neither a task's environment nor a secret may name them, so that a run
+/// always finds them as the sandbox set them. They live here rather than in automa-runner because the runner
+/// depends on this crate (for [`Limits`]), not the other way round.
 pub const SANDBOX_ENV: [&str; 7] =
     ["PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "TMPDIR", TRIGGER_PAYLOAD_ENV];
 
@@ -34,6 +35,19 @@ pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidField> {
         return Err(InvalidField::new(field, "is set by the sandbox and cannot be overridden"));
     }
     Ok(())
+}
+
+/// Checks `name` may name a secret: a secret becomes a variable of the runs that name it, so it is checked as
+/// [`check_env_name`] does, with reasons that speak of secrets.
+pub fn check_secret_name(field: &str, name: &str) -> Result<(), InvalidField> {
+    check_env_name(field, name).map_err(|_| {
+        let message = if SANDBOX_ENV.contains(&name) {
+            "is set by the sandbox; no run could receive this secret"
+        } else {
+            "must be usable as a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        };
+        InvalidField::new(field, message)
+    })
 }
 
 /// `sys.argv[1:]` of the script: at most 256 arguments of at most 8192 bytes, without NUL.
@@ -99,9 +113,7 @@ impl SecretNames {
         }
         for (index, name) in secrets.iter().enumerate() {
             let field = format!("secrets[{index}]");
-            if check_env_name(&field, name).is_err() {
-                return Err(InvalidField::new(field, "must be a secret's name, usable as a variable name"));
-            }
+            check_secret_name(&field, name)?;
             if secrets[..index].contains(name) {
                 return Err(InvalidField::new(field, format!("'{name}' is listed twice")));
             }
@@ -128,7 +140,9 @@ impl Labels {
         let mut parsed = labels
             .iter()
             .enumerate()
-            .map(|(index, label)| ResourceName::parse(&format!("{field}[{index}]"), label).map(ResourceName::into_inner))
+            .map(|(index, label)| {
+                ResourceName::parse(&format!("{field}[{index}]"), label).map(ResourceName::into_inner)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         parsed.sort();
         parsed.dedup();
@@ -176,7 +190,8 @@ impl TryFrom<LimitsFields> for Limits {
     }
 }
 
-fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
+/// `value` if it is within `range`, else an error naming `field` and the range.
+pub fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
     if range.contains(&value) {
         Ok(value)
     } else {
@@ -406,7 +421,10 @@ mod tests {
         assert_eq!(Args::parse(strings(&["-v", "x"])).unwrap().as_slice(), ["-v", "x"]);
         assert_eq!(Args::parse(vec![String::new(); 257]).unwrap_err().field, "args");
         let error = Args::parse(strings(&["ok", "a\0b"])).unwrap_err();
-        assert_eq!((error.field.as_str(), error.message.as_str()), ("args[1]", "must be at most 8192 bytes, without NUL"));
+        assert_eq!(
+            (error.field.as_str(), error.message.as_str()),
+            ("args[1]", "must be at most 8192 bytes, without NUL")
+        );
         assert_eq!(Args::parse(vec!["x".repeat(8193)]).unwrap_err().field, "args[0]");
     }
 
@@ -432,7 +450,9 @@ mod tests {
         assert!(SecretNames::parse(strings(&["TOKEN", "KEY"])).is_ok());
         let twice = SecretNames::parse(strings(&["S", "S"])).unwrap_err();
         assert_eq!((twice.field.as_str(), twice.message.as_str()), ("secrets[1]", "'S' is listed twice"));
-        assert_eq!(SecretNames::parse(strings(&["OK", "PATH"])).unwrap_err().field, "secrets[1]");
+        let reserved = SecretNames::parse(strings(&["OK", "PATH"])).unwrap_err();
+        assert_eq!(reserved.field, "secrets[1]");
+        assert_eq!(reserved.message, "is set by the sandbox; no run could receive this secret");
         assert_eq!(SecretNames::parse(strings(&["a-b"])).unwrap_err().field, "secrets[0]");
         assert_eq!(SecretNames::parse(vec!["S".into(); 65]).unwrap_err().field, "secrets");
     }
@@ -441,7 +461,10 @@ mod tests {
     fn labels_are_sorted_deduplicated_names() {
         let labels = Labels::parse("labels", strings(&["gpu", "eu", "gpu"])).unwrap();
         assert_eq!(labels.as_slice(), ["eu", "gpu"]);
-        assert_eq!(Labels::parse("policy.agent_labels", strings(&["ok", "a/b"])).unwrap_err().field, "policy.agent_labels[1]");
+        assert_eq!(
+            Labels::parse("policy.agent_labels", strings(&["ok", "a/b"])).unwrap_err().field,
+            "policy.agent_labels[1]"
+        );
         assert_eq!(Labels::parse("labels", vec!["x".into(); 33]).unwrap_err().field, "labels");
     }
 

@@ -291,21 +291,22 @@ impl Store {
                 .bind(new.retries)
                 .bind(new.retry_backoff_seconds)
                 .bind(now())
-                .bind(Json(&new.args))
-                .bind(Json(&new.env))
-                .bind(Json(&new.secrets))
-                .bind(new.timeout_seconds)
-                .bind(new.memory_mb)
-                .bind(new.cpu_seconds)
-                .bind(new.max_output_bytes)
-                .bind(new.network)
+                .bind(Json(new.params.args()))
+                .bind(Json(new.params.env()))
+                .bind(Json(new.params.secrets()))
+                .bind(new.params.limits().timeout_seconds())
+                .bind(new.params.limits().memory_mb())
+                .bind(new.params.limits().cpu_seconds())
+                .bind(new.params.limits().max_output_bytes())
+                .bind(new.params.network())
                 .bind(created_by)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| StoreError::from_constraint(e, || "this task already has a run for that tick".into()))?;
             if let Some(actor) = actor {
                 let details = json!({"task_id": run.task_id, "script_id": run.script_id, "trigger": run.trigger,
-                    "args": new.args, "env_keys": new.env.keys().collect::<Vec<_>>(), "secrets": new.secrets});
+                    "args": new.params.args(), "env_keys": new.params.env().as_map().keys().collect::<Vec<_>>(),
+                    "secrets": new.params.secrets()});
                 append_audit!(self, tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details));
             }
             if postgres {

@@ -59,10 +59,11 @@ pub struct Assignment {
     pub content: String,
     #[schema(value_type = Vec<String>)]
     pub args: Args,
-    /// The task's environment and its secrets' values. A map rather than [`automa_core::EnvVars`]: secrets are
-    /// named and resolved only when the run is handed out, so this is the run's `env` and the secrets together.
+    /// The task's environment and its secrets' values. A plain map, not the validated environment of the run's
+    /// parameters: the secrets are resolved only when the run is handed out, and join it here.
     pub env: BTreeMap<String, String>,
-    /// `timeout_seconds`, `memory_mb`, `cpu_seconds` and `max_output_bytes`, flat, where they always were.
+    /// The run's limits, as the fields `timeout_seconds`, `memory_mb`, `cpu_seconds` and `max_output_bytes` of
+    /// this object, as agents of every version expect them.
     #[serde(flatten)]
     pub limits: Limits,
     pub network: bool,

@@ -201,31 +201,24 @@ pub struct FinishReply {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    /// An assignment as servers sent it before its limits were one type: agents of either age read the other's.
-    fn assignment_before_run_params() -> serde_json::Value {
-        json!({"run_id": 7, "attempt": 1, "filename": "main.py", "content": "print(1)", "args": ["a"],
-               "env": {"TOKEN": "s"}, "timeout_seconds": 60, "memory_mb": 256, "cpu_seconds": 30,
-               "max_output_bytes": 4096, "network": true, "last_log_seq": 0, "held_ms": 5})
-    }
+    /// An assignment exactly as servers serialized it before its limits were one type, field order included:
+    /// agents and servers of either age read each other's.
+    const ASSIGNMENT_BEFORE_RUN_PARAMS: &str = r#"{"run_id":7,"attempt":1,"filename":"main.py","content":"print(1)","args":["a"],"env":{"TOKEN":"s"},"timeout_seconds":60,"memory_mb":256,"cpu_seconds":30,"max_output_bytes":4096,"network":true,"last_log_seq":0,"held_ms":5}"#;
 
     #[test]
     fn assignment_keeps_its_wire_shape() {
-        let old = assignment_before_run_params();
-        let assignment: Assignment = serde_json::from_value(old.clone()).unwrap();
+        let assignment: Assignment = serde_json::from_str(ASSIGNMENT_BEFORE_RUN_PARAMS).unwrap();
         assert_eq!(assignment.limits, Limits::new(60, 256, 30, 4096).unwrap());
         assert_eq!(assignment.args.as_slice(), ["a"]);
-        assert_eq!(serde_json::to_string(&assignment).unwrap(), serde_json::to_string(&old).unwrap());
+        assert_eq!(serde_json::to_string(&assignment).unwrap(), ASSIGNMENT_BEFORE_RUN_PARAMS);
     }
 
     #[test]
     fn assignment_with_invalid_limits_is_refused_naming_the_field() {
-        let mut old = assignment_before_run_params();
-        old["memory_mb"] = json!(0);
-        let error = serde_json::from_value::<Assignment>(old).unwrap_err();
+        let invalid = ASSIGNMENT_BEFORE_RUN_PARAMS.replace(r#""memory_mb":256"#, r#""memory_mb":0"#);
+        let error = serde_json::from_str::<Assignment>(&invalid).unwrap_err();
         assert!(error.to_string().contains("memory_mb"), "{error}");
     }
 

@@ -307,6 +307,34 @@ impl TryFrom<RunParamsColumns> for RunParams {
     }
 }
 
+/// Binds a [`RunParams`] to eight consecutive placeholders, in the order of [`RunParamsColumns`]: `args, env,
+/// secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network`.
+pub(crate) trait BindRunParams<'q> {
+    fn bind_run_params(self, params: &'q RunParams) -> Self;
+}
+
+impl<'q, DB, O> BindRunParams<'q> for sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    Json<&'q automa_core::Args>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q automa_core::EnvVars>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q automa_core::SecretNames>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn bind_run_params(self, params: &'q RunParams) -> Self {
+        let limits = params.limits();
+        self.bind(Json(params.args()))
+            .bind(Json(params.env()))
+            .bind(Json(params.secrets()))
+            .bind(limits.timeout_seconds())
+            .bind(limits.memory_mb())
+            .bind(limits.cpu_seconds())
+            .bind(limits.max_output_bytes())
+            .bind(params.network())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Task {
     pub id: i64,

@@ -8,6 +8,7 @@ use sqlx::types::Json;
 
 use automa_core::RunStatus;
 
+use crate::models::BindRunParams;
 use crate::{
     Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ClaimedRun, Finished, LeaseRenewal, Listed, NewRun,
     Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
@@ -291,14 +292,7 @@ impl Store {
                 .bind(new.retries)
                 .bind(new.retry_backoff_seconds)
                 .bind(now())
-                .bind(Json(new.params.args()))
-                .bind(Json(new.params.env()))
-                .bind(Json(new.params.secrets()))
-                .bind(new.params.limits().timeout_seconds())
-                .bind(new.params.limits().memory_mb())
-                .bind(new.params.limits().cpu_seconds())
-                .bind(new.params.limits().max_output_bytes())
-                .bind(new.params.network())
+                .bind_run_params(&new.params)
                 .bind(created_by)
                 .fetch_one(&mut *tx)
                 .await

@@ -5,6 +5,7 @@ use sqlx::types::Json;
 
 use automa_core::{InvalidField, RunStatus};
 
+use crate::models::BindRunParams;
 use crate::{
     Actor, AuditEvent, Listed, Page, RunAfter, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
     WritePool,
@@ -134,14 +135,7 @@ impl Store {
             .bind(spec.script_version)
             .bind(spec.agent_id)
             .bind(Json(&spec.labels))
-            .bind(Json(spec.params.args()))
-            .bind(Json(spec.params.env()))
-            .bind(Json(spec.params.secrets()))
-            .bind(spec.params.limits().timeout_seconds())
-            .bind(spec.params.limits().memory_mb())
-            .bind(spec.params.limits().cpu_seconds())
-            .bind(spec.params.limits().max_output_bytes())
-            .bind(spec.params.network())
+            .bind_run_params(&spec.params)
             .bind(spec.retries)
             .bind(spec.retry_backoff_seconds)
             .bind(spec.schedule.as_ref().map(Json))
@@ -257,14 +251,7 @@ impl Store {
             .bind(spec.script_version)
             .bind(spec.agent_id)
             .bind(Json(&spec.labels))
-            .bind(Json(spec.params.args()))
-            .bind(Json(spec.params.env()))
-            .bind(Json(spec.params.secrets()))
-            .bind(spec.params.limits().timeout_seconds())
-            .bind(spec.params.limits().memory_mb())
-            .bind(spec.params.limits().cpu_seconds())
-            .bind(spec.params.limits().max_output_bytes())
-            .bind(spec.params.network())
+            .bind_run_params(&spec.params)
             .bind(spec.retries)
             .bind(spec.retry_backoff_seconds)
             .bind(spec.schedule.as_ref().map(Json))

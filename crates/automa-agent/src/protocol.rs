@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use automa_core::RunStatus;
+use automa_core::{Args, Limits, RunStatus};
 
 /// Sent at start-up (`initial`) and then periodically.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -57,13 +57,15 @@ pub struct Assignment {
     pub attempt: i64,
     pub filename: String,
     pub content: String,
-    pub args: Vec<String>,
-    /// The task's environment and its secrets' values.
+    #[schema(value_type = Vec<String>)]
+    pub args: Args,
+    /// The task's environment and its secrets' values. A plain map, not the validated environment of the run's
+    /// parameters: the secrets are resolved only when the run is handed out, and join it here.
     pub env: BTreeMap<String, String>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
+    /// The run's limits, as the fields `timeout_seconds`, `memory_mb`, `cpu_seconds` and `max_output_bytes` of
+    /// this object, as agents of every version expect them.
+    #[serde(flatten)]
+    pub limits: Limits,
     pub network: bool,
     /// The run's output already stored (a run handed back by an agent that shut down, claimed again): this
     /// execution numbers its chunks after it, so they follow the earlier output instead of being taken for
@@ -200,6 +202,25 @@ pub struct FinishReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An assignment exactly as servers serialized it before its limits were one type, field order included:
+    /// agents and servers of either age read each other's.
+    const ASSIGNMENT_BEFORE_RUN_PARAMS: &str = r#"{"run_id":7,"attempt":1,"filename":"main.py","content":"print(1)","args":["a"],"env":{"TOKEN":"s"},"timeout_seconds":60,"memory_mb":256,"cpu_seconds":30,"max_output_bytes":4096,"network":true,"last_log_seq":0,"held_ms":5}"#;
+
+    #[test]
+    fn assignment_keeps_its_wire_shape() {
+        let assignment: Assignment = serde_json::from_str(ASSIGNMENT_BEFORE_RUN_PARAMS).unwrap();
+        assert_eq!(assignment.limits, Limits::new(60, 256, 30, 4096).unwrap());
+        assert_eq!(assignment.args.as_slice(), ["a"]);
+        assert_eq!(serde_json::to_string(&assignment).unwrap(), ASSIGNMENT_BEFORE_RUN_PARAMS);
+    }
+
+    #[test]
+    fn assignment_with_invalid_limits_is_refused_naming_the_field() {
+        let invalid = ASSIGNMENT_BEFORE_RUN_PARAMS.replace(r#""memory_mb":256"#, r#""memory_mb":0"#);
+        let error = serde_json::from_str::<Assignment>(&invalid).unwrap_err();
+        assert!(error.to_string().contains("memory_mb"), "{error}");
+    }
 
     #[test]
     fn outcome_status_precedence() {

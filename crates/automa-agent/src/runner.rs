@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use automa_runner::{Limits, OutputChunk, Report, RunSpec, Sandbox, Stream};
+use automa_runner::{OutputChunk, Report, RunSpec, Sandbox, Stream};
 
 use crate::backend::AgentBackend;
 use crate::protocol::{Assignment, LogBatch, Outcome, WireChunk};
@@ -154,19 +154,12 @@ fn fenced_explanation(unrenewed: Duration) -> String {
 }
 
 fn spec(work: Assignment) -> RunSpec {
-    let clamp = |value: i64| u64::try_from(value).unwrap_or(0);
     RunSpec {
         script_name: work.filename,
         script: work.content,
-        args: work.args,
+        args: work.args.into(),
         env: work.env.into_iter().collect(),
-        limits: Limits {
-            timeout: Duration::from_secs(clamp(work.timeout_seconds)),
-            memory_mb: clamp(work.memory_mb),
-            cpu_seconds: clamp(work.cpu_seconds),
-            max_output_bytes: clamp(work.max_output_bytes),
-            ..Limits::default()
-        },
+        limits: work.limits.into(),
         network: work.network,
         payload: work.payload,
     }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod fire;
 pub mod names;
+pub mod params;
 pub mod role;
 pub mod run;
 pub mod schedule;
@@ -11,6 +12,7 @@ pub mod schedule;
 pub use audit::{AuditKey, AuditRecord, GENESIS_HASH, HashScheme};
 pub use fire::{FireOutcome, FirePlan, PlannedFire, SkipReason};
 pub use names::{Email, InvalidField, ResourceName};
+pub use params::{Args, EnvVars, Labels, Limits, RunParams, RunParamsChange, SecretNames};
 pub use role::Role;
 pub use run::{RunStatus, Trigger};
 pub use schedule::{Schedule, ScheduleKind};

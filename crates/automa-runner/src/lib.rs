@@ -26,8 +26,6 @@ pub use interpreter::resolve_interpreter;
 pub use network::Cidr;
 pub use sandbox::Sandbox;
 
-/// The variable that names the payload file of a run started by a hook with a body; set only then.
-pub const TRIGGER_PAYLOAD_ENV: &str = "AUTOMA_TRIGGER_PAYLOAD";
 /// The payload file's name in the run's work directory. Not a `.py` name, so no script can be saved over it.
 pub const TRIGGER_PAYLOAD_FILE: &str = ".automa-trigger-payload.json";
 
@@ -146,11 +144,12 @@ pub struct RunSpec {
     /// egress policy. Without it the run has an empty network namespace.
     pub network: bool,
     /// Data the run was started with (a hook's JSON body): written next to the script as a read-only file
-    /// named [`TRIGGER_PAYLOAD_FILE`], whose path the script finds in [`TRIGGER_PAYLOAD_ENV`].
+    /// named [`TRIGGER_PAYLOAD_FILE`], whose path the script finds in
+    /// [`automa_core::params::TRIGGER_PAYLOAD_ENV`].
     pub payload: Option<String>,
 }
 
-/// Resource budget of one run.
+/// Resource budget of one run: the run's own [`automa_core::Limits`] and the sandbox's fixed ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     pub timeout: Duration,
@@ -167,11 +166,19 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        automa_core::Limits::default().into()
+    }
+}
+
+impl From<automa_core::Limits> for Limits {
+    fn from(limits: automa_core::Limits) -> Self {
+        // Valid limits are positive, so the conversions cannot fail.
+        let unsigned = |value: i64| u64::try_from(value).unwrap_or(0);
         Limits {
-            timeout: Duration::from_secs(3600),
-            memory_mb: 512,
-            cpu_seconds: 3600,
-            max_output_bytes: 10 * 1024 * 1024,
+            timeout: Duration::from_secs(unsigned(limits.timeout_seconds())),
+            memory_mb: unsigned(limits.memory_mb()),
+            cpu_seconds: unsigned(limits.cpu_seconds()),
+            max_output_bytes: unsigned(limits.max_output_bytes()),
             max_processes: 64,
             disk_mb: 256,
             open_files: 256,

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use automa_core::params::TRIGGER_PAYLOAD_ENV;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 
@@ -251,10 +252,10 @@ impl Sandbox {
             env.push((key.clone(), value.clone()));
         }
         // Set last, after the run's own variables, so that nothing the task sets can point it elsewhere.
-        env.retain(|(k, _)| k != crate::TRIGGER_PAYLOAD_ENV);
+        env.retain(|(k, _)| k != TRIGGER_PAYLOAD_ENV);
         if spec.payload.is_some() {
             let path = std::path::Path::new(&home).join(crate::TRIGGER_PAYLOAD_FILE);
-            env.push((crate::TRIGGER_PAYLOAD_ENV.into(), path.to_string_lossy().into_owned()));
+            env.push((TRIGGER_PAYLOAD_ENV.into(), path.to_string_lossy().into_owned()));
         }
         RunRequest {
             layers,

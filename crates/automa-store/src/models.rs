@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use automa_core::{Role, RunStatus, Schedule, Trigger};
+use automa_core::{Labels, Role, RunParams, RunStatus, Schedule, Trigger};
 
 /// Who made a change, for the audit log.
 #[derive(Debug, Clone)]
@@ -266,6 +266,68 @@ pub struct ScriptUpdate {
     pub content: Option<String>,
 }
 
+/// The columns a task and a run keep their [`RunParams`] in, read back through the same checks as the API's
+/// input, so a row the checks would refuse is an error rather than a run with invalid parameters.
+#[derive(sqlx::FromRow)]
+pub struct RunParamsColumns {
+    args: Json<Vec<String>>,
+    env: Json<std::collections::BTreeMap<String, String>>,
+    secrets: Json<Vec<String>>,
+    timeout_seconds: i64,
+    memory_mb: i64,
+    cpu_seconds: i64,
+    max_output_bytes: i64,
+    network: bool,
+}
+
+impl TryFrom<RunParamsColumns> for RunParams {
+    type Error = automa_core::InvalidField;
+
+    fn try_from(columns: RunParamsColumns) -> Result<Self, Self::Error> {
+        let limits = automa_core::Limits::new(
+            columns.timeout_seconds,
+            columns.memory_mb,
+            columns.cpu_seconds,
+            columns.max_output_bytes,
+        )?;
+        RunParams::new(
+            automa_core::Args::parse(columns.args.0)?,
+            automa_core::EnvVars::parse(columns.env.0)?,
+            automa_core::SecretNames::parse(columns.secrets.0)?,
+            limits,
+            columns.network,
+        )
+    }
+}
+
+/// Binds a [`RunParams`] to eight consecutive placeholders, in the order of [`RunParamsColumns`]: `args, env,
+/// secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network`.
+pub(crate) trait BindRunParams<'q> {
+    fn bind_run_params(self, params: &'q RunParams) -> Self;
+}
+
+impl<'q, DB, O> BindRunParams<'q> for sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    Json<&'q automa_core::Args>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q automa_core::EnvVars>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q automa_core::SecretNames>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn bind_run_params(self, params: &'q RunParams) -> Self {
+        let limits = params.limits();
+        self.bind(Json(params.args()))
+            .bind(Json(params.env()))
+            .bind(Json(params.secrets()))
+            .bind(limits.timeout_seconds())
+            .bind(limits.memory_mb())
+            .bind(limits.cpu_seconds())
+            .bind(limits.max_output_bytes())
+            .bind(params.network())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Task {
     pub id: i64,
@@ -274,15 +336,11 @@ pub struct Task {
     pub script_id: i64,
     pub script_version: Option<i64>,
     pub agent_id: Option<i64>,
-    pub labels: Json<Vec<String>>,
-    pub args: Json<Vec<String>>,
-    pub env: Json<std::collections::BTreeMap<String, String>>,
-    pub secrets: Json<Vec<String>>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
-    pub network: bool,
+    #[sqlx(try_from = "Vec<String>", json)]
+    pub labels: Labels,
+    #[sqlx(flatten, try_from = "RunParamsColumns")]
+    #[serde(flatten)]
+    pub params: RunParams,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
     pub schedule: Option<Json<Schedule>>,
@@ -357,15 +415,8 @@ pub struct TaskSpec {
     pub script_id: i64,
     pub script_version: Option<i64>,
     pub agent_id: Option<i64>,
-    pub labels: Vec<String>,
-    pub args: Vec<String>,
-    pub env: std::collections::BTreeMap<String, String>,
-    pub secrets: Vec<String>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
-    pub network: bool,
+    pub labels: Labels,
+    pub params: RunParams,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
     pub schedule: Option<Schedule>,
@@ -434,14 +485,9 @@ pub struct Run {
     pub error: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
-    pub args: Json<Vec<String>>,
-    pub env: Json<std::collections::BTreeMap<String, String>>,
-    pub secrets: Json<Vec<String>>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
-    pub network: bool,
+    #[sqlx(flatten, try_from = "RunParamsColumns")]
+    #[serde(flatten)]
+    pub params: RunParams,
     pub log_bytes: i64,
     pub log_capped: bool,
     pub created_by: Option<i64>,
@@ -460,19 +506,12 @@ pub struct NewRun {
     pub content: Option<String>,
     pub filename: String,
     pub target_agent_id: Option<i64>,
-    pub labels: Vec<String>,
+    pub labels: Labels,
     pub trigger: Trigger,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
-    pub args: Vec<String>,
-    pub env: std::collections::BTreeMap<String, String>,
-    pub secrets: Vec<String>,
-    pub timeout_seconds: i64,
-    pub memory_mb: i64,
-    pub cpu_seconds: i64,
-    pub max_output_bytes: i64,
-    pub network: bool,
+    pub params: RunParams,
 }
 
 /// A claimed run with the script text it runs.

@@ -8,6 +8,7 @@ use sqlx::{Transaction, types::Json};
 
 use automa_core::{RunStatus, Trigger};
 
+use crate::models::BindRunParams;
 use crate::{
     Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ChainLimits, ClaimedRun, Finished, LeaseRenewal,
     Listed, NewRun, Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
@@ -322,21 +323,15 @@ impl Store {
                 .bind(new.retries)
                 .bind(new.retry_backoff_seconds)
                 .bind(now())
-                .bind(Json(&new.args))
-                .bind(Json(&new.env))
-                .bind(Json(&new.secrets))
-                .bind(new.timeout_seconds)
-                .bind(new.memory_mb)
-                .bind(new.cpu_seconds)
-                .bind(new.max_output_bytes)
-                .bind(new.network)
+                .bind_run_params(&new.params)
                 .bind(created_by)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| StoreError::from_constraint(e, || "this task already has a run for that tick".into()))?;
             if let Some(actor) = actor {
                 let details = json!({"task_id": run.task_id, "script_id": run.script_id, "trigger": run.trigger,
-                    "args": new.args, "env_keys": new.env.keys().collect::<Vec<_>>(), "secrets": new.secrets});
+                    "args": new.params.args(), "env_keys": new.params.env().as_map().keys().collect::<Vec<_>>(),
+                    "secrets": new.params.secrets()});
                 self.append_audit(&mut tx, actor, AuditEvent::new("run.create", "run", Some(run.id), details)).await?;
             }
             if postgres {

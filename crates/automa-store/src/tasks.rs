@@ -5,6 +5,7 @@ use sqlx::{Transaction, types::Json};
 
 use automa_core::{InvalidField, RunStatus};
 
+use crate::models::BindRunParams;
 use crate::{
     Actor, AuditEvent, Listed, Page, RunAfter, ScriptReach, Store, StoreError, StoreResult, Task, TaskFilter, TaskSpec,
     WritePool, dispatch, now,
@@ -171,14 +172,7 @@ impl Store {
             .bind(spec.script_version)
             .bind(spec.agent_id)
             .bind(Json(&spec.labels))
-            .bind(Json(&spec.args))
-            .bind(Json(&spec.env))
-            .bind(Json(&spec.secrets))
-            .bind(spec.timeout_seconds)
-            .bind(spec.memory_mb)
-            .bind(spec.cpu_seconds)
-            .bind(spec.max_output_bytes)
-            .bind(spec.network)
+            .bind_run_params(&spec.params)
             .bind(spec.retries)
             .bind(spec.retry_backoff_seconds)
             .bind(spec.schedule.as_ref().map(Json))
@@ -293,14 +287,7 @@ impl Store {
             .bind(spec.script_version)
             .bind(spec.agent_id)
             .bind(Json(&spec.labels))
-            .bind(Json(&spec.args))
-            .bind(Json(&spec.env))
-            .bind(Json(&spec.secrets))
-            .bind(spec.timeout_seconds)
-            .bind(spec.memory_mb)
-            .bind(spec.cpu_seconds)
-            .bind(spec.max_output_bytes)
-            .bind(spec.network)
+            .bind_run_params(&spec.params)
             .bind(spec.retries)
             .bind(spec.retry_backoff_seconds)
             .bind(spec.schedule.as_ref().map(Json))
@@ -389,9 +376,10 @@ fn audit_details(spec: &TaskSpec) -> serde_json::Value {
     json!({
         "run_after": spec.run_after,
         "name": spec.name, "script_id": spec.script_id, "script_version": spec.script_version,
-        "agent_id": spec.agent_id, "labels": spec.labels, "args": spec.args,
-        "env_keys": spec.env.keys().collect::<Vec<_>>(), "secrets": spec.secrets,
-        "timeout_seconds": spec.timeout_seconds, "memory_mb": spec.memory_mb, "network": spec.network,
+        "agent_id": spec.agent_id, "labels": spec.labels, "args": spec.params.args(),
+        "env_keys": spec.params.env().as_map().keys().collect::<Vec<_>>(), "secrets": spec.params.secrets(),
+        "timeout_seconds": spec.params.limits().timeout_seconds(), "memory_mb": spec.params.limits().memory_mb(),
+        "network": spec.params.network(),
         "retries": spec.retries, "schedule": spec.schedule, "enabled": spec.enabled,
     })
 }

@@ -41,6 +41,21 @@ async fn environment_is_clean_plus_the_tasks_own() {
     );
 }
 
+/// Core refuses these names in a task's environment and as secrets; a variable the sandbox set outside the list
+/// could be silently replaced by a task's own.
+#[tokio::test]
+async fn the_sandbox_sets_only_variables_core_reserves() {
+    let h = support::strict();
+    let mut s = spec("import os\nprint('\\n'.join(k for k in os.environ if k != 'LC_CTYPE'))");
+    s.payload = Some("{}".into());
+    let out = run(&h, s).await;
+    let names: Vec<&str> = out.ok().lines().collect();
+    assert!(names.contains(&automa_core::params::TRIGGER_PAYLOAD_ENV), "{names:?}");
+    for name in names {
+        assert!(automa_core::params::SANDBOX_ENV.contains(&name), "{name} is not in SANDBOX_ENV");
+    }
+}
+
 #[tokio::test]
 async fn workdir_holds_the_script_and_is_writable() {
     let h = support::strict();

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use automa_core::ResourceName;
+use automa_core::{Labels, ResourceName};
 use automa_store::{Agent, AgentEvent, AgentUpdate, NewAgent};
 
 use crate::{
@@ -106,20 +106,6 @@ pub struct UpdateAgent {
     pub draining: Option<bool>,
 }
 
-pub fn parse_labels(field: &str, labels: Vec<String>) -> ApiResult<Vec<String>> {
-    if labels.len() > 32 {
-        return Err(ApiError::invalid(field, "at most 32 labels"));
-    }
-    let mut parsed: Vec<String> = labels
-        .iter()
-        .enumerate()
-        .map(|(index, label)| ResourceName::parse(&format!("{field}[{index}]"), label).map(ResourceName::into_inner))
-        .collect::<Result<_, _>>()?;
-    parsed.sort();
-    parsed.dedup();
-    Ok(parsed)
-}
-
 fn parse_concurrency(value: i64) -> ApiResult<i64> {
     if (1..=1024).contains(&value) {
         Ok(value)
@@ -162,7 +148,7 @@ pub async fn create(
     ApiJson(input): ApiJson<CreateAgent>,
 ) -> ApiResult<(StatusCode, Json<CreatedAgent>)> {
     let name = ResourceName::parse("name", &input.name)?;
-    let labels = parse_labels("labels", input.labels)?;
+    let labels = Labels::parse("labels", input.labels)?.into_inner();
     let max_concurrency = parse_concurrency(input.max_concurrency.unwrap_or(automa_store::NO_CAP))?;
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
     let new = NewAgent {
@@ -198,7 +184,7 @@ pub async fn update(
     let update = AgentUpdate {
         name: input.name.map(|name| ResourceName::parse("name", &name).map(ResourceName::into_inner)).transpose()?,
         description: input.description,
-        labels: input.labels.map(|labels| parse_labels("labels", labels)).transpose()?,
+        labels: input.labels.map(|labels| Labels::parse("labels", labels).map(Labels::into_inner)).transpose()?,
         max_concurrency: input.max_concurrency.map(parse_concurrency).transpose()?,
         disabled: input.disabled,
         draining: input.draining,

@@ -8,16 +8,11 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use automa_core::{InvalidField, Trigger};
+use automa_core::{InvalidField, Labels, RunParams, RunParamsChange, Trigger};
 use automa_store::NewRun;
 
 use crate::{
-    api::{
-        grants,
-        runs::RunResponse,
-        scripts,
-        tasks::{self, in_range},
-    },
+    api::{grants, runs::RunResponse, scripts},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath},
@@ -45,19 +40,12 @@ pub async fn task(
         content: None,
         filename: script.filename,
         target_agent_id: task.agent_id,
-        labels: task.labels.0,
+        labels: task.labels,
         trigger: Trigger::Manual,
         scheduled_for: None,
         retries: task.retries,
         retry_backoff_seconds: task.retry_backoff_seconds,
-        args: task.args.0,
-        env: task.env.0,
-        secrets: task.secrets.0,
-        timeout_seconds: task.timeout_seconds,
-        memory_mb: task.memory_mb,
-        cpu_seconds: task.cpu_seconds,
-        max_output_bytes: task.max_output_bytes,
-        network: task.network,
+        params: task.params,
     };
     let run = state.execution.enqueue(Some(&principal.actor()), new).await?;
     Ok((StatusCode::ACCEPTED, Json(run.into())))
@@ -97,14 +85,22 @@ pub async fn adhoc(
     principal: Principal,
     ApiJson(input): ApiJson<ExecuteRequest>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
-    tasks::check_args(&input.args)?;
-    tasks::check_env(&input.env)?;
-    tasks::check_secret_names(&input.secrets, &input.env)?;
-    if input.network {
+    let params = RunParams::default().change(RunParamsChange {
+        args: Some(input.args),
+        env: Some(input.env),
+        secrets: Some(input.secrets),
+        timeout_seconds: input.timeout_seconds,
+        memory_mb: input.memory_mb,
+        // An ad-hoc run's CPU time is bounded by its time limit, as a one-off has no separate budget to set.
+        cpu_seconds: input.timeout_seconds,
+        max_output_bytes: None,
+        network: Some(input.network),
+    })?;
+    if params.network() {
         grants::authorize_network(&state, &principal)?;
     }
     let agent = grants::run_agent(&state, input.agent_id).await?;
-    grants::authorize_adhoc_secrets(&state, &principal, &input.secrets, agent.as_ref()).await?;
+    grants::authorize_adhoc_secrets(&state, &principal, params.secrets().as_slice(), agent.as_ref()).await?;
     let (script_id, script_version, content, filename) = match (input.script_id, input.content) {
         (Some(script_id), None) => {
             if input.filename.is_some() {
@@ -129,11 +125,6 @@ pub async fn adhoc(
         (Some(_), Some(_)) => return Err(ApiError::invalid("content", "give either script_id or content, not both")),
         (None, None) => return Err(ApiError::invalid("script_id", "give either script_id or content")),
     };
-    let timeout_seconds = in_range(
-        "timeout_seconds",
-        input.timeout_seconds.unwrap_or(tasks::DEFAULT_TIMEOUT_SECONDS),
-        1..=tasks::WEEK_SECONDS,
-    )?;
     let new = NewRun {
         task_id: None,
         script_id,
@@ -141,19 +132,12 @@ pub async fn adhoc(
         content,
         filename,
         target_agent_id: input.agent_id,
-        labels: Vec::new(),
+        labels: Labels::default(),
         trigger: Trigger::Api,
         scheduled_for: None,
         retries: 0,
         retry_backoff_seconds: 0,
-        args: input.args,
-        env: input.env,
-        secrets: input.secrets,
-        timeout_seconds,
-        memory_mb: in_range("memory_mb", input.memory_mb.unwrap_or(tasks::DEFAULT_MEMORY_MB), 16..=65_536)?,
-        cpu_seconds: timeout_seconds,
-        max_output_bytes: tasks::DEFAULT_MAX_OUTPUT_BYTES,
-        network: input.network,
+        params,
     };
     let run = state.execution.enqueue(Some(&principal.actor()), new).await?;
     Ok((StatusCode::ACCEPTED, Json(run.into())))

@@ -196,7 +196,7 @@ pub(crate) async fn authorize_adhoc_secrets(
 /// policy narrowed after the task was saved stops its next run), and that the agent it is pinned to may
 /// still receive them: otherwise the run would wait for an agent that can never take it.
 pub(crate) async fn check_task_may_run(state: &AppState, task: &Task) -> ApiResult<()> {
-    let infos = state.store.secret_infos(&task.secrets.0).await?;
+    let infos = state.store.secret_infos(task.params.secrets().as_slice()).await?;
     if let Some(agent_id) = task.agent_id.filter(|_| !infos.is_empty()) {
         let agent = state.store.get_agent(agent_id).await?;
         if let Some(secret) = infos.iter().find(|secret| !secret.policy().allows_agent(&agent)) {
@@ -206,7 +206,7 @@ pub(crate) async fn check_task_may_run(state: &AppState, task: &Task) -> ApiResu
             )));
         }
     }
-    for name in &task.secrets.0 {
+    for name in task.params.secrets().as_slice() {
         match infos.iter().find(|info| &info.name == name) {
             None => {
                 return Err(ApiError::Conflict(format!(

@@ -102,7 +102,7 @@ impl From<Run> for RunResponse {
             truncated: run.truncated,
             error: run.error,
             cancel_requested: run.cancel_requested,
-            args: run.args.0,
+            args: run.params.args().clone().into(),
             target_agent_id: run.target_agent_id,
             labels: run.labels.0,
             waiting_reason: None,
@@ -169,8 +169,12 @@ async fn waiting_reason(store: &Store, run: &Run) -> ApiResult<Option<String>> {
     }
     let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
     // The claim statement's secret rule: every secret the run names must admit the agent.
-    let policies: Vec<_> =
-        store.secret_infos(&run.secrets.0).await?.iter().map(|info| (info.name.clone(), info.policy())).collect();
+    let policies: Vec<_> = store
+        .secret_infos(run.params.secrets().as_slice())
+        .await?
+        .iter()
+        .map(|info| (info.name.clone(), info.policy()))
+        .collect();
     let refusing = |agent: &automa_store::Agent| {
         policies.iter().find(|(_, policy)| !policy.allows_agent(agent)).map(|(name, _)| name.clone())
     };

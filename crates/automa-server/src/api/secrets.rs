@@ -7,15 +7,11 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use automa_core::Role;
+use automa_core::{Labels, Role, params::check_secret_name};
 use automa_store::{SecretInfo, SecretPolicy};
 
 use crate::{
-    api::{
-        Page, Paging,
-        agents::parse_labels,
-        tasks::{is_env_name, is_reserved_env},
-    },
+    api::{Page, Paging},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
@@ -63,7 +59,7 @@ impl SecretPolicyBody {
             all_tasks: self.all_tasks,
             task_ids: self.task_ids,
             agent_ids: self.agent_ids,
-            agent_labels: parse_labels("policy.agent_labels", self.agent_labels)?,
+            agent_labels: Labels::parse("policy.agent_labels", self.agent_labels)?.into_inner(),
         })
     }
 }
@@ -161,12 +157,7 @@ pub async fn create(
     principal: Principal,
     ApiJson(input): ApiJson<CreateSecret>,
 ) -> ApiResult<(StatusCode, Json<SecretResponse>)> {
-    if !is_env_name(&input.name) {
-        return Err(ApiError::invalid("name", "must be usable as a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
-    }
-    if is_reserved_env(&input.name) {
-        return Err(ApiError::invalid("name", "is set by the sandbox; no run could receive this secret"));
-    }
+    check_secret_name("name", &input.name)?;
     check_value(&input.value)?;
     let policy = input.policy.unwrap_or_default().parse()?;
     let sealed = state.execution.sealer().seal(&input.name, &input.value);

@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use automa_core::{InvalidField, ResourceName, Schedule, schedule::ScheduleKind};
+use automa_core::{
+    Labels, ResourceName, RunParams, RunParamsChange, Schedule, params::in_range, schedule::ScheduleKind,
+};
 use automa_store::{Task, TaskFilter, TaskSpec};
 
 use crate::{
     api::{
-        Page,
-        agents::parse_labels,
-        grants, present,
+        Page, grants, present,
         run_after::{RunAfterLink, check_run_after},
     },
     auth::Principal,
@@ -68,15 +68,15 @@ impl From<Task> for TaskResponse {
             script_id: task.script_id,
             script_version: task.script_version,
             agent_id: task.agent_id,
-            labels: task.labels.0,
-            args: task.args.0,
-            env: task.env.0,
-            secrets: task.secrets.0,
-            timeout_seconds: task.timeout_seconds,
-            memory_mb: task.memory_mb,
-            cpu_seconds: task.cpu_seconds,
-            max_output_bytes: task.max_output_bytes,
-            network: task.network,
+            labels: task.labels.into_inner(),
+            args: task.params.args().clone().into(),
+            env: task.params.env().clone().into(),
+            secrets: task.params.secrets().clone().into(),
+            timeout_seconds: task.params.limits().timeout_seconds(),
+            memory_mb: task.params.limits().memory_mb(),
+            cpu_seconds: task.params.limits().cpu_seconds(),
+            max_output_bytes: task.params.limits().max_output_bytes(),
+            network: task.params.network(),
             retries: task.retries,
             retry_backoff_seconds: task.retry_backoff_seconds,
             schedule: task.schedule.map(|s| s.0),
@@ -142,106 +142,16 @@ pub struct TaskQuery {
     pub offset: Option<i64>,
 }
 
-pub(crate) const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
-pub(crate) const DEFAULT_MEMORY_MB: i64 = 512;
-pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: i64 = 10 * 1024 * 1024;
 const DEFAULT_RETRY_BACKOFF_SECONDS: i64 = 10;
-pub(crate) const WEEK_SECONDS: i64 = 7 * 24 * 3600;
-/// Variables the sandbox sets itself; a task may not replace them.
-const RESERVED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "LANG",
-    "PYTHONUNBUFFERED",
-    "PYTHONDONTWRITEBYTECODE",
-    "TMPDIR",
-    automa_runner::TRIGGER_PAYLOAD_ENV,
-];
-
-pub(crate) fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, InvalidField> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(InvalidField::new(field, format!("must be between {} and {}", range.start(), range.end())))
-    }
-}
-
-/// Whether the sandbox sets this variable itself, so neither `env` nor a secret may name it.
-pub(crate) fn is_reserved_env(name: &str) -> bool {
-    RESERVED_ENV.contains(&name)
-}
-
-pub(crate) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 128
-}
-
-pub(crate) fn check_args(args: &[String]) -> Result<(), InvalidField> {
-    if args.len() > 256 {
-        return Err(InvalidField::new("args", "at most 256 arguments"));
-    }
-    for (index, arg) in args.iter().enumerate() {
-        if arg.contains('\0') || arg.len() > 8192 {
-            return Err(InvalidField::new(format!("args[{index}]"), "must be at most 8192 bytes, without NUL"));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
-    if env.len() > 256 {
-        return Err(InvalidField::new("env", "at most 256 variables"));
-    }
-    for (name, value) in env {
-        if !is_env_name(name) {
-            return Err(InvalidField::new(
-                format!("env.{name}"),
-                "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
-            ));
-        }
-        if RESERVED_ENV.contains(&name.as_str()) {
-            return Err(InvalidField::new(format!("env.{name}"), "is set by the sandbox and cannot be overridden"));
-        }
-        if value.contains('\0') || value.len() > 32 * 1024 {
-            return Err(InvalidField::new(format!("env.{name}"), "must be at most 32 KiB, without NUL"));
-        }
-    }
-    Ok(())
-}
-
-/// Secret names: each a variable name, once, and not also set in `env` (one would silently replace the other).
-pub(crate) fn check_secret_names(secrets: &[String], env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
-    if secrets.len() > 64 {
-        return Err(InvalidField::new("secrets", "at most 64 secrets"));
-    }
-    for (index, name) in secrets.iter().enumerate() {
-        let field = format!("secrets[{index}]");
-        if !is_env_name(name) || RESERVED_ENV.contains(&name.as_str()) {
-            return Err(InvalidField::new(field, "must be a secret's name, usable as a variable name"));
-        }
-        if secrets[..index].contains(name) {
-            return Err(InvalidField::new(field, format!("'{name}' is listed twice")));
-        }
-        if env.contains_key(name) {
-            return Err(InvalidField::new(
-                field,
-                format!("'{name}' is also set in env; a variable comes from one place"),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// Whether a save changes what a task runs: the code, its inputs, or its reach. Such changes to a task that
 /// uses secrets or network need the same rights as granting them.
 fn changes_what_runs(before: &TaskSpec, after: &TaskSpec) -> bool {
     before.script_id != after.script_id
         || before.script_version != after.script_version
-        || before.args != after.args
-        || before.env != after.env
-        || before.network != after.network
+        || before.params.args() != after.params.args()
+        || before.params.env() != after.params.env()
+        || before.params.network() != after.params.network()
 }
 
 /// An interval without an anchor counts from when it was set; storing that anchor keeps the rhythm stable
@@ -268,15 +178,19 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         None => base.name,
     };
     let labels = match input.labels {
-        Some(labels) => parse_labels("labels", labels)?,
+        Some(labels) => Labels::parse("labels", labels)?,
         None => base.labels,
     };
-    let args = input.args.unwrap_or(base.args);
-    check_args(&args)?;
-    let env = input.env.unwrap_or(base.env);
-    check_env(&env)?;
-    let secrets = input.secrets.unwrap_or(base.secrets);
-    check_secret_names(&secrets, &env)?;
+    let params = base.params.change(RunParamsChange {
+        args: input.args,
+        env: input.env,
+        secrets: input.secrets,
+        timeout_seconds: input.timeout_seconds,
+        memory_mb: input.memory_mb,
+        cpu_seconds: input.cpu_seconds,
+        max_output_bytes: input.max_output_bytes,
+        network: input.network,
+    })?;
     let description = input.description.unwrap_or(base.description);
     if description.len() > 4096 {
         return Err(ApiError::invalid("description", "must be at most 4096 bytes"));
@@ -316,22 +230,7 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         script_version: input.script_version.unwrap_or(base.script_version),
         agent_id: input.agent_id.unwrap_or(base.agent_id),
         labels,
-        args,
-        env,
-        secrets,
-        timeout_seconds: in_range(
-            "timeout_seconds",
-            input.timeout_seconds.unwrap_or(base.timeout_seconds),
-            1..=WEEK_SECONDS,
-        )?,
-        memory_mb: in_range("memory_mb", input.memory_mb.unwrap_or(base.memory_mb), 16..=65_536)?,
-        cpu_seconds: in_range("cpu_seconds", input.cpu_seconds.unwrap_or(base.cpu_seconds), 1..=WEEK_SECONDS)?,
-        max_output_bytes: in_range(
-            "max_output_bytes",
-            input.max_output_bytes.unwrap_or(base.max_output_bytes),
-            1024..=1024 * 1024 * 1024,
-        )?,
-        network: input.network.unwrap_or(base.network),
+        params,
         retries: in_range("retries", input.retries.unwrap_or(base.retries), 0..=100)?,
         retry_backoff_seconds: in_range(
             "retry_backoff_seconds",
@@ -357,7 +256,7 @@ async fn authorize(
     sets_agent: bool,
 ) -> ApiResult<Vec<String>> {
     let changes_what_runs = task_id.is_none() || changes_what_runs(before, after);
-    if after.network && changes_what_runs {
+    if after.params.network() && changes_what_runs {
         grants::authorize_network(state, principal)?;
     }
     let agent = if sets_agent {
@@ -368,7 +267,12 @@ async fn authorize(
             None => None,
         }
     };
-    let change = grants::TaskChange { task_id, secrets: &after.secrets, agent: agent.as_ref(), changes_what_runs };
+    let change = grants::TaskChange {
+        task_id,
+        secrets: after.params.secrets().as_slice(),
+        agent: agent.as_ref(),
+        changes_what_runs,
+    };
     grants::authorize_task_secrets(state, principal, change).await
 }
 
@@ -379,15 +283,8 @@ fn spec_of(task: Task) -> TaskSpec {
         script_id: task.script_id,
         script_version: task.script_version,
         agent_id: task.agent_id,
-        labels: task.labels.0,
-        args: task.args.0,
-        env: task.env.0,
-        secrets: task.secrets.0,
-        timeout_seconds: task.timeout_seconds,
-        memory_mb: task.memory_mb,
-        cpu_seconds: task.cpu_seconds,
-        max_output_bytes: task.max_output_bytes,
-        network: task.network,
+        labels: task.labels,
+        params: task.params,
         retries: task.retries,
         retry_backoff_seconds: task.retry_backoff_seconds,
         schedule: task.schedule.map(|s| s.0),
@@ -433,15 +330,8 @@ pub async fn create(
         script_id,
         script_version: None,
         agent_id: None,
-        labels: Vec::new(),
-        args: Vec::new(),
-        env: BTreeMap::new(),
-        secrets: Vec::new(),
-        timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
-        memory_mb: DEFAULT_MEMORY_MB,
-        cpu_seconds: DEFAULT_TIMEOUT_SECONDS,
-        max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-        network: false,
+        labels: Labels::default(),
+        params: RunParams::default(),
         retries: 0,
         retry_backoff_seconds: DEFAULT_RETRY_BACKOFF_SECONDS,
         schedule: None,

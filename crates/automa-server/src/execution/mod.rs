@@ -178,10 +178,10 @@ impl Execution {
     /// `None` tells the caller to claim again.
     async fn assignment(&self, agent_id: i64, claimed: ClaimedRun, held: Duration) -> ApiResult<Option<Assignment>> {
         let ClaimedRun { run, content, last_log_seq, payload } = claimed;
-        let names = run.secrets.0.clone();
+        let names = run.params.secrets().as_slice().to_vec();
         let mut problem = self.secret_refusal(agent_id, &run).await?;
         let sealed = if problem.is_some() { Vec::new() } else { self.store.sealed_secrets(&names).await? };
-        let mut env = run.env.0.clone();
+        let mut env = run.params.env().as_map().clone();
         let mut values = Vec::new();
         if problem.is_none() {
             problem = names
@@ -211,13 +211,10 @@ impl Execution {
             attempt: run.attempt,
             filename: run.filename,
             content,
-            args: run.args.0,
+            args: run.params.args().clone(),
             env,
-            timeout_seconds: run.timeout_seconds,
-            memory_mb: run.memory_mb,
-            cpu_seconds: run.cpu_seconds,
-            max_output_bytes: run.max_output_bytes,
-            network: run.network,
+            limits: run.params.limits(),
+            network: run.params.network(),
             last_log_seq,
             payload,
             held_ms: Some(i64::try_from(held.as_millis()).unwrap_or(0)),
@@ -230,7 +227,7 @@ impl Execution {
     /// needs the task in every secret's policy; a run without a task (ad-hoc, or one whose task was deleted)
     /// needs an active admin as its creator, as `POST /execute` does.
     async fn secret_refusal(&self, agent_id: i64, run: &Run) -> ApiResult<Option<String>> {
-        if run.secrets.0.is_empty() {
+        if run.params.secrets().as_slice().is_empty() {
             return Ok(None);
         }
         let agent = self.store.get_agent(agent_id).await?;
@@ -247,7 +244,7 @@ impl Execution {
                 return Ok(Some("only an admin's ad-hoc run may receive secrets".into()));
             }
         }
-        let infos = self.store.secret_infos(&run.secrets.0).await?;
+        let infos = self.store.secret_infos(run.params.secrets().as_slice()).await?;
         for info in &infos {
             let policy = info.policy();
             if let Some(task_id) = run.task_id.filter(|task_id| !policy.allows_task(*task_id)) {
@@ -322,7 +319,7 @@ impl Execution {
             }
             Err(other) => return Err(other.into()),
         };
-        let sealed = self.store.sealed_secrets(&run.secrets.0).await?;
+        let sealed = self.store.sealed_secrets(run.params.secrets().as_slice()).await?;
         let values = sealed.iter().filter_map(|secret| self.sealer.unseal(secret).ok()).collect();
         let masks = Arc::new(sealing::mask_order(values));
         if run.status == RunStatus::Running {

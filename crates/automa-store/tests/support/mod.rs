@@ -3,9 +3,7 @@
 // Each test file compiles this module on its own and uses only some of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
-use automa_core::{RunStatus, Trigger};
+use automa_core::{Args, EnvVars, Labels, Limits, RunParams, RunStatus, SecretNames, Trigger};
 use automa_store::{Actor, AuditKey, NewAgent, NewRun, NewScript, RunAfter, Store, TaskSpec};
 
 /// A store on a fresh database. Dropping it drops the PostgreSQL database, also when the test panicked.
@@ -140,6 +138,16 @@ pub async fn script(store: &Store) -> (i64, i64) {
     (script.id, script.version)
 }
 
+fn labels_of(labels: &[&str]) -> Labels {
+    Labels::parse("labels", labels.iter().map(|l| l.to_string()).collect()).unwrap()
+}
+
+/// Parameters of a short, small run without arguments, environment or network.
+fn small_params() -> RunParams {
+    let limits = Limits::new(60, 64, 60, 1024).unwrap();
+    RunParams::new(Args::default(), EnvVars::default(), SecretNames::default(), limits, false).unwrap()
+}
+
 pub fn new_run(script: (i64, i64), labels: &[&str], target: Option<i64>, retries: i64) -> NewRun {
     NewRun {
         task_id: None,
@@ -148,19 +156,12 @@ pub fn new_run(script: (i64, i64), labels: &[&str], target: Option<i64>, retries
         content: None,
         filename: "s.py".into(),
         target_agent_id: target,
-        labels: labels.iter().map(|l| l.to_string()).collect(),
+        labels: labels_of(labels),
         trigger: Trigger::Api,
         scheduled_for: None,
         retries,
         retry_backoff_seconds: 0,
-        args: vec![],
-        env: BTreeMap::new(),
-        secrets: vec![],
-        timeout_seconds: 60,
-        memory_mb: 64,
-        cpu_seconds: 60,
-        max_output_bytes: 1024,
-        network: false,
+        params: small_params(),
     }
 }
 
@@ -172,15 +173,8 @@ pub fn task_spec(name: &str, script: (i64, i64), after: &[i64], labels: &[&str],
         script_id: script.0,
         script_version: None,
         agent_id: None,
-        labels: labels.iter().map(|l| l.to_string()).collect(),
-        args: vec![],
-        env: BTreeMap::new(),
-        secrets: vec![],
-        timeout_seconds: 60,
-        memory_mb: 64,
-        cpu_seconds: 60,
-        max_output_bytes: 1024,
-        network: false,
+        labels: labels_of(labels),
+        params: small_params(),
         retries,
         retry_backoff_seconds: 0,
         schedule: None,

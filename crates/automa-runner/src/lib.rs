@@ -148,6 +148,28 @@ pub struct RunSpec {
     /// Data the run was started with (a hook's JSON body): written next to the script as a read-only file
     /// named [`TRIGGER_PAYLOAD_FILE`], whose path the script finds in [`TRIGGER_PAYLOAD_ENV`].
     pub payload: Option<String>,
+    /// A prepared virtual environment (made by [`Sandbox::build`]) the script runs in: bound read-only at the
+    /// same path, so its `bin/python` link to the base interpreter stays valid, and started as
+    /// `<environment>/bin/python`, so its packages are importable. `None`: the plain interpreter.
+    pub environment: Option<PathBuf>,
+}
+
+/// A program run in the sandbox to build a run's environment (uv), rather than a script.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// An absolute path; bound read-only into the sandbox.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Host paths the build reads besides the system paths and the interpreter: local package directories.
+    pub readable: Vec<PathBuf>,
+    /// Existing host directories the build writes (the environment being built, its download cache). When the
+    /// sandbox switches runs to slot uids they belong to the slot's uid for the build's duration, and are given
+    /// back to the sandbox's own uid, recursively, when it ends: no run's uid owns what a build made.
+    pub writable: Vec<PathBuf>,
+    pub limits: Limits,
+    /// Whether the build may use the network, on the same terms as a networked run.
+    pub network: bool,
 }
 
 /// Resource budget of one run.

@@ -4,15 +4,18 @@
 //! the same code following the same protocol.
 
 mod backend;
+mod environments;
 mod http;
 mod protocol;
 mod runner;
 mod worker;
 
 pub use backend::{AgentBackend, AgentError};
+pub use environments::{Environments, PackageSettings};
 pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse_server_urls};
 pub use protocol::{
-    Assignment, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
+    Assignment, ClaimRequest, EnvironmentSpec, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome,
+    WireChunk,
 };
 pub use worker::{Agent, AgentConfig};
 

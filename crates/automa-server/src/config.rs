@@ -128,6 +128,21 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+    // Packages (docs/architecture.md, "Dependencies").
+    /// The uv that locks scripts' dependencies and builds their environments; default: `uv` on `PATH`.
+    pub uv: Option<PathBuf>,
+    /// The package index (`--index-url`); default: uv's (PyPI).
+    pub package_index_url: Option<String>,
+    /// More indexes searched after it. A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_extra_index_urls: Vec<String>,
+    /// Directories or URLs of wheels (`--find-links`). A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_find_links: Vec<String>,
+    /// No index at all: packages come from `package_find_links` only, and builds get no network.
+    pub package_offline: bool,
+    /// The most megabytes an agent's environments may take before the least recently used are removed.
+    pub env_cache_mb: u64,
 
     // Restarts and upgrades.
     /// Apply pending database migrations when `serve` starts (default). Off: `serve` refuses to start while
@@ -253,6 +268,12 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
+            uv: None,
+            package_index_url: None,
+            package_extra_index_urls: Vec::new(),
+            package_find_links: Vec::new(),
+            package_offline: false,
+            env_cache_mb: 5120,
             network_grant: NetworkGrant::Admin,
             auto_migrate: true,
             embedded_agent_name: None,

@@ -111,6 +111,37 @@ struct AgentFlags {
     /// Address ranges networked runs may not reach (repeatable, or comma-separated), e.g. 10.0.0.0/8.
     #[arg(long, value_delimiter = ',')]
     network_deny: Vec<String>,
+    #[command(flatten)]
+    packages: PackageFlags,
+}
+
+/// Where runs' packages come from (each also an `AUTOMA_*` variable of the same name).
+#[derive(Args, Serialize)]
+struct PackageFlags {
+    /// The uv that builds environments (AUTOMA_UV); default: `uv` on PATH.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uv: Option<PathBuf>,
+    /// The package index (AUTOMA_PACKAGE_INDEX_URL).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    package_index_url: Option<String>,
+    /// More indexes (AUTOMA_PACKAGE_EXTRA_INDEX_URLS; repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    package_extra_index_urls: Vec<String>,
+    /// Directories or URLs of wheels (AUTOMA_PACKAGE_FIND_LINKS; repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    package_find_links: Vec<String>,
+    /// Use no index and no network: packages from --package-find-links only (AUTOMA_PACKAGE_OFFLINE).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    package_offline: bool,
+    /// The most megabytes environments may take (AUTOMA_ENV_CACHE_MB, default 5120).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env_cache_mb: Option<u64>,
 }
 
 /// Flags override the environment and the configuration file.
@@ -234,6 +265,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut overrides = serde_json::json!({"data_dir": flags.data_dir, "agent_concurrency": flags.concurrency});
             if !flags.network_deny.is_empty() {
                 overrides["network_deny"] = flags.network_deny.into();
+            }
+            if let (Some(overrides), serde_json::Value::Object(packages)) =
+                (overrides.as_object_mut(), serde_json::to_value(&flags.packages)?)
+            {
+                overrides.extend(packages);
             }
             let config = Config::load(cli.config, overrides)?;
             init_logging(config.log_format);
@@ -366,6 +402,7 @@ async fn remote_agent(
         concurrency,
         shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_seconds),
         hostname: automa_agent::hostname(),
+        packages: automa_server::execution::embedded::package_settings(&config)?,
     };
     let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
     let (stop, stopping) = tokio::sync::watch::channel(false);

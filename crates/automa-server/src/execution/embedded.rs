@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use automa_agent::{
     Agent, AgentBackend, AgentConfig, AgentError, Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch,
-    LogsReply, Outcome,
+    LogsReply, Outcome, PackageSettings,
 };
 use automa_runner::{HelperCommand, Profile, Sandbox, SandboxConfig};
 
@@ -92,6 +92,19 @@ pub async fn build_sandbox(config: &Config, slots: usize) -> anyhow::Result<Resu
     Ok(built)
 }
 
+/// The agent's package settings, with its environments in `<data dir>/environments`.
+pub fn package_settings(config: &Config) -> anyhow::Result<PackageSettings> {
+    Ok(PackageSettings {
+        environments_dir: absolute(config.data_dir.join("environments"))?,
+        uv: config.uv.clone(),
+        index_url: config.package_index_url.clone(),
+        extra_index_urls: config.package_extra_index_urls.clone(),
+        find_links: config.package_find_links.clone(),
+        offline: config.package_offline,
+        cache_mb: config.env_cache_mb,
+    })
+}
+
 fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
     Ok(if path.is_absolute() { path } else { std::env::current_dir()?.join(path) })
 }
@@ -118,8 +131,12 @@ pub async fn start(
         tracing::error!(%reason, "the embedded agent will not run scripts");
     }
     let backend = EmbeddedBackend { execution, agent_id: record.id };
-    let agent_config =
-        AgentConfig { concurrency, shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds), hostname };
+    let agent_config = AgentConfig {
+        concurrency,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+        hostname,
+        packages: package_settings(config)?,
+    };
     let agent = Agent::new(backend, sandbox, agent_config);
     *status.write().unwrap_or_else(|e| e.into_inner()) = Some(agent.capabilities());
     tracing::info!(agent = %name, concurrency, "embedded agent started");

@@ -120,7 +120,7 @@ impl Lease {
 
 /// An environment ready for a run, and whether it was there already.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct PreparedEnvironment {
     pub lease: Lease,
     pub cached: bool,
 }
@@ -182,7 +182,11 @@ impl Environments {
     /// The environment for `spec`, built (once, whoever else asks meanwhile) when it is not cached. The
     /// build's output goes to `log` as `system` chunks when this call is the one that started it. Errors are
     /// the run's error text.
-    pub async fn prepare(&self, spec: &EnvironmentSpec, log: &mpsc::Sender<OutputChunk>) -> Result<Prepared, String> {
+    pub async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        log: &mpsc::Sender<OutputChunk>,
+    ) -> Result<PreparedEnvironment, String> {
         if self.inner.uv.is_none() {
             return Err(NO_UV.into());
         }
@@ -200,7 +204,7 @@ impl Environments {
         // A build another process evicts before this one leases it is built again, a few times at most.
         for _ in 0..3 {
             if let Some(lease) = lease(dir, &key) {
-                return Ok(Prepared { lease, cached: !built });
+                return Ok(PreparedEnvironment { lease, cached: !built });
             }
             self.build_once(&key, &spec.lock, log).await?;
             built = true;
@@ -247,7 +251,7 @@ impl Environments {
 /// How preparing a run's environment ended.
 pub(crate) enum Preparation {
     /// Ready, after this long (zero when it was cached).
-    Ready(Prepared, Duration),
+    Ready(PreparedEnvironment, Duration),
     /// The run ends `failed` with this error.
     Failed(String),
     /// The run was stopped while it waited.
@@ -561,4 +565,62 @@ fn describe_interpreter(path: &Path) -> Result<Interpreter, String> {
         format!("{} does not describe itself: {}", path.display(), String::from_utf8_lossy(&out.stderr))
     })?;
     Ok(Interpreter { path: path.to_path_buf(), version: version.trim().to_owned(), identity: identity.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three environments of 400 KiB, used in the order a, b, c.
+    fn cache() -> (tempfile::TempDir, [String; 3]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = ["a", "b", "c"].map(|c| c.repeat(64));
+        for (age, key) in keys.iter().enumerate() {
+            let env = dir.path().join(key);
+            std::fs::create_dir_all(env.join("lib")).expect("mkdir");
+            std::fs::write(env.join("lib/module.py"), vec![b'#'; 400 * 1024]).expect("write");
+            let used = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + age as u64);
+            File::open(&env).expect("open").set_modified(used).expect("set last use");
+        }
+        (dir, keys)
+    }
+
+    fn left(dir: &Path) -> Vec<String> {
+        let mut keys: Vec<String> = environments_in(dir).into_iter().map(|(key, _)| key).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_first() {
+        let (dir, [a, b, c]) = cache();
+        evict(dir.path(), 900 * 1024, &c);
+        assert_eq!(left(dir.path()), vec![b.clone(), c.clone()]);
+        evict(dir.path(), 0, &c);
+        assert_eq!(left(dir.path()), vec![c]);
+        assert!(!dir.path().join(&a).exists());
+    }
+
+    #[test]
+    fn eviction_skips_an_environment_in_use() {
+        let (dir, [a, b, c]) = cache();
+        let in_use = lease(dir.path(), &a).expect("leased");
+        evict(dir.path(), 900 * 1024, &c);
+        // The oldest is in use, so the next oldest goes instead.
+        assert_eq!(left(dir.path()), vec![a.clone(), c.clone()]);
+        drop(in_use);
+        evict(dir.path(), 0, &c);
+        assert_eq!(left(dir.path()), vec![c]);
+        assert!(!dir.path().join(&b).exists());
+    }
+
+    #[test]
+    fn a_lease_records_the_last_use() {
+        let (dir, [a, _, _]) = cache();
+        let before = std::fs::metadata(dir.path().join(&a)).and_then(|m| m.modified()).expect("mtime");
+        let _lease = lease(dir.path(), &a).expect("leased");
+        let after = std::fs::metadata(dir.path().join(&a)).and_then(|m| m.modified()).expect("mtime");
+        assert!(after > before);
+        assert!(lease(dir.path(), &"d".repeat(64)).is_none());
+    }
 }

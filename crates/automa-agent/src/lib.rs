@@ -11,7 +11,7 @@ mod runner;
 mod worker;
 
 pub use backend::{AgentBackend, AgentError};
-pub use environments::{Environments, PackageSettings};
+pub use environments::{Environments, Lease, PackageSettings, PreparedEnvironment};
 pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse_server_urls};
 pub use protocol::{
     Assignment, ClaimRequest, EnvironmentSpec, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome,

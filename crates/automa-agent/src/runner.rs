@@ -126,8 +126,15 @@ pub(crate) async fn execute<B: AgentBackend>(
             // The lease is held until the script has ended, so the environment cannot be evicted under it.
             sandbox.run(spec, output, stopped).await.map_err(|e| e.to_string())
         }
-        Some(Preparation::Failed(error)) => Err(error),
-        Some(Preparation::Stopped) => Ok(Report { cancelled: true, ..Report::default() }),
+        // The script never starts: the log ends here, which lets the shipper finish.
+        Some(Preparation::Failed(error)) => {
+            drop(output);
+            Err(error)
+        }
+        Some(Preparation::Stopped) => {
+            drop(output);
+            Ok(Report { cancelled: true, ..Report::default() })
+        }
     };
     let ended = Instant::now();
     control.ended.store(true, Ordering::SeqCst);

@@ -268,3 +268,169 @@ async fn profile_none_runs_in_the_environment_too() {
     let prepared = prepare(&environments, &spec(&lock)).await.0.expect("built without isolation");
     assert_eq!(run(&setup.sandbox, IMPORT, prepared.lease.path()).await, "automa-demo 1.2.3\n");
 }
+
+/// A server in memory for the agent loop: it hands out the queued assignments one at a time and records what
+/// the agent sends back.
+#[derive(Default)]
+struct Server {
+    queue: std::sync::Mutex<std::collections::VecDeque<automa_agent::Assignment>>,
+    logs: std::sync::Mutex<std::collections::HashMap<i64, Vec<automa_agent::WireChunk>>>,
+    finished: tokio::sync::Mutex<Vec<(i64, automa_agent::Outcome)>>,
+    ended: tokio::sync::Notify,
+}
+
+struct Backend(Arc<Server>);
+
+impl automa_agent::AgentBackend for Backend {
+    async fn heartbeat(
+        &self,
+        _heartbeat: automa_agent::Heartbeat,
+        _patience: std::time::Duration,
+    ) -> Result<automa_agent::HeartbeatReply, automa_agent::AgentError> {
+        Ok(automa_agent::HeartbeatReply { lease_seconds: 60, ..Default::default() })
+    }
+
+    async fn claim(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<automa_agent::Assignment>, automa_agent::AgentError> {
+        let next = self.0.queue.lock().expect("queue").pop_front();
+        if next.is_none() {
+            // An empty queue holds the claim as a server's long poll does; the test stops the agent meanwhile.
+            let _ = tokio::time::timeout(wait, std::future::pending::<()>()).await;
+        }
+        Ok(next)
+    }
+
+    async fn append_logs(
+        &self,
+        run_id: i64,
+        batch: automa_agent::LogBatch,
+    ) -> Result<automa_agent::LogsReply, automa_agent::AgentError> {
+        self.0.logs.lock().expect("logs").entry(run_id).or_default().extend(batch.chunks);
+        Ok(automa_agent::LogsReply::default())
+    }
+
+    async fn finish(
+        &self,
+        run_id: i64,
+        outcome: automa_agent::Outcome,
+    ) -> Result<automa_agent::FinishReply, automa_agent::AgentError> {
+        let status = outcome.status().to_string();
+        self.0.finished.lock().await.push((run_id, outcome));
+        self.0.ended.notify_one();
+        Ok(automa_agent::FinishReply { status })
+    }
+
+    async fn hand_back(&self, _run_id: i64) -> Result<automa_agent::FinishReply, automa_agent::AgentError> {
+        Ok(automa_agent::FinishReply { status: "queued".into() })
+    }
+
+    async fn goodbye(&self) -> Result<(), automa_agent::AgentError> {
+        Ok(())
+    }
+}
+
+impl Server {
+    fn queue(&self, run_id: i64, environment: Option<EnvironmentSpec>) {
+        self.queue.lock().expect("queue").push_back(automa_agent::Assignment {
+            run_id,
+            attempt: 1,
+            filename: "main.py".into(),
+            content: IMPORT.into(),
+            args: Vec::new(),
+            env: Default::default(),
+            timeout_seconds: 60,
+            memory_mb: 512,
+            cpu_seconds: 60,
+            max_output_bytes: 1024 * 1024,
+            network: false,
+            last_log_seq: 0,
+            payload: None,
+            held_ms: None,
+            environment,
+        });
+    }
+
+    /// Waits until `count` runs have ended.
+    async fn ended(&self, count: usize) {
+        loop {
+            let notified = self.ended.notified();
+            if self.finished.lock().await.len() >= count {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn log(&self, run_id: i64, stream: &str) -> String {
+        let logs = self.logs.lock().expect("logs");
+        logs.get(&run_id).into_iter().flatten().filter(|c| c.stream == stream).map(|c| c.data.as_str()).collect()
+    }
+}
+
+/// The agent loop, one run at a time: a run that needs packages says it prepares them, reports how long it
+/// took (0 when cached), and a failed build or a missing uv ends the run failed with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_prepares_environments_for_its_runs_and_says_so() {
+    let Some(setup) = Setup::new(Profile::Strict) else { return };
+    let lock = setup.lock("automa-demo", "1.2.3");
+    let (before, after) = lock.split_once("sha256:").expect("a hash");
+    let wrong = format!("{before}sha256:{}{}", "0".repeat(8), &after[8..]);
+    let server = Arc::new(Server::default());
+    server.queue(1, Some(spec(&lock)));
+    server.queue(2, Some(spec(&lock)));
+    server.queue(3, Some(spec(&wrong)));
+    server.queue(4, None);
+    let config = automa_agent::AgentConfig {
+        concurrency: 1,
+        shutdown_grace: std::time::Duration::from_secs(5),
+        hostname: "test".into(),
+        packages: setup.settings(5120),
+    };
+    let agent = automa_agent::Agent::new(Backend(server.clone()), Ok(setup.sandbox.clone()), config);
+    let capabilities = agent.capabilities();
+    assert_eq!(capabilities["packages"]["uv"], serde_json::json!(uv_version(&setup.uv)), "{capabilities}");
+    assert_eq!(capabilities["packages"]["environment_builds"], 0);
+    let environments = agent.environments().cloned().expect("environments");
+    let (stop, stopping) = watch::channel(false);
+    let running = tokio::spawn(agent.run(stopping));
+    let all_ended = tokio::time::timeout(std::time::Duration::from_secs(120), server.ended(4)).await;
+    assert!(all_ended.is_ok(), "the runs did not end: {:?}", server.finished.lock().await);
+    stop.send_replace(true);
+    running.await.expect("agent task").expect("the agent stops cleanly");
+
+    let finished = server.finished.lock().await;
+    let outcome = |id: i64| finished.iter().find(|(run, _)| *run == id).map(|(_, o)| o.clone()).expect("finished");
+    let built = outcome(1);
+    assert_eq!(built.exit_code, Some(0), "{built:?}");
+    assert!(built.environment_ms.is_some_and(|ms| ms > 0), "{built:?}");
+    assert_eq!(server.log(1, "stdout"), "automa-demo 1.2.3\n");
+    let system = server.log(1, "system");
+    assert!(system.starts_with("preparing environment\n"), "{system}");
+    assert!(system.contains("+ automa-demo==1.2.3"), "uv's output is in the run's log: {system}");
+    let ready = system.lines().last().expect("a last line");
+    assert!(ready.starts_with("environment ready (") && ready.ends_with(" ms, built)"), "{ready}");
+
+    let cached = outcome(2);
+    assert_eq!((cached.exit_code, cached.environment_ms), (Some(0), Some(0)), "{cached:?}");
+    assert_eq!(server.log(2, "system"), "preparing environment\nenvironment ready (0 ms, cached)\n");
+    assert_eq!(server.log(2, "stdout"), "automa-demo 1.2.3\n");
+
+    let failed = outcome(3);
+    assert_eq!(failed.exit_code, None);
+    assert_eq!(failed.status(), automa_core::RunStatus::Failed);
+    let error = failed.error.clone().expect("an error");
+    assert!(error.starts_with("environment build failed: ") && error.contains("Hash mismatch"), "{error}");
+    assert_eq!(server.log(3, "stdout"), "", "the script did not run");
+
+    let plain = outcome(4);
+    assert_eq!(plain.environment_ms, None, "no environment, no environment time");
+    assert!(server.log(4, "stderr").contains("No module named 'automa_demo'"), "a run without packages has none");
+    assert_eq!(environments.builds(), 2, "one build for runs 1 and 2, one failed for run 3");
+}
+
+fn uv_version(uv: &Path) -> String {
+    let out = Command::new(uv).arg("--version").output().expect("uv --version");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("a version").to_owned()
+}

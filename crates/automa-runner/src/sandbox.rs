@@ -281,15 +281,15 @@ impl Sandbox {
         }
         let request = self.request(slot, job, user, &host_workdir);
         let outcome = self.supervise(request, &job.limits, output, cancel).await;
-        if user.is_some() && !lent.is_empty() {
-            change_owner(lent, self.helper_ids).await?;
-        }
         let usage = match (cgroup, &baseline) {
             (Some(c), Some(b)) => Some(c.finish(b).await),
             _ => None,
         };
         if !self.layers.mount_ns {
             let _ = std::fs::remove_dir_all(&host_workdir);
+        }
+        if user.is_some() && !lent.is_empty() {
+            change_owner(lent, self.helper_ids).await?;
         }
         let (helper_report, killed, budget) = outcome?;
         let mut report = Report {

@@ -200,6 +200,24 @@ async fn ten_concurrent_first_uses_build_once() {
     assert_eq!(run(&setup.sandbox, IMPORT, &paths[0]).await, "automa-demo 1.2.3\n");
 }
 
+/// Two caches on one data directory, as two agent processes would have: between them one build, and both use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_caches_on_one_directory_build_once_between_them() {
+    let Some(setup) = Setup::new(Profile::Strict) else { return };
+    let lock = setup.lock("automa-demo", "1.2.3");
+    let (one, two) = (setup.environments(5120), setup.environments(5120));
+    let mut asking = tokio::task::JoinSet::new();
+    for environments in [one.clone(), two.clone(), one.clone(), two.clone()] {
+        let spec = spec(&lock);
+        asking.spawn(async move { prepare(&environments, &spec).await.0.map(|p| p.lease.path().to_path_buf()) });
+    }
+    while let Some(result) = asking.join_next().await {
+        assert_eq!(run(&setup.sandbox, IMPORT, &result.expect("task").expect("prepared")).await, "automa-demo 1.2.3\n");
+    }
+    assert_eq!(one.builds() + two.builds(), 1, "one build between the two");
+    assert_eq!(setup.environment_dirs().len(), 1, "{:?}", setup.environment_dirs());
+}
+
 #[tokio::test]
 async fn a_lock_that_does_not_match_its_wheel_fails_with_the_reason_and_leaves_nothing() {
     let Some(setup) = Setup::new(Profile::Strict) else { return };

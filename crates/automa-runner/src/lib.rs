@@ -1,5 +1,6 @@
-//! The sandbox that runs one Python script under the configured isolation, enforces its limits, streams its
-//! output and reports how it ended; it knows nothing of HTTP or the database.
+//! The sandbox that runs one Python script under the configured isolation (in a prepared environment when it
+//! needs packages), enforces its limits, streams its output and reports how it ended; it also runs the builds
+//! of those environments under the same isolation. It knows nothing of HTTP or the database.
 //!
 //! The process that calls [`Sandbox::run`] is multithreaded, so it never does setup between `fork` and `exec`
 //! (SANDBOX.md, trap 1): every run starts a small single-threaded helper ([`helper::main`]) with a cleared

@@ -4,6 +4,7 @@
 //! the same code following the same protocol.
 
 mod backend;
+mod environments;
 mod http;
 mod protocol;
 mod runner;
@@ -11,12 +12,14 @@ mod sandbox;
 mod worker;
 
 pub use backend::{AgentBackend, AgentError};
+pub use environments::{Environments, Lease, PackageSettings, PackagesReport, PreparedEnvironment};
 pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse_server_urls};
 pub use protocol::{
-    Assignment, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
+    Assignment, ClaimRequest, EnvironmentSpec, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome,
+    WireChunk,
 };
 pub use sandbox::{SANDBOX_HELPER_ARG, SandboxSettings, SandboxStatus, build_sandbox, concurrency};
-pub use worker::{Agent, AgentConfig, DEFAULT_SHUTDOWN_GRACE_SECONDS};
+pub use worker::{Agent, AgentCapabilities, AgentConfig, DEFAULT_SHUTDOWN_GRACE_SECONDS};
 
 /// This agent's version, reported in heartbeats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

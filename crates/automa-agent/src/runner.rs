@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use automa_runner::{OutputChunk, Report, RunSpec, Sandbox, Stream};
 
 use crate::backend::AgentBackend;
+use crate::environments::{self, Environments, Preparation};
 use crate::protocol::{Assignment, LogBatch, Outcome, WireChunk};
 use crate::worker::Running;
 
@@ -87,8 +88,9 @@ impl RunControl {
 pub(crate) async fn execute<B: AgentBackend>(
     backend: Arc<B>,
     sandbox: Arc<Sandbox>,
+    environments: Result<Environments, String>,
     running: Running,
-    work: Assignment,
+    mut work: Assignment,
     claim_sent: Instant,
 ) {
     let run_id = work.run_id;
@@ -109,14 +111,39 @@ pub(crate) async fn execute<B: AgentBackend>(
     let (output, chunks) = mpsc::channel(CHANNEL_CHUNKS);
     let shipper = tokio::spawn(ship(backend.clone(), run_id, work.last_log_seq, chunks, control.clone()));
     let started = Instant::now();
-    let result = sandbox.run(spec(work), output, stopped).await;
+    let preparation = match work.environment.take() {
+        None => None,
+        Some(wanted) => Some(environments::prepare_for_run(&environments, &wanted, &output, stopped.clone()).await),
+    };
+    let environment_ms = match &preparation {
+        Some(Preparation::Ready(_, took)) => Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX)),
+        _ => None,
+    };
+    let result = match preparation {
+        None => sandbox.run(spec(work, None), output, stopped).await.map_err(|e| e.to_string()),
+        Some(Preparation::Ready(prepared, _)) => {
+            let spec = spec(work, Some(prepared.lease.path().to_path_buf()));
+            // The lease is held until the script has ended, so the environment cannot be evicted under it.
+            sandbox.run(spec, output, stopped).await.map_err(|e| e.to_string())
+        }
+        // The script never starts: the log ends here, which lets the shipper finish.
+        Some(Preparation::Failed(error)) => {
+            drop(output);
+            Err(error)
+        }
+        Some(Preparation::Stopped) => {
+            drop(output);
+            Ok(Report { cancelled: true, ..Report::default() })
+        }
+    };
     let ended = Instant::now();
     control.ended.store(true, Ordering::SeqCst);
     let shipped = shipper.await.unwrap_or(false);
     let mut outcome = match result {
         Ok(report) => outcome(&report),
-        Err(error) => Outcome { error: Some(error.to_string()), ..Outcome::default() },
+        Err(error) => Outcome { error: Some(error), ..Outcome::default() },
     };
+    outcome.environment_ms = environment_ms;
     if outcome.elapsed_ms.is_none() {
         outcome.elapsed_ms = i64::try_from((ended - started).as_millis()).ok();
     }
@@ -153,7 +180,7 @@ fn fenced_explanation(unrenewed: Duration) -> String {
     )
 }
 
-fn spec(work: Assignment) -> RunSpec {
+fn spec(work: Assignment, environment: Option<std::path::PathBuf>) -> RunSpec {
     RunSpec {
         script_name: work.filename,
         script: work.content,
@@ -162,6 +189,7 @@ fn spec(work: Assignment) -> RunSpec {
         limits: work.limits.into(),
         network: work.network,
         payload: work.payload,
+        environment,
     }
 }
 
@@ -184,6 +212,7 @@ fn outcome(report: &Report) -> Outcome {
         lease_lost: false,
         elapsed_ms: i64::try_from(report.duration.as_millis()).ok(),
         ended_ms_ago: None,
+        environment_ms: None,
     }
 }
 

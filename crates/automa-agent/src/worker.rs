@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use automa_runner::Sandbox;
 
 use crate::backend::{AgentBackend, AgentError};
+use crate::environments::{Environments, PackageSettings, PackagesReport};
 use crate::protocol::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
 use crate::runner::{RunControl, Stop, execute};
 use crate::sandbox::SandboxStatus;
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     /// How long running runs may continue after shutdown is requested.
     pub shutdown_grace: Duration,
     pub hostname: String,
+    /// Where runs' packages come from and where their environments are kept.
+    pub packages: PackageSettings,
 }
 
 /// The runs this agent executes, by id, with the handle that stops each.
@@ -56,6 +59,8 @@ pub struct Agent<B: AgentBackend> {
     backend: Arc<Guarded<B>>,
     /// The sandbox, or why this host cannot run scripts under the configured profile.
     sandbox: Result<Arc<Sandbox>, String>,
+    /// The environments of runs that need packages, or why this agent cannot keep them.
+    environments: Result<Environments, String>,
     config: AgentConfig,
     running: Running,
 }
@@ -63,12 +68,26 @@ pub struct Agent<B: AgentBackend> {
 impl<B: AgentBackend> Agent<B> {
     pub fn new(backend: B, sandbox: Result<Arc<Sandbox>, String>, config: AgentConfig) -> Agent<B> {
         let backend = Guarded { inner: backend, refused: watch::channel(None).0 };
-        Agent { backend: Arc::new(backend), sandbox, config, running: Running::default() }
+        let environments = sandbox
+            .clone()
+            .and_then(|sandbox| Environments::new(config.packages.clone(), sandbox))
+            .inspect_err(|reason| tracing::warn!(%reason, "runs that need packages will fail on this agent"));
+        Agent { backend: Arc::new(backend), sandbox, environments, config, running: Running::default() }
     }
 
-    /// What heartbeats report: the sandbox's layers, or why runs are refused.
+    /// What `/ready` reports: the sandbox's layers, or why runs are refused.
     pub fn sandbox_status(&self) -> SandboxStatus {
         SandboxStatus::of(&self.sandbox)
+    }
+
+    /// What heartbeats report: the sandbox's status and what the agent has for runs that need packages.
+    pub fn capabilities(&self) -> AgentCapabilities {
+        AgentCapabilities { sandbox: self.sandbox_status(), packages: packages(&self.environments) }
+    }
+
+    /// The environment cache, for the agent's owner (tests and benchmarks count its builds).
+    pub fn environments(&self) -> Option<&Environments> {
+        self.environments.as_ref().ok()
     }
 
     /// Runs until `shutdown` becomes true, then drains as described in the module documentation. An error when
@@ -94,6 +113,7 @@ impl<B: AgentBackend> Agent<B> {
             self.backend.clone(),
             self.running.clone(),
             self.heartbeat(false),
+            self.environments.clone(),
             lease,
             grant,
         ));
@@ -139,7 +159,7 @@ impl<B: AgentBackend> Agent<B> {
             initial,
             hostname: self.config.hostname.clone(),
             version: crate::VERSION.into(),
-            capabilities: serde_json::to_value(self.sandbox_status()).unwrap_or_default(),
+            capabilities: serde_json::to_value(self.capabilities()).unwrap_or_default(),
             running: Vec::new(),
             concurrency: Some(i64::try_from(self.config.concurrency).unwrap_or(i64::MAX)),
         }
@@ -201,7 +221,8 @@ impl<B: AgentBackend> Agent<B> {
                 Ok(Some(assignment)) => {
                     delay = Duration::from_millis(200);
                     let (backend, sandbox, running) = (self.backend.clone(), sandbox.clone(), self.running.clone());
-                    runs.spawn(execute(backend, sandbox, running, assignment, claim_sent));
+                    let environments = self.environments.clone();
+                    runs.spawn(execute(backend, sandbox, environments, running, assignment, claim_sent));
                 }
                 Ok(None) => delay = Duration::from_millis(200),
                 Err(AgentError::Rejected { status: 409, .. }) => {
@@ -359,6 +380,22 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     }
 }
 
+/// The `packages` part of the capabilities: uv's version (null without uv) and the environment cache's counts.
+fn packages(environments: &Result<Environments, String>) -> PackagesReport {
+    match environments {
+        Ok(environments) => environments.report(),
+        Err(reason) => PackagesReport { unavailable: Some(reason.clone()), ..PackagesReport::default() },
+    }
+}
+
+/// What heartbeats report about an agent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentCapabilities {
+    #[serde(flatten)]
+    pub sandbox: SandboxStatus,
+    pub packages: PackagesReport,
+}
+
 /// How often a busy agent heartbeats: a cancel reaches a silent script within about this long.
 const BUSY_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -382,12 +419,13 @@ async fn heartbeat_loop<B: AgentBackend>(
     backend: Arc<B>,
     running: Running,
     template: Heartbeat,
+    environments: Result<Environments, String>,
     lease: Duration,
     grant: watch::Sender<Option<i64>>,
 ) {
     let shortest_lease = Arc::new(AtomicU64::new(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
     tokio::select! {
-        () = heartbeats(backend, running.clone(), template, lease, grant, shortest_lease.clone()) => {}
+        () = heartbeats(backend, running.clone(), template, environments, lease, grant, shortest_lease.clone()) => {}
         () = watchdog(running, shortest_lease) => {}
     }
 }
@@ -396,6 +434,7 @@ async fn heartbeats<B: AgentBackend>(
     backend: Arc<B>,
     running: Running,
     template: Heartbeat,
+    environments: Result<Environments, String>,
     lease: Duration,
     grant: watch::Sender<Option<i64>>,
     shortest_lease: Arc<AtomicU64>,
@@ -419,7 +458,9 @@ async fn heartbeats<B: AgentBackend>(
         }
         let sent = tokio::time::Instant::now();
         last = sent;
-        let heartbeat = Heartbeat { running: ids.clone(), ..template.clone() };
+        let mut heartbeat = Heartbeat { running: ids.clone(), ..template.clone() };
+        // Builds and evictions change these while the agent runs.
+        heartbeat.capabilities["packages"] = serde_json::to_value(packages(&environments)).unwrap_or_default();
         let (backend, running, grant, shortest_lease) =
             (backend.clone(), running.clone(), grant.clone(), shortest_lease.clone());
         in_flight.spawn(async move {

@@ -56,6 +56,7 @@ fn main() {
                     limits: Limits::default(),
                     network,
                     payload: None,
+                    environment: None,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");

@@ -1,5 +1,6 @@
-//! The sandbox that runs one Python script under the configured isolation, enforces its limits, streams its
-//! output and reports how it ended; it knows nothing of HTTP or the database.
+//! The sandbox that runs one Python script under the configured isolation (in a prepared environment when it
+//! needs packages), enforces its limits, streams its output and reports how it ended; it also runs the builds
+//! of those environments under the same isolation. It knows nothing of HTTP or the database.
 //!
 //! The process that calls [`Sandbox::run`] is multithreaded, so it never does setup between `fork` and `exec`
 //! (SANDBOX.md, trap 1): every run starts a small single-threaded helper ([`helper::main`]) with a cleared
@@ -147,6 +148,28 @@ pub struct RunSpec {
     /// named [`TRIGGER_PAYLOAD_FILE`], whose path the script finds in
     /// [`automa_core::params::TRIGGER_PAYLOAD_ENV`].
     pub payload: Option<String>,
+    /// A prepared virtual environment (made by [`Sandbox::build`]) the script runs in: bound read-only at the
+    /// same path, so its `bin/python` link to the base interpreter stays valid, and started as
+    /// `<environment>/bin/python`, so its packages are importable. `None`: the plain interpreter.
+    pub environment: Option<PathBuf>,
+}
+
+/// A program run in the sandbox to build a run's environment (uv), rather than a script.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// An absolute path; bound read-only into the sandbox.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Host paths the build reads besides the system paths and the interpreter: local package directories.
+    pub readable: Vec<PathBuf>,
+    /// Existing host directories the build writes (the environment being built, its download cache). When the
+    /// sandbox switches runs to slot uids they belong to the slot's uid for the build's duration, and are given
+    /// back to the sandbox's own uid, recursively, when it ends: no run's uid owns what a build made.
+    pub writable: Vec<PathBuf>,
+    pub limits: Limits,
+    /// Whether the build may use the network, on the same terms as a networked run.
+    pub network: bool,
 }
 
 /// Resource budget of one run: the run's own [`automa_core::Limits`] and the sandbox's fixed ones.

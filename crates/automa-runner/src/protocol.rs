@@ -68,9 +68,11 @@ pub(crate) struct RunRequest {
     pub layers: Layers,
     /// Host uid and gid to switch to; `None` keeps the helper's own.
     pub user: Option<(u32, u32)>,
-    pub interpreter: PathBuf,
-    pub script_name: String,
-    pub script: String,
+    /// The program exec'd: the interpreter (an environment's `bin/python` when the run has one), or for an
+    /// environment build, the builder.
+    pub program: PathBuf,
+    /// The script written into the work directory and passed to the program before `args`; none for a build.
+    pub script: Option<ScriptFile>,
     /// Written beside the script, read-only, as `TRIGGER_PAYLOAD_FILE`.
     pub payload: Option<String>,
     pub args: Vec<String>,
@@ -81,12 +83,29 @@ pub(crate) struct RunRequest {
     pub host_workdir: PathBuf,
     /// Read-only system paths bound into the new root (or allowed by landlock).
     pub system_paths: Vec<PathBuf>,
+    /// Further host paths bound at the same place (and allowed by landlock): a run's environment, read-only,
+    /// or what an environment build reads and writes.
+    pub binds: Vec<Bind>,
     pub cgroup_procs: Vec<PathBuf>,
     pub limits: crate::Limits,
     /// Whether TCP is allowed (landlock); the network namespace is switched by `layers.net_ns`.
     pub network: bool,
     /// For a networked run in its own network namespace: how to connect that namespace to the outside.
     pub user_net: Option<UserNet>,
+}
+
+/// A script and the file name it is saved as in the work directory (also its `sys.argv[0]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ScriptFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// A host path the workload sees at the same place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Bind {
+    pub path: PathBuf,
+    pub writable: bool,
 }
 
 /// User-mode networking for one run: slirp4netns, started by the supervisor on the host's side of its new

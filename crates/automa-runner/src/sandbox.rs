@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,9 +18,12 @@ use crate::capabilities::{self, Capabilities, Networking};
 use crate::cgroup::{CgroupPool, Hierarchy};
 use crate::output::{self, Budget};
 use crate::protocol::{
-    self, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, UserNet, WORKDIR,
+    self, Bind, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, ScriptFile, UserNet,
+    WORKDIR,
 };
-use crate::{HelperCommand, Layer, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream};
+use crate::{
+    BuildSpec, HelperCommand, Layer, Limits, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream,
+};
 
 /// How long a helper asked to kill its run may take before it is killed itself.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -54,6 +57,18 @@ impl std::fmt::Debug for Sandbox {
             .field("capabilities", &self.capabilities)
             .finish_non_exhaustive()
     }
+}
+
+/// What one slot executes, a script or an environment build, in the helper's terms.
+struct Job {
+    program: PathBuf,
+    script: Option<ScriptFile>,
+    payload: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    binds: Vec<Bind>,
+    limits: Limits,
+    network: bool,
 }
 
 /// Why the sandbox killed a run.
@@ -136,6 +151,11 @@ impl Sandbox {
         self.profile
     }
 
+    /// The interpreter runs without an environment start, and environments are built for.
+    pub fn interpreter(&self) -> &Path {
+        &self.interpreter
+    }
+
     /// Runs one script: waits for a free slot, streams its output to `output` as it is read (in order within
     /// each stream), and kills the whole process tree on timeout, when `cancel` becomes true or when the
     /// output passes its hard cap. A script that fails is a [`Report`], not an error.
@@ -143,10 +163,74 @@ impl Sandbox {
         &self,
         spec: RunSpec,
         output: mpsc::Sender<OutputChunk>,
-        mut cancel: watch::Receiver<bool>,
+        cancel: watch::Receiver<bool>,
     ) -> Result<Report, RunnerError> {
         validate_spec(&spec)?;
-        if let (true, true, Err(reason)) = (spec.network, self.layers.net_ns, &self.user_net) {
+        let environment = spec.environment.as_deref().map(environment_dir).transpose()?;
+        let job = Job {
+            program: environment.as_ref().map_or_else(|| self.interpreter.clone(), |env| env.join("bin/python")),
+            script: Some(ScriptFile { name: spec.script_name, content: spec.script }),
+            payload: spec.payload,
+            args: spec.args,
+            env: spec.env,
+            binds: environment.into_iter().map(|path| Bind { path, writable: false }).collect(),
+            limits: spec.limits,
+            network: spec.network,
+        };
+        self.execute(job, output, cancel).await
+    }
+
+    /// Runs an environment build (`spec.program`, typically uv) in a slot like a script: the same layers and
+    /// limits, network on the same terms as a networked run, with `spec.readable` readable and `spec.writable`
+    /// writable besides the work directory. Its output streams to `output` as a run's does.
+    pub async fn build(
+        &self,
+        spec: BuildSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<Report, RunnerError> {
+        let invalid = |what: &Path, e: std::io::Error| RunnerError::InvalidSpec(format!("{}: {e}", what.display()));
+        let canonical = |path: &PathBuf| std::fs::canonicalize(path).map_err(|e| invalid(path, e));
+        if !spec.program.is_absolute() {
+            return Err(RunnerError::InvalidSpec(format!("{} is not an absolute path", spec.program.display())));
+        }
+        let program = canonical(&spec.program)?;
+        let mut binds = Vec::new();
+        for path in std::iter::once(&program).chain(&spec.readable) {
+            let path = canonical(path)?;
+            // Already visible through a system path, whose read-only bind would refuse a mount point's creation.
+            if !self.system_paths.iter().any(|system| path.starts_with(system)) {
+                binds.push(Bind { path, writable: false });
+            }
+        }
+        for path in &spec.writable {
+            let path = canonical(path)?;
+            if !path.is_dir() {
+                return Err(RunnerError::InvalidSpec(format!("{} is not a directory", path.display())));
+            }
+            binds.push(Bind { path, writable: true });
+        }
+        let job = Job {
+            program,
+            script: None,
+            payload: None,
+            args: spec.args,
+            env: spec.env,
+            binds,
+            limits: spec.limits,
+            network: spec.network,
+        };
+        self.execute(job, output, cancel).await
+    }
+
+    async fn execute(
+        &self,
+        job: Job,
+        output: mpsc::Sender<OutputChunk>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<Report, RunnerError> {
+        validate_job(&job)?;
+        if let (true, true, Err(reason)) = (job.network, self.layers.net_ns, &self.user_net) {
             // Never a silently less isolated run: sharing the host's network would reach its loopback.
             return Err(RunnerError::Unsupported(format!(
                 "this run needs network, which cannot be isolated: {reason}"
@@ -161,7 +245,7 @@ impl Sandbox {
         }
         // The duration is the run's own, without the wait for a slot.
         let start = Instant::now();
-        let result = self.run_in_slot(slot.index, &spec, &output, cancel).await;
+        let result = self.run_in_slot(slot.index, &job, &output, cancel).await;
         result.map(|r| Report { duration: start.elapsed(), ..r })
     }
 
@@ -178,12 +262,12 @@ impl Sandbox {
     async fn run_in_slot(
         &self,
         slot: usize,
-        spec: &RunSpec,
+        job: &Job,
         output: &mpsc::Sender<OutputChunk>,
         cancel: watch::Receiver<bool>,
     ) -> Result<Report, RunnerError> {
         let cgroup = self.cgroups.as_ref().map(|p| p.slot(slot));
-        let baseline = cgroup.map(|c| c.prepare(&spec.limits)).transpose()?;
+        let baseline = cgroup.map(|c| c.prepare(&job.limits)).transpose()?;
         let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
         let user = self.slot_user.then(|| {
             let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
@@ -192,14 +276,21 @@ impl Sandbox {
         if !self.layers.mount_ns {
             fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
         }
-        let request = self.request(slot, spec, user, &host_workdir);
-        let outcome = self.supervise(request, &spec.limits, output, cancel).await;
+        let lent: Vec<PathBuf> = job.binds.iter().filter(|b| b.writable).map(|b| b.path.clone()).collect();
+        if let Some(ids) = user.filter(|_| !lent.is_empty()) {
+            change_owner(lent.clone(), ids).await?;
+        }
+        let request = self.request(slot, job, user, &host_workdir);
+        let outcome = self.supervise(request, &job.limits, output, cancel).await;
         let usage = match (cgroup, &baseline) {
             (Some(c), Some(b)) => Some(c.finish(b).await),
             _ => None,
         };
         if !self.layers.mount_ns {
             let _ = std::fs::remove_dir_all(&host_workdir);
+        }
+        if user.is_some() && !lent.is_empty() {
+            change_owner(lent, self.helper_ids).await?;
         }
         let (helper_report, killed, budget) = outcome?;
         let mut report = Report {
@@ -219,21 +310,15 @@ impl Sandbox {
             RunOutcome::Failed(message) => return Err(RunnerError::Helper(message)),
         }
         if report.oom_killed {
-            let note = format!("the run ran out of memory (limit {} MiB)\n", spec.limits.memory_mb);
+            let note = format!("the run ran out of memory (limit {} MiB)\n", job.limits.memory_mb);
             output::send(output, Stream::System, note.as_bytes()).await;
         }
         Ok(report)
     }
 
-    fn request(
-        &self,
-        slot: usize,
-        spec: &RunSpec,
-        user: Option<(u32, u32)>,
-        host_workdir: &std::path::Path,
-    ) -> RunRequest {
+    fn request(&self, slot: usize, job: &Job, user: Option<(u32, u32)>, host_workdir: &Path) -> RunRequest {
         let layers = self.layers;
-        let user_net = if spec.network && layers.net_ns { self.user_net.as_ref().ok().cloned() } else { None };
+        let user_net = if job.network && layers.net_ns { self.user_net.as_ref().ok().cloned() } else { None };
         let home = if layers.mount_ns { PathBuf::from(WORKDIR) } else { host_workdir.to_path_buf() };
         let home = home.to_string_lossy().into_owned();
         let mut env: Vec<(String, String)> = vec![
@@ -247,31 +332,31 @@ impl Sandbox {
             // The host's /tmp is shared with everyone: temporary files go to the run's own directory.
             env.push(("TMPDIR".into(), home.clone()));
         }
-        for (key, value) in &spec.env {
+        for (key, value) in &job.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
         }
         // Set last, after the run's own variables, so that nothing the task sets can point it elsewhere.
         env.retain(|(k, _)| k != TRIGGER_PAYLOAD_ENV);
-        if spec.payload.is_some() {
+        if job.payload.is_some() {
             let path = std::path::Path::new(&home).join(crate::TRIGGER_PAYLOAD_FILE);
             env.push((TRIGGER_PAYLOAD_ENV.into(), path.to_string_lossy().into_owned()));
         }
         RunRequest {
             layers,
             user,
-            interpreter: self.interpreter.clone(),
-            script_name: spec.script_name.clone(),
-            script: spec.script.clone(),
-            payload: spec.payload.clone(),
-            args: spec.args.clone(),
+            program: job.program.clone(),
+            script: job.script.clone(),
+            payload: job.payload.clone(),
+            args: job.args.clone(),
             env,
             root_mount: self.work_root.join(format!("slot-{slot}")),
             host_workdir: host_workdir.to_path_buf(),
             system_paths: self.system_paths.clone(),
+            binds: job.binds.clone(),
             cgroup_procs: self.cgroups.as_ref().map(|p| p.procs_files(slot)).unwrap_or_default(),
-            limits: spec.limits,
-            network: spec.network,
+            limits: job.limits,
+            network: job.network,
             user_net,
         }
     }
@@ -464,6 +549,52 @@ fn validate_config(config: &SandboxConfig) -> Result<(), RunnerError> {
     Ok(())
 }
 
+/// The environment's real path, where it is bound and started from; refused unless it holds `bin/python`.
+fn environment_dir(dir: &Path) -> Result<PathBuf, RunnerError> {
+    let bad = |why: String| RunnerError::InvalidSpec(format!("environment {}: {why}", dir.display()));
+    if !dir.is_absolute() {
+        return Err(bad("not an absolute path".into()));
+    }
+    let dir = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+    if !dir.join("bin/python").is_file() {
+        return Err(bad("it has no bin/python".into()));
+    }
+    Ok(dir)
+}
+
+/// Gives `paths`, and everything in them, to `(uid, gid)`; symlinks themselves, never what they point to.
+async fn change_owner(paths: Vec<PathBuf>, (uid, gid): (u32, u32)) -> Result<(), RunnerError> {
+    fn walk(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        if std::fs::symlink_metadata(path)?.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    tokio::task::spawn_blocking(move || paths.iter().try_for_each(|path| walk(path, uid, gid)))
+        .await
+        .map_err(|e| RunnerError::Helper(format!("changing owners: {e}")))?
+        .map_err(RunnerError::Io)
+}
+
+fn validate_job(job: &Job) -> Result<(), RunnerError> {
+    let bad = |m: String| Err(RunnerError::InvalidSpec(m));
+    if job.args.iter().any(|a| a.contains('\0')) {
+        return bad("arguments may not contain NUL bytes".into());
+    }
+    for (key, value) in &job.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return bad(format!("environment variable {key:?} is not a valid name=value pair"));
+        }
+    }
+    if job.limits.timeout.is_zero() || job.limits.memory_mb == 0 || job.limits.max_processes == 0 {
+        return bad("timeout, memory and process limits must be above zero".into());
+    }
+    Ok(())
+}
+
 fn validate_spec(spec: &RunSpec) -> Result<(), RunnerError> {
     let bad = |m: String| Err(RunnerError::InvalidSpec(m));
     let name = &spec.script_name;
@@ -472,17 +603,6 @@ fn validate_spec(spec: &RunSpec) -> Result<(), RunnerError> {
     }
     if name == crate::TRIGGER_PAYLOAD_FILE {
         return bad(format!("script name {name:?} is the payload file's"));
-    }
-    if spec.args.iter().any(|a| a.contains('\0')) {
-        return bad("arguments may not contain NUL bytes".into());
-    }
-    for (key, value) in &spec.env {
-        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-            return bad(format!("environment variable {key:?} is not a valid name=value pair"));
-        }
-    }
-    if spec.limits.timeout.is_zero() || spec.limits.memory_mb == 0 || spec.limits.max_processes == 0 {
-        return bad("timeout, memory and process limits must be above zero".into());
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use automa_agent::SandboxSettings;
+use automa_agent::{PackageSettings, SandboxSettings};
 
 /// A secret value: its `Debug` and `Display` never show it.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +130,21 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+    // Packages (docs/architecture.md, "Dependencies").
+    /// The uv that locks scripts' dependencies and builds their environments; default: `uv` on `PATH`.
+    pub uv: Option<PathBuf>,
+    /// The package index (`--index-url`); default: uv's (PyPI).
+    pub package_index_url: Option<String>,
+    /// More indexes searched after it. A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_extra_index_urls: Vec<String>,
+    /// Directories or URLs of wheels (`--find-links`). A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_find_links: Vec<String>,
+    /// No index at all: packages come from `package_find_links` only, and builds get no network.
+    pub package_offline: bool,
+    /// The most megabytes an agent's environments may take before the least recently used are removed.
+    pub env_cache_mb: u64,
 
     // Restarts and upgrades.
     /// Apply pending database migrations when `serve` starts (default). Off: `serve` refuses to start while
@@ -255,6 +270,12 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
+            uv: None,
+            package_index_url: None,
+            package_extra_index_urls: Vec::new(),
+            package_find_links: Vec::new(),
+            package_offline: false,
+            env_cache_mb: PackageSettings::DEFAULT_CACHE_MB,
             network_grant: NetworkGrant::Admin,
             auto_migrate: true,
             embedded_agent_name: None,
@@ -295,6 +316,8 @@ const OTHER_KNOWN_VARIABLES: &[&str] = &[
     "AUTOMA_ALLOW_INSECURE_HTTP",
     "AUTOMA_TEST_PG_URL",
     "AUTOMA_REQUIRE_PG",
+    "AUTOMA_TEST_UV",
+    "AUTOMA_REQUIRE_UV",
     "AUTOMA_CONFIG",
 ];
 
@@ -342,6 +365,19 @@ impl Config {
             helper: self.sandbox_helper.clone(),
             network_deny: self.network_deny.clone(),
             ..SandboxSettings::new(&self.data_dir)
+        }
+    }
+
+    /// The embedded agent's package settings: its environments live under `data_dir`.
+    pub fn package_settings(&self) -> PackageSettings {
+        PackageSettings {
+            uv: self.uv.clone(),
+            index_url: self.package_index_url.clone(),
+            extra_index_urls: self.package_extra_index_urls.clone(),
+            find_links: self.package_find_links.clone(),
+            offline: self.package_offline,
+            cache_mb: self.env_cache_mb,
+            ..PackageSettings::new(&self.data_dir)
         }
     }
 

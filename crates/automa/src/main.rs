@@ -127,6 +127,31 @@ struct AgentFlags {
     /// `text` or `json` (JSON lines).
     #[arg(long, env = "AUTOMA_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
     log_format: LogFormat,
+    #[command(flatten)]
+    packages: PackageFlags,
+}
+
+/// Where runs' packages come from.
+#[derive(Args)]
+struct PackageFlags {
+    /// The uv that builds environments (default: `uv` on PATH).
+    #[arg(long, env = "AUTOMA_UV")]
+    uv: Option<PathBuf>,
+    /// The package index (default: uv's, PyPI).
+    #[arg(long, env = "AUTOMA_PACKAGE_INDEX_URL")]
+    package_index_url: Option<String>,
+    /// More indexes (repeatable, or comma-separated).
+    #[arg(long, env = "AUTOMA_PACKAGE_EXTRA_INDEX_URLS", value_delimiter = ',')]
+    package_extra_index_urls: Vec<String>,
+    /// Directories or URLs of wheels (repeatable, or comma-separated).
+    #[arg(long, env = "AUTOMA_PACKAGE_FIND_LINKS", value_delimiter = ',')]
+    package_find_links: Vec<String>,
+    /// Use no index and no network: packages come from --package-find-links only.
+    #[arg(long, env = "AUTOMA_PACKAGE_OFFLINE")]
+    package_offline: bool,
+    /// The most megabytes environments may take before the least recently used are removed.
+    #[arg(long, env = "AUTOMA_ENV_CACHE_MB", default_value_t = automa_agent::PackageSettings::DEFAULT_CACHE_MB)]
+    env_cache_mb: u64,
 }
 
 impl AgentFlags {
@@ -144,6 +169,22 @@ impl AgentFlags {
                 .map(str::to_owned)
                 .collect(),
             ..automa_agent::SandboxSettings::new(&self.data_dir)
+        }
+    }
+
+    fn package_settings(&self) -> automa_agent::PackageSettings {
+        let listed = |values: &[String]| -> Vec<String> {
+            values.iter().map(|value| value.trim()).filter(|value| !value.is_empty()).map(str::to_owned).collect()
+        };
+        let packages = &self.packages;
+        automa_agent::PackageSettings {
+            uv: packages.uv.clone(),
+            index_url: packages.package_index_url.clone(),
+            extra_index_urls: listed(&packages.package_extra_index_urls),
+            find_links: listed(&packages.package_find_links),
+            offline: packages.package_offline,
+            cache_mb: packages.env_cache_mb,
+            ..automa_agent::PackageSettings::new(&self.data_dir)
         }
     }
 }
@@ -396,6 +437,7 @@ async fn remote_agent(flags: &AgentFlags, servers: &[reqwest::Url], token: &str)
         concurrency,
         shutdown_grace: std::time::Duration::from_secs(flags.shutdown_grace_seconds),
         hostname: automa_agent::hostname(),
+        packages: flags.package_settings(),
     };
     let agent = automa_agent::Agent::new(backend, sandbox, agent_config);
     let (stop, stopping) = tokio::sync::watch::channel(false);

@@ -37,9 +37,10 @@ fn confine_and_exec(request: &RunRequest) -> Result<Infallible, String> {
         set_rlimits(&request.limits)?;
     }
     // Everything is prepared before the first restriction, which then cannot get in the way.
-    let program = cstring(request.interpreter.as_os_str().as_encoded_bytes())?;
+    let program = cstring(request.program.as_os_str().as_encoded_bytes())?;
+    let script_name = request.script.as_ref().map(|s| cstring(s.name.as_bytes())).transpose()?;
     let argv = std::iter::once(program.clone())
-        .chain(std::iter::once(cstring(request.script_name.as_bytes())?))
+        .chain(script_name)
         .chain(request.args.iter().map(|a| cstring(a.as_bytes())).collect::<Result<Vec<_>, _>>()?)
         .collect::<Vec<_>>();
     let env = request.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<Vec<_>, _>>()?;
@@ -76,13 +77,15 @@ fn confine_and_exec(request: &RunRequest) -> Result<Infallible, String> {
     if layers.drop_caps {
         clear_capabilities()?;
     }
-    write_script(&workdir.join(&request.script_name), &request.script)?;
+    if let Some(script) = &request.script {
+        write_script(&workdir.join(&script.name), &script.content)?;
+    }
     close_inherited_fds()?;
     if layers.no_new_privs {
         super::seccomp::apply(&filters)?;
     }
     let err = nix::unistd::execve(&program, &argv, &env).unwrap_err();
-    Err(format!("exec {}: {err}", request.interpreter.display()))
+    Err(format!("exec {}: {err}", request.program.display()))
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, String> {
@@ -148,8 +151,8 @@ fn clear_capabilities() -> Result<(), String> {
     Ok(())
 }
 
-/// Read-only access to the system paths, read-write to the work directory and `/tmp`, no TCP unless the run
-/// has network, and no signals or abstract sockets outside the sandbox.
+/// Read-only access to the system paths and read-only binds, read-write to the work directory, `/tmp` and
+/// writable binds, no TCP unless the run has network, and no signals or abstract sockets outside the sandbox.
 fn restrict_filesystem(request: &RunRequest, workdir: &Path) -> Result<(), String> {
     let abi = LANDLOCK_ABI;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
@@ -164,7 +167,9 @@ fn restrict_filesystem(request: &RunRequest, workdir: &Path) -> Result<(), Strin
     }
     let mut readable: Vec<&Path> = request.system_paths.iter().map(|p| p.as_path()).collect();
     readable.extend([Path::new("/proc"), Path::new("/dev")]);
+    readable.extend(request.binds.iter().filter(|b| !b.writable).map(|b| b.path.as_path()));
     let mut writable = vec![workdir, Path::new("/dev/null"), Path::new("/dev/zero"), Path::new("/dev/full")];
+    writable.extend(request.binds.iter().filter(|b| b.writable).map(|b| b.path.as_path()));
     if request.layers.mount_ns {
         // Without a mount namespace /tmp is the host's, shared with everything else.
         writable.push(Path::new("/tmp"));

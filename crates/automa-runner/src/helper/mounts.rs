@@ -1,6 +1,7 @@
 //! The run's root filesystem: a read-only tmpfs holding read-only binds of the system paths and the Python
 //! install, a fresh `/proc` with read-only `/proc/sys`, a few device nodes, and size-capped tmpfs `/work` and
-//! `/tmp`. Nothing else of the host (its home directories, the server's data, other runs) exists in it.
+//! `/tmp`, and the request's own binds (a run's environment, read-only; what an environment build writes).
+//! Nothing else of the host (its home directories, the server's data, other runs) exists in it.
 
 use std::ffi::CString;
 use std::fs;
@@ -61,6 +62,14 @@ pub(super) fn build_root(request: &RunRequest) -> Result<(), String> {
     )?;
     let tmp = mkdir(root, "/tmp")?;
     mount_(Some(Path::new("tmpfs")), &tmp, Some("tmpfs"), base, Some(&format!("size={disk}m,mode=1777")))?;
+    // After /tmp, which would otherwise hide a bind of a path under it (test data directories live there).
+    for bind in &request.binds {
+        if bind.writable {
+            bind_writable(root, &bind.path)?;
+        } else {
+            bind_read_only(root, &bind.path)?;
+        }
+    }
 
     mount_(None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base, None)?;
     std::env::set_current_dir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
@@ -104,10 +113,22 @@ fn bind_read_only(root: &Path, path: &Path) -> Result<(), String> {
     remount_read_only(path, &target)
 }
 
-/// A bind is made read-only by a second, remounting call, which in a user namespace must keep every flag
-/// the source mount has locked (nodev, noexec, atime), or the kernel refuses it.
+/// Binds the directory `path` at the same place under `root`, writable but without setuid or device files.
+fn bind_writable(root: &Path, path: &Path) -> Result<(), String> {
+    let target = inside(root, path);
+    fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+    mount_(Some(path), &target, None, MsFlags::MS_BIND, None)?;
+    remount(path, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+}
+
 fn remount_read_only(source: &Path, target: &Path) -> Result<(), String> {
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    remount(source, target, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)
+}
+
+/// A bind gets its flags (read-only, nosuid) from a second, remounting call, which in a user namespace must
+/// keep every flag the source mount has locked (nodev, noexec, atime), or the kernel refuses it.
+fn remount(source: &Path, target: &Path, wanted: MsFlags) -> Result<(), String> {
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | wanted;
     let c_source = CString::new(source.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: statvfs fills the zeroed struct it is given and reads only the NUL-terminated path.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -99,6 +99,7 @@ pub fn spec(script: &str) -> RunSpec {
         limits: limits(),
         network: false,
         payload: None,
+        environment: None,
     }
 }
 

@@ -77,8 +77,12 @@ pub async fn start(
         tracing::error!(%reason, "the embedded agent will not run scripts");
     }
     let backend = EmbeddedBackend { execution, agent_id: record.id };
-    let agent_config =
-        AgentConfig { concurrency, shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds), hostname };
+    let agent_config = AgentConfig {
+        concurrency,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+        hostname,
+        packages: config.package_settings(),
+    };
     let agent = Agent::new(backend, sandbox, agent_config);
     // An application starts its embedded agent once (running it consumes the application), so this is the
     // only write.

@@ -218,6 +218,7 @@ impl Execution {
             last_log_seq,
             payload,
             held_ms: Some(i64::try_from(held.as_millis()).unwrap_or(0)),
+            environment: None,
         }))
     }
 

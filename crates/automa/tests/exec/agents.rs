@@ -1,6 +1,7 @@
 //! A remote agent's life: bad server URLs, settings it cannot use and refused tokens end `automa agent` with a
 //! clear message; an agent disabled mid-run stops its script and exits; a clean stop says goodbye and shows the
-//! agent offline at once; and an agent given several server URLs moves to one that answers.
+//! agent offline at once; an agent given several server URLs moves to one that answers; and agents report
+//! their uv and environment cache.
 
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
@@ -215,4 +216,46 @@ async fn an_agent_keeps_executing_when_its_first_server_is_killed() {
         let stdout = text_of(logs["chunks"].as_array().unwrap(), "stdout");
         assert_eq!(stdout.lines().count(), 1, "run {id} executed once: {stdout}");
     }
+}
+
+/// Both agents report uv and their environment cache in their capabilities: the remote one from its flags, the
+/// embedded one from the server's settings; an agent without uv reports none and still runs other scripts.
+#[tokio::test]
+async fn agents_report_their_uv_and_environment_cache() {
+    let Some(uv) = std::env::var_os("AUTOMA_TEST_UV").map(std::path::PathBuf::from).filter(|p| p.is_file()) else {
+        assert_ne!(std::env::var("AUTOMA_REQUIRE_UV").as_deref(), Ok("1"), "AUTOMA_TEST_UV names no uv binary");
+        eprintln!("skipped: set AUTOMA_TEST_UV to a uv binary");
+        return;
+    };
+    let version = std::process::Command::new(&uv).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).split_whitespace().nth(1).unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AUTOMA_UV", "/nonexistent/uv")], true).await;
+    let embedded = server.execute("print('stdlib only')\n", json!({})).await;
+    let (chunks, ended) = server.follow(embedded["id"].as_i64().unwrap()).await;
+    assert_eq!((ended["status"].as_str(), text_of(&chunks, "stdout").as_str()), (Some("succeeded"), "stdlib only\n"));
+
+    let agent = create_agent(&server, "with-uv").await;
+    let mut process = command(dir.path(), &[]);
+    process
+        .args(["agent", "--server", &server.base, "--uv"])
+        .arg(&uv)
+        .args(["--package-offline", "--env-cache-mb", "64", "--data-dir"])
+        .arg(dir.path().join("agent"))
+        .env("AUTOMA_TOKEN", agent["token"].as_str().unwrap())
+        .stdout(Stdio::null());
+    let mut process = process.spawn().unwrap();
+    let run = server.execute("print('remote')\n", json!({"agent_id": agent["id"]})).await;
+    let (_, ended) = server.follow(run["id"].as_i64().unwrap()).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+
+    let agents = server.get("/agents").await;
+    let packages = |name: &str| {
+        let found = agents["items"].as_array().unwrap().iter().find(|a| a["name"].as_str().unwrap().starts_with(name));
+        found.unwrap_or_else(|| panic!("{name} in {agents}"))["capabilities"]["packages"].clone()
+    };
+    assert_eq!(packages("with-uv"), json!({"uv": version, "environment_builds": 0, "cached_environments": 0}));
+    assert_eq!(packages("embedded-")["uv"], Value::Null, "{agents}");
+    process.kill().unwrap();
+    process.wait().unwrap();
 }

@@ -81,6 +81,19 @@ pub struct Assignment {
     /// counting from the claim's sending would fence every run that followed a long wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_ms: Option<i64>,
+    /// Set when the script version has dependencies; absent for standard-library scripts.
+    #[serde(default)]
+    pub environment: Option<EnvironmentSpec>,
+}
+
+/// The packages a run needs, as the server locked them when the script version was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentSpec {
+    /// `uv pip compile --universal --generate-hashes` output: every package pinned with its hashes.
+    pub lock: String,
+    /// The script's `requires-python`, checked against the agent's interpreter before building.
+    #[serde(default)]
+    pub requires_python: Option<String>,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -155,6 +168,9 @@ pub struct Outcome {
     /// saw), so a result delivered after an outage keeps the time the run really ended. At most ten years.
     #[serde(default)]
     pub ended_ms_ago: Option<i64>,
+    /// How long preparing the run's environment took: 0 when it was cached, absent without dependencies.
+    #[serde(default)]
+    pub environment_ms: Option<i64>,
 }
 
 impl Outcome {

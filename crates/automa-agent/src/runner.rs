@@ -191,6 +191,7 @@ fn outcome(report: &Report) -> Outcome {
         lease_lost: false,
         elapsed_ms: i64::try_from(report.duration.as_millis()).ok(),
         ended_ms_ago: None,
+        environment_ms: None,
     }
 }
 

@@ -197,6 +197,20 @@ pub struct Config {
     /// A scheduled fire this late is reported to the default channels (at most every 10 minutes). 0 turns this
     /// off.
     pub scheduler_late_seconds: u64,
+    // Packages: scripts' dependencies (docs/architecture.md, "Dependencies"). The same names configure agents.
+    /// The uv that locks scripts' dependencies; default: `uv` on `PATH`. Without one, scripts that have
+    /// dependencies cannot be saved.
+    pub uv: Option<PathBuf>,
+    /// The package index (default: PyPI). May carry credentials: it is passed to uv in its environment.
+    pub package_index_url: Option<SecretString>,
+    /// More indexes, searched besides the first. A list, or one comma-separated string.
+    #[serde(deserialize_with = "secret_list_or_comma_separated")]
+    pub package_extra_index_urls: Vec<SecretString>,
+    /// Directories or URLs of wheels to use besides the indexes. A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_find_links: Vec<String>,
+    /// No network: packages come only from the find-links directories.
+    pub package_offline: bool,
 }
 
 /// How the SMTP connection is protected.
@@ -219,6 +233,12 @@ fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) ->
         Form::List(list) => list,
         Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
     })
+}
+
+fn secret_list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SecretString>, D::Error> {
+    Ok(list_or_comma_separated(deserializer)?.into_iter().map(SecretString::new).collect())
 }
 
 impl Default for Config {
@@ -282,6 +302,11 @@ impl Default for Config {
             notification_timeout_seconds: 10,
             agent_offline_seconds: 90,
             scheduler_late_seconds: 60,
+            uv: None,
+            package_index_url: None,
+            package_extra_index_urls: Vec::new(),
+            package_find_links: Vec::new(),
+            package_offline: false,
         }
     }
 }
@@ -294,6 +319,8 @@ const OTHER_KNOWN_VARIABLES: &[&str] = &[
     "AUTOMA_TEST_PG_URL",
     "AUTOMA_REQUIRE_PG",
     "AUTOMA_CONFIG",
+    "AUTOMA_TEST_UV",
+    "AUTOMA_REQUIRE_UV",
 ];
 
 impl Config {

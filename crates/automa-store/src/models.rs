@@ -271,6 +271,12 @@ pub struct ScriptPackages {
     pub lock: Option<String>,
 }
 
+impl ScriptPackages {
+    pub fn new(dependencies: Vec<String>, requires_python: Option<String>, lock: Option<String>) -> ScriptPackages {
+        ScriptPackages { dependencies: Json(dependencies), requires_python, lock }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewScript {
     pub name: String,

@@ -10,6 +10,7 @@ mod agent_protocol;
 mod audit;
 mod client_limits;
 mod crud;
+mod dependencies;
 mod dashboard;
 mod errors;
 mod fuzz;

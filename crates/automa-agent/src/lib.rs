@@ -12,7 +12,8 @@ mod worker;
 pub use backend::{AgentBackend, AgentError};
 pub use http::{HttpBackend, check_transport, client_for, parse_server_url, parse_server_urls};
 pub use protocol::{
-    Assignment, EnvironmentSpec, ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome, WireChunk,
+    Assignment, ClaimRequest, EnvironmentSpec, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome,
+    WireChunk,
 };
 pub use worker::{Agent, AgentConfig};
 

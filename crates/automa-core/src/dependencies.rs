@@ -63,7 +63,10 @@ impl Requirement {
             // and the position say the same on one line.
             Ok(Err(error)) => {
                 let at = text.get(..error.start).map_or(0, |before| before.chars().count()) + 1;
-                return Err(format!("'{text}' is not a valid PEP 508 requirement: {} (at character {at})", error.message));
+                return Err(format!(
+                    "'{text}' is not a valid PEP 508 requirement: {} (at character {at})",
+                    error.message
+                ));
             }
         };
         if let Some(VersionOrUrl::Url(_)) = parsed.version_or_url {
@@ -211,9 +214,8 @@ pub fn read_script_metadata(source: &str) -> Result<Option<ScriptMetadata>, Inva
                     _ => Err(invalid(format!("the `# /// script` block's dependencies[{index}] must be a string"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let requirements = parse_requirements("dependencies", &texts).map_err(|error| {
-                invalid(format!("the `# /// script` block's {}: {}", error.field, error.message))
-            })?;
+            let requirements = parse_requirements("dependencies", &texts)
+                .map_err(|error| invalid(format!("the `# /// script` block's {}: {}", error.field, error.message)))?;
             Some(requirements)
         }
         Some(_) => return Err(invalid("the `# /// script` block's dependencies must be a list of strings".into())),
@@ -240,11 +242,17 @@ fn python_lines(text: &str) -> impl Iterator<Item = &str> {
         let end = rest
             .char_indices()
             .find(|(_, c)| {
-                matches!(c, '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}')
+                matches!(
+                    c,
+                    '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}'
+                )
             })
-            .map_or(rest.len(), |(index, c)| {
-                if rest[index..].starts_with("\r\n") { index + 2 } else { index + c.len_utf8() }
-            });
+            .map_or(
+                rest.len(),
+                |(index, c)| {
+                    if rest[index..].starts_with("\r\n") { index + 2 } else { index + c.len_utf8() }
+                },
+            );
         let (line, tail) = rest.split_at(end);
         rest = tail;
         Some(line)

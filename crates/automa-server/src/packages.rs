@@ -33,8 +33,16 @@ const MAX_ERROR_BYTES: u64 = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 2000;
 /// The environment variables uv keeps from the server's: how to reach an index through a proxy and which
 /// certificates to trust. Nothing else, so no secret of the server's environment reaches it.
-const PASSED_VARIABLES: &[&str] =
-    &["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"];
+const PASSED_VARIABLES: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
 
 /// Why a set of requirements could not be locked.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +163,8 @@ impl Locker {
         let interpreter = self.interpreter.as_ref().ok_or(LockError::NoInterpreter)?;
         let _slot = self.slots.acquire().await.map_err(|e| LockError::Failed(e.to_string()))?;
         let cache = self.work_dir.join("uv-cache");
-        std::fs::create_dir_all(&cache).map_err(|e| LockError::Failed(format!("cannot create {}: {e}", cache.display())))?;
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| LockError::Failed(format!("cannot create {}: {e}", cache.display())))?;
         let mut command = Command::new(uv);
         command
             .args(["pip", "compile", "--universal", "--generate-hashes", "--no-build", "--no-header"])

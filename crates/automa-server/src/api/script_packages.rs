@@ -53,8 +53,11 @@ pub(crate) async fn packages_for(
     };
     let requires_python = block.requires_python;
     let dependencies = requirements.iter().map(|requirement| requirement.as_str().to_owned()).collect();
-    let mut packages =
-        ScriptPackages::new(dependencies, requires_python.as_ref().map(|specifiers| specifiers.as_str().to_owned()), None);
+    let mut packages = ScriptPackages::new(
+        dependencies,
+        requires_python.as_ref().map(|specifiers| specifiers.as_str().to_owned()),
+        None,
+    );
     if requirements.is_empty() {
         return Ok(Some(packages));
     }
@@ -83,7 +86,11 @@ fn stored_requires_python(packages: &ScriptPackages) -> Option<RequiresPython> {
     packages.requires_python.as_deref().and_then(|text| RequiresPython::parse(text).ok())
 }
 
-async fn lock(state: &AppState, requirements: &[Requirement], requires_python: Option<&RequiresPython>) -> ApiResult<String> {
+async fn lock(
+    state: &AppState,
+    requirements: &[Requirement],
+    requires_python: Option<&RequiresPython>,
+) -> ApiResult<String> {
     state.locker.lock(requirements, requires_python).await.map_err(|error| match error {
         LockError::NoInterpreter => ApiError::Unavailable(error.to_string()),
         other => ApiError::Unprocessable(InvalidField::new("dependencies", other.to_string())),
@@ -117,7 +124,8 @@ pub async fn update_lock(
         return Ok((StatusCode::OK, Json(current.into())));
     }
     let packages = ScriptPackages { lock: Some(fresh), ..script.packages.clone() };
-    let update = ScriptUpdate { packages: Some(packages), expected_version: Some(script.version), ..ScriptUpdate::default() };
+    let update =
+        ScriptUpdate { packages: Some(packages), expected_version: Some(script.version), ..ScriptUpdate::default() };
     let updated = state.store.update_script(&principal.actor(), id, update).await.map_err(missing("script"))?;
     let version = state.store.get_script_version(id, updated.version).await.map_err(missing("script version"))?;
     Ok((StatusCode::CREATED, Json(version.into())))

@@ -249,11 +249,13 @@ pub async fn update(
         Some(_) | None => None,
     };
     let packages =
-        script_packages::packages_for(&state, content.as_deref(), input.dependencies.as_deref(), Some(&current)).await?;
+        script_packages::packages_for(&state, content.as_deref(), input.dependencies.as_deref(), Some(&current))
+            .await?;
     if content.is_none() && packages.as_ref().is_some_and(|packages| *packages != current.packages) {
         grants::authorize_script_change(&state, &principal, id).await?;
     }
-    let update = ScriptUpdate { name, description: input.description, filename, content, packages, expected_version: None };
+    let update =
+        ScriptUpdate { name, description: input.description, filename, content, packages, expected_version: None };
     Ok(Json(state.store.update_script(&principal.actor(), id, update).await.map_err(missing("script"))?.into()))
 }
 

@@ -34,7 +34,8 @@ fn test_uv() -> Option<PathBuf> {
 /// Writes a wheel with `tests/fixtures/make_wheel.py` and returns its `sha256:<hex>`.
 fn make_wheel(dir: &Path, name: &str, version: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make_wheel.py");
-    let output = std::process::Command::new("/usr/bin/python3").arg(script).arg(dir).arg(name).arg(version).output().unwrap();
+    let output =
+        std::process::Command::new("/usr/bin/python3").arg(script).arg(dir).arg(name).arg(version).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let path = String::from_utf8(output.stdout).unwrap();
     format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(path.trim()).unwrap())))
@@ -52,7 +53,9 @@ async fn app_with_wheels(backend: Backend, uv: PathBuf, wheels: &Path) -> TestAp
 }
 
 fn script_with(dependencies: &str) -> String {
-    format!("# /// script\n# requires-python = \">=3.8\"\n# dependencies = [{dependencies}]\n# ///\nimport demo_pkg\nprint(demo_pkg.VALUE)\n")
+    format!(
+        "# /// script\n# requires-python = \">=3.8\"\n# dependencies = [{dependencies}]\n# ///\nimport demo_pkg\nprint(demo_pkg.VALUE)\n"
+    )
 }
 
 fn hashes_of(version: &Value, name: &str) -> Vec<String> {
@@ -69,9 +72,8 @@ async fn a_pep_723_script_is_locked_and_its_lock_updated(backend: Backend) {
     let admin = app.admin_token().await;
     assert!(app.get("/ready", &admin).await.body["uv"].is_string(), "the server reports its uv");
 
-    let created = app
-        .post("/scripts", &admin, json!({"name": "with-packages", "content": script_with("\"demo-pkg>=1\"")}))
-        .await;
+    let created =
+        app.post("/scripts", &admin, json!({"name": "with-packages", "content": script_with("\"demo-pkg>=1\"")})).await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     assert_eq!(created.body["dependencies"], json!(["demo-pkg>=1"]));
     assert_eq!(created.body["requires_python"], ">=3.8");
@@ -79,11 +81,16 @@ async fn a_pep_723_script_is_locked_and_its_lock_updated(backend: Backend) {
     assert_eq!(hashes_of(&created.body, "demo-pkg"), [first_hash.clone()]);
     let id = created.body["id"].as_i64().unwrap();
     let version = app.get(&format!("/scripts/{id}/versions/1"), &admin).await;
-    assert_eq!((version.body["lock"].clone(), version.body["locked_packages"][0]["version"].clone()), (created.body["lock"].clone(), json!("1.0.0")));
+    assert_eq!(
+        (version.body["lock"].clone(), version.body["locked_packages"][0]["version"].clone()),
+        (created.body["lock"].clone(), json!("1.0.0"))
+    );
 
     // Editing the code keeps the packages: only "update lock" changes them.
     let second_hash = make_wheel(wheels.path(), "demo-pkg", "1.1.0");
-    let edited = app.put(&format!("/scripts/{id}"), &admin, json!({"content": script_with("\"demo-pkg >= 1\"") + "# edited\n"})).await;
+    let edited = app
+        .put(&format!("/scripts/{id}"), &admin, json!({"content": script_with("\"demo-pkg >= 1\"") + "# edited\n"}))
+        .await;
     assert_eq!((edited.status, edited.body["version"].as_i64()), (StatusCode::OK, Some(2)), "{:?}", edited.body);
     assert_eq!(edited.body["lock"], created.body["lock"], "the same requirements keep their lock");
 
@@ -94,7 +101,11 @@ async fn a_pep_723_script_is_locked_and_its_lock_updated(backend: Backend) {
     assert_eq!(app.get(&format!("/scripts/{id}"), &admin).await.body["version"], 3);
 
     let again = app.post(&format!("/scripts/{id}/lock"), &admin, json!({})).await;
-    assert_eq!((again.status, again.body["version"].as_i64()), (StatusCode::OK, Some(3)), "an unchanged lock saves nothing");
+    assert_eq!(
+        (again.status, again.body["version"].as_i64()),
+        (StatusCode::OK, Some(3)),
+        "an unchanged lock saves nothing"
+    );
     let audit = app.get("/audit?action=script.update", &admin).await;
     assert!(audit.body.to_string().contains("lock_changed"), "{:?}", audit.body);
 
@@ -112,10 +123,17 @@ async fn explicit_dependencies_are_locked_and_must_agree_with_the_block(backend:
     let admin = app.admin_token().await;
 
     let explicit = app
-        .post("/scripts", &admin, json!({"name": "explicit", "content": "import demo_pkg\n", "dependencies": ["demo-pkg==1.0.0"]}))
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "explicit", "content": "import demo_pkg\n", "dependencies": ["demo-pkg==1.0.0"]}),
+        )
         .await;
     assert_eq!(explicit.status, StatusCode::CREATED, "{:?}", explicit.body);
-    assert_eq!((explicit.body["dependencies"].clone(), explicit.body["requires_python"].clone()), (json!(["demo-pkg==1.0.0"]), Value::Null));
+    assert_eq!(
+        (explicit.body["dependencies"].clone(), explicit.body["requires_python"].clone()),
+        (json!(["demo-pkg==1.0.0"]), Value::Null)
+    );
     assert_eq!(hashes_of(&explicit.body, "demo-pkg"), [hash]);
     let id = explicit.body["id"].as_i64().unwrap();
     let edited = app.put(&format!("/scripts/{id}"), &admin, json!({"content": "import demo_pkg\nprint(2)\n"})).await;
@@ -124,13 +142,24 @@ async fn explicit_dependencies_are_locked_and_must_agree_with_the_block(backend:
     assert_eq!((cleared.body["version"].as_i64(), cleared.body["lock"].clone()), (Some(3), Value::Null));
 
     let same = app
-        .post("/scripts", &admin, json!({"name": "same", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg >= 1"]}))
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "same", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg >= 1"]}),
+        )
         .await;
     assert_eq!(same.status, StatusCode::CREATED, "the same requirements in both places agree: {:?}", same.body);
     let differ = app
-        .post("/scripts", &admin, json!({"name": "differ", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg<1"]}))
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "differ", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg<1"]}),
+        )
         .await;
-    assert_eq!((differ.status, differ.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies")));
+    assert_eq!(
+        (differ.status, differ.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
     assert!(differ.body["detail"].as_str().unwrap().contains("differ from the script's `# /// script` block"));
 }
 
@@ -146,16 +175,31 @@ async fn malformed_and_unresolvable_requirements_are_refused_by_name(backend: Ba
     let detail = in_block.body["detail"].as_str().unwrap();
     assert!(detail.contains("dependencies[0]: 'demo-pkg >=' is not a valid PEP 508 requirement"), "{detail}");
 
-    let listed = app.post("/scripts", &admin, json!({"name": "b", "content": "print(1)\n", "dependencies": ["demo-pkg", "bad["]})).await;
-    assert_eq!((listed.status, listed.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies[1]")));
+    let listed = app
+        .post("/scripts", &admin, json!({"name": "b", "content": "print(1)\n", "dependencies": ["demo-pkg", "bad["]}))
+        .await;
+    assert_eq!(
+        (listed.status, listed.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies[1]"))
+    );
     assert!(listed.body["detail"].as_str().unwrap().contains("'bad['"), "{:?}", listed.body);
 
-    let url = app.post("/scripts", &admin, json!({"name": "c", "content": "print(1)\n", "dependencies": ["x @ file:///etc/passwd"]})).await;
+    let url = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "c", "content": "print(1)\n", "dependencies": ["x @ file:///etc/passwd"]}),
+        )
+        .await;
     assert_eq!(url.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(url.body["detail"].as_str().unwrap().contains("direct reference"), "{:?}", url.body);
 
-    let unresolvable = app.post("/scripts", &admin, json!({"name": "d", "content": script_with("\"no-such-package\"")})).await;
-    assert_eq!((unresolvable.status, unresolvable.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies")));
+    let unresolvable =
+        app.post("/scripts", &admin, json!({"name": "d", "content": script_with("\"no-such-package\"")})).await;
+    assert_eq!(
+        (unresolvable.status, unresolvable.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
     let detail = unresolvable.body["detail"].as_str().unwrap();
     assert!(detail.contains("could not be resolved") && detail.contains("no-such-package"), "{detail}");
     let too_new = app.post("/scripts", &admin, json!({"name": "e", "content": script_with("\"demo-pkg>5\"")})).await;
@@ -169,15 +213,26 @@ async fn without_uv_only_scripts_with_dependencies_are_refused(backend: Backend)
     let admin = app.admin_token().await;
     assert_eq!(app.get("/ready", &admin).await.body["uv"], Value::Null);
 
-    let plain = app.post("/scripts", &admin, json!({"name": "plain", "content": "import json\nprint(json.dumps(1))\n"})).await;
+    let plain =
+        app.post("/scripts", &admin, json!({"name": "plain", "content": "import json\nprint(json.dumps(1))\n"})).await;
     assert_eq!(plain.status, StatusCode::CREATED, "{:?}", plain.body);
     assert_eq!((plain.body["dependencies"].clone(), plain.body["lock"].clone()), (json!([]), Value::Null));
     let only_python = app
-        .post("/scripts", &admin, json!({"name": "only-python", "content": "# /// script\n# requires-python = \">=3.8\"\n# ///\nprint(1)\n"}))
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "only-python", "content": "# /// script\n# requires-python = \">=3.8\"\n# ///\nprint(1)\n"}),
+        )
         .await;
-    assert_eq!((only_python.status, only_python.body["requires_python"].as_str()), (StatusCode::CREATED, Some(">=3.8")));
+    assert_eq!(
+        (only_python.status, only_python.body["requires_python"].as_str()),
+        (StatusCode::CREATED, Some(">=3.8"))
+    );
 
     let refused = app.post("/scripts", &admin, json!({"name": "needs", "content": script_with("\"demo-pkg\"")})).await;
-    assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies")));
+    assert_eq!(
+        (refused.status, refused.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
     assert!(refused.body["detail"].as_str().unwrap().contains("no uv"), "{:?}", refused.body);
 }

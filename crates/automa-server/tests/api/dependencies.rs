@@ -78,7 +78,7 @@ async fn a_pep_723_script_is_locked_and_its_lock_updated(backend: Backend) {
     assert_eq!(created.body["dependencies"], json!(["demo-pkg>=1"]));
     assert_eq!(created.body["requires_python"], ">=3.8");
     assert!(created.body["lock"].as_str().unwrap().contains("demo-pkg==1.0.0"), "{:?}", created.body["lock"]);
-    assert_eq!(hashes_of(&created.body, "demo-pkg"), [first_hash.clone()]);
+    assert_eq!(hashes_of(&created.body, "demo-pkg"), [first_hash]);
     let id = created.body["id"].as_i64().unwrap();
     let version = app.get(&format!("/scripts/{id}/versions/1"), &admin).await;
     assert_eq!(

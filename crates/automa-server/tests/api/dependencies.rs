@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -13,6 +13,7 @@ on_both_backends!(
     a_pep_723_script_is_locked_and_its_lock_updated,
     explicit_dependencies_are_locked_and_must_agree_with_the_block,
     malformed_and_unresolvable_requirements_are_refused_by_name,
+    an_agent_is_given_the_lock_and_reports_its_environment,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -235,4 +236,50 @@ async fn without_uv_only_scripts_with_dependencies_are_refused(backend: Backend)
         (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
     );
     assert!(refused.body["detail"].as_str().unwrap().contains("no uv"), "{:?}", refused.body);
+}
+
+async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+    let created = app.post("/agents", &admin, json!({"name": "builder"})).await;
+    let agent = created.body["token"].as_str().unwrap().to_owned();
+    let heartbeat =
+        json!({"initial": true, "hostname": "builder", "version": "test", "capabilities": {}, "running": []});
+    app.request(Method::POST, "/agent/heartbeat", Some(&agent), Some(&heartbeat)).await;
+    let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
+    assert_eq!(plain.status, StatusCode::ACCEPTED, "{:?}", plain.body);
+    let locked = app.post("/execute", &admin, json!({"script_id": script.body["id"]})).await;
+    assert_eq!(locked.status, StatusCode::ACCEPTED, "{:?}", locked.body);
+
+    let claim = json!({"wait_seconds": 0});
+    let first = app.request(Method::POST, "/agent/claim", Some(&agent), Some(&claim)).await.body;
+    assert_eq!((first["run_id"].clone(), first["environment"].clone()), (plain.body["id"].clone(), Value::Null));
+    let second = app.request(Method::POST, "/agent/claim", Some(&agent), Some(&claim)).await.body;
+    assert_eq!(second["run_id"], locked.body["id"]);
+    assert_eq!(second["environment"], json!({"lock": script.body["lock"], "requires_python": ">=3.8"}));
+
+    let run = second["run_id"].as_i64().unwrap();
+    let system = json!({"chunks": [
+        {"seq": 1, "stream": "system", "ts": "2026-01-01T00:00:00Z", "data": "preparing environment\n"},
+        {"seq": 2, "stream": "system", "ts": "2026-01-01T00:00:00Z", "data": "environment ready (0 ms, cached)\n"},
+    ]});
+    let shipped = app.request(Method::POST, &format!("/agent/runs/{run}/logs"), Some(&agent), Some(&system)).await;
+    assert_eq!(shipped.status, StatusCode::OK, "agents may write system lines: {:?}", shipped.body);
+    let finish = format!("/agent/runs/{run}/finish");
+    let negative = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0, "environment_ms": -1});
+    let refused = app.request(Method::POST, &finish, Some(&agent), Some(&negative)).await;
+    assert_eq!(
+        (refused.status, refused.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("environment_ms"))
+    );
+    let outcome = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0, "environment_ms": 0});
+    assert_eq!(app.request(Method::POST, &finish, Some(&agent), Some(&outcome)).await.status, StatusCode::OK);
+    let shown = app.get(&format!("/runs/{run}"), &admin).await.body;
+    assert_eq!((shown["status"].as_str(), shown["environment_ms"].as_i64()), (Some("succeeded"), Some(0)), "{shown}");
+    let log = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
+    assert_eq!(log.unwrap().text().await.unwrap(), "preparing environment\nenvironment ready (0 ms, cached)\n");
 }

@@ -401,27 +401,29 @@ fn build_steps(inner: &Inner, staging: &Path) -> Vec<BuildSpec> {
     install.push(text(&env.join("bin/python")));
     install.extend(["--no-deps", "--require-hashes", "--no-build", "-r"].map(String::from));
     install.push(text(&staging.join("lock.txt")));
-    if settings.offline {
-        install.extend(["--offline", "--no-index"].map(String::from));
-    } else {
-        if let Some(url) = &settings.index_url {
-            install.extend(["--index-url".into(), url.clone()]);
-        }
-        for url in &settings.extra_index_urls {
-            install.extend(["--extra-index-url".into(), url.clone()]);
-        }
-    }
     for place in &settings.find_links {
         install.extend(["--find-links".into(), place.clone()]);
     }
     let readable: Vec<PathBuf> =
         settings.find_links.iter().filter(|place| !place.contains("://")).map(PathBuf::from).collect();
-    let env_vars = vec![
+    let mut env_vars = vec![
         ("UV_CACHE_DIR".into(), text(&staging.join("cache"))),
         ("UV_NO_CONFIG".into(), "1".into()),
         ("UV_PYTHON_DOWNLOADS".into(), "never".into()),
         ("NO_COLOR".into(), "1".into()),
     ];
+    if settings.offline {
+        install.extend(["--offline", "--no-index"].map(String::from));
+    } else {
+        // Index URLs may carry credentials: in uv's environment they are not on a command line that any user
+        // of the host can read, as the server does when it locks.
+        if let Some(url) = &settings.index_url {
+            env_vars.push(("UV_INDEX_URL".into(), url.clone()));
+        }
+        if !settings.extra_index_urls.is_empty() {
+            env_vars.push(("UV_EXTRA_INDEX_URL".into(), settings.extra_index_urls.join(" ")));
+        }
+    }
     [(venv, false), (install, !settings.offline)]
         .into_iter()
         .map(|(args, network)| BuildSpec {

@@ -79,6 +79,7 @@ impl Application {
                 None
             }
         };
+        let locker = Arc::new(crate::packages::Locker::detect(&config, interpreter.clone()).await);
         let (router, mut openapi) = api::routes().split_for_parts();
         api::complete(&mut openapi);
         let openapi_json = serde_json::to_value(&openapi)?;
@@ -103,6 +104,7 @@ impl Application {
             sandbox: Arc::default(),
             schedule_changed: Arc::default(),
             database_size: Arc::default(),
+            locker,
             store,
             sessions: Arc::new(Sessions::new(&key, config.token_ttl_seconds)),
             access: Arc::new(

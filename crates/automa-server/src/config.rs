@@ -130,21 +130,6 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
-    // Packages (docs/architecture.md, "Dependencies").
-    /// The uv that locks scripts' dependencies and builds their environments; default: `uv` on `PATH`.
-    pub uv: Option<PathBuf>,
-    /// The package index (`--index-url`); default: uv's (PyPI).
-    pub package_index_url: Option<String>,
-    /// More indexes searched after it. A list, or one comma-separated string.
-    #[serde(deserialize_with = "list_or_comma_separated")]
-    pub package_extra_index_urls: Vec<String>,
-    /// Directories or URLs of wheels (`--find-links`). A list, or one comma-separated string.
-    #[serde(deserialize_with = "list_or_comma_separated")]
-    pub package_find_links: Vec<String>,
-    /// No index at all: packages come from `package_find_links` only, and builds get no network.
-    pub package_offline: bool,
-    /// The most megabytes an agent's environments may take before the least recently used are removed.
-    pub env_cache_mb: u64,
 
     // Restarts and upgrades.
     /// Apply pending database migrations when `serve` starts (default). Off: `serve` refuses to start while
@@ -214,6 +199,22 @@ pub struct Config {
     /// A scheduled fire this late is reported to the default channels (at most every 10 minutes). 0 turns this
     /// off.
     pub scheduler_late_seconds: u64,
+    // Packages: scripts' dependencies (docs/architecture.md, "Dependencies"). The same names configure agents.
+    /// The uv that locks scripts' dependencies; default: `uv` on `PATH`. Without one, scripts that have
+    /// dependencies cannot be saved.
+    pub uv: Option<PathBuf>,
+    /// The package index (default: PyPI). May carry credentials: it is passed to uv in its environment.
+    pub package_index_url: Option<SecretString>,
+    /// More indexes, searched besides the first. A list, or one comma-separated string.
+    #[serde(deserialize_with = "secret_list_or_comma_separated")]
+    pub package_extra_index_urls: Vec<SecretString>,
+    /// Directories or URLs of wheels to use besides the indexes. A list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub package_find_links: Vec<String>,
+    /// No network: packages come only from the find-links directories.
+    pub package_offline: bool,
+    /// The most megabytes an agent's environments may take before the least recently used are removed.
+    pub env_cache_mb: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -236,6 +237,12 @@ fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) ->
         Form::List(list) => list,
         Form::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
     })
+}
+
+fn secret_list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SecretString>, D::Error> {
+    Ok(list_or_comma_separated(deserializer)?.into_iter().map(SecretString::new).collect())
 }
 
 impl Default for Config {
@@ -270,12 +277,6 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
-            uv: None,
-            package_index_url: None,
-            package_extra_index_urls: Vec::new(),
-            package_find_links: Vec::new(),
-            package_offline: false,
-            env_cache_mb: PackageSettings::DEFAULT_CACHE_MB,
             network_grant: NetworkGrant::Admin,
             auto_migrate: true,
             embedded_agent_name: None,
@@ -305,6 +306,12 @@ impl Default for Config {
             notification_timeout_seconds: 10,
             agent_offline_seconds: 90,
             scheduler_late_seconds: 60,
+            uv: None,
+            package_index_url: None,
+            package_extra_index_urls: Vec::new(),
+            package_find_links: Vec::new(),
+            package_offline: false,
+            env_cache_mb: PackageSettings::DEFAULT_CACHE_MB,
         }
     }
 }
@@ -319,6 +326,8 @@ const OTHER_KNOWN_VARIABLES: &[&str] = &[
     "AUTOMA_TEST_UV",
     "AUTOMA_REQUIRE_UV",
     "AUTOMA_CONFIG",
+    "AUTOMA_TEST_UV",
+    "AUTOMA_REQUIRE_UV",
 ];
 
 impl Config {
@@ -372,8 +381,8 @@ impl Config {
     pub fn package_settings(&self) -> PackageSettings {
         PackageSettings {
             uv: self.uv.clone(),
-            index_url: self.package_index_url.clone(),
-            extra_index_urls: self.package_extra_index_urls.clone(),
+            index_url: self.package_index_url.as_ref().map(|url| url.expose().to_owned()),
+            extra_index_urls: self.package_extra_index_urls.iter().map(|url| url.expose().to_owned()).collect(),
             find_links: self.package_find_links.clone(),
             offline: self.package_offline,
             cache_mb: self.env_cache_mb,

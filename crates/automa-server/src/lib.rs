@@ -17,6 +17,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod packages;
 pub mod python;
 pub mod rate_limit;
 pub mod requests;

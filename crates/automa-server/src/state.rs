@@ -45,4 +45,6 @@ pub struct AppState {
     pub notifier: Arc<crate::notify::Notifier>,
     /// The database's size, read at most every few seconds for `/ready` and `/metrics`.
     pub database_size: Arc<DatabaseSize>,
+    /// Locks scripts' dependencies with uv.
+    pub locker: Arc<crate::packages::Locker>,
 }

@@ -234,6 +234,9 @@ pub struct Script {
     pub version: i64,
     pub sha256: String,
     pub size: i64,
+    /// The current version's packages.
+    #[sqlx(flatten)]
+    pub packages: ScriptPackages,
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -246,8 +249,25 @@ pub struct ScriptVersion {
     pub content: String,
     pub sha256: String,
     pub size: i64,
+    #[sqlx(flatten)]
+    pub packages: ScriptPackages,
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The packages a script version needs: its PEP 508 requirements, its `requires-python`, and the lock the
+/// server resolved them into when the version was saved (`None` without requirements).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ScriptPackages {
+    pub dependencies: Json<Vec<String>>,
+    pub requires_python: Option<String>,
+    pub lock: Option<String>,
+}
+
+impl ScriptPackages {
+    pub fn new(dependencies: Vec<String>, requires_python: Option<String>, lock: Option<String>) -> ScriptPackages {
+        ScriptPackages { dependencies: Json(dependencies), requires_python, lock }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +276,7 @@ pub struct NewScript {
     pub description: String,
     pub filename: String,
     pub content: String,
+    pub packages: ScriptPackages,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -264,6 +285,10 @@ pub struct ScriptUpdate {
     pub description: Option<String>,
     pub filename: Option<String>,
     pub content: Option<String>,
+    /// New packages: with `content`, or alone, they append a version when they differ from the current ones.
+    pub packages: Option<ScriptPackages>,
+    /// Refuse the update (409) unless the script is still at this version: for changes computed from it.
+    pub expected_version: Option<i64>,
 }
 
 /// The columns a task and a run keep their [`RunParams`] in, read back through the same checks as the API's
@@ -483,6 +508,8 @@ pub struct Run {
     pub output_bytes: Option<i64>,
     pub truncated: bool,
     pub error: Option<String>,
+    /// How long the agent took to prepare the run's packages (0: cached); `None` for runs without any.
+    pub environment_ms: Option<i64>,
     pub lease_until: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     #[sqlx(flatten, try_from = "RunParamsColumns")]
@@ -519,6 +546,8 @@ pub struct NewRun {
 pub struct ClaimedRun {
     pub run: Run,
     pub content: String,
+    /// The lock and `requires-python` of the run's script version, when it has a lock.
+    pub environment: Option<(String, Option<String>)>,
     /// The highest output chunk number the run already has (0 for a fresh run): a run handed back and
     /// claimed again continues its log after it.
     pub last_log_seq: i64,
@@ -539,6 +568,8 @@ pub struct RunEnd {
     pub output_bytes: Option<i64>,
     pub truncated: bool,
     pub error: Option<String>,
+    /// How long the agent took to prepare the run's packages (0: cached); `None` for runs without any.
+    pub environment_ms: Option<i64>,
     /// How long before the report the run ended, by the agent's account: `finished_at` is set that long
     /// before now, but never before the run was claimed. `None`: now.
     pub ended_ago: Option<chrono::Duration>,

@@ -186,7 +186,7 @@ const POSTGRES_SECRETS: &str = "NOT EXISTS (SELECT 1 FROM secrets s \
 /// Ends a running run. `$1` run, `$2` agent (NULL: whichever agent holds it, for the reaper).
 const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_code = $5, signal = $6, timed_out = $7, \
      oom_killed = $8, max_rss_kb = $9, cpu_ms = $10, output_bytes = $11, truncated = $12, error = $13, \
-     started_at = $14, lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) \
+     started_at = $14, environment_ms = $15, lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) \
      RETURNING *";
 
 /// What the finish of a running run needs to know about it: when it was claimed and its lease's end.
@@ -271,6 +271,7 @@ where
         .bind(end.truncated)
         .bind(&end.error)
         .bind(started_at)
+        .bind(end.environment_ms)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(run) = run else { return Ok(None) };
@@ -396,20 +397,26 @@ impl Store {
             }
         };
         let Some(run) = run else { return Ok(None) };
-        let content: Option<String> = match (&run.script_id, &run.script_version) {
+        type Source = (String, Option<String>, Option<String>);
+        let source: Option<Source> = match (&run.script_id, &run.script_version) {
             (Some(script_id), Some(version)) => dispatch!(self, pool => {
-                sqlx::query_scalar("SELECT content FROM script_versions WHERE script_id = $1 AND version = $2")
-                    .bind(script_id)
-                    .bind(version)
-                    .fetch_optional(pool)
-                    .await?
+                sqlx::query_as(
+                    "SELECT content, lock, requires_python FROM script_versions WHERE script_id = $1 AND version = $2",
+                )
+                .bind(script_id)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?
             }),
             _ => dispatch!(self, pool => {
-                sqlx::query_scalar("SELECT content FROM runs WHERE id = $1").bind(run.id).fetch_one(pool).await?
+                let content: Option<String> =
+                    sqlx::query_scalar("SELECT content FROM runs WHERE id = $1").bind(run.id).fetch_one(pool).await?;
+                content.map(|content| (content, None, None))
             }),
         };
-        match content {
-            Some(content) => {
+        match source {
+            Some((content, lock, requires_python)) => {
+                let environment = lock.map(|lock| (lock, requires_python));
                 let (last_log_seq, payload): (i64, Option<String>) = dispatch!(self, pool => {
                     sqlx::query_as(
                         "SELECT (SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1), \
@@ -419,7 +426,7 @@ impl Store {
                     .fetch_one(pool)
                     .await?
                 });
-                Ok(Some(ClaimedRun { run, content, last_log_seq, payload }))
+                Ok(Some(ClaimedRun { run, content, environment, last_log_seq, payload }))
             }
             None => {
                 let end = RunEnd::failed("the script version of this run no longer exists");
@@ -667,6 +674,7 @@ impl RunEnd {
             output_bytes: None,
             truncated: false,
             error: None,
+            environment_ms: None,
             ended_ago: None,
             elapsed: None,
             retry_after_lease: false,

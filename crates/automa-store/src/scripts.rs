@@ -9,8 +9,15 @@ use crate::{
     WritePool, composed, dispatch, now,
 };
 
+const VERSION_COLUMNS: &str =
+    "script_id, version, content, sha256, size, dependencies, requires_python, lock, created_by, created_at";
+
+/// Appends version `$2` of script `$1`.
+const INSERT_VERSION: &str = "INSERT INTO script_versions (script_id, version, content, sha256, size, dependencies, \
+     requires_python, lock, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 const SCRIPT_SELECT: &str = "SELECT s.id, s.name, s.description, s.filename, v.content, v.version, v.sha256, v.size, \
-     s.created_by, s.created_at, s.updated_at FROM scripts s \
+     v.dependencies, v.requires_python, v.lock, s.created_by, s.created_at, s.updated_at FROM scripts s \
      JOIN script_versions v ON v.script_id = s.id AND v.version = s.current_version";
 
 fn sha256_hex(content: &str) -> String {
@@ -36,19 +43,21 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a script named '{}' already exists", new.name)))?;
-            sqlx::query(
-                "INSERT INTO script_versions (script_id, version, content, sha256, size, created_by, created_at) \
-                 VALUES ($1, 1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(&new.content)
-            .bind(&sha256)
-            .bind(new.content.len() as i64)
-            .bind(created_by)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            let details = json!({"name": new.name, "version": 1, "sha256": sha256});
+            sqlx::query(INSERT_VERSION)
+                .bind(id)
+                .bind(1_i64)
+                .bind(&new.content)
+                .bind(&sha256)
+                .bind(new.content.len() as i64)
+                .bind(&new.packages.dependencies)
+                .bind(&new.packages.requires_python)
+                .bind(&new.packages.lock)
+                .bind(created_by)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            let details = json!({"name": new.name, "version": 1, "sha256": sha256,
+                "dependencies": new.packages.dependencies});
             self.append_audit(&mut tx, actor, AuditEvent::new("script.create", "script", Some(id), details)).await?;
             let script = sqlx::query_as(composed(format!("{SCRIPT_SELECT} WHERE s.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
@@ -106,24 +115,33 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StoreError::NotFound)?;
+            if update.expected_version.is_some_and(|expected| expected != current.version) {
+                return Err(StoreError::Conflict(format!(
+                    "the script changed meanwhile (it is at version {}); try again",
+                    current.version
+                )));
+            }
             let at = now();
             let mut version = current.version;
             let new_content = update.content.as_ref().filter(|content| sha256_hex(content) != current.sha256);
-            if let Some(content) = new_content {
+            let new_packages = update.packages.as_ref().filter(|packages| **packages != current.packages);
+            if new_content.is_some() || new_packages.is_some() {
                 version += 1;
-                sqlx::query(
-                    "INSERT INTO script_versions (script_id, version, content, sha256, size, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(content)
-                .bind(sha256_hex(content))
-                .bind(content.len() as i64)
-                .bind(created_by)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                let content = new_content.unwrap_or(&current.content);
+                let packages = new_packages.unwrap_or(&current.packages);
+                sqlx::query(INSERT_VERSION)
+                    .bind(id)
+                    .bind(version)
+                    .bind(content)
+                    .bind(sha256_hex(content))
+                    .bind(content.len() as i64)
+                    .bind(&packages.dependencies)
+                    .bind(&packages.requires_python)
+                    .bind(&packages.lock)
+                    .bind(created_by)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let name = update.name.clone().unwrap_or(current.name);
             sqlx::query(
@@ -140,7 +158,9 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_constraint(e, || format!("a script named '{name}' already exists")))?;
             let details = json!({"name": update.name, "description": update.description, "filename": update.filename,
-                "version": version, "new_version": new_content.is_some()});
+                "version": version, "new_version": version != current.version,
+                "dependencies": new_packages.map(|packages| &packages.dependencies),
+                "lock_changed": new_packages.is_some_and(|packages| packages.lock != current.packages.lock)});
             self.append_audit(&mut tx, actor, AuditEvent::new("script.update", "script", Some(id), details)).await?;
             let script = sqlx::query_as(composed(format!("{SCRIPT_SELECT} WHERE s.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
@@ -189,10 +209,9 @@ impl Store {
                 .bind(script_id)
                 .fetch_one(pool)
                 .await?;
-            let items = sqlx::query_as(
-                "SELECT script_id, version, content, sha256, size, created_by, created_at FROM script_versions \
-                 WHERE script_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3",
-            )
+            let items = sqlx::query_as(composed(format!(
+                "SELECT {VERSION_COLUMNS} FROM script_versions WHERE script_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"
+            )))
             .bind(script_id)
             .bind(page.limit)
             .bind(page.offset)
@@ -204,10 +223,7 @@ impl Store {
 
     pub async fn get_script_version(&self, script_id: i64, version: i64) -> StoreResult<ScriptVersion> {
         dispatch!(self, pool => {
-            sqlx::query_as(
-                "SELECT script_id, version, content, sha256, size, created_by, created_at FROM script_versions \
-                 WHERE script_id = $1 AND version = $2",
-            )
+            sqlx::query_as(composed(format!("SELECT {VERSION_COLUMNS} FROM script_versions WHERE script_id = $1 AND version = $2")))
             .bind(script_id)
             .bind(version)
             .fetch_optional(pool)

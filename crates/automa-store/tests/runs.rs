@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use automa_core::{Role, RunStatus, Trigger};
 use automa_store::{
-    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, Store, UserUpdate,
+    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, ScriptPackages,
+    ScriptUpdate, Store, StoreError, UserUpdate,
 };
 use chrono::Duration;
 
@@ -562,3 +563,34 @@ async fn payloads_go_with_the_last_attempt(store: &Store) {
     assert_eq!(store.run_payload(cancelled).await.unwrap(), None, "a run cancelled before it started keeps none");
 }
 both_backends!(payloads, payloads_go_with_the_last_attempt);
+
+async fn a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_environment_time(store: &Store) {
+    let (script_id, first) = script(store).await;
+    let lock = "demo-pkg==1.0.0 \\\n    --hash=sha256:aa\n";
+    let packages = ScriptPackages::new(vec!["demo-pkg>=1".into()], Some(">=3.8".into()), Some(lock.into()));
+    let stale =
+        ScriptUpdate { packages: Some(packages.clone()), expected_version: Some(first + 1), ..Default::default() };
+    let refused = store.update_script(&Actor::system(), script_id, stale).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "a change computed from another version is refused");
+    let update = ScriptUpdate { packages: Some(packages.clone()), expected_version: Some(first), ..Default::default() };
+    let locked = store.update_script(&Actor::system(), script_id, update).await.unwrap();
+    assert_eq!((locked.version, &locked.packages, locked.content.as_str()), (first + 1, &packages, "print(1)"));
+    assert_eq!(store.get_script_version(script_id, first).await.unwrap().packages, ScriptPackages::default());
+
+    let a = agent(store, "a", &[], 4).await;
+    let plain = store.create_run(None, new_run((script_id, first), &[], None, 0)).await.unwrap();
+    let with_packages = store.create_run(None, new_run((script_id, locked.version), &[], None, 0)).await.unwrap();
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
+    assert_eq!((claimed.run.id, claimed.environment), (plain.id, None));
+    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
+    assert_eq!(claimed.run.id, with_packages.id);
+    assert_eq!(claimed.environment, Some((lock.to_owned(), Some(">=3.8".to_owned()))));
+
+    let end = RunEnd { exit_code: Some(0), environment_ms: Some(0), ..RunEnd::new(RunStatus::Succeeded) };
+    let finished = store.finish_run(with_packages.id, Some(a), &end).await.unwrap();
+    assert_eq!(finished.run.environment_ms, Some(0));
+    let end = RunEnd { exit_code: Some(0), ..RunEnd::new(RunStatus::Succeeded) };
+    assert_eq!(store.finish_run(plain.id, Some(a), &end).await.unwrap().run.environment_ms, None);
+}
+
+both_backends!(script_packages, a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_environment_time);

@@ -28,6 +28,9 @@ pub struct Readiness {
     pub database_size_bytes: Option<i64>,
     /// Whether scripts can be syntax-checked (an interpreter was found).
     pub python: bool,
+    /// The version of the uv that locks scripts' dependencies; null when none was found, and scripts that have
+    /// dependencies cannot be saved.
+    pub uv: Option<String>,
     /// The embedded agent's sandbox: its layers and warnings, or why it refuses to run scripts. Null when the
     /// server runs without an agent.
     #[schema(value_type = Option<Object>)]
@@ -52,6 +55,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
         database_ready,
         database_size_bytes: state.database_size.get(&state.store).await,
         python: state.syntax.is_available(),
+        uv: state.locker.uv_version().map(str::to_owned),
         sandbox: state.sandbox.get().cloned(),
     };
     (status, Json(readiness))

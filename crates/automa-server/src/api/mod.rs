@@ -15,6 +15,7 @@ pub mod run_after;
 pub mod runs;
 pub mod schedule;
 pub mod schedule_preview;
+pub mod script_packages;
 pub mod scripts;
 pub mod secrets;
 pub mod session;
@@ -60,6 +61,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(scripts::get, scripts::update, scripts::delete))
         .routes(routes!(scripts::versions))
         .routes(routes!(scripts::version))
+        .routes(routes!(script_packages::update_lock))
         .routes(routes!(tasks::list, tasks::create))
         .routes(routes!(tasks::get, tasks::update, tasks::delete))
         .routes(routes!(hooks::list, hooks::create))

@@ -56,6 +56,9 @@ pub struct RunResponse {
     pub timed_out: bool,
     pub oom_killed: bool,
     pub max_rss_kb: Option<i64>,
+    /// Milliseconds the agent spent preparing the run's packages before the script started (0: they were
+    /// cached); null for runs without dependencies.
+    pub environment_ms: Option<i64>,
     pub cpu_ms: Option<i64>,
     pub output_bytes: Option<i64>,
     pub truncated: bool,
@@ -97,6 +100,7 @@ impl From<Run> for RunResponse {
             timed_out: run.timed_out,
             oom_killed: run.oom_killed,
             max_rss_kb: run.max_rss_kb,
+            environment_ms: run.environment_ms,
             cpu_ms: run.cpu_ms,
             output_bytes: run.output_bytes,
             truncated: run.truncated,

@@ -7,13 +7,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use automa_core::ResourceName;
-use automa_store::{NewScript, Script, ScriptUpdate, ScriptVersion};
+use automa_store::{NewScript, Script, ScriptPackages, ScriptUpdate, ScriptVersion};
 
 use crate::{
-    api::{Page, grants},
+    api::{Page, grants, script_packages},
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     extract::{ApiJson, ApiPath, ApiQuery},
+    packages::{LockedPackage, locked_packages},
     python::CheckError,
     state::AppState,
 };
@@ -30,9 +31,37 @@ pub struct ScriptResponse {
     pub version: i64,
     pub sha256: String,
     pub size: i64,
+    /// The current version's packages.
+    #[serde(flatten)]
+    pub packages: PackagesResponse,
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A version's packages: what it asks for and what the server locked that to when the version was saved.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PackagesResponse {
+    /// PEP 508 requirements, from the script's `# /// script` block or given explicitly.
+    pub dependencies: Vec<String>,
+    /// The block's `requires-python`.
+    pub requires_python: Option<String>,
+    /// Every package pinned with its hashes (`uv pip compile --universal --generate-hashes`); null without
+    /// dependencies.
+    pub lock: Option<String>,
+    /// The lock's packages, in its order.
+    pub locked_packages: Vec<LockedPackage>,
+}
+
+impl From<ScriptPackages> for PackagesResponse {
+    fn from(packages: ScriptPackages) -> Self {
+        PackagesResponse {
+            dependencies: packages.dependencies.0,
+            requires_python: packages.requires_python,
+            locked_packages: packages.lock.as_deref().map(locked_packages).unwrap_or_default(),
+            lock: packages.lock,
+        }
+    }
 }
 
 impl From<Script> for ScriptResponse {
@@ -46,6 +75,7 @@ impl From<Script> for ScriptResponse {
             version: script.version,
             sha256: script.sha256,
             size: script.size,
+            packages: script.packages.into(),
             created_by: script.created_by,
             created_at: script.created_at,
             updated_at: script.updated_at,
@@ -60,6 +90,8 @@ pub struct VersionResponse {
     pub content: String,
     pub sha256: String,
     pub size: i64,
+    #[serde(flatten)]
+    pub packages: PackagesResponse,
     pub created_by: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
@@ -72,6 +104,7 @@ impl From<ScriptVersion> for VersionResponse {
             content: version.content,
             sha256: version.sha256,
             size: version.size,
+            packages: version.packages.into(),
             created_by: version.created_by,
             created_at: version.created_at,
         }
@@ -88,6 +121,8 @@ pub struct CreateScript {
     pub description: String,
     /// The file name the script runs as (default `main.py`).
     pub filename: Option<String>,
+    /// PEP 508 requirements, when the content has no `# /// script` block saying them (both: they must agree).
+    pub dependencies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -98,6 +133,9 @@ pub struct UpdateScript {
     pub content: Option<String>,
     pub description: Option<String>,
     pub filename: Option<String>,
+    /// New PEP 508 requirements: they append a version when they differ, locked anew. Absent: the ones given
+    /// before stay, unless the content's `# /// script` block says otherwise.
+    pub dependencies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -165,7 +203,8 @@ pub async fn list(
 
 /// Create a script (version 1).
 #[utoipa::path(post, path = "/scripts", operation_id = "createScript", tag = "scripts", request_body = CreateScript, security(("bearer" = ["operator"])),
-    responses((status = 201, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -174,7 +213,10 @@ pub async fn create(
     let name = ResourceName::parse("name", &input.name)?;
     let filename = parse_filename(input.filename.as_deref().unwrap_or("main.py"))?;
     let content = check_content(&state, &filename, input.content).await?;
-    let new = NewScript { name: name.into_inner(), description: input.description, filename, content };
+    let packages = script_packages::packages_for(&state, Some(&content), input.dependencies.as_deref(), None)
+        .await?
+        .unwrap_or_default();
+    let new = NewScript { name: name.into_inner(), description: input.description, filename, content, packages };
     let script = state.store.create_script(&principal.actor(), new).await?;
     Ok((StatusCode::CREATED, Json(script.into())))
 }
@@ -188,7 +230,8 @@ pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Ap
 
 /// Update a script; new content appends a version.
 #[utoipa::path(put, path = "/scripts/{id}", operation_id = "updateScript", params(("id" = i64, Path, description = "The script's id")), tag = "scripts", request_body = UpdateScript, security(("bearer" = ["operator"])),
-    responses((status = 200, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -205,7 +248,14 @@ pub async fn update(
         }
         Some(_) | None => None,
     };
-    let update = ScriptUpdate { name, description: input.description, filename, content };
+    let packages =
+        script_packages::packages_for(&state, content.as_deref(), input.dependencies.as_deref(), Some(&current))
+            .await?;
+    if content.is_none() && packages.as_ref().is_some_and(|packages| *packages != current.packages) {
+        grants::authorize_script_change(&state, &principal, id).await?;
+    }
+    let update =
+        ScriptUpdate { name, description: input.description, filename, content, packages, expected_version: None };
     Ok(Json(state.store.update_script(&principal.actor(), id, update).await.map_err(missing("script"))?.into()))
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{Notify, watch};
 
-use automa_agent::{Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
+use automa_agent::{Assignment, EnvironmentSpec, FinishReply, Heartbeat, HeartbeatReply, LogBatch, LogsReply, Outcome};
 use automa_core::{Role, RunStatus};
 use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store, StoreError};
 
@@ -177,7 +177,7 @@ impl Execution {
     /// that does not exist, does not decrypt, or whose policy refuses this run or this agent fails at once;
     /// `None` tells the caller to claim again.
     async fn assignment(&self, agent_id: i64, claimed: ClaimedRun, held: Duration) -> ApiResult<Option<Assignment>> {
-        let ClaimedRun { run, content, last_log_seq, payload } = claimed;
+        let ClaimedRun { run, content, environment, last_log_seq, payload } = claimed;
         let names = run.params.secrets().as_slice().to_vec();
         let mut problem = self.secret_refusal(agent_id, &run).await?;
         let sealed = if problem.is_some() { Vec::new() } else { self.store.sealed_secrets(&names).await? };
@@ -218,7 +218,7 @@ impl Execution {
             last_log_seq,
             payload,
             held_ms: Some(i64::try_from(held.as_millis()).unwrap_or(0)),
-            environment: None,
+            environment: environment.map(|(lock, requires_python)| EnvironmentSpec { lock, requires_python }),
         }))
     }
 
@@ -339,6 +339,7 @@ impl Execution {
         }
         let ended_ago = agent_duration("ended_ms_ago", outcome.ended_ms_ago)?;
         let elapsed = agent_duration("elapsed_ms", outcome.elapsed_ms)?;
+        agent_duration("environment_ms", outcome.environment_ms)?;
         let end = RunEnd {
             status: outcome.status(),
             exit_code: outcome.exit_code,
@@ -350,6 +351,7 @@ impl Execution {
             output_bytes: outcome.output_bytes,
             truncated: outcome.truncated,
             error: outcome.explanation(),
+            environment_ms: outcome.environment_ms,
             ended_ago,
             elapsed,
             // Stopped only because the agent could not renew the lease: the retry waits for the lease's end as

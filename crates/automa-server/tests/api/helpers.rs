@@ -152,6 +152,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         agent_requests_per_minute: 0,
         // These tests are about the API; execution has its own end-to-end tests with the real sandbox helper.
         no_agent: true,
+        // A uv on the machine's PATH must never reach a package index from a test.
+        package_offline: true,
         ..Config::default()
     };
     adjust(&mut config);

@@ -11,6 +11,7 @@ mod audit;
 mod client_limits;
 mod crud;
 mod dashboard;
+mod dependencies;
 mod errors;
 mod events;
 mod fuzz;

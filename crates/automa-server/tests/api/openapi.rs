@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/scripts/{id}"),
     ("get", "/scripts/{id}/versions"),
     ("get", "/scripts/{id}/versions/{version}"),
+    ("post", "/scripts/{id}/lock"),
     ("get", "/tasks"),
     ("post", "/tasks"),
     ("get", "/tasks/{id}"),

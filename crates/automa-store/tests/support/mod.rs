@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use automa_core::{Args, EnvVars, Labels, Limits, RunParams, RunStatus, SecretNames, Trigger};
-use automa_store::{Actor, AuditKey, NewAgent, NewRun, NewScript, RunAfter, Store, TaskSpec};
+use automa_store::{Actor, AuditKey, NewAgent, NewRun, NewScript, RunAfter, ScriptPackages, Store, TaskSpec};
 
 /// A store on a fresh database. Dropping it drops the PostgreSQL database, also when the test panicked.
 pub struct TestDb {
@@ -132,8 +132,13 @@ pub async fn agent(store: &Store, name: &str, labels: &[&str], max_concurrency: 
 }
 
 pub async fn script(store: &Store) -> (i64, i64) {
-    let new =
-        NewScript { name: "s".into(), description: String::new(), filename: "s.py".into(), content: "print(1)".into() };
+    let new = NewScript {
+        name: "s".into(),
+        description: String::new(),
+        filename: "s.py".into(),
+        content: "print(1)".into(),
+        packages: ScriptPackages::default(),
+    };
     let script = store.create_script(&Actor::system(), new).await.unwrap();
     (script.id, script.version)
 }

@@ -72,6 +72,8 @@ pub enum ScriptCommand {
         #[command(flatten)]
         page: PageFlags,
     },
+    /// Resolve the script's dependencies again: a new version when the lock changed, else the current one.
+    Lock { script: String },
     /// Create the script named after FILE.py (without .py), or add a version when its content changed.
     Push {
         file: PathBuf,
@@ -236,13 +238,13 @@ pub async fn scripts(flags: &ClientFlags, command: ScriptCommand) -> anyhow::Res
         }
         ScriptCommand::Create { name, file, description, filename } => {
             let content = read_source(&file)?;
-            let body = CreateScript { name, content, description, filename };
+            let body = CreateScript { name, content, description, filename, dependencies: None };
             print_object(output, &api.post::<_, ScriptResponse>("/scripts", &body).await?)?;
         }
         ScriptCommand::Update { script, file, name, description, filename } => {
             let id = api.script_id(&script).await?;
             let content = file.as_deref().map(read_source).transpose()?;
-            let body = UpdateScript { name, content, description, filename };
+            let body = UpdateScript { name, content, description, filename, dependencies: None };
             print_object(output, &api.put::<_, ScriptResponse>(&format!("/scripts/{id}"), &body).await?)?;
         }
         ScriptCommand::Delete { script } => {
@@ -254,6 +256,10 @@ pub async fn scripts(flags: &ClientFlags, command: ScriptCommand) -> anyhow::Res
             let id = api.script_id(&script).await?;
             let answer = api.get::<Page<VersionResponse>>(&format!("/scripts/{id}/versions"), &page.query()).await?;
             print_page(output, &answer, VERSION_COLUMNS);
+        }
+        ScriptCommand::Lock { script } => {
+            let id = api.script_id(&script).await?;
+            print_object(output, &api.post_empty::<VersionResponse>(&format!("/scripts/{id}/lock")).await?)?;
         }
         ScriptCommand::Push { file, name, description } => push(&api, output, &file, name, description).await?,
     }
@@ -296,7 +302,13 @@ async fn push(
     let page: Page<ScriptResponse> =
         api.get("/scripts", &[("name", name.clone()), ("limit", "500".to_owned())]).await?.value;
     let Some(current) = page.items.into_iter().find(|script| script.name == name) else {
-        let body = CreateScript { name: name.clone(), content, description: description.unwrap_or_default(), filename };
+        let body = CreateScript {
+            name: name.clone(),
+            content,
+            description: description.unwrap_or_default(),
+            filename,
+            dependencies: None,
+        };
         let answer = api.post::<_, ScriptResponse>("/scripts", &body).await?;
         say(output, &format!("created script '{name}' (id {}, version 1)", answer.value.id));
         return print_pushed(output, &answer);

@@ -262,6 +262,8 @@ async fn scripts_tasks_and_runs_round_trip_with_live_output() {
     std::fs::write(user.work.join("other.py"), "print('other')\n").unwrap();
     let other = user.json(&["scripts", "create", "other", "--file", "other.py"]);
     assert_eq!(user.json(&["scripts", "list"])["total"], 2);
+    let unlocked = user.fails(&["scripts", "lock", "other"], 1);
+    assert!(unlocked.contains("409") && unlocked.contains("no dependencies to lock"), "{unlocked}");
     user.ok(&["scripts", "delete", "other"]);
     assert!(user.fails(&["scripts", "get", &other["id"].to_string()], 1).contains("404"));
     std::fs::write(user.work.join("broken.py"), "def broken(:\n").unwrap();

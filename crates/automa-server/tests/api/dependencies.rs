@@ -1,0 +1,285 @@
+//! Scripts with dependencies: the PEP 723 block or an explicit list, validated and locked with a real uv
+//! against a local find-links directory of wheels the tests build themselves (no network), on both backends.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app_with};
+
+on_both_backends!(
+    a_pep_723_script_is_locked_and_its_lock_updated,
+    explicit_dependencies_are_locked_and_must_agree_with_the_block,
+    malformed_and_unresolvable_requirements_are_refused_by_name,
+    an_agent_is_given_the_lock_and_reports_its_environment,
+    without_uv_only_scripts_with_dependencies_are_refused
+);
+
+/// The uv the tests lock with (`AUTOMA_TEST_UV`, set by `scripts/test`). Without one the test is skipped with a
+/// notice, unless `AUTOMA_REQUIRE_UV=1` makes that a failure.
+fn test_uv() -> Option<PathBuf> {
+    match std::env::var("AUTOMA_TEST_UV") {
+        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ if std::env::var("AUTOMA_REQUIRE_UV").is_ok_and(|v| v == "1") => {
+            panic!("AUTOMA_REQUIRE_UV=1 but AUTOMA_TEST_UV is not set")
+        }
+        _ => {
+            eprintln!("NOTICE: AUTOMA_TEST_UV is not set: skipping a test that locks dependencies with uv");
+            None
+        }
+    }
+}
+
+/// Writes a wheel with `tests/fixtures/make_wheel.py` and returns its `sha256:<hex>`.
+fn make_wheel(dir: &Path, name: &str, version: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make_wheel.py");
+    let output =
+        std::process::Command::new("/usr/bin/python3").arg(script).arg(dir).arg(name).arg(version).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let path = String::from_utf8(output.stdout).unwrap();
+    format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(path.trim()).unwrap())))
+}
+
+/// A server locking offline against `wheels` only.
+async fn app_with_wheels(backend: Backend, uv: PathBuf, wheels: &Path) -> TestApp {
+    let wheels = wheels.display().to_string();
+    spawn_app_with(backend, move |config| {
+        config.uv = Some(uv);
+        config.package_find_links = vec![wheels];
+        config.package_offline = true;
+    })
+    .await
+}
+
+fn script_with(dependencies: &str) -> String {
+    format!(
+        "# /// script\n# requires-python = \">=3.8\"\n# dependencies = [{dependencies}]\n# ///\nimport demo_pkg\nprint(demo_pkg.VALUE)\n"
+    )
+}
+
+fn hashes_of(version: &Value, name: &str) -> Vec<String> {
+    let packages = version["locked_packages"].as_array().expect("locked packages");
+    let package = packages.iter().find(|package| package["name"] == name).expect("the package is locked");
+    package["hashes"].as_array().unwrap().iter().map(|hash| hash.as_str().unwrap().to_owned()).collect()
+}
+
+async fn a_pep_723_script_is_locked_and_its_lock_updated(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    let first_hash = make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+    assert!(app.get("/ready", &admin).await.body["uv"].is_string(), "the server reports its uv");
+
+    let created =
+        app.post("/scripts", &admin, json!({"name": "with-packages", "content": script_with("\"demo-pkg>=1\"")})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["dependencies"], json!(["demo-pkg>=1"]));
+    assert_eq!(created.body["requires_python"], ">=3.8");
+    assert!(created.body["lock"].as_str().unwrap().contains("demo-pkg==1.0.0"), "{:?}", created.body["lock"]);
+    assert_eq!(hashes_of(&created.body, "demo-pkg"), [first_hash]);
+    let id = created.body["id"].as_i64().unwrap();
+    let version = app.get(&format!("/scripts/{id}/versions/1"), &admin).await;
+    assert_eq!(
+        (version.body["lock"].clone(), version.body["locked_packages"][0]["version"].clone()),
+        (created.body["lock"].clone(), json!("1.0.0"))
+    );
+
+    // Editing the code keeps the packages: only "update lock" changes them.
+    let second_hash = make_wheel(wheels.path(), "demo-pkg", "1.1.0");
+    let edited = app
+        .put(&format!("/scripts/{id}"), &admin, json!({"content": script_with("\"demo-pkg >= 1\"") + "# edited\n"}))
+        .await;
+    assert_eq!((edited.status, edited.body["version"].as_i64()), (StatusCode::OK, Some(2)), "{:?}", edited.body);
+    assert_eq!(edited.body["lock"], created.body["lock"], "the same requirements keep their lock");
+
+    let locked = app.post(&format!("/scripts/{id}/lock"), &admin, json!({})).await;
+    assert_eq!(locked.status, StatusCode::CREATED, "{:?}", locked.body);
+    assert_eq!(locked.body["version"], 3);
+    assert_eq!(hashes_of(&locked.body, "demo-pkg"), [second_hash]);
+    assert_eq!(app.get(&format!("/scripts/{id}"), &admin).await.body["version"], 3);
+
+    let again = app.post(&format!("/scripts/{id}/lock"), &admin, json!({})).await;
+    assert_eq!(
+        (again.status, again.body["version"].as_i64()),
+        (StatusCode::OK, Some(3)),
+        "an unchanged lock saves nothing"
+    );
+    let audit = app.get("/audit?action=script.update", &admin).await;
+    assert!(audit.body.to_string().contains("lock_changed"), "{:?}", audit.body);
+
+    let plain = app.post("/scripts", &admin, json!({"name": "plain", "content": "print(1)\n"})).await;
+    let refused = app.post(&format!("/scripts/{}/lock", plain.body["id"]), &admin, json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.body["detail"], "the script has no dependencies to lock");
+}
+
+async fn explicit_dependencies_are_locked_and_must_agree_with_the_block(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    let hash = make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+
+    let explicit = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "explicit", "content": "import demo_pkg\n", "dependencies": ["demo-pkg==1.0.0"]}),
+        )
+        .await;
+    assert_eq!(explicit.status, StatusCode::CREATED, "{:?}", explicit.body);
+    assert_eq!(
+        (explicit.body["dependencies"].clone(), explicit.body["requires_python"].clone()),
+        (json!(["demo-pkg==1.0.0"]), Value::Null)
+    );
+    assert_eq!(hashes_of(&explicit.body, "demo-pkg"), [hash]);
+    let id = explicit.body["id"].as_i64().unwrap();
+    let edited = app.put(&format!("/scripts/{id}"), &admin, json!({"content": "import demo_pkg\nprint(2)\n"})).await;
+    assert_eq!(edited.body["dependencies"], json!(["demo-pkg==1.0.0"]), "explicit dependencies stay across edits");
+    let cleared = app.put(&format!("/scripts/{id}"), &admin, json!({"dependencies": []})).await;
+    assert_eq!((cleared.body["version"].as_i64(), cleared.body["lock"].clone()), (Some(3), Value::Null));
+
+    let same = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "same", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg >= 1"]}),
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::CREATED, "the same requirements in both places agree: {:?}", same.body);
+    let differ = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "differ", "content": script_with("\"demo-pkg>=1\""), "dependencies": ["demo-pkg<1"]}),
+        )
+        .await;
+    assert_eq!(
+        (differ.status, differ.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
+    assert!(differ.body["detail"].as_str().unwrap().contains("differ from the script's `# /// script` block"));
+}
+
+async fn malformed_and_unresolvable_requirements_are_refused_by_name(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+
+    let in_block = app.post("/scripts", &admin, json!({"name": "a", "content": script_with("\"demo-pkg >=\"")})).await;
+    assert_eq!((in_block.status, in_block.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("content")));
+    let detail = in_block.body["detail"].as_str().unwrap();
+    assert!(detail.contains("dependencies[0]: 'demo-pkg >=' is not a valid PEP 508 requirement"), "{detail}");
+
+    let listed = app
+        .post("/scripts", &admin, json!({"name": "b", "content": "print(1)\n", "dependencies": ["demo-pkg", "bad["]}))
+        .await;
+    assert_eq!(
+        (listed.status, listed.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies[1]"))
+    );
+    assert!(listed.body["detail"].as_str().unwrap().contains("'bad['"), "{:?}", listed.body);
+
+    let url = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "c", "content": "print(1)\n", "dependencies": ["x @ file:///etc/passwd"]}),
+        )
+        .await;
+    assert_eq!(url.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(url.body["detail"].as_str().unwrap().contains("direct reference"), "{:?}", url.body);
+
+    let unresolvable =
+        app.post("/scripts", &admin, json!({"name": "d", "content": script_with("\"no-such-package\"")})).await;
+    assert_eq!(
+        (unresolvable.status, unresolvable.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
+    let detail = unresolvable.body["detail"].as_str().unwrap();
+    assert!(detail.contains("could not be resolved") && detail.contains("no-such-package"), "{detail}");
+    let too_new = app.post("/scripts", &admin, json!({"name": "e", "content": script_with("\"demo-pkg>5\"")})).await;
+    assert!(too_new.body["detail"].as_str().unwrap().contains("demo-pkg"), "{:?}", too_new.body);
+    assert_eq!(app.get("/scripts", &admin).await.body["total"], 0, "nothing refused was stored");
+}
+
+async fn without_uv_only_scripts_with_dependencies_are_refused(backend: Backend) {
+    let missing = tempfile::tempdir().unwrap().path().join("uv");
+    let app = spawn_app_with(backend, move |config| config.uv = Some(missing)).await;
+    let admin = app.admin_token().await;
+    assert_eq!(app.get("/ready", &admin).await.body["uv"], Value::Null);
+
+    let plain =
+        app.post("/scripts", &admin, json!({"name": "plain", "content": "import json\nprint(json.dumps(1))\n"})).await;
+    assert_eq!(plain.status, StatusCode::CREATED, "{:?}", plain.body);
+    assert_eq!((plain.body["dependencies"].clone(), plain.body["lock"].clone()), (json!([]), Value::Null));
+    let only_python = app
+        .post(
+            "/scripts",
+            &admin,
+            json!({"name": "only-python", "content": "# /// script\n# requires-python = \">=3.8\"\n# ///\nprint(1)\n"}),
+        )
+        .await;
+    assert_eq!(
+        (only_python.status, only_python.body["requires_python"].as_str()),
+        (StatusCode::CREATED, Some(">=3.8"))
+    );
+
+    let refused = app.post("/scripts", &admin, json!({"name": "needs", "content": script_with("\"demo-pkg\"")})).await;
+    assert_eq!(
+        (refused.status, refused.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dependencies"))
+    );
+    assert!(refused.body["detail"].as_str().unwrap().contains("no uv"), "{:?}", refused.body);
+}
+
+async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+    let created = app.post("/agents", &admin, json!({"name": "builder"})).await;
+    let agent = created.body["token"].as_str().unwrap().to_owned();
+    let heartbeat =
+        json!({"initial": true, "hostname": "builder", "version": "test", "capabilities": {}, "running": []});
+    app.request(Method::POST, "/agent/heartbeat", Some(&agent), Some(&heartbeat)).await;
+    let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
+    assert_eq!(plain.status, StatusCode::ACCEPTED, "{:?}", plain.body);
+    let locked = app.post("/execute", &admin, json!({"script_id": script.body["id"]})).await;
+    assert_eq!(locked.status, StatusCode::ACCEPTED, "{:?}", locked.body);
+
+    let claim = json!({"wait_seconds": 0});
+    let first = app.request(Method::POST, "/agent/claim", Some(&agent), Some(&claim)).await.body;
+    assert_eq!((first["run_id"].clone(), first["environment"].clone()), (plain.body["id"].clone(), Value::Null));
+    let second = app.request(Method::POST, "/agent/claim", Some(&agent), Some(&claim)).await.body;
+    assert_eq!(second["run_id"], locked.body["id"]);
+    assert_eq!(second["environment"], json!({"lock": script.body["lock"], "requires_python": ">=3.8"}));
+
+    let run = second["run_id"].as_i64().unwrap();
+    let system = json!({"chunks": [
+        {"seq": 1, "stream": "system", "ts": "2026-01-01T00:00:00Z", "data": "preparing environment\n"},
+        {"seq": 2, "stream": "system", "ts": "2026-01-01T00:00:00Z", "data": "environment ready (0 ms, cached)\n"},
+    ]});
+    let shipped = app.request(Method::POST, &format!("/agent/runs/{run}/logs"), Some(&agent), Some(&system)).await;
+    assert_eq!(shipped.status, StatusCode::OK, "agents may write system lines: {:?}", shipped.body);
+    let finish = format!("/agent/runs/{run}/finish");
+    let negative = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0, "environment_ms": -1});
+    let refused = app.request(Method::POST, &finish, Some(&agent), Some(&negative)).await;
+    assert_eq!(
+        (refused.status, refused.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("environment_ms"))
+    );
+    let outcome = json!({"exit_code": 0, "signal": null, "max_rss_kb": null, "cpu_ms": null, "output_bytes": 0, "environment_ms": 0});
+    assert_eq!(app.request(Method::POST, &finish, Some(&agent), Some(&outcome)).await.status, StatusCode::OK);
+    let shown = app.get(&format!("/runs/{run}"), &admin).await.body;
+    assert_eq!((shown["status"].as_str(), shown["environment_ms"].as_i64()), (Some("succeeded"), Some(0)), "{shown}");
+    let log = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
+    assert_eq!(log.unwrap().text().await.unwrap(), "preparing environment\nenvironment ready (0 ms, cached)\n");
+}

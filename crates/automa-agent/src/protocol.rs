@@ -83,8 +83,9 @@ pub struct Assignment {
     /// counting from the claim's sending would fence every run that followed a long wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_ms: Option<i64>,
-    /// Set when the script version has dependencies; absent for standard-library scripts.
-    #[serde(default)]
+    /// Set when the script version has dependencies; absent for standard-library scripts, so their
+    /// assignments keep the shape agents from before dependencies read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<EnvironmentSpec>,
 }
 

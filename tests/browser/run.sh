@@ -28,7 +28,7 @@ skip() {
 
 command -v node >/dev/null || skip "Node.js (apt-get install -y nodejs npm)"
 cd "$here"
-node --test "$here"/diff.test.js "$here"/modules.test.js
+node --test "$here"/diff.test.js "$here"/modules.test.js "$here"/packages.test.js
 
 chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
 [ -x "$chromium" ] || skip "Chromium at $chromium (apt-get install -y chromium)"

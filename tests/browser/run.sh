@@ -36,4 +36,4 @@ chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
 if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund
 fi
-AUTOMA_BIN="$binary" CHROMIUM_PATH="$chromium" node --test --test-concurrency=1 "$here"/dashboard.test.js
+AUTOMA_BIN="$binary" CHROMIUM_PATH="$chromium" node --test --test-concurrency=1 "$here"/dashboard.test.js "$here"/dependencies.test.js

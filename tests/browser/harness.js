@@ -20,12 +20,15 @@ const CHROMIUM_FLAGS = [
   '--disable-component-update', '--disable-sync',
 ];
 
-/** Starts `automa serve` on 127.0.0.1:0 with a fresh SQLite database; resolves once it prints its address. */
-export async function startServer() {
+/**
+ * Starts `automa serve` on 127.0.0.1:0 with a fresh SQLite database and `settings` (more `AUTOMA_*` variables);
+ * resolves once it prints its address. `dir` is its data directory.
+ */
+export async function startServer(settings = {}) {
   const binary = process.env.AUTOMA_BIN;
   if (!binary) throw new Error('AUTOMA_BIN must name the automa binary (tests/browser/run.sh sets it)');
   const dir = mkdtempSync(path.join(tmpdir(), 'automa-browser-'));
-  const env = { ...process.env, AUTOMA_DATA_DIR: dir, AUTOMA_DATABASE_URL: `sqlite://${dir}/automa.db`, AUTOMA_BIND: '127.0.0.1:0' };
+  const env = { ...process.env, AUTOMA_DATA_DIR: dir, AUTOMA_DATABASE_URL: `sqlite://${dir}/automa.db`, AUTOMA_BIND: '127.0.0.1:0', ...settings };
   delete env.AUTOMA_BIN;
   const child = spawn(binary, ['serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
@@ -39,6 +42,7 @@ export async function startServer() {
   });
   return {
     url,
+    dir,
     log,
     async stop() {
       if (child.exitCode === null) {

@@ -28,7 +28,7 @@ skip() {
 
 command -v node >/dev/null || skip "Node.js (apt-get install -y nodejs npm)"
 cd "$here"
-node --test "$here"/diff.test.js "$here"/modules.test.js
+node --test "$here"/diff.test.js "$here"/modules.test.js "$here"/packages.test.js
 
 chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
 [ -x "$chromium" ] || skip "Chromium at $chromium (apt-get install -y chromium)"
@@ -36,4 +36,4 @@ chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
 if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund
 fi
-AUTOMA_BIN="$binary" CHROMIUM_PATH="$chromium" node --test --test-concurrency=1 "$here"/dashboard.test.js
+AUTOMA_BIN="$binary" CHROMIUM_PATH="$chromium" node --test --test-concurrency=1 "$here"/dashboard.test.js "$here"/dependencies.test.js

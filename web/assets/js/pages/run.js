@@ -4,6 +4,7 @@
 import { api, stream } from '../api.js';
 import { h, mount, loading, failure, badge, time, runDuration, bytes, cpuTime, pageHeader, confirm, toast, busy, debounce, table } from '../dom.js';
 import { onLive } from '../live.js';
+import { environmentTracker, environmentSummary } from '../packages.js';
 import { navigate } from '../router.js';
 
 const ACTIVE = new Set(['queued', 'running']);
@@ -19,8 +20,16 @@ async function names(run) {
   return { task, script, agent, hook: hookName };
 }
 
-function facts(run, named) {
+/** How the run's environment went: its stored time once the run ended, else what the log said so far. */
+function environmentFact(run, environment) {
+  if (run.environment_ms != null) return environmentSummary(run.environment_ms);
+  if (!ACTIVE.has(run.status) || !environment) return null;
+  return environment.phase === 'ready' ? environmentSummary(environment.ms) : 'preparing…';
+}
+
+function facts(run, named, environment) {
   const item = (label, value) => h('div', h('dt', label), h('dd', value));
+  const prepared = environmentFact(run, environment);
   return h('dl.facts',
     item('Task', run.task_id ? h('a', { href: `#/tasks/${run.task_id}` }, named.task) : 'ad hoc'),
     item('Script', run.script_id ? h('span', h('a', { href: `#/scripts/${run.script_id}` }, named.script), ` v${run.script_version}`) : 'inline source'),
@@ -30,6 +39,7 @@ function facts(run, named) {
       run.upstream_run_id ? [' (after run ', h('a', { href: `#/runs/${run.upstream_run_id}` }, `#${run.upstream_run_id}`), ')'] : null)),
     item('Queued', time(run.queued_at)), item('Started', time(run.started_at)), item('Finished', time(run.finished_at)),
     item('Duration', runDuration(run)),
+    prepared === null ? null : item('Environment', h('span.environment', prepared)),
     item('Exit', run.exit_code != null ? String(run.exit_code) : run.signal ? `signal ${run.signal}` : '—'),
     item('Max memory', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), item('CPU', cpuTime(run.cpu_ms)),
     item('Output', run.output_bytes == null ? '—' : `${bytes(run.output_bytes)}${run.truncated ? ' (truncated)' : ''}`));
@@ -62,6 +72,13 @@ function problem(run) {
     lines.map((line) => h('p', line)));
 }
 
+/** While the agent installs the run's packages the script has not started: say so, live. */
+function preparing(run, environment) {
+  if (!ACTIVE.has(run.status) || !environment || environment.phase !== 'preparing') return null;
+  return h('div.state.run-preparing', { role: 'status' }, h('span.spinner', { 'aria-hidden': 'true' }),
+    h('strong', 'Preparing environment…'), ' Installing the script\'s packages; it starts when they are ready.');
+}
+
 /** Why a queued run is not starting, as the server tells it for this one run. */
 function waiting(run) {
   if (run.status !== 'queued' || !run.waiting_reason) return null;
@@ -82,12 +99,13 @@ export async function render(main, params) {
   const header = h('div');
   const factsSlot = h('div');
   const problemSlot = h('div');
+  const environmentSlot = h('div');
   const noticesSlot = h('div');
   const log = h('pre.log', { tabindex: '0', 'aria-label': 'Run output', 'aria-live': 'off' });
   const logState = h('span.log-state', { role: 'status' });
   const pause = h('button.button.small', { type: 'button', 'aria-pressed': 'false' }, 'Pause');
   const follow = h('input', { type: 'checkbox', checked: true, name: 'follow' });
-  mount(main, h('p.crumbs', h('a', { href: '#/runs' }, 'Runs'), ' / ', `#${run.id}`), header, problemSlot, factsSlot, noticesSlot,
+  mount(main, h('p.crumbs', h('a', { href: '#/runs' }, 'Runs'), ' / ', `#${run.id}`), header, problemSlot, environmentSlot, factsSlot, noticesSlot,
     h('section.panel.log-panel', { 'aria-labelledby': 'log-title' },
       h('div.panel-head', h('h2', { id: 'log-title' }, 'Output'),
         h('div.log-tools', logState, h('label.check', follow, ' Scroll with output'), pause)),
@@ -97,12 +115,19 @@ export async function render(main, params) {
   let controller = null;
   let paused = false;
   let closed = false;
+  const environment = environmentTracker();
+
+  function drawEnvironment() {
+    mount(environmentSlot, preparing(run, environment.state));
+    mount(factsSlot, facts(run, named, environment.state));
+  }
 
   function append(chunk) {
     if (chunk.seq <= lastSeq) return;
     lastSeq = chunk.seq;
     log.append(h(`span.chunk.${chunk.stream || 'stdout'}`, chunk.data));
     if (follow.checked) log.scrollTop = log.scrollHeight;
+    if (environment.feed(chunk)) drawEnvironment();
   }
 
   function drawRun() {
@@ -136,8 +161,8 @@ export async function render(main, params) {
     }));
     actions.push(rerun);
     mount(header, pageHeader(h('span', `Run #${run.id} `, badge(run.status)), actions));
-    mount(factsSlot, facts(run, named));
     mount(problemSlot, problem(run) || waiting(run));
+    drawEnvironment();
   }
 
   async function refreshRun() {
@@ -187,12 +212,11 @@ export async function render(main, params) {
         signal: own.signal,
         query: lastSeq >= 0 ? { after: lastSeq } : {},
         onOpen: () => { logState.textContent = 'Following live output'; },
-        onEvent: (event) => {
-          const data = event.data;
-          if (data && typeof data === 'object' && 'seq' in data && 'data' in data) append(data);
-          else if (data && typeof data === 'object' && Array.isArray(data.chunks)) data.chunks.forEach(append);
-          else if (data && typeof data === 'object' && data.status) {
-            run = { ...run, ...data, id: run.id };
+        // The log stream's event types: `log` (one chunk) until the run ends, then `end` (the run).
+        onEvent: ({ event, data }) => {
+          if (event === 'log') append(data);
+          else if (event === 'end') {
+            run = data;
             drawRun();
           }
         },

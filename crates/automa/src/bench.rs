@@ -122,16 +122,29 @@ impl BenchServer {
         }));
         let client = reqwest::Client::new();
         let token = login(&client, &base).await?;
-        let script: Value = client
-            .post(format!("{base}/scripts"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "hi", "filename": filename, "content": content}))
+        let mut bench = BenchServer { base, client, token, script_id: Value::Null, events, stop, server };
+        bench.script_id = bench.add_script("hi", filename, content).await?;
+        Ok(bench)
+    }
+
+    /// Saves another script; its id.
+    pub(crate) async fn add_script(&self, name: &str, filename: &str, content: &str) -> anyhow::Result<Value> {
+        let script: Value = self
+            .client
+            .post(format!("{}/scripts", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": name, "filename": filename, "content": content}))
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
-        Ok(BenchServer { base, client, token, script_id: script["id"].clone(), events, stop, server })
+        Ok(script["id"].clone())
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?
     }
 }
 

@@ -1,0 +1,236 @@
+//! `automa bench environments`: what a script with dependencies costs once its environment is cached, against
+//! the same script without them. It writes a test wheel into a find-links directory, serves it offline to an
+//! in-process server (profile `strict`, concurrency 2), times the first run of a PEP 723 script that imports
+//! it (the environment's build), then runs both scripts in alternating rounds and prints, per round and as
+//! medians over the rounds, each script's per-run time and the difference: as the agent recorded it (the run's
+//! `duration_ms` plus its `environment_ms`) and as the client saw it (the round's wall time from the first
+//! submission to the last run's end, shared among the runs as `automa bench runs` does).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use automa_core::RunStatus;
+use automa_server::{Config, config::SecretString, events::Event};
+
+use crate::bench::BenchServer;
+
+const ROUNDS: usize = 10;
+/// Runs of each script per round: 200 of each in all.
+const RUNS_PER_ROUND: usize = 20;
+const CONCURRENCY: usize = 2;
+const WHEEL: (&str, &str) = ("automa-bench-pkg", "1.0.0");
+const STDLIB_SCRIPT: &str = "import json\nprint(json.dumps('hi'))\n";
+const PACKAGE_SCRIPT: &str = "# /// script\n# dependencies = [\"automa-bench-pkg==1.0.0\"]\n# ///\n\
+                              import automa_bench_pkg\nprint(automa_bench_pkg.VALUE)\n";
+const MAKE_WHEEL: &str = include_str!("../../../tests/fixtures/make_wheel.py");
+
+pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Result<()> {
+    let uv = match uv {
+        Some(uv) => uv,
+        None => on_path("uv").context("no uv: pass --uv or set AUTOMA_UV (this benchmark builds an environment)")?,
+    };
+    let dir = tempfile::tempdir()?;
+    let interpreter = automa_runner::resolve_interpreter(python.as_deref())?;
+    let wheels = dir.path().join("wheels");
+    make_wheel(&interpreter, &wheels)?;
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        bind: "127.0.0.1:0".into(),
+        secret_key: Some(SecretString::new("b".repeat(32))),
+        sandbox: "strict".into(),
+        python: Some(interpreter.clone()),
+        agent_concurrency: Some(CONCURRENCY),
+        uv: Some(uv),
+        package_find_links: vec![wheels.to_string_lossy().into_owned()],
+        package_offline: true,
+        ..Config::default()
+    };
+    let mut server = BenchServer::start(config, "stdlib.py", STDLIB_SCRIPT).await?;
+    let stdlib = server.script_id.clone();
+    let packaged = server.add_script("packaged", "packaged.py", PACKAGE_SCRIPT).await?;
+    println!(
+        "interpreter {}, profile strict, concurrency {CONCURRENCY}, wheel {} {} (offline find-links)",
+        interpreter.display(),
+        WHEEL.0,
+        WHEEL.1
+    );
+
+    // The interpreter's files into the page cache before anything is timed.
+    server.batch(&stdlib, 1).await?;
+    let first = server.batch(&packaged, 1).await?;
+    let built = first.runs.first().context("no first run")?;
+    anyhow::ensure!(built.environment_ms > 0.0, "the first run with packages did not build its environment");
+    println!(
+        "first run with packages: environment built in {:.0} ms, run {:.0} ms (agent), {:.0} ms submit to end",
+        built.environment_ms,
+        built.agent_ms(),
+        first.wall.as_secs_f64() * 1000.0
+    );
+
+    println!("{ROUNDS} rounds of {RUNS_PER_ROUND} runs of each script, in alternating order; per-run ms:");
+    println!("round  agent: stdlib packages overhead | client: stdlib packages overhead");
+    let mut agent = Columns::default();
+    let mut client = Columns::default();
+    for round in 0..ROUNDS {
+        let (stdlib_batch, packaged_batch) = if round % 2 == 0 {
+            let stdlib_batch = server.batch(&stdlib, RUNS_PER_ROUND).await?;
+            (stdlib_batch, server.batch(&packaged, RUNS_PER_ROUND).await?)
+        } else {
+            let packaged_batch = server.batch(&packaged, RUNS_PER_ROUND).await?;
+            (server.batch(&stdlib, RUNS_PER_ROUND).await?, packaged_batch)
+        };
+        anyhow::ensure!(
+            packaged_batch.runs.iter().all(|run| run.environment_ms == 0.0),
+            "a run with packages did not find its environment cached"
+        );
+        agent.push(stdlib_batch.agent_mean(), packaged_batch.agent_mean());
+        client.push(stdlib_batch.client_per_run(), packaged_batch.client_per_run());
+        println!("{round:>5}  {} | {}", agent.last(), client.last());
+    }
+    println!("median {} | {}", agent.median(), client.median());
+    println!(
+        "overhead of a cached environment: {:.2} ms per run (agent), {:.2} ms (client); first build {:.0} ms",
+        agent.median().overhead,
+        client.median().overhead,
+        built.environment_ms
+    );
+    server.stop().await
+}
+
+/// Writes the test wheel with the tests' own fixture, run by the benchmark's interpreter.
+fn make_wheel(interpreter: &Path, wheels: &Path) -> anyhow::Result<()> {
+    let made = std::process::Command::new(interpreter)
+        .args(["-I", "-c", MAKE_WHEEL])
+        .arg(wheels)
+        .args([WHEEL.0, WHEEL.1])
+        .output()
+        .context("the interpreter does not start")?;
+    anyhow::ensure!(made.status.success(), "make_wheel.py failed: {}", String::from_utf8_lossy(&made.stderr));
+    Ok(())
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// One run as its agent recorded it.
+struct RunTimes {
+    /// The script's own time in the sandbox (`duration_ms`), in ms.
+    duration_ms: f64,
+    environment_ms: f64,
+}
+
+impl RunTimes {
+    fn agent_ms(&self) -> f64 {
+        self.duration_ms + self.environment_ms
+    }
+}
+
+/// A batch of runs of one script, submitted at once.
+struct Batch {
+    runs: Vec<RunTimes>,
+    /// From the first submission until the last run ended.
+    wall: Duration,
+}
+
+impl Batch {
+    fn agent_mean(&self) -> f64 {
+        self.runs.iter().map(RunTimes::agent_ms).sum::<f64>() / self.runs.len() as f64
+    }
+
+    /// The wall time shared among the runs: each of `CONCURRENCY` slots ran its share one after another.
+    fn client_per_run(&self) -> f64 {
+        self.wall.as_secs_f64() * 1000.0 * CONCURRENCY.min(self.runs.len()) as f64 / self.runs.len() as f64
+    }
+}
+
+impl BenchServer {
+    /// Submits `count` runs of `script_id` at once and waits for all of them to succeed.
+    async fn batch(&mut self, script_id: &Value, count: usize) -> anyhow::Result<Batch> {
+        let start = Instant::now();
+        let mut pending = HashSet::new();
+        for _ in 0..count {
+            let run: Value = self
+                .client
+                .post(format!("{}/execute", self.base))
+                .bearer_auth(&self.token)
+                .json(&json!({"script_id": script_id}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            pending.insert(run["id"].as_i64().context("a run without an id")?);
+        }
+        let mut runs = Vec::with_capacity(count);
+        while !pending.is_empty() {
+            let event =
+                tokio::time::timeout(Duration::from_secs(300), self.events.recv()).await.context("runs stalled")??;
+            let Event::Run(run) = &*event else { continue };
+            if !run.status.is_terminal() || !pending.remove(&run.id) {
+                continue;
+            }
+            anyhow::ensure!(
+                run.status == RunStatus::Succeeded,
+                "run {} ended {}: {}",
+                run.id,
+                run.status,
+                run.error.as_deref().unwrap_or("")
+            );
+            let duration = run.started_at.zip(run.finished_at).map(|(start, end)| end - start);
+            let duration = duration.and_then(|d| d.num_microseconds()).context("a finished run without times")?;
+            runs.push(RunTimes {
+                duration_ms: duration as f64 / 1000.0,
+                environment_ms: run.environment_ms.unwrap_or(0) as f64,
+            });
+        }
+        Ok(Batch { runs, wall: start.elapsed() })
+    }
+}
+
+/// One round's per-run times of both scripts, or their medians.
+#[derive(Clone, Copy)]
+struct Row {
+    stdlib: f64,
+    packaged: f64,
+    overhead: f64,
+}
+
+impl std::fmt::Display for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:>7.2} {:>8.2} {:>8.2}", self.stdlib, self.packaged, self.overhead)
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    rows: Vec<Row>,
+}
+
+impl Columns {
+    fn push(&mut self, stdlib: f64, packaged: f64) {
+        self.rows.push(Row { stdlib, packaged, overhead: packaged - stdlib });
+    }
+
+    fn last(&self) -> Row {
+        self.rows[self.rows.len() - 1]
+    }
+
+    /// Each column's median on its own: the overhead is the median of the rounds' differences.
+    fn median(&self) -> Row {
+        let median = |pick: fn(&Row) -> f64| {
+            let mut values: Vec<f64> = self.rows.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            if values.len() % 2 == 0 { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+        };
+        Row { stdlib: median(|row| row.stdlib), packaged: median(|row| row.packaged), overhead: median(|row| row.overhead) }
+    }
+}

@@ -24,8 +24,13 @@ const RUNS_PER_ROUND: usize = 20;
 const CONCURRENCY: usize = 2;
 const WHEEL: (&str, &str) = ("automa-bench-pkg", "1.0.0");
 const STDLIB_SCRIPT: &str = "import json\nprint(json.dumps('hi'))\n";
-const PACKAGE_SCRIPT: &str = "# /// script\n# dependencies = [\"automa-bench-pkg==1.0.0\"]\n# ///\n\
-                              import automa_bench_pkg\nprint(automa_bench_pkg.VALUE)\n";
+const PACKAGE_BLOCK: &str = "# /// script\n# dependencies = [\"automa-bench-pkg==1.0.0\"]\n# ///\n";
+const PACKAGE_BODY: &str = "import automa_bench_pkg\nprint(automa_bench_pkg.VALUE)\n";
+/// An environment's interpreter does not read the base interpreter's site-packages, whose `.pth` files may
+/// import anything (on some hosts tens of ms of it) before a standard-library script's first line. A script
+/// with packages that then adds them itself starts as that script does, so the difference is Automa's.
+const BASE_SITE_PACKAGES: &str = "import site, sys\nfor path in site.getsitepackages([sys.base_prefix]):\n    \
+                                  site.addsitedir(path)\n";
 const MAKE_WHEEL: &str = include_str!("../../../tests/fixtures/make_wheel.py");
 
 pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Result<()> {
@@ -51,7 +56,9 @@ pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Resu
     };
     let mut server = BenchServer::start(config, "stdlib.py", STDLIB_SCRIPT).await?;
     let stdlib = server.script_id.clone();
-    let packaged = server.add_script("packaged", "packaged.py", PACKAGE_SCRIPT).await?;
+    let packaged = server.add_script("packaged", "packaged.py", &format!("{PACKAGE_BLOCK}{PACKAGE_BODY}")).await?;
+    let same_start_script = format!("{PACKAGE_BLOCK}{BASE_SITE_PACKAGES}{PACKAGE_BODY}");
+    let same_start = server.add_script("same-start", "same_start.py", &same_start_script).await?;
     println!(
         "interpreter {}, profile strict, concurrency {CONCURRENCY}, wheel {} {} (offline find-links)",
         interpreter.display(),
@@ -71,32 +78,46 @@ pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Resu
         first.wall.as_secs_f64() * 1000.0
     );
 
-    println!("{ROUNDS} rounds of {RUNS_PER_ROUND} runs of each script, in alternating order; per-run ms:");
-    println!("round  agent: stdlib packages overhead | client: stdlib packages overhead");
+    println!("{ROUNDS} rounds of {RUNS_PER_ROUND} runs of each script, the order turning each round; per-run ms:");
+    println!("round  agent: stdlib same-start overhead | client: stdlib same-start overhead | plain: agent client");
+    let scripts = [&stdlib, &same_start, &packaged];
     let mut agent = Columns::default();
     let mut client = Columns::default();
+    let mut plain = Columns::default();
     for round in 0..ROUNDS {
-        let (stdlib_batch, packaged_batch) = if round % 2 == 0 {
-            let stdlib_batch = server.batch(&stdlib, RUNS_PER_ROUND).await?;
-            (stdlib_batch, server.batch(&packaged, RUNS_PER_ROUND).await?)
-        } else {
-            let packaged_batch = server.batch(&packaged, RUNS_PER_ROUND).await?;
-            (server.batch(&stdlib, RUNS_PER_ROUND).await?, packaged_batch)
+        let mut batches: [Option<Batch>; 3] = Default::default();
+        for turn in 0..scripts.len() {
+            let which = (round + turn) % scripts.len();
+            batches[which] = Some(server.batch(scripts[which], RUNS_PER_ROUND).await?);
+        }
+        let [Some(stdlib_batch), Some(same_start_batch), Some(packaged_batch)] = batches else {
+            unreachable!("every script ran this round")
         };
         anyhow::ensure!(
-            packaged_batch.runs.iter().all(|run| run.environment_ms == 0.0),
+            [&same_start_batch, &packaged_batch]
+                .iter()
+                .all(|batch| batch.runs.iter().all(|run| run.environment_ms == 0.0)),
             "a run with packages did not find its environment cached"
         );
-        agent.push(stdlib_batch.agent_mean(), packaged_batch.agent_mean());
-        client.push(stdlib_batch.client_per_run(), packaged_batch.client_per_run());
-        println!("{round:>5}  {} | {}", agent.last(), client.last());
+        agent.push(stdlib_batch.agent_mean(), same_start_batch.agent_mean());
+        client.push(stdlib_batch.client_per_run(), same_start_batch.client_per_run());
+        plain.push(packaged_batch.agent_mean(), packaged_batch.client_per_run());
+        let last = plain.last();
+        println!("{round:>5}  {} | {} | {:>7.2} {:>7.2}", agent.last(), client.last(), last.stdlib, last.packaged);
     }
-    println!("median {} | {}", agent.median(), client.median());
+    let plain = plain.median();
+    println!("median {} | {} | {:>7.2} {:>7.2}", agent.median(), client.median(), plain.stdlib, plain.packaged);
     println!(
         "overhead of a cached environment: {:.2} ms per run (agent), {:.2} ms (client); first build {:.0} ms",
         agent.median().overhead,
         client.median().overhead,
         built.environment_ms
+    );
+    println!(
+        "the plain script with packages, which skips the base interpreter's site-packages: {:+.2} ms (agent), \
+         {:+.2} ms (client) against the standard-library script",
+        plain.stdlib - agent.median().stdlib,
+        plain.packaged - client.median().stdlib
     );
     server.stop().await
 }
@@ -229,8 +250,12 @@ impl Columns {
             let mut values: Vec<f64> = self.rows.iter().map(pick).collect();
             values.sort_by(f64::total_cmp);
             let middle = values.len() / 2;
-            if values.len() % 2 == 0 { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+            if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
         };
-        Row { stdlib: median(|row| row.stdlib), packaged: median(|row| row.packaged), overhead: median(|row| row.overhead) }
+        Row {
+            stdlib: median(|row| row.stdlib),
+            packaged: median(|row| row.packaged),
+            overhead: median(|row| row.overhead),
+        }
     }
 }

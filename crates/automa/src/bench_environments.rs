@@ -84,6 +84,8 @@ pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Resu
     let mut agent = Columns::default();
     let mut client = Columns::default();
     let mut plain = Columns::default();
+    let mut setup = Columns::default();
+    let mut lookup = Vec::new();
     for round in 0..ROUNDS {
         let mut batches: [Option<Batch>; 3] = Default::default();
         for turn in 0..scripts.len() {
@@ -100,6 +102,8 @@ pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Resu
             "a run with packages did not find its environment cached"
         );
         agent.push(stdlib_batch.agent_mean(), same_start_batch.agent_mean());
+        setup.push(stdlib_batch.setup_ms, same_start_batch.setup_ms);
+        lookup.push(server.lookup_us(&same_start_batch).await?);
         client.push(stdlib_batch.client_per_run(), same_start_batch.client_per_run());
         plain.push(packaged_batch.agent_mean(), packaged_batch.client_per_run());
         let last = plain.last();
@@ -118,6 +122,16 @@ pub async fn bench(python: Option<PathBuf>, uv: Option<PathBuf>) -> anyhow::Resu
          {:+.2} ms (client) against the standard-library script",
         plain.stdlib - agent.median().stdlib,
         plain.packaged - client.median().stdlib
+    );
+    let setup = setup.median();
+    lookup.sort_by(f64::total_cmp);
+    println!(
+        "of which, by the agent's clocks: sandbox setup {:.2} ms (stdlib) and {:.2} ms (packages), {:+.2} ms; \
+         the cache lookup {:.0} µs (median of the rounds' means)",
+        setup.stdlib,
+        setup.packaged,
+        setup.overhead,
+        lookup[lookup.len() / 2]
     );
     server.stop().await
 }
@@ -156,9 +170,12 @@ impl RunTimes {
 
 /// A batch of runs of one script, submitted at once.
 struct Batch {
+    ids: Vec<i64>,
     runs: Vec<RunTimes>,
     /// From the first submission until the last run ended.
     wall: Duration,
+    /// The runs' mean sandbox setup (from the helper's start to the script's exec), from the server's metrics.
+    setup_ms: f64,
 }
 
 impl Batch {
@@ -175,6 +192,7 @@ impl Batch {
 impl BenchServer {
     /// Submits `count` runs of `script_id` at once and waits for all of them to succeed.
     async fn batch(&mut self, script_id: &Value, count: usize) -> anyhow::Result<Batch> {
+        let setup_before = self.sandbox_setup().await?;
         let start = Instant::now();
         let mut pending = HashSet::new();
         for _ in 0..count {
@@ -190,6 +208,7 @@ impl BenchServer {
                 .await?;
             pending.insert(run["id"].as_i64().context("a run without an id")?);
         }
+        let ids = pending.iter().copied().collect();
         let mut runs = Vec::with_capacity(count);
         while !pending.is_empty() {
             let event =
@@ -212,7 +231,58 @@ impl BenchServer {
                 environment_ms: run.environment_ms.unwrap_or(0) as f64,
             });
         }
-        Ok(Batch { runs, wall: start.elapsed() })
+        let wall = start.elapsed();
+        let setup_after = self.sandbox_setup().await?;
+        let setup_ms = (setup_after.0 - setup_before.0) * 1000.0 / (setup_after.1 - setup_before.1).max(1.0);
+        Ok(Batch { ids, runs, wall, setup_ms })
+    }
+
+    /// `automa_sandbox_setup_seconds`' sum and count.
+    async fn sandbox_setup(&self) -> anyhow::Result<(f64, f64)> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((value("automa_sandbox_setup_seconds_sum"), value("automa_sandbox_setup_seconds_count")))
+    }
+
+    /// The mean time, in µs, from a run's `preparing environment` line to its `environment ready` line, both
+    /// stamped by the agent: the cached environment's lookup.
+    async fn lookup_us(&self, batch: &Batch) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for id in &batch.ids {
+            let logs: Value = self
+                .client
+                .get(format!("{}/runs/{id}/logs", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let stamp = |prefix: &str| {
+                logs["chunks"].as_array().into_iter().flatten().find_map(|chunk| {
+                    let line = chunk["data"].as_str()?;
+                    line.starts_with(prefix)
+                        .then(|| chunk["ts"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok())?
+                })
+            };
+            let (Some(preparing), Some(ready)) = (stamp("preparing environment"), stamp("environment ready")) else {
+                anyhow::bail!("run {id}'s log does not show its environment's preparation");
+            };
+            total += (ready - preparing).num_microseconds().unwrap_or(0) as f64;
+        }
+        Ok(total / batch.ids.len() as f64)
     }
 }
 

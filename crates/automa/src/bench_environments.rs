@@ -1,22 +1,23 @@
 //! `automa bench environments`: what a script with dependencies costs once its environment is cached, against
-//! the same script without them. It writes a test wheel into a find-links directory, serves it offline to an
-//! in-process server (profile `strict`, concurrency 2), times the first run of a PEP 723 script that imports
-//! it (the environment's build), then runs both scripts in alternating rounds and prints, per round and as
-//! medians over the rounds, each script's per-run time and the difference: as the agent recorded it (the run's
-//! `duration_ms` plus its `environment_ms`) and as the client saw it (the round's wall time from the first
-//! submission to the last run's end, shared among the runs as `automa bench runs` does).
+//! a standard-library script. It writes a test wheel into a find-links directory, serves it offline to an
+//! in-process server (profile `strict`, concurrency 2), times the first run of a PEP 723 script importing it
+//! (the environment's build), then runs three scripts in rounds whose order turns: the standard-library one,
+//! one with the package that first loads the base interpreter's site-packages (so it starts as the first one
+//! does, see [`BASE_SITE_PACKAGES`]) and the plain one with the package. Per round and as medians over the
+//! rounds it prints each one's per-run time as the agent recorded it (`duration_ms` plus `environment_ms`)
+//! and as the client saw it (the batch's wall time from the first submission to the last run's end, shared
+//! among the runs as `automa bench runs` does); then, by the agent's own clocks, the two things a cached
+//! environment adds that `duration_ms` does not isolate: the sandbox's setup with the extra mount, and the
+//! cache lookup, which happens before `duration_ms` starts.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use automa_core::RunStatus;
-use automa_server::{Config, config::SecretString, events::Event};
+use automa_server::{Config, config::SecretString};
 
-use crate::bench::BenchServer;
+use crate::bench::{Batch, BenchServer, RunTimes};
 
 const ROUNDS: usize = 10;
 /// Runs of each script per round: 200 of each in all.
@@ -155,29 +156,6 @@ fn on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// One run as its agent recorded it.
-struct RunTimes {
-    /// The script's own time in the sandbox (`duration_ms`), in ms.
-    duration_ms: f64,
-    environment_ms: f64,
-}
-
-impl RunTimes {
-    fn agent_ms(&self) -> f64 {
-        self.duration_ms + self.environment_ms
-    }
-}
-
-/// A batch of runs of one script, submitted at once.
-struct Batch {
-    ids: Vec<i64>,
-    runs: Vec<RunTimes>,
-    /// From the first submission until the last run ended.
-    wall: Duration,
-    /// The runs' mean sandbox setup (from the helper's start to the script's exec), from the server's metrics.
-    setup_ms: f64,
-}
-
 impl Batch {
     fn agent_mean(&self) -> f64 {
         self.runs.iter().map(RunTimes::agent_ms).sum::<f64>() / self.runs.len() as f64
@@ -190,72 +168,6 @@ impl Batch {
 }
 
 impl BenchServer {
-    /// Submits `count` runs of `script_id` at once and waits for all of them to succeed.
-    async fn batch(&mut self, script_id: &Value, count: usize) -> anyhow::Result<Batch> {
-        let setup_before = self.sandbox_setup().await?;
-        let start = Instant::now();
-        let mut pending = HashSet::new();
-        for _ in 0..count {
-            let run: Value = self
-                .client
-                .post(format!("{}/execute", self.base))
-                .bearer_auth(&self.token)
-                .json(&json!({"script_id": script_id}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            pending.insert(run["id"].as_i64().context("a run without an id")?);
-        }
-        let ids = pending.iter().copied().collect();
-        let mut runs = Vec::with_capacity(count);
-        while !pending.is_empty() {
-            let event =
-                tokio::time::timeout(Duration::from_secs(300), self.events.recv()).await.context("runs stalled")??;
-            let Event::Run(run) = &*event else { continue };
-            if !run.status.is_terminal() || !pending.remove(&run.id) {
-                continue;
-            }
-            anyhow::ensure!(
-                run.status == RunStatus::Succeeded,
-                "run {} ended {}: {}",
-                run.id,
-                run.status,
-                run.error.as_deref().unwrap_or("")
-            );
-            let duration = run.started_at.zip(run.finished_at).map(|(start, end)| end - start);
-            let duration = duration.and_then(|d| d.num_microseconds()).context("a finished run without times")?;
-            runs.push(RunTimes {
-                duration_ms: duration as f64 / 1000.0,
-                environment_ms: run.environment_ms.unwrap_or(0) as f64,
-            });
-        }
-        let wall = start.elapsed();
-        let setup_after = self.sandbox_setup().await?;
-        let setup_ms = (setup_after.0 - setup_before.0) * 1000.0 / (setup_after.1 - setup_before.1).max(1.0);
-        Ok(Batch { ids, runs, wall, setup_ms })
-    }
-
-    /// `automa_sandbox_setup_seconds`' sum and count.
-    async fn sandbox_setup(&self) -> anyhow::Result<(f64, f64)> {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        Ok((value("automa_sandbox_setup_seconds_sum"), value("automa_sandbox_setup_seconds_count")))
-    }
-
     /// The mean time, in µs, from a run's `preparing environment` line to its `environment ready` line, both
     /// stamped by the agent: the cached environment's lookup.
     async fn lookup_us(&self, batch: &Batch) -> anyhow::Result<f64> {

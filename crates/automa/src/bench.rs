@@ -168,17 +168,14 @@ impl BenchServer {
         Ok(Batch { ids, runs, wall, setup_ms })
     }
 
+    /// A successful answer to `GET path` as the admin.
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?.error_for_status()?)
+    }
+
     /// `automa_sandbox_setup_seconds`' sum and count.
     async fn sandbox_setup(&self) -> anyhow::Result<(f64, f64)> {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = self.get("/metrics").await?.text().await?;
         let value = |name: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())

@@ -173,15 +173,7 @@ impl BenchServer {
     async fn lookup_us(&self, batch: &Batch) -> anyhow::Result<f64> {
         let mut total = 0.0;
         for id in &batch.ids {
-            let logs: Value = self
-                .client
-                .get(format!("{}/runs/{id}/logs", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let logs: Value = self.get(&format!("/runs/{id}/logs")).await?.json().await?;
             let stamp = |prefix: &str| {
                 logs["chunks"].as_array().into_iter().flatten().find_map(|chunk| {
                     let line = chunk["data"].as_str()?;

@@ -67,37 +67,11 @@ async fn through_api(dir: &Path, profile: &str, interpreter: &Path) -> anyhow::R
         agent_concurrency: Some(CONCURRENCY),
         ..Config::default()
     };
-    let BenchServer { base, client, token, script_id, mut events, stop, server } =
-        BenchServer::start(config, "hi.py", SCRIPT).await?;
-    let start = Instant::now();
-    for _ in 0..RUNS {
-        client
-            .post(format!("{base}/execute"))
-            .bearer_auth(&token)
-            .json(&json!({"script_id": script_id}))
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    let mut ended = HashSet::new();
-    while ended.len() < RUNS {
-        let event = tokio::time::timeout(Duration::from_secs(120), events.recv()).await.context("runs stalled")??;
-        if let Event::Run(run) = &*event {
-            anyhow::ensure!(
-                run.status == RunStatus::Succeeded || !run.status.is_terminal(),
-                "run {} ended {}",
-                run.id,
-                run.status
-            );
-            if run.status.is_terminal() {
-                ended.insert(run.id);
-            }
-        }
-    }
-    let elapsed = start.elapsed();
-    let _ = stop.send(());
-    server.await??;
-    Ok(elapsed)
+    let mut server = BenchServer::start(config, "hi.py", SCRIPT).await?;
+    let script_id = server.script_id.clone();
+    let batch = server.batch(&script_id, RUNS).await?;
+    server.stop().await?;
+    Ok(batch.wall)
 }
 
 /// A server in this process for a benchmark, with an admin session and one script.
@@ -122,16 +96,92 @@ impl BenchServer {
         }));
         let client = reqwest::Client::new();
         let token = login(&client, &base).await?;
-        let script: Value = client
-            .post(format!("{base}/scripts"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "hi", "filename": filename, "content": content}))
+        let mut bench = BenchServer { base, client, token, script_id: Value::Null, events, stop, server };
+        bench.script_id = bench.add_script("hi", filename, content).await?;
+        Ok(bench)
+    }
+
+    /// Saves another script; its id.
+    pub(crate) async fn add_script(&self, name: &str, filename: &str, content: &str) -> anyhow::Result<Value> {
+        let script: Value = self
+            .client
+            .post(format!("{}/scripts", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": name, "filename": filename, "content": content}))
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
-        Ok(BenchServer { base, client, token, script_id: script["id"].clone(), events, stop, server })
+        Ok(script["id"].clone())
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?
+    }
+
+    /// Submits `count` runs of `script_id` at once and waits for all of them to succeed.
+    pub(crate) async fn batch(&mut self, script_id: &Value, count: usize) -> anyhow::Result<Batch> {
+        let setup_before = self.sandbox_setup().await?;
+        let start = Instant::now();
+        let mut pending = HashSet::new();
+        for _ in 0..count {
+            let run: Value = self
+                .client
+                .post(format!("{}/execute", self.base))
+                .bearer_auth(&self.token)
+                .json(&json!({"script_id": script_id}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            pending.insert(run["id"].as_i64().context("a run without an id")?);
+        }
+        let ids = pending.iter().copied().collect();
+        let mut runs = Vec::with_capacity(count);
+        while !pending.is_empty() {
+            let event =
+                tokio::time::timeout(Duration::from_secs(300), self.events.recv()).await.context("runs stalled")??;
+            let Event::Run(run) = &*event else { continue };
+            if !run.status.is_terminal() || !pending.remove(&run.id) {
+                continue;
+            }
+            anyhow::ensure!(
+                run.status == RunStatus::Succeeded,
+                "run {} ended {}: {}",
+                run.id,
+                run.status,
+                run.error.as_deref().unwrap_or("")
+            );
+            let duration = run.started_at.zip(run.finished_at).map(|(start, end)| end - start);
+            let duration = duration.and_then(|d| d.num_microseconds()).context("a finished run without times")?;
+            runs.push(RunTimes {
+                duration_ms: duration as f64 / 1000.0,
+                environment_ms: run.environment_ms.unwrap_or(0) as f64,
+            });
+        }
+        let wall = start.elapsed();
+        let setup_after = self.sandbox_setup().await?;
+        let setup_ms = (setup_after.0 - setup_before.0) * 1000.0 / (setup_after.1 - setup_before.1).max(1.0);
+        Ok(Batch { ids, runs, wall, setup_ms })
+    }
+
+    /// A successful answer to `GET path` as the admin.
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?.error_for_status()?)
+    }
+
+    /// `automa_sandbox_setup_seconds`' sum and count.
+    async fn sandbox_setup(&self) -> anyhow::Result<(f64, f64)> {
+        let text = self.get("/metrics").await?.text().await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((value("automa_sandbox_setup_seconds_sum"), value("automa_sandbox_setup_seconds_count")))
     }
 }
 
@@ -152,4 +202,27 @@ async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
         .json()
         .await?;
     token["access_token"].as_str().map(str::to_owned).context("no access token")
+}
+
+/// One run as its agent recorded it.
+pub(crate) struct RunTimes {
+    /// The script's own time in the sandbox (`duration_ms`), in ms.
+    pub duration_ms: f64,
+    pub environment_ms: f64,
+}
+
+impl RunTimes {
+    pub(crate) fn agent_ms(&self) -> f64 {
+        self.duration_ms + self.environment_ms
+    }
+}
+
+/// A batch of runs of one script, submitted at once.
+pub(crate) struct Batch {
+    pub ids: Vec<i64>,
+    pub runs: Vec<RunTimes>,
+    /// From the first submission until the last run ended.
+    pub wall: Duration,
+    /// The runs' mean sandbox setup (from the helper's start to the script's exec), from the server's metrics.
+    pub setup_ms: f64,
 }

@@ -21,6 +21,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
+use automa_core::RequiresPython;
 use automa_runner::{BuildSpec, Limits, OutputChunk, Sandbox, Stream};
 
 use crate::protocol::EnvironmentSpec;
@@ -37,8 +38,6 @@ pub struct PackagesReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
 }
-
-mod requires_python;
 
 /// What a run needing packages is told when this agent has no uv.
 pub const NO_UV: &str = "this run needs packages but the agent has no uv (set AUTOMA_UV)";
@@ -148,6 +147,7 @@ impl Environments {
         let dir = std::path::absolute(&settings.environments_dir)
             .map_err(|e| format!("{}: {e}", settings.environments_dir.display()))?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        remove_leftovers(&dir);
         settings.environments_dir = dir;
         let uv = match find_uv(settings.uv.as_deref()) {
             Ok(uv) => Some(uv),
@@ -190,12 +190,7 @@ impl Environments {
 
     /// The cache key of `lock` for this agent's interpreter.
     pub fn key(&self, lock: &str) -> String {
-        let mut hash = Sha256::new();
-        for part in [lock, &self.inner.interpreter.identity] {
-            hash.update(part.as_bytes());
-            hash.update([0]);
-        }
-        hex::encode(hash.finalize())
+        key_of(lock, &self.inner.interpreter)
     }
 
     /// The environment for `spec`, built (once, whoever else asks meanwhile) when it is not cached. The
@@ -211,7 +206,8 @@ impl Environments {
         }
         if let Some(wanted) = spec.requires_python.as_deref().filter(|w| !w.trim().is_empty()) {
             let version = &self.inner.interpreter.version;
-            if !requires_python::satisfied_by(wanted, version)? {
+            let requires = RequiresPython::parse(wanted).map_err(|e| format!("requires-python {wanted:?}: {e}"))?;
+            if !requires.admits(version)? {
                 return Err(format!(
                     "this script requires Python {wanted}, but the agent's interpreter is Python {version}"
                 ));
@@ -267,6 +263,18 @@ impl Environments {
     }
 }
 
+/// The cache key of `lock` for `interpreter`. Its path counts too: a venv's `bin/python` points at the
+/// interpreter it was made with, so an interpreter moved elsewhere, even an identical one, needs environments of
+/// its own.
+fn key_of(lock: &str, interpreter: &Interpreter) -> String {
+    let mut hash = Sha256::new();
+    for part in [lock, &interpreter.identity, &interpreter.path.to_string_lossy()] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
 /// How preparing a run's environment ended.
 pub(crate) enum Preparation {
     /// Ready, after this long (zero when it was cached).
@@ -284,6 +292,7 @@ pub(crate) async fn prepare_for_run(
     spec: &EnvironmentSpec,
     log: &mpsc::Sender<OutputChunk>,
     mut stopped: watch::Receiver<bool>,
+    limit: Duration,
 ) -> Preparation {
     let environments = match environments {
         Ok(environments) => environments,
@@ -291,8 +300,12 @@ pub(crate) async fn prepare_for_run(
     };
     let started = Instant::now();
     note(log, "preparing environment\n").await;
+    // Waiting counts against the run's time limit: a run must not hold its slot for longer than it may run
+    // while another script's build holds the key's lock. The build itself goes on for later runs.
     let prepared = tokio::select! {
-        prepared = environments.prepare(spec, log) => prepared,
+        prepared = tokio::time::timeout(limit, environments.prepare(spec, log)) => prepared.unwrap_or_else(|_| {
+            Err(format!("environment build failed: not ready within the run's time limit ({} s)", limit.as_secs()))
+        }),
         _ = stopped.wait_for(|stop| *stop) => return Preparation::Stopped,
     };
     match prepared {
@@ -325,16 +338,18 @@ fn lease(dir: &Path, key: &str) -> Option<Lease> {
     Some(Lease { path, _directory: directory })
 }
 
-/// Builds `key` from `lock` in a staging directory and renames it into place, holding the cache's lock; then
-/// evicts what the cap requires. A failed build leaves nothing behind.
+/// Builds `key` from `lock` in a staging directory and renames it into place, then evicts what the cap
+/// requires. One build of a key at a time, in this process or another, while builds of other keys go on beside
+/// it. A failed build leaves nothing behind.
 async fn build(inner: &Inner, key: &str, lock: &str, output: mpsc::Sender<OutputChunk>) -> Result<(), String> {
     let dir = inner.settings.environments_dir.clone();
-    let _locked = lock_cache(&dir).await?;
+    let _building = lock_file(key_lock(&dir, key)).await?;
     if dir.join(key).is_dir() {
         return Ok(());
     }
-    remove_leftovers(&dir);
     let staging = dir.join(format!(".build-{key}"));
+    // A build of this key that stopped half-way (the agent was killed) left this behind.
+    let _ = std::fs::remove_dir_all(&staging);
     let failed = |why: String| {
         let _ = std::fs::remove_dir_all(&staging);
         Err(format!("environment build failed: {why}"))
@@ -346,12 +361,13 @@ async fn build(inner: &Inner, key: &str, lock: &str, output: mpsc::Sender<Output
         return failed(format!("cannot write the lock: {e}"));
     }
     inner.builds.fetch_add(1, Ordering::SeqCst);
+    let cap = inner.settings.cache_mb.saturating_mul(1024 * 1024);
+    let (too_big, size_watch) = watch_size(staging.clone(), cap);
     let (chunks, forwarded) = mpsc::channel(64);
     let forwarding = tokio::spawn(forward(forwarded, output));
     let mut outcome = Ok(());
     for spec in build_steps(inner, &staging) {
-        let (_never, not_cancelled) = watch::channel(false);
-        match inner.sandbox.build(spec, chunks.clone(), not_cancelled).await {
+        match inner.sandbox.build(spec, chunks.clone(), too_big.clone()).await {
             Ok(report) if report.exit_code == Some(0) => {}
             Ok(report) => {
                 outcome = Err(match (report.timed_out, report.signal) {
@@ -367,19 +383,49 @@ async fn build(inner: &Inner, key: &str, lock: &str, output: mpsc::Sender<Output
             }
         }
     }
+    size_watch.abort();
     drop(chunks);
     let tail = forwarding.await.unwrap_or_default();
+    // Checked again once uv has stopped writing: what it wrote after the watch last looked counts too.
+    if *too_big.borrow() || size_of(&staging.join("env")) > cap {
+        return failed(format!(
+            "the environment is larger than the cache may hold ({} MB, AUTOMA_ENV_CACHE_MB)",
+            inner.settings.cache_mb
+        ));
+    }
     if let Err(reason) = outcome {
         return failed(
             reason.map_or(tail.clone(), |reason| if tail.is_empty() { reason } else { format!("{reason}\n{tail}") }),
         );
     }
+    let _cache = lock_file(dir.join(".lock")).await?;
     if let Err(e) = std::fs::rename(staging.join("env"), dir.join(key)) {
         return failed(format!("cannot move the environment into place: {e}"));
     }
     let _ = std::fs::remove_dir_all(&staging);
-    evict(&dir, inner.settings.cache_mb.saturating_mul(1024 * 1024), key);
+    evict(&dir, cap, key);
     Ok(())
+}
+
+/// How often a build's size is looked at.
+const SIZE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Stops a build whose staging directory grows past `cap` bytes: the sandbox bounds each file a build writes,
+/// not their sum, and a small compressed wheel can unpack into gigabytes.
+fn watch_size(staging: PathBuf, cap: u64) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (too_big, stop) = watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SIZE_CHECK_EVERY).await;
+            let staging = staging.clone();
+            let size = tokio::task::spawn_blocking(move || size_of(&staging)).await.unwrap_or(0);
+            if size > cap {
+                too_big.send_replace(true);
+                return;
+            }
+        }
+    });
+    (stop, watcher)
 }
 
 /// `uv venv`, then `uv pip install` of the lock: exact versions, checked against their hashes, wheels only (an
@@ -464,9 +510,16 @@ async fn forward(mut chunks: mpsc::Receiver<OutputChunk>, output: mpsc::Sender<O
     tail.join("\n")
 }
 
-/// Takes the cache's lock, which one build or eviction at a time holds, in this process or another.
-async fn lock_cache(dir: &Path) -> Result<File, String> {
-    let path = dir.join(".lock");
+/// The lock file a build of `key` holds, in `.locks/` beside the environments; created when missing.
+fn key_lock(dir: &Path, key: &str) -> PathBuf {
+    let locks = dir.join(".locks");
+    let _ = std::fs::create_dir(&locks);
+    locks.join(key)
+}
+
+/// Takes the lock file `path` (created if need be), waiting while another build or eviction, in this process
+/// or another, holds it.
+async fn lock_file(path: PathBuf) -> Result<File, String> {
     tokio::task::spawn_blocking(move || {
         let file = File::options().create(true).truncate(false).write(true).open(&path)?;
         file.lock()?;
@@ -477,14 +530,20 @@ async fn lock_cache(dir: &Path) -> Result<File, String> {
     .map_err(|e| format!("environment build failed: cannot lock the environment cache: {e}"))
 }
 
-/// Staging and trash directories of builds and evictions that did not finish (the agent stopped during them).
-/// Called with the cache's lock held, when no other build can be under way.
+/// Staging and trash directories of builds and evictions that did not finish (the agent stopped during them),
+/// unless the build or eviction that made them is still under way here or in another process.
 fn remove_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".build-") || name.starts_with(".trash-") {
+        let Some(name) = name.to_str() else { continue };
+        let guard = match name.strip_prefix(".build-") {
+            Some(key) => key_lock(dir, key),
+            None if name.starts_with(".trash-") => dir.join(".lock"),
+            None => continue,
+        };
+        let Ok(lock) = File::options().create(true).truncate(false).write(true).open(guard) else { continue };
+        if lock.try_lock().is_ok() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -610,6 +669,32 @@ mod tests {
         let mut keys: Vec<String> = environments_in(dir).into_iter().map(|(key, _)| key).collect();
         keys.sort();
         keys
+    }
+
+    #[test]
+    fn an_interpreter_elsewhere_gets_environments_of_its_own() {
+        let interpreter = |path: &str| Interpreter {
+            path: path.into(),
+            version: "3.11.7".into(),
+            identity: "3.11.7 (main) linux x86_64 glibc 2.36 cpython-311".into(),
+        };
+        let (here, moved) = (interpreter("/usr/bin/python3.11"), interpreter("/opt/python/bin/python3.11"));
+        assert_eq!(key_of("lock", &here), key_of("lock", &interpreter("/usr/bin/python3.11")));
+        assert_ne!(key_of("lock", &here), key_of("lock", &moved));
+    }
+
+    #[test]
+    fn leftovers_of_stopped_builds_go_but_not_those_of_builds_under_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [".build-stopped", ".build-running", ".trash-old"] {
+            std::fs::create_dir_all(dir.path().join(name).join("env")).expect("mkdir");
+        }
+        let running = File::options().create(true).truncate(false).write(true).open(key_lock(dir.path(), "running"));
+        running.as_ref().expect("lock file").lock().expect("lock");
+        remove_leftovers(dir.path());
+        assert!(!dir.path().join(".build-stopped").exists());
+        assert!(!dir.path().join(".trash-old").exists());
+        assert!(dir.path().join(".build-running").exists());
     }
 
     #[test]

@@ -113,7 +113,10 @@ pub(crate) async fn execute<B: AgentBackend>(
     let started = Instant::now();
     let preparation = match work.environment.take() {
         None => None,
-        Some(wanted) => Some(environments::prepare_for_run(&environments, &wanted, &output, stopped.clone()).await),
+        Some(wanted) => {
+            let limit = Duration::from_secs(u64::try_from(work.limits.timeout_seconds()).unwrap_or(0));
+            Some(environments::prepare_for_run(&environments, &wanted, &output, stopped.clone(), limit).await)
+        }
     };
     let environment_ms = match &preparation {
         Some(Preparation::Ready(_, took)) => Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX)),

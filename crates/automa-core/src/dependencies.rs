@@ -7,7 +7,7 @@ use std::{fmt, str::FromStr, sync::LazyLock};
 
 use pep508_rs::{
     VersionOrUrl,
-    pep440_rs::{Operator, VersionSpecifiers},
+    pep440_rs::{Operator, Version, VersionSpecifiers},
 };
 use regex::Regex;
 
@@ -122,6 +122,14 @@ impl RequiresPython {
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether an interpreter of `version` (`3.11.7`) is admitted, by the same PEP 440 rules the server
+    /// validated the specifiers with.
+    pub fn admits(&self, version: &str) -> Result<bool, String> {
+        let version = Version::from_str(version.trim())
+            .map_err(|e| format!("the interpreter's version {version:?} is not a version: {e}"))?;
+        Ok(self.specifiers.contains(&version))
     }
 
     /// The oldest Python the specifiers admit, as `MAJOR.MINOR[.PATCH]`: the version a universal resolution
@@ -407,6 +415,30 @@ mod tests {
         assert_eq!(lowest(">=3").as_deref(), Some("3.0"));
         assert_eq!(lowest("<3.13"), None);
         assert!(RequiresPython::parse("").is_err());
+    }
+
+    #[test]
+    fn an_interpreter_is_admitted_by_pep_440_rules() {
+        let admits = |spec: &str| RequiresPython::parse(spec).unwrap().admits("3.11.7").unwrap();
+        for yes in [
+            ">=3.10",
+            ">=3.10,<4",
+            "~=3.11",
+            "~=3.11.2",
+            "==3.11.*",
+            "!=3.12.*",
+            "==3.11.7",
+            "<3.12",
+            ">3.11",
+            "===3.11.7",
+            ">=3.8.0.post1",
+        ] {
+            assert!(admits(yes), "{yes}");
+        }
+        for no in [">=3.12", "<3.11", "~=3.12", "~=3.11.8", "==3.10.*", "!=3.11.*", "==3.11", ">=3.8, <3.11"] {
+            assert!(!admits(no), "{no}");
+        }
+        assert!(RequiresPython::parse(">=3.10").unwrap().admits("not a version").is_err());
     }
 
     proptest::proptest! {

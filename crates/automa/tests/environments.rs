@@ -98,7 +98,7 @@ impl Setup {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("environments"))
             .expect("environments dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|name| name != ".lock")
+            .filter(|name| name != ".lock" && name != ".locks")
             .collect();
         names.sort();
         names

@@ -326,8 +326,6 @@ const OTHER_KNOWN_VARIABLES: &[&str] = &[
     "AUTOMA_TEST_UV",
     "AUTOMA_REQUIRE_UV",
     "AUTOMA_CONFIG",
-    "AUTOMA_TEST_UV",
-    "AUTOMA_REQUIRE_UV",
 ];
 
 impl Config {

@@ -12,19 +12,8 @@ use automa_agent::{EnvironmentSpec, Environments, PackageSettings};
 use automa_runner::{HelperCommand, Limits, OutputChunk, Profile, RunSpec, Sandbox, SandboxConfig, Stream};
 use tokio::sync::{mpsc, watch};
 
-/// uv from `AUTOMA_TEST_UV`; `None` (with a notice) when it is absent and not required.
-fn uv() -> Option<PathBuf> {
-    match std::env::var_os("AUTOMA_TEST_UV").map(PathBuf::from).filter(|p| p.is_file()) {
-        Some(uv) => Some(uv),
-        None if std::env::var("AUTOMA_REQUIRE_UV").as_deref() == Ok("1") => {
-            panic!("AUTOMA_REQUIRE_UV=1 but AUTOMA_TEST_UV names no uv binary")
-        }
-        None => {
-            eprintln!("skipped: set AUTOMA_TEST_UV to a uv binary to run the environment tests");
-            None
-        }
-    }
-}
+#[path = "../../../tests/support/packages.rs"]
+mod packages;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -34,7 +23,7 @@ struct Setup {
 
 impl Setup {
     fn new(profile: Profile) -> Option<Setup> {
-        let uv = uv()?;
+        let uv = packages::test_uv()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let helper =
             HelperCommand { program: env!("CARGO_BIN_EXE_automa").into(), args: vec!["__sandbox-helper".into()] };
@@ -67,14 +56,7 @@ impl Setup {
 
     /// Builds the wheel `name` `version` into the find-links directory and returns a lock of it.
     fn lock(&self, name: &str, version: &str) -> String {
-        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/make_wheel.py");
-        let made = Command::new("/usr/bin/python3")
-            .arg(fixture)
-            .arg(self.find_links())
-            .args([name, version])
-            .output()
-            .expect("make_wheel.py");
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        packages::make_wheel(&self.find_links(), name, version);
         let mut compile = Command::new(&self.uv)
             .args(["pip", "compile", "--universal", "--generate-hashes", "--no-build", "--no-index", "--quiet"])
             .args(["--no-config", "--find-links"])

@@ -7,21 +7,8 @@ use std::process::Command;
 use automa_runner::{BuildSpec, Layer, Profile, Report, RunSpec};
 use tokio::sync::{mpsc, watch};
 
+use crate::packages::{make_wheel, test_uv};
 use crate::support::{self, Harness};
-
-/// uv from `AUTOMA_TEST_UV`; `None` (with a notice) when it is absent and not required.
-fn uv() -> Option<PathBuf> {
-    match std::env::var_os("AUTOMA_TEST_UV").map(PathBuf::from).filter(|p| p.is_file()) {
-        Some(uv) => Some(uv),
-        None if std::env::var("AUTOMA_REQUIRE_UV").as_deref() == Ok("1") => {
-            panic!("AUTOMA_REQUIRE_UV=1 but AUTOMA_TEST_UV names no uv binary")
-        }
-        None => {
-            eprintln!("skipped: set AUTOMA_TEST_UV to a uv binary to run the environment tests");
-            None
-        }
-    }
-}
 
 /// A find-links directory holding the `automa-demo 1.2.3` wheel, and a lock of it with its hash.
 struct Packages {
@@ -31,12 +18,7 @@ struct Packages {
 
 fn packages(uv: &Path, dir: &Path) -> Packages {
     let find_links = dir.join("wheels");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/make_wheel.py");
-    let made = Command::new("/usr/bin/python3")
-        .args([fixture, find_links.to_str().expect("utf-8"), "automa-demo", "1.2.3"])
-        .output()
-        .expect("make_wheel.py runs");
-    assert!(made.status.success(), "make_wheel.py: {}", String::from_utf8_lossy(&made.stderr));
+    make_wheel(&find_links, "automa-demo", "1.2.3");
     let mut compile = Command::new(uv)
         .args(["pip", "compile", "--universal", "--generate-hashes", "--no-build", "--no-index", "--quiet"])
         .arg("--find-links")
@@ -156,7 +138,7 @@ for name, attempt in [
 
 #[tokio::test]
 async fn a_script_imports_its_environment_which_it_cannot_change() {
-    let Some(uv) = uv() else { return };
+    let Some(uv) = test_uv() else { return };
     let harness = support::strict();
     let packages = packages(&uv, harness.dir.path());
     let work = harness.dir.path().join("build");
@@ -191,7 +173,7 @@ async fn a_script_imports_its_environment_which_it_cannot_change() {
 /// changes what the next run imports. This is what the test above shows cannot happen.
 #[tokio::test]
 async fn without_the_mount_and_landlock_a_script_could_change_its_environment() {
-    let Some(uv) = uv() else { return };
+    let Some(uv) = test_uv() else { return };
     let harness = support::with(Profile::None, &[]);
     let packages = packages(&uv, harness.dir.path());
     let work = harness.dir.path().join("build");
@@ -209,7 +191,7 @@ async fn without_the_mount_and_landlock_a_script_could_change_its_environment() 
 
 #[tokio::test]
 async fn a_lock_whose_hash_does_not_match_fails_the_build_with_uvs_reason() {
-    let Some(uv) = uv() else { return };
+    let Some(uv) = test_uv() else { return };
     let harness = support::strict();
     let packages = packages(&uv, harness.dir.path());
     let (prefix, rest) = packages.lock.split_once("sha256:").expect("a hash");
@@ -221,7 +203,7 @@ async fn a_lock_whose_hash_does_not_match_fails_the_build_with_uvs_reason() {
 
 #[tokio::test]
 async fn a_build_writes_only_where_it_is_allowed() {
-    let Some(uv) = uv() else { return };
+    let Some(uv) = test_uv() else { return };
     let harness = support::with(Profile::Strict, &[Layer::Cgroups]);
     let packages = packages(&uv, harness.dir.path());
     // The find-links directory is readable, not writable: a venv created there is refused.

@@ -5,6 +5,8 @@ mod environments;
 mod hostile;
 mod layers_off;
 mod network;
+#[path = "../../../../tests/support/packages.rs"]
+mod packages;
 mod positive;
 mod support;
 mod unprivileged;

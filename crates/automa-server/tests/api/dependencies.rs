@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app_with};
+use crate::packages::{self, test_uv};
 
 on_both_backends!(
     a_pep_723_script_is_locked_and_its_lock_updated,
@@ -17,29 +18,10 @@ on_both_backends!(
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
-/// The uv the tests lock with (`AUTOMA_TEST_UV`, set by `scripts/test`). Without one the test is skipped with a
-/// notice, unless `AUTOMA_REQUIRE_UV=1` makes that a failure.
-fn test_uv() -> Option<PathBuf> {
-    match std::env::var("AUTOMA_TEST_UV") {
-        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("AUTOMA_REQUIRE_UV").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_UV=1 but AUTOMA_TEST_UV is not set")
-        }
-        _ => {
-            eprintln!("NOTICE: AUTOMA_TEST_UV is not set: skipping a test that locks dependencies with uv");
-            None
-        }
-    }
-}
-
-/// Writes a wheel with `tests/fixtures/make_wheel.py` and returns its `sha256:<hex>`.
+/// Writes a wheel and returns its `sha256:<hex>`.
 fn make_wheel(dir: &Path, name: &str, version: &str) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make_wheel.py");
-    let output =
-        std::process::Command::new("/usr/bin/python3").arg(script).arg(dir).arg(name).arg(version).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let path = String::from_utf8(output.stdout).unwrap();
-    format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(path.trim()).unwrap())))
+    let wheel = packages::make_wheel(dir, name, version);
+    format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(wheel).unwrap())))
 }
 
 /// A server locking offline against `wheels` only.

@@ -18,6 +18,8 @@ mod fuzz;
 mod metrics;
 mod notifications;
 mod openapi;
+#[path = "../../../../tests/support/packages.rs"]
+mod packages;
 mod retention;
 mod schedule;
 mod secrets;

@@ -222,11 +222,7 @@ async fn an_agent_keeps_executing_when_its_first_server_is_killed() {
 /// embedded one from the server's settings; an agent without uv reports none and still runs other scripts.
 #[tokio::test]
 async fn agents_report_their_uv_and_environment_cache() {
-    let Some(uv) = std::env::var_os("AUTOMA_TEST_UV").map(std::path::PathBuf::from).filter(|p| p.is_file()) else {
-        assert_ne!(std::env::var("AUTOMA_REQUIRE_UV").as_deref(), Ok("1"), "AUTOMA_TEST_UV names no uv binary");
-        eprintln!("skipped: set AUTOMA_TEST_UV to a uv binary");
-        return;
-    };
+    let Some(uv) = crate::packages::test_uv() else { return };
     let version = std::process::Command::new(&uv).arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout).split_whitespace().nth(1).unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();

@@ -9,10 +9,13 @@ mod cli;
 mod client;
 mod concurrency;
 mod crash;
+mod dependencies;
 mod fence;
 mod fleet;
 mod load;
 mod logs;
+#[path = "../../../../tests/support/packages.rs"]
+mod packages;
 #[path = "../pg_database/mod.rs"]
 mod pg_database;
 mod restart;

@@ -23,8 +23,19 @@ pub fn test_uv() -> Option<PathBuf> {
 /// Writes the wheel `name` `version` into `dir` (created if needed) and returns its path. Its module (`name`
 /// with `-` as `_`) holds `VALUE = "<name> <version>"`.
 pub fn make_wheel(dir: &Path, name: &str, version: &str) -> PathBuf {
+    make_padded_wheel(dir, name, version, 0)
+}
+
+/// [`make_wheel`], with `padding_kb` KiB of zeros in the package: a small wheel that unpacks big.
+pub fn make_padded_wheel(dir: &Path, name: &str, version: &str, padding_kb: u64) -> PathBuf {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make_wheel.py");
-    let made = Command::new("/usr/bin/python3").arg(fixture).arg(dir).args([name, version]).output().unwrap();
+    let made = Command::new("/usr/bin/python3")
+        .arg(fixture)
+        .arg(format!("--padding-kb={padding_kb}"))
+        .arg(dir)
+        .args([name, version])
+        .output()
+        .unwrap();
     assert!(made.status.success(), "make_wheel.py: {}", String::from_utf8_lossy(&made.stderr));
     PathBuf::from(String::from_utf8(made.stdout).expect("utf-8 path").trim())
 }

@@ -56,7 +56,12 @@ impl Setup {
 
     /// Builds the wheel `name` `version` into the find-links directory and returns a lock of it.
     fn lock(&self, name: &str, version: &str) -> String {
-        packages::make_wheel(&self.find_links(), name, version);
+        self.padded_lock(name, version, 0)
+    }
+
+    /// [`Setup::lock`] of a wheel holding `padding_kb` KiB of zeros besides its module.
+    fn padded_lock(&self, name: &str, version: &str, padding_kb: u64) -> String {
+        packages::make_padded_wheel(&self.find_links(), name, version, padding_kb);
         let mut compile = Command::new(&self.uv)
             .args(["pip", "compile", "--universal", "--generate-hashes", "--no-build", "--no-index", "--quiet"])
             .args(["--no-config", "--find-links"])
@@ -236,10 +241,10 @@ async fn unmet_requirements_are_refused_before_any_build() {
 #[tokio::test]
 async fn the_size_cap_evicts_unused_environments_never_one_in_use() {
     let Some(setup) = Setup::new(Profile::Strict) else { return };
-    let (one, two, three) =
-        (setup.lock("automa-demo", "1.0.0"), setup.lock("automa-demo", "2.0.0"), setup.lock("automa-demo", "3.0.0"));
-    // A cap of 0 MB: each build leaves only itself and what runs are using.
-    let environments = setup.environments(0);
+    // Environments of about 600 KiB under a cap of 1 MiB: each build leaves only itself and what runs are using.
+    let lock = |version| setup.padded_lock("automa-demo", version, 600);
+    let (one, two, three) = (lock("1.0.0"), lock("2.0.0"), lock("3.0.0"));
+    let environments = setup.environments(1);
     let first = prepare(&environments, &spec(&one)).await.0.expect("one");
     let first_key = environments.key(&one);
     drop(first);
@@ -257,6 +262,24 @@ async fn the_size_cap_evicts_unused_environments_never_one_in_use() {
     assert!(!again.cached);
     assert_eq!(again.lease.path().file_name().and_then(|n| n.to_str()), Some(first_key.as_str()));
     assert_eq!(environments.builds(), 4);
+}
+
+/// A small wheel that unpacks past the cache's cap fails the build, leaving nothing: the sandbox bounds each file
+/// a build writes, not their sum.
+#[tokio::test]
+async fn an_environment_larger_than_the_cap_is_refused() {
+    let Some(setup) = Setup::new(Profile::Strict) else { return };
+    let lock = setup.padded_lock("automa-huge", "1.0.0", 3 * 1024);
+    let wheel_bytes: u64 =
+        std::fs::read_dir(setup.find_links()).expect("wheels").map(|w| w.unwrap().metadata().unwrap().len()).sum();
+    assert!(wheel_bytes < 64 * 1024, "the wheel itself is small: {wheel_bytes} bytes");
+    let environments = setup.environments(1);
+    let error = prepare(&environments, &spec(&lock)).await.0.expect_err("too big");
+    assert_eq!(
+        error,
+        "environment build failed: the environment is larger than the cache may hold (1 MB, AUTOMA_ENV_CACHE_MB)"
+    );
+    assert_eq!(setup.environment_dirs(), Vec::<String>::new(), "no environment, no staging left");
 }
 
 /// Under profile `none` the same environment is used by a plain process.

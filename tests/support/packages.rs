@@ -2,6 +2,9 @@
 //! with, and wheels they make themselves with `tests/fixtures/make_wheel.py`, so no test needs an index or
 //! the network.
 
+// Each test crate includes this module and uses only some of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -14,6 +14,7 @@ on_both_backends!(
     explicit_dependencies_are_locked_and_must_agree_with_the_block,
     malformed_and_unresolvable_requirements_are_refused_by_name,
     an_agent_is_given_the_lock_and_reports_its_environment,
+    a_run_that_needs_packages_goes_only_to_an_agent_with_uv,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -246,9 +247,7 @@ async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend
     let admin = app.admin_token().await;
     let created = app.post("/agents", &admin, json!({"name": "builder"})).await;
     let agent = created.body["token"].as_str().unwrap().to_owned();
-    let heartbeat =
-        json!({"initial": true, "hostname": "builder", "version": "test", "capabilities": {}, "running": []});
-    app.request(Method::POST, "/agent/heartbeat", Some(&agent), Some(&heartbeat)).await;
+    heartbeat(&app, &agent, json!({"uv": "0.9.0"})).await;
     let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
     let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
     assert_eq!(plain.status, StatusCode::ACCEPTED, "{:?}", plain.body);
@@ -282,4 +281,42 @@ async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend
     assert_eq!((shown["status"].as_str(), shown["environment_ms"].as_i64()), (Some("succeeded"), Some(0)), "{shown}");
     let log = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
     assert_eq!(log.unwrap().text().await.unwrap(), "preparing environment\nenvironment ready (0 ms, cached)\n");
+}
+
+/// Registers the agent with `packages` as its package capabilities.
+async fn heartbeat(app: &TestApp, agent: &str, packages: Value) {
+    let heartbeat = json!({"initial": true, "hostname": "h", "version": "test", "capabilities": {"packages": packages}, "running": []});
+    let sent = app.request(Method::POST, "/agent/heartbeat", Some(agent), Some(&heartbeat)).await;
+    assert_eq!(sent.status, StatusCode::OK, "{:?}", sent.body);
+}
+
+async fn a_run_that_needs_packages_goes_only_to_an_agent_with_uv(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+    let agent = |name: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move { app.post("/agents", admin, json!({"name": name})).await.body["token"].as_str().unwrap().to_owned() }
+    };
+    let (bare, builder) = (agent("bare").await, agent("builder").await);
+    heartbeat(&app, &bare, json!({"uv": null, "environment_builds": 0, "cached_environments": 0})).await;
+    let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    let locked = app.post("/execute", &admin, json!({"script_id": script.body["id"]})).await;
+    let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
+    let locked_run = format!("/runs/{}", locked.body["id"]);
+    let reason = app.get(&locked_run, &admin).await.body["waiting_reason"].clone();
+    assert!(reason.as_str().is_some_and(|reason| reason.contains("no online agent that may take it has uv")), "{reason}");
+
+    let claim = json!({"wait_seconds": 0});
+    let first = app.request(Method::POST, "/agent/claim", Some(&bare), Some(&claim)).await;
+    assert_eq!(first.body["run_id"], plain.body["id"], "the older locked run is passed over, the stdlib run is not");
+    let none = app.request(Method::POST, "/agent/claim", Some(&bare), Some(&claim)).await;
+    assert_eq!(none.status, StatusCode::NO_CONTENT, "{:?}", none.body);
+
+    heartbeat(&app, &builder, json!({"uv": "0.9.0", "environment_builds": 0, "cached_environments": 0})).await;
+    assert_eq!(app.get(&locked_run, &admin).await.body["waiting_reason"], Value::Null);
+    let taken = app.request(Method::POST, "/agent/claim", Some(&builder), Some(&claim)).await;
+    assert_eq!(taken.body["run_id"], locked.body["id"]);
 }

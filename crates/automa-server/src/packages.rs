@@ -26,6 +26,12 @@ use automa_core::{Requirement, RequiresPython};
 
 use crate::config::{Config, SecretString};
 
+/// Locks at once: each is a uv process resolving and downloading.
+const LOCK_SLOTS: usize = 2;
+/// How long a save waits for a lock slot before it is answered 503 with `Retry-After`.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// The `Retry-After` of that answer.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
 /// The largest lock accepted from uv; a real one is a few kilobytes per package.
 const MAX_LOCK_BYTES: u64 = 1024 * 1024;
 /// How much of uv's error output is read, and how much of it a client is shown.
@@ -56,6 +62,10 @@ pub enum LockError {
     Unresolvable(String),
     #[error("could not be locked: {0}")]
     Failed(String),
+    /// Both lock slots stayed taken for [`Locker::slot_wait`]: the client is told to come back rather than
+    /// held until its request times out.
+    #[error("the server is locking other scripts' dependencies; try again")]
+    Busy,
 }
 
 /// Where packages come from (`AUTOMA_PACKAGE_*`), shared by locking and by the agents that install the locks.
@@ -116,6 +126,8 @@ pub struct Locker {
     work_dir: PathBuf,
     timeout: Duration,
     slots: Semaphore,
+    /// How long a lock waits for a free slot before it is refused as [`LockError::Busy`].
+    slot_wait: Duration,
 }
 
 impl Locker {
@@ -144,7 +156,8 @@ impl Locker {
             work_dir: config.data_dir.join("packages"),
             // Answered before the request's own time limit, so the client reads why.
             timeout: Duration::from_secs(config.request_timeout_seconds.saturating_sub(5).max(5)),
-            slots: Semaphore::new(2),
+            slots: Semaphore::new(LOCK_SLOTS),
+            slot_wait: SLOT_WAIT,
         }
     }
 
@@ -161,7 +174,10 @@ impl Locker {
     ) -> Result<String, LockError> {
         let (uv, _) = self.uv.as_ref().ok_or(LockError::NoUv)?;
         let interpreter = self.interpreter.as_ref().ok_or(LockError::NoInterpreter)?;
-        let _slot = self.slots.acquire().await.map_err(|e| LockError::Failed(e.to_string()))?;
+        let _slot = tokio::time::timeout(self.slot_wait, self.slots.acquire())
+            .await
+            .map_err(|_| LockError::Busy)?
+            .map_err(|e| LockError::Failed(e.to_string()))?;
         let cache = self.work_dir.join("uv-cache");
         std::fs::create_dir_all(&cache)
             .map_err(|e| LockError::Failed(format!("cannot create {}: {e}", cache.display())))?;

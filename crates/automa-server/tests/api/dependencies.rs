@@ -15,6 +15,8 @@ on_both_backends!(
     malformed_and_unresolvable_requirements_are_refused_by_name,
     an_agent_is_given_the_lock_and_reports_its_environment,
     a_run_that_needs_packages_goes_only_to_an_agent_with_uv,
+    a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after,
+    a_refused_update_does_not_run_uv,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -319,4 +321,72 @@ async fn a_run_that_needs_packages_goes_only_to_an_agent_with_uv(backend: Backen
     assert_eq!(app.get(&locked_run, &admin).await.body["waiting_reason"], Value::Null);
     let taken = app.request(Method::POST, "/agent/claim", Some(&builder), Some(&claim)).await;
     assert_eq!(taken.body["run_id"], locked.body["id"]);
+}
+
+/// A uv that answers `--version`, leaves a file in `calls` each time it is run for anything else, and then
+/// `then` (shell): `exec /bin/sleep 60` to hold its lock slot, `exit 1` to fail at once.
+fn fake_uv(dir: &Path, calls: &Path, then: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("uv");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'uv 0.0.0'; exit 0; fi\n: > '{}/called-'$$\n{then}\n",
+        calls.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn calls_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+async fn a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    std::fs::create_dir(&calls).unwrap();
+    let uv = fake_uv(dir.path(), &calls, "exec /bin/sleep 60");
+    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    let admin = app.admin_token().await;
+    let save = |name: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move { app.post("/scripts", admin, json!({"name": name, "content": script_with("\"demo-pkg\"")})).await }
+    };
+    let third = async {
+        // Both slots are taken once two uv processes have started.
+        let started = tokio::time::Instant::now();
+        while calls_in(&calls) < 2 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the two locks never started uv");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        save("third").await
+    };
+    let busy = tokio::select! {
+        reply = third => reply,
+        reply = save("first") => panic!("a lock holding its slot ended: {:?}", reply.body),
+        reply = save("second") => panic!("a lock holding its slot ended: {:?}", reply.body),
+    };
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", busy.body);
+    assert_eq!(busy.headers.get("retry-after").and_then(|value| value.to_str().ok()), Some("10"));
+    assert_eq!(busy.body["detail"], "the server is locking other scripts' dependencies; try again");
+    assert_eq!(calls_in(&calls), 2, "the refused lock never ran uv");
+}
+
+async fn a_refused_update_does_not_run_uv(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    std::fs::create_dir(&calls).unwrap();
+    let uv = fake_uv(dir.path(), &calls, "exit 1");
+    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    let script = app.create_script(&admin, "s").await["id"].clone();
+    let task = app.post("/tasks", &admin, json!({"name": "t", "script_id": script, "network": true})).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+
+    let refused = app.put(&format!("/scripts/{script}"), &operator, json!({"dependencies": ["demo-pkg"]})).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert_eq!(calls_in(&calls), 0, "uv ran for an operator who may not change the script");
+    let renamed = app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
+    assert_eq!(renamed.status, StatusCode::OK, "the same dependencies need no grant: {:?}", renamed.body);
 }

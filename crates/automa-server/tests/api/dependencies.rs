@@ -17,6 +17,7 @@ on_both_backends!(
     a_run_that_needs_packages_goes_only_to_an_agent_with_uv,
     a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after,
     a_refused_update_does_not_run_uv,
+    requirements_with_line_breaks_are_refused_by_entry,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -389,4 +390,19 @@ async fn a_refused_update_does_not_run_uv(backend: Backend) {
     assert_eq!(calls_in(&calls), 0, "uv ran for an operator who may not change the script");
     let renamed = app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
     assert_eq!(renamed.status, StatusCode::OK, "the same dependencies need no grant: {:?}", renamed.body);
+}
+
+async fn requirements_with_line_breaks_are_refused_by_entry(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let admin = app.admin_token().await;
+    for (dependencies, field) in [(json!(["requests\n>=1"]), "dependencies[0]"), (json!(["rich", "a\u{2028}b"]), "dependencies[1]")] {
+        let refused =
+            app.post("/scripts", &admin, json!({"name": "s", "content": "print(1)\n", "dependencies": dependencies})).await;
+        assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)));
+        assert!(refused.body["detail"].as_str().unwrap().contains("control character or line break"), "{:?}", refused.body);
+    }
+    let block = "# /// script\n# requires-python = \">=3.8\\n--index-url=http://x\"\n# ///\nprint(1)\n";
+    let refused = app.post("/scripts", &admin, json!({"name": "s", "content": block})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", refused.body);
+    assert!(refused.body["detail"].as_str().unwrap().contains("control character or line break"), "{:?}", refused.body);
 }

@@ -18,6 +18,7 @@ on_both_backends!(
     a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after,
     a_refused_update_does_not_run_uv,
     requirements_with_line_breaks_are_refused_by_entry,
+    each_lock_has_a_cache_of_its_own_removed_when_it_ends,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -405,4 +406,35 @@ async fn requirements_with_line_breaks_are_refused_by_entry(backend: Backend) {
     let refused = app.post("/scripts", &admin, json!({"name": "s", "content": block})).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", refused.body);
     assert!(refused.body["detail"].as_str().unwrap().contains("control character or line break"), "{:?}", refused.body);
+}
+
+fn caches_in(packages: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(packages).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap());
+    names.filter(|name| name.starts_with("uv-cache")).collect()
+}
+
+async fn each_lock_has_a_cache_of_its_own_removed_when_it_ends(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let find_links = wheels.path().display().to_string();
+    let mut packages = PathBuf::new();
+    let app = spawn_app_with(backend, |config| {
+        config.uv = Some(uv);
+        config.package_find_links = vec![find_links];
+        packages = config.data_dir.join("packages");
+        for leftover in ["uv-cache", "uv-cache-a1b2c3"] {
+            std::fs::create_dir_all(packages.join(leftover).join("wheels-v5")).unwrap();
+        }
+    })
+    .await;
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "caches left by an earlier server are removed at start");
+    let admin = app.admin_token().await;
+
+    let locked = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    assert_eq!(locked.status, StatusCode::CREATED, "{:?}", locked.body);
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "a lock's cache goes when it succeeds");
+    let failed = app.post("/scripts", &admin, json!({"name": "t", "content": script_with("\"demo-pkg>5\"")})).await;
+    assert_eq!(failed.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", failed.body);
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "and when it fails");
 }

@@ -402,7 +402,15 @@ mod tests {
 
     #[test]
     fn control_characters_and_line_breaks_are_refused() {
-        for text in ["requests\n>=1", "requests\r--index-url=x", "a\u{0}b", "requests\u{85}>=1", "a\u{2028}b", "a\u{2029}b", "a\tb"] {
+        for text in [
+            "requests\n>=1",
+            "requests\r--index-url=x",
+            "a\u{0}b",
+            "requests\u{85}>=1",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\tb",
+        ] {
             let error = Requirement::parse(text).unwrap_err();
             assert!(error.contains("control character or line break"), "{text:?}: {error}");
             let error = RequiresPython::parse(&format!(">=3.8{text}")).unwrap_err();

@@ -221,10 +221,10 @@ impl Locker {
 fn remove_leftover_caches(work_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(work_dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(CACHE_PREFIX.trim_end_matches('-')) {
-            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
-                tracing::warn!(dir = %entry.path().display(), %error, "cannot remove a leftover uv cache");
-            }
+        if entry.file_name().to_string_lossy().starts_with(CACHE_PREFIX.trim_end_matches('-'))
+            && let Err(error) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(dir = %entry.path().display(), %error, "cannot remove a leftover uv cache");
         }
     }
 }

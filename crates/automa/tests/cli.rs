@@ -342,11 +342,17 @@ fn the_agent_refuses_a_configuration_file_whose_settings_it_would_ignore() {
     }] {
         let stderr = String::from_utf8_lossy(&given.stderr);
         assert!(!given.status.success());
-        assert!(stderr.contains("automa agent reads no configuration file") && stderr.contains("--network-deny"), "{stderr}");
+        assert!(
+            stderr.contains("automa agent reads no configuration file") && stderr.contains("--network-deny"),
+            "{stderr}"
+        );
     }
 
-    std::fs::write(dir.path().join("automa.toml"), "listen = \"127.0.0.1:9\"\nnetwork_deny = [\"10.0.0.0/8\"]\nuv = \"/x\"\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("automa.toml"),
+        "listen = \"127.0.0.1:9\"\nnetwork_deny = [\"10.0.0.0/8\"]\nuv = \"/x\"\n",
+    )
+    .unwrap();
     let default_file = agent().output().unwrap();
     let stderr = String::from_utf8_lossy(&default_file.stderr);
     assert!(!default_file.status.success());

@@ -311,7 +311,10 @@ async fn a_run_that_needs_packages_goes_only_to_an_agent_with_uv(backend: Backen
     let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
     let locked_run = format!("/runs/{}", locked.body["id"]);
     let reason = app.get(&locked_run, &admin).await.body["waiting_reason"].clone();
-    assert!(reason.as_str().is_some_and(|reason| reason.contains("no online agent that may take it has uv")), "{reason}");
+    assert!(
+        reason.as_str().is_some_and(|reason| reason.contains("no online agent that may take it has uv")),
+        "{reason}"
+    );
 
     let claim = json!({"wait_seconds": 0});
     let first = app.request(Method::POST, "/agent/claim", Some(&bare), Some(&claim)).await;
@@ -389,18 +392,26 @@ async fn a_refused_update_does_not_run_uv(backend: Backend) {
     let refused = app.put(&format!("/scripts/{script}"), &operator, json!({"dependencies": ["demo-pkg"]})).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
     assert_eq!(calls_in(&calls), 0, "uv ran for an operator who may not change the script");
-    let renamed = app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
+    let renamed =
+        app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
     assert_eq!(renamed.status, StatusCode::OK, "the same dependencies need no grant: {:?}", renamed.body);
 }
 
 async fn requirements_with_line_breaks_are_refused_by_entry(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;
     let admin = app.admin_token().await;
-    for (dependencies, field) in [(json!(["requests\n>=1"]), "dependencies[0]"), (json!(["rich", "a\u{2028}b"]), "dependencies[1]")] {
-        let refused =
-            app.post("/scripts", &admin, json!({"name": "s", "content": "print(1)\n", "dependencies": dependencies})).await;
+    for (dependencies, field) in
+        [(json!(["requests\n>=1"]), "dependencies[0]"), (json!(["rich", "a\u{2028}b"]), "dependencies[1]")]
+    {
+        let refused = app
+            .post("/scripts", &admin, json!({"name": "s", "content": "print(1)\n", "dependencies": dependencies}))
+            .await;
         assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)));
-        assert!(refused.body["detail"].as_str().unwrap().contains("control character or line break"), "{:?}", refused.body);
+        assert!(
+            refused.body["detail"].as_str().unwrap().contains("control character or line break"),
+            "{:?}",
+            refused.body
+        );
     }
     let block = "# /// script\n# requires-python = \">=3.8\\n--index-url=http://x\"\n# ///\nprint(1)\n";
     let refused = app.post("/scripts", &admin, json!({"name": "s", "content": block})).await;

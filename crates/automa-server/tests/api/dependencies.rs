@@ -328,18 +328,22 @@ async fn a_run_that_needs_packages_goes_only_to_an_agent_with_uv(backend: Backen
     assert_eq!(taken.body["run_id"], locked.body["id"]);
 }
 
-/// A uv that answers `--version`, leaves a file in `calls` each time it is run for anything else, and then
-/// `then` (shell): `exec /bin/sleep 60` to hold its lock slot, `exit 1` to fail at once.
-fn fake_uv(dir: &Path, calls: &Path, then: &str) -> PathBuf {
+/// A server whose uv answers `--version`, leaves a file in the returned directory each time it is run for
+/// anything else, and then does `then` (shell): `exec /bin/sleep 60` to hold its lock slot, `exit 1` to fail.
+async fn app_with_fake_uv(backend: Backend, then: &str) -> (TestApp, tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("uv");
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    std::fs::create_dir(&calls).unwrap();
+    let uv = dir.path().join("uv");
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'uv 0.0.0'; exit 0; fi\n: > '{}/called-'$$\n{then}\n",
         calls.display()
     );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    std::fs::write(&uv, script).unwrap();
+    std::fs::set_permissions(&uv, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    (app, dir, calls)
 }
 
 fn calls_in(dir: &Path) -> usize {
@@ -347,11 +351,7 @@ fn calls_in(dir: &Path) -> usize {
 }
 
 async fn a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let calls = dir.path().join("calls");
-    std::fs::create_dir(&calls).unwrap();
-    let uv = fake_uv(dir.path(), &calls, "exec /bin/sleep 60");
-    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    let (app, _uv, calls) = app_with_fake_uv(backend, "exec /bin/sleep 60").await;
     let admin = app.admin_token().await;
     let save = |name: &'static str| {
         let (app, admin) = (&app, &admin);
@@ -378,11 +378,7 @@ async fn a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after(bac
 }
 
 async fn a_refused_update_does_not_run_uv(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let calls = dir.path().join("calls");
-    std::fs::create_dir(&calls).unwrap();
-    let uv = fake_uv(dir.path(), &calls, "exit 1");
-    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    let (app, _uv, calls) = app_with_fake_uv(backend, "exit 1").await;
     let admin = app.admin_token().await;
     let operator = app.user_token(&admin, "operator").await;
     let script = app.create_script(&admin, "s").await["id"].clone();

@@ -26,7 +26,7 @@ use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
 struct Cli {
     /// Configuration file (default: ./automa.toml when it exists); `automa agent` reads none, only its flags and
-    /// environment.
+    /// environment, and refuses to start when given one.
     #[arg(long, global = true, env = "AUTOMA_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]

@@ -48,6 +48,9 @@ impl Requirement {
         if text.chars().count() > MAX_REQUIREMENT_CHARS {
             return Err(format!("a requirement must be at most {MAX_REQUIREMENT_CHARS} characters"));
         }
+        if has_line_breaking_character(text) {
+            return Err(format!("{text:?} contains a control character or line break: one requirement per entry"));
+        }
         // pep508_rs 0.9.2 panics on some malformed names and extras (`e. >1`, `a[a-`): its scanner accepts a
         // trailing `.`, `-` or `_` that its name type then refuses. A panic there is one more malformed
         // requirement, never a failed request.
@@ -99,6 +102,12 @@ impl fmt::Display for Requirement {
     }
 }
 
+/// Requirements reach uv one per line of its requirements file: a line break inside one (any control character,
+/// U+0085 included, or a Unicode line or paragraph separator) could become a line of its own there, an option.
+fn has_line_breaking_character(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+}
+
 /// A script's `requires-python`: a PEP 440 version specifier set such as `>=3.11`.
 #[derive(Debug, Clone)]
 pub struct RequiresPython {
@@ -112,6 +121,9 @@ impl RequiresPython {
         let text = raw.trim();
         if text.chars().count() > MAX_REQUIREMENT_CHARS {
             return Err(format!("must be at most {MAX_REQUIREMENT_CHARS} characters"));
+        }
+        if has_line_breaking_character(text) {
+            return Err(format!("{text:?} contains a control character or line break"));
         }
         match VersionSpecifiers::from_str(text) {
             Ok(specifiers) if !specifiers.is_empty() => Ok(RequiresPython { text: text.to_owned(), specifiers }),
@@ -394,6 +406,27 @@ mod tests {
     fn requirements_that_mean_the_same_are_equal() {
         assert_eq!(Requirement::parse("requests >= 2").unwrap(), Requirement::parse("requests>=2").unwrap());
         assert_ne!(Requirement::parse("requests>=2").unwrap(), Requirement::parse("requests>=3").unwrap());
+    }
+
+    #[test]
+    fn control_characters_and_line_breaks_are_refused() {
+        for text in [
+            "requests\n>=1",
+            "requests\r--index-url=x",
+            "a\u{0}b",
+            "requests\u{85}>=1",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\tb",
+        ] {
+            let error = Requirement::parse(text).unwrap_err();
+            assert!(error.contains("control character or line break"), "{text:?}: {error}");
+            let error = RequiresPython::parse(&format!(">=3.8{text}")).unwrap_err();
+            assert!(error.contains("control character or line break"), "{text:?}: {error}");
+        }
+        let error = parse_requirements("dependencies", &["rich".into(), "requests\n>=1".into()]).unwrap_err();
+        assert_eq!(error.field, "dependencies[1]");
+        assert!(error.message.contains("\"requests\\n>=1\""), "{}", error.message);
     }
 
     #[test]

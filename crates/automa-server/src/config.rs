@@ -329,9 +329,12 @@ const OTHER_KNOWN_VARIABLES: &[&str] = &[
 ];
 
 impl Config {
+    /// The configuration file read when none is given, in the working directory.
+    pub const DEFAULT_FILE: &str = "automa.toml";
+
     /// Loads the layered configuration. `overrides` are the command line's flags, applied last.
     pub fn load(file: Option<PathBuf>, overrides: impl Serialize) -> Result<Config, Box<figment::Error>> {
-        let file = file.unwrap_or_else(|| PathBuf::from("automa.toml"));
+        let file = file.unwrap_or_else(|| PathBuf::from(Config::DEFAULT_FILE));
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(Env::prefixed("AUTOMA_").filter(|key| !is_other_known(key.as_str())).split("__"))

@@ -26,6 +26,14 @@ use automa_core::{Requirement, RequiresPython};
 
 use crate::config::{Config, SecretString};
 
+/// Locks at once: each is a uv process resolving and downloading.
+const LOCK_SLOTS: usize = 2;
+/// How long a save waits for a lock slot before it is answered 503 with `Retry-After`.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// The `Retry-After` of that answer.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
+/// How each lock's uv cache directory under `<data dir>/packages` is named.
+const CACHE_PREFIX: &str = "uv-cache-";
 /// The largest lock accepted from uv; a real one is a few kilobytes per package.
 const MAX_LOCK_BYTES: u64 = 1024 * 1024;
 /// How much of uv's error output is read, and how much of it a client is shown.
@@ -56,6 +64,10 @@ pub enum LockError {
     Unresolvable(String),
     #[error("could not be locked: {0}")]
     Failed(String),
+    /// Both lock slots stayed taken for [`Locker::slot_wait`]: the client is told to come back rather than
+    /// held until its request times out.
+    #[error("the server is locking other scripts' dependencies; try again")]
+    Busy,
 }
 
 /// Where packages come from (`AUTOMA_PACKAGE_*`), shared by locking and by the agents that install the locks.
@@ -116,6 +128,8 @@ pub struct Locker {
     work_dir: PathBuf,
     timeout: Duration,
     slots: Semaphore,
+    /// How long a lock waits for a free slot before it is refused as [`LockError::Busy`].
+    slot_wait: Duration,
 }
 
 impl Locker {
@@ -137,14 +151,17 @@ impl Locker {
                 None
             }
         };
+        let work_dir = config.data_dir.join("packages");
+        remove_leftover_caches(&work_dir);
         Locker {
             uv,
             interpreter,
             sources: PackageSources::from_config(config),
-            work_dir: config.data_dir.join("packages"),
+            work_dir,
             // Answered before the request's own time limit, so the client reads why.
             timeout: Duration::from_secs(config.request_timeout_seconds.saturating_sub(5).max(5)),
-            slots: Semaphore::new(2),
+            slots: Semaphore::new(LOCK_SLOTS),
+            slot_wait: SLOT_WAIT,
         }
     }
 
@@ -161,10 +178,18 @@ impl Locker {
     ) -> Result<String, LockError> {
         let (uv, _) = self.uv.as_ref().ok_or(LockError::NoUv)?;
         let interpreter = self.interpreter.as_ref().ok_or(LockError::NoInterpreter)?;
-        let _slot = self.slots.acquire().await.map_err(|e| LockError::Failed(e.to_string()))?;
-        let cache = self.work_dir.join("uv-cache");
-        std::fs::create_dir_all(&cache)
-            .map_err(|e| LockError::Failed(format!("cannot create {}: {e}", cache.display())))?;
+        let _slot = tokio::time::timeout(self.slot_wait, self.slots.acquire())
+            .await
+            .map_err(|_| LockError::Busy)?
+            .map_err(|e| LockError::Failed(e.to_string()))?;
+        // A cache of its own, removed when the lock ends however it ends: wheels uv unpacks there would
+        // otherwise pile up for good, and one large wheel could fill the data directory's disk.
+        std::fs::create_dir_all(&self.work_dir)
+            .map_err(|e| LockError::Failed(format!("cannot create {}: {e}", self.work_dir.display())))?;
+        let cache = tempfile::Builder::new()
+            .prefix(CACHE_PREFIX)
+            .tempdir_in(&self.work_dir)
+            .map_err(|e| LockError::Failed(format!("cannot create a cache in {}: {e}", self.work_dir.display())))?;
         let mut command = Command::new(uv);
         command
             .args(["pip", "compile", "--universal", "--generate-hashes", "--no-build", "--no-header"])
@@ -172,7 +197,7 @@ impl Locker {
             .arg("--python")
             .arg(interpreter)
             .arg("--cache-dir")
-            .arg(&cache);
+            .arg(cache.path());
         if let Some(lowest) = requires_python.and_then(RequiresPython::lowest_python) {
             command.args(["--python-version", &lowest]);
         }
@@ -188,6 +213,19 @@ impl Locker {
         tokio::time::timeout(self.timeout, run(command, input))
             .await
             .map_err(|_| LockError::Failed(format!("uv took longer than {} s", self.timeout.as_secs())))?
+    }
+}
+
+/// Removes the caches of locks a stopped server left behind (and the single cache of earlier versions), so
+/// that none outlives its lock for good.
+fn remove_leftover_caches(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(CACHE_PREFIX.trim_end_matches('-'))
+            && let Err(error) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(dir = %entry.path().display(), %error, "cannot remove a leftover uv cache");
+        }
     }
 }
 

@@ -145,6 +145,12 @@ impl Agent {
         self.slots.map_or(self.max_concurrency, |slots| slots.min(self.max_concurrency))
     }
 
+    /// Whether the agent last reported a uv to build environments with (`capabilities.packages.uv`), so that it
+    /// may take runs whose script has a lock; the claim statement applies the same rule.
+    pub fn builds_environments(&self) -> bool {
+        self.capabilities.0.pointer("/packages/uv").is_some_and(Value::is_string)
+    }
+
     /// An agent is online while its heartbeats keep coming and it has not said goodbye; admin states win over
     /// liveness.
     pub fn status(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> &'static str {

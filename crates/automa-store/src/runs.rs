@@ -152,13 +152,24 @@ where
 /// The oldest queued run agent `$1` may take at time `$2`: pinned to it or to no agent, with labels the agent
 /// has, whose every secret's policy lets this agent receive it, while the agent is neither draining nor
 /// disabled (nor retired) and below its effective concurrency (`{effective}`: its slots within the admin's cap).
+/// A run whose script version has a lock goes only to an agent that last reported a uv to build its environment
+/// with (`{builds_environments}`): an agent without one, or one from before environments, which drops the
+/// unknown field, would run the script against whatever happens to be installed.
 /// `{labels}`, `{secrets}` and `{lock}` are the backend's subset test, secret policy test and row lock.
 const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1, started_at = $2, lease_until = $3 \
      WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' AND r.not_before <= $2 \
      AND (r.target_agent_id IS NULL OR r.target_agent_id = $1) AND {labels} AND {secrets} \
+     AND ({builds_environments} OR NOT EXISTS (SELECT 1 FROM script_versions v WHERE v.script_id = r.script_id \
+     AND v.version = r.script_version AND v.lock IS NOT NULL)) \
      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
      AND a.retired_at IS NULL AND {effective} > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running') \
      {agent_lock}) ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
+
+/// Agent `$1` reported `capabilities.packages.uv` as a version (`Agent::builds_environments` in Rust).
+const SQLITE_BUILDS_ENVIRONMENTS: &str =
+    "EXISTS (SELECT 1 FROM agents b WHERE b.id = $1 AND json_type(b.capabilities, '$.packages.uv') = 'text')";
+const POSTGRES_BUILDS_ENVIRONMENTS: &str =
+    "EXISTS (SELECT 1 FROM agents b WHERE b.id = $1 AND jsonb_typeof(b.capabilities -> 'packages' -> 'uv') = 'string')";
 
 const SQLITE_LABELS: &str = "NOT EXISTS (SELECT 1 FROM json_each(r.labels) l WHERE l.value NOT IN \
      (SELECT value FROM json_each((SELECT labels FROM agents WHERE id = $1))))";
@@ -371,6 +382,7 @@ impl Store {
                 let sql = CLAIM_TEMPLATE
                     .replace("{labels}", SQLITE_LABELS)
                     .replace("{secrets}", SQLITE_SECRETS)
+                    .replace("{builds_environments}", SQLITE_BUILDS_ENVIRONMENTS)
                     .replace("{lock}", "")
                     .replace("{agent_lock}", "")
                     .replace("{effective}", EFFECTIVE_CONCURRENCY);
@@ -388,6 +400,7 @@ impl Store {
                 let sql = CLAIM_TEMPLATE
                     .replace("{labels}", POSTGRES_LABELS)
                     .replace("{secrets}", POSTGRES_SECRETS)
+                    .replace("{builds_environments}", POSTGRES_BUILDS_ENVIRONMENTS)
                     .replace("{lock}", "FOR UPDATE SKIP LOCKED")
                     // Disabling or retiring writes the agent's row and then reads its running runs: holding the
                     // row for the claim's statement puts each such change wholly before or after the claim.

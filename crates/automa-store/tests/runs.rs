@@ -578,10 +578,16 @@ async fn a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_envi
     assert_eq!(store.get_script_version(script_id, first).await.unwrap().packages, ScriptPackages::default());
 
     let a = agent(store, "a", &[], 4).await;
-    let plain = store.create_run(None, new_run((script_id, first), &[], None, 0)).await.unwrap();
+    let without_uv = agent(store, "without-uv", &[], 4).await;
+    let no_uv = serde_json::json!({"packages": {"uv": null}});
+    store.agent_seen(without_uv, "host", "1", &no_uv, None).await.unwrap();
+    let with_uv = serde_json::json!({"packages": {"uv": "0.9.0"}});
+    store.agent_seen(a, "host", "1", &with_uv, None).await.unwrap();
     let with_packages = store.create_run(None, new_run((script_id, locked.version), &[], None, 0)).await.unwrap();
-    let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
-    assert_eq!((claimed.run.id, claimed.environment), (plain.id, None));
+    let plain = store.create_run(None, new_run((script_id, first), &[], None, 0)).await.unwrap();
+    let claimed = store.claim_run(without_uv, lease()).await.unwrap().unwrap();
+    assert_eq!((claimed.run.id, claimed.environment), (plain.id, None), "an agent without uv takes no locked run");
+    assert!(store.claim_run(without_uv, lease()).await.unwrap().is_none());
     let claimed = store.claim_run(a, lease()).await.unwrap().unwrap();
     assert_eq!(claimed.run.id, with_packages.id);
     assert_eq!(claimed.environment, Some((lock.to_owned(), Some(">=3.8".to_owned()))));
@@ -590,7 +596,7 @@ async fn a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_envi
     let finished = store.finish_run(with_packages.id, Some(a), &end).await.unwrap();
     assert_eq!(finished.run.environment_ms, Some(0));
     let end = RunEnd { exit_code: Some(0), ..RunEnd::new(RunStatus::Succeeded) };
-    assert_eq!(store.finish_run(plain.id, Some(a), &end).await.unwrap().run.environment_ms, None);
+    assert_eq!(store.finish_run(plain.id, Some(without_uv), &end).await.unwrap().run.environment_ms, None);
 }
 
 both_backends!(script_packages, a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_environment_time);

@@ -9,7 +9,7 @@ mod client;
 mod logging;
 mod remote;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -27,7 +27,7 @@ use automa_store::{Actor, AuditCheckpoint, AuditKey, NewUser, Store};
 #[command(name = "automa", version, about = "Manage, schedule, sandbox and audit Python scripts")]
 struct Cli {
     /// Configuration file (default: ./automa.toml when it exists); `automa agent` reads none, only its flags and
-    /// environment.
+    /// environment, and refuses to start when given one.
     #[arg(long, global = true, env = "AUTOMA_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -317,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(flags) => {
+            refuse_configuration_file(cli.config.as_deref(), Path::new(Config::DEFAULT_FILE))?;
             init_logging(flags.log_format);
             let servers = automa_agent::parse_server_urls(&flags.server, flags.allow_insecure_http)?;
             let token = token_from(flags.token_file.as_deref(), "the agent")?;
@@ -428,6 +429,55 @@ fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<Strin
         bail!("{who} needs its token: set AUTOMA_TOKEN or pass --token-file PATH");
     }
     Ok(token.to_owned())
+}
+
+/// The settings an agent took from `automa.toml` before it stopped reading one, with the flag that sets each now.
+const AGENT_SETTINGS_FROM_FILE: &[(&str, &str)] = &[
+    ("network_deny", "--network-deny"),
+    ("sandbox", "--sandbox"),
+    ("python", "--python"),
+    ("sandbox_helper", "--sandbox-helper"),
+    ("data_dir", "--data-dir"),
+    ("agent_concurrency", "--concurrency"),
+    ("shutdown_grace_seconds", "--shutdown-grace-seconds"),
+    ("log_format", "--log-format"),
+    ("uv", "--uv"),
+    ("package_index_url", "--package-index-url"),
+    ("package_extra_index_urls", "--package-extra-index-urls"),
+    ("package_find_links", "--package-find-links"),
+    ("package_offline", "--package-offline"),
+    ("env_cache_mb", "--env-cache-mb"),
+];
+
+/// An agent used to read the configuration file; one upgraded with its settings still there would silently run
+/// without them (its `network_deny` ranges above all), so it refuses to start until they are moved to flags.
+fn refuse_configuration_file(given: Option<&Path>, default: &Path) -> anyhow::Result<()> {
+    if let Some(file) = given {
+        bail!(
+            "automa agent reads no configuration file ({} given with --config or AUTOMA_CONFIG): use its flags or \
+             AUTOMA_* variables (--network-deny, --sandbox, --data-dir, ...; see automa agent --help)",
+            file.display()
+        );
+    }
+    let Ok(text) = std::fs::read_to_string(default) else {
+        return Ok(());
+    };
+    let table: toml::Table =
+        text.parse().map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", default.display()))?;
+    let ignored: Vec<String> = AGENT_SETTINGS_FROM_FILE
+        .iter()
+        .filter(|(key, _)| table.contains_key(*key))
+        .map(|(key, flag)| format!("{key} (use {flag} or AUTOMA_{})", key.to_uppercase()))
+        .collect();
+    if !ignored.is_empty() {
+        bail!(
+            "automa agent reads no configuration file, but {} sets agent settings it would ignore: {}; move them \
+             to the agent's flags or AUTOMA_* variables and remove them from the file",
+            default.display(),
+            ignored.join(", ")
+        );
+    }
+    Ok(())
 }
 
 async fn remote_agent(flags: &AgentFlags, servers: &[reqwest::Url], token: &str) -> anyhow::Result<()> {

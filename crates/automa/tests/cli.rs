@@ -329,6 +329,47 @@ fn the_agent_refuses_plain_http_to_another_host_and_takes_its_token_from_the_env
 }
 
 #[test]
+fn the_agent_refuses_a_configuration_file_whose_settings_it_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = || {
+        let mut command = automa(dir.path());
+        command.args(["agent", "--server", "http://192.0.2.10:8080"]).env("AUTOMA_TOKEN", "atma_x");
+        command
+    };
+    std::fs::write(dir.path().join("agent.toml"), "network_deny = [\"10.0.0.0/8\"]\n").unwrap();
+    for given in [agent().args(["--config", "agent.toml"]).output().unwrap(), {
+        agent().env("AUTOMA_CONFIG", "agent.toml").output().unwrap()
+    }] {
+        let stderr = String::from_utf8_lossy(&given.stderr);
+        assert!(!given.status.success());
+        assert!(
+            stderr.contains("automa agent reads no configuration file") && stderr.contains("--network-deny"),
+            "{stderr}"
+        );
+    }
+
+    std::fs::write(
+        dir.path().join("automa.toml"),
+        "listen = \"127.0.0.1:9\"\nnetwork_deny = [\"10.0.0.0/8\"]\nuv = \"/x\"\n",
+    )
+    .unwrap();
+    let default_file = agent().output().unwrap();
+    let stderr = String::from_utf8_lossy(&default_file.stderr);
+    assert!(!default_file.status.success());
+    assert!(
+        stderr.contains("network_deny (use --network-deny or AUTOMA_NETWORK_DENY)")
+            && stderr.contains("uv (use --uv or AUTOMA_UV)")
+            && !stderr.contains("listen"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("automa.toml"), "listen = \"127.0.0.1:9\"\nsecret_key = \"x\"\n").unwrap();
+    let server_keys_only = agent().output().unwrap();
+    let stderr = String::from_utf8_lossy(&server_keys_only.stderr);
+    assert!(stderr.contains("refusing plain http://"), "the agent went on to check its flags: {stderr}");
+}
+
+#[test]
 fn run_refuses_plain_http_to_another_host_and_takes_its_token_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let run = |url: &str| {

@@ -182,9 +182,24 @@ async fn waiting_reason(store: &Store, run: &Run) -> ApiResult<Option<String>> {
     let refusing = |agent: &automa_store::Agent| {
         policies.iter().find(|(_, policy)| !policy.allows_agent(agent)).map(|(name, _)| name.clone())
     };
+    // The claim statement's package rule: a run whose script version has a lock needs an agent with uv.
+    let needs_packages = match (run.script_id, run.script_version) {
+        (Some(script_id), Some(version)) => match store.get_script_version(script_id, version).await {
+            Ok(version) => version.packages.lock.is_some(),
+            Err(automa_store::StoreError::NotFound) => false,
+            Err(error) => return Err(error.into()),
+        },
+        _ => false,
+    };
+    const NO_UV: &str = "this run needs packages, but no online agent that may take it has uv to build them (set \
+                         AUTOMA_UV on an agent)";
     if let Some(agent_id) = run.target_agent_id {
         let agent = store.get_agent(agent_id).await?;
         return Ok(match (agent.status(now, offline_after), refusing(&agent)) {
+            ("online", None) if needs_packages && !agent.builds_environments() => Some(format!(
+                "pinned to agent '{}', which has no uv to build the packages this run needs (set AUTOMA_UV on it)",
+                agent.name
+            )),
             ("online", None) => None,
             ("online", Some(secret)) => {
                 Some(format!("pinned to agent '{}', but secret '{secret}' may not be given to it", agent.name))
@@ -201,11 +216,15 @@ async fn waiting_reason(store: &Store, run: &Run) -> ApiResult<Option<String>> {
         })
         .collect();
     if let Some(agent) = able.first() {
-        if able.iter().any(|agent| refusing(agent).is_none()) {
-            return Ok(None);
+        let admitted: Vec<_> = able.iter().filter(|agent| refusing(agent).is_none()).collect();
+        if admitted.is_empty() {
+            let secret = refusing(agent).unwrap_or_default();
+            return Ok(Some(format!("secret '{secret}' may not be given to any online agent that may take the run")));
         }
-        let secret = refusing(agent).unwrap_or_default();
-        return Ok(Some(format!("secret '{secret}' may not be given to any online agent that may take the run")));
+        if needs_packages && !admitted.iter().any(|agent| agent.builds_environments()) {
+            return Ok(Some(NO_UV.to_owned()));
+        }
+        return Ok(None);
     }
     Ok(Some(if labels.is_empty() {
         "no agent is online and enabled".to_owned()

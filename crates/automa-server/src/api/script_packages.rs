@@ -93,6 +93,9 @@ async fn lock(
 ) -> ApiResult<String> {
     state.locker.lock(requirements, requires_python).await.map_err(|error| match error {
         LockError::NoInterpreter => ApiError::Unavailable(error.to_string()),
+        LockError::Busy => {
+            ApiError::Busy { detail: error.to_string(), retry_after_seconds: crate::packages::BUSY_RETRY_AFTER_SECONDS }
+        }
         other => ApiError::Unprocessable(InvalidField::new("dependencies", other.to_string())),
     })
 }
@@ -106,6 +109,7 @@ async fn lock(
         (status = 200, description = "The lock did not change: the current version", body = VersionResponse),
         (status = 409, description = "The script has no dependencies, or changed while it was locked", body = crate::error::ErrorBody),
         (status = 422, description = "The dependencies could not be resolved, or no uv is configured", body = crate::error::ErrorBody),
+        (status = 503, description = "The server has no Python interpreter to lock for, or is locking other scripts' dependencies (with `Retry-After`)", body = crate::error::ErrorBody),
     ))]
 pub async fn update_lock(
     State(state): State<AppState>,

@@ -204,7 +204,8 @@ pub async fn list(
 /// Create a script (version 1).
 #[utoipa::path(post, path = "/scripts", operation_id = "createScript", tag = "scripts", request_body = CreateScript, security(("bearer" = ["operator"])),
     responses((status = 201, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody)))]
+        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody),
+        (status = 503, description = "The server has no Python interpreter to lock dependencies for, or is locking other scripts' dependencies (with `Retry-After`)", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -231,7 +232,8 @@ pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Ap
 /// Update a script; new content appends a version.
 #[utoipa::path(put, path = "/scripts/{id}", operation_id = "updateScript", params(("id" = i64, Path, description = "The script's id")), tag = "scripts", request_body = UpdateScript, security(("bearer" = ["operator"])),
     responses((status = 200, body = ScriptResponse), (status = 409, description = "Name taken", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody)))]
+        (status = 422, description = "Invalid content or dependencies, dependencies that cannot be resolved, or no uv to lock them with", body = crate::error::ErrorBody),
+        (status = 503, description = "The server has no Python interpreter to lock dependencies for, or is locking other scripts' dependencies (with `Retry-After`)", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -248,12 +250,15 @@ pub async fn update(
         }
         Some(_) | None => None,
     };
+    // Before locking: an operator who may not change the script must not make the server resolve and fetch
+    // packages. Dependencies the same as the stored ones keep the stored lock, so they need no grant.
+    let new_dependencies = input.dependencies.as_ref().is_some_and(|listed| *listed != current.packages.dependencies.0);
+    if content.is_none() && new_dependencies {
+        grants::authorize_script_change(&state, &principal, id).await?;
+    }
     let packages =
         script_packages::packages_for(&state, content.as_deref(), input.dependencies.as_deref(), Some(&current))
             .await?;
-    if content.is_none() && packages.as_ref().is_some_and(|packages| *packages != current.packages) {
-        grants::authorize_script_change(&state, &principal, id).await?;
-    }
     let update =
         ScriptUpdate { name, description: input.description, filename, content, packages, expected_version: None };
     Ok(Json(state.store.update_script(&principal.actor(), id, update).await.map_err(missing("script"))?.into()))

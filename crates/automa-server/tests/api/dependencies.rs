@@ -15,6 +15,11 @@ on_both_backends!(
     explicit_dependencies_are_locked_and_must_agree_with_the_block,
     malformed_and_unresolvable_requirements_are_refused_by_name,
     an_agent_is_given_the_lock_and_reports_its_environment,
+    a_run_that_needs_packages_goes_only_to_an_agent_with_uv,
+    a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after,
+    a_refused_update_does_not_run_uv,
+    requirements_with_line_breaks_are_refused_by_entry,
+    each_lock_has_a_cache_of_its_own_removed_when_it_ends,
     without_uv_only_scripts_with_dependencies_are_refused
 );
 
@@ -228,9 +233,7 @@ async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend
     let admin = app.admin_token().await;
     let created = app.post("/agents", &admin, json!({"name": "builder"})).await;
     let agent = created.body["token"].as_str().unwrap().to_owned();
-    let heartbeat =
-        json!({"initial": true, "hostname": "builder", "version": "test", "capabilities": {}, "running": []});
-    app.request(Method::POST, "/agent/heartbeat", Some(&agent), Some(&heartbeat)).await;
+    heartbeat(&app, &agent, json!({"uv": "0.9.0"})).await;
     let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
     let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
     assert_eq!(plain.status, StatusCode::ACCEPTED, "{:?}", plain.body);
@@ -264,4 +267,163 @@ async fn an_agent_is_given_the_lock_and_reports_its_environment(backend: Backend
     assert_eq!((shown["status"].as_str(), shown["environment_ms"].as_i64()), (Some("succeeded"), Some(0)), "{shown}");
     let log = app.client.get(app.url(&format!("/runs/{run}/logs?format=text"))).bearer_auth(&admin).send().await;
     assert_eq!(log.unwrap().text().await.unwrap(), "preparing environment\nenvironment ready (0 ms, cached)\n");
+}
+
+/// Registers the agent with `packages` as its package capabilities.
+async fn heartbeat(app: &TestApp, agent: &str, packages: Value) {
+    let heartbeat = json!({"initial": true, "hostname": "h", "version": "test", "capabilities": {"packages": packages}, "running": []});
+    let sent = app.request(Method::POST, "/agent/heartbeat", Some(agent), Some(&heartbeat)).await;
+    assert_eq!(sent.status, StatusCode::OK, "{:?}", sent.body);
+}
+
+async fn a_run_that_needs_packages_goes_only_to_an_agent_with_uv(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let app = app_with_wheels(backend, uv, wheels.path()).await;
+    let admin = app.admin_token().await;
+    let agent = |name: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move { app.post("/agents", admin, json!({"name": name})).await.body["token"].as_str().unwrap().to_owned() }
+    };
+    let (bare, builder) = (agent("bare").await, agent("builder").await);
+    heartbeat(&app, &bare, json!({"uv": null, "environment_builds": 0, "cached_environments": 0})).await;
+    let script = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    let locked = app.post("/execute", &admin, json!({"script_id": script.body["id"]})).await;
+    let plain = app.post("/execute", &admin, json!({"content": "print(1)\n"})).await;
+    let locked_run = format!("/runs/{}", locked.body["id"]);
+    let reason = app.get(&locked_run, &admin).await.body["waiting_reason"].clone();
+    assert!(
+        reason.as_str().is_some_and(|reason| reason.contains("no online agent that may take it has uv")),
+        "{reason}"
+    );
+
+    let claim = json!({"wait_seconds": 0});
+    let first = app.request(Method::POST, "/agent/claim", Some(&bare), Some(&claim)).await;
+    assert_eq!(first.body["run_id"], plain.body["id"], "the older locked run is passed over, the stdlib run is not");
+    let none = app.request(Method::POST, "/agent/claim", Some(&bare), Some(&claim)).await;
+    assert_eq!(none.status, StatusCode::NO_CONTENT, "{:?}", none.body);
+
+    heartbeat(&app, &builder, json!({"uv": "0.9.0", "environment_builds": 0, "cached_environments": 0})).await;
+    assert_eq!(app.get(&locked_run, &admin).await.body["waiting_reason"], Value::Null);
+    let taken = app.request(Method::POST, "/agent/claim", Some(&builder), Some(&claim)).await;
+    assert_eq!(taken.body["run_id"], locked.body["id"]);
+}
+
+/// A server whose uv answers `--version`, leaves a file in the returned directory each time it is run for
+/// anything else, and then does `then` (shell): `exec /bin/sleep 60` to hold its lock slot, `exit 1` to fail.
+async fn app_with_fake_uv(backend: Backend, then: &str) -> (TestApp, tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    std::fs::create_dir(&calls).unwrap();
+    let uv = dir.path().join("uv");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'uv 0.0.0'; exit 0; fi\n: > '{}/called-'$$\n{then}\n",
+        calls.display()
+    );
+    std::fs::write(&uv, script).unwrap();
+    std::fs::set_permissions(&uv, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = spawn_app_with(backend, move |config| config.uv = Some(uv)).await;
+    (app, dir, calls)
+}
+
+fn calls_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+async fn a_lock_that_finds_both_slots_taken_is_answered_503_with_retry_after(backend: Backend) {
+    let (app, _uv, calls) = app_with_fake_uv(backend, "exec /bin/sleep 60").await;
+    let admin = app.admin_token().await;
+    let save = |name: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move { app.post("/scripts", admin, json!({"name": name, "content": script_with("\"demo-pkg\"")})).await }
+    };
+    let third = async {
+        // Both slots are taken once two uv processes have started.
+        let started = tokio::time::Instant::now();
+        while calls_in(&calls) < 2 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the two locks never started uv");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        save("third").await
+    };
+    let busy = tokio::select! {
+        reply = third => reply,
+        reply = save("first") => panic!("a lock holding its slot ended: {:?}", reply.body),
+        reply = save("second") => panic!("a lock holding its slot ended: {:?}", reply.body),
+    };
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", busy.body);
+    assert_eq!(busy.headers.get("retry-after").and_then(|value| value.to_str().ok()), Some("10"));
+    assert_eq!(busy.body["detail"], "the server is locking other scripts' dependencies; try again");
+    assert_eq!(calls_in(&calls), 2, "the refused lock never ran uv");
+}
+
+async fn a_refused_update_does_not_run_uv(backend: Backend) {
+    let (app, _uv, calls) = app_with_fake_uv(backend, "exit 1").await;
+    let admin = app.admin_token().await;
+    let operator = app.user_token(&admin, "operator").await;
+    let script = app.create_script(&admin, "s").await["id"].clone();
+    let task = app.post("/tasks", &admin, json!({"name": "t", "script_id": script, "network": true})).await;
+    assert_eq!(task.status, StatusCode::CREATED, "{:?}", task.body);
+
+    let refused = app.put(&format!("/scripts/{script}"), &operator, json!({"dependencies": ["demo-pkg"]})).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert_eq!(calls_in(&calls), 0, "uv ran for an operator who may not change the script");
+    let renamed =
+        app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
+    assert_eq!(renamed.status, StatusCode::OK, "the same dependencies need no grant: {:?}", renamed.body);
+}
+
+async fn requirements_with_line_breaks_are_refused_by_entry(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let admin = app.admin_token().await;
+    for (dependencies, field) in
+        [(json!(["requests\n>=1"]), "dependencies[0]"), (json!(["rich", "a\u{2028}b"]), "dependencies[1]")]
+    {
+        let refused = app
+            .post("/scripts", &admin, json!({"name": "s", "content": "print(1)\n", "dependencies": dependencies}))
+            .await;
+        assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)));
+        assert!(
+            refused.body["detail"].as_str().unwrap().contains("control character or line break"),
+            "{:?}",
+            refused.body
+        );
+    }
+    let block = "# /// script\n# requires-python = \">=3.8\\n--index-url=http://x\"\n# ///\nprint(1)\n";
+    let refused = app.post("/scripts", &admin, json!({"name": "s", "content": block})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", refused.body);
+    assert!(refused.body["detail"].as_str().unwrap().contains("control character or line break"), "{:?}", refused.body);
+}
+
+fn caches_in(packages: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(packages).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap());
+    names.filter(|name| name.starts_with("uv-cache")).collect()
+}
+
+async fn each_lock_has_a_cache_of_its_own_removed_when_it_ends(backend: Backend) {
+    let Some(uv) = test_uv() else { return };
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path(), "demo-pkg", "1.0.0");
+    let find_links = wheels.path().display().to_string();
+    let mut packages = PathBuf::new();
+    let app = spawn_app_with(backend, |config| {
+        config.uv = Some(uv);
+        config.package_find_links = vec![find_links];
+        packages = config.data_dir.join("packages");
+        for leftover in ["uv-cache", "uv-cache-a1b2c3"] {
+            std::fs::create_dir_all(packages.join(leftover).join("wheels-v5")).unwrap();
+        }
+    })
+    .await;
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "caches left by an earlier server are removed at start");
+    let admin = app.admin_token().await;
+
+    let locked = app.post("/scripts", &admin, json!({"name": "s", "content": script_with("\"demo-pkg\"")})).await;
+    assert_eq!(locked.status, StatusCode::CREATED, "{:?}", locked.body);
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "a lock's cache goes when it succeeds");
+    let failed = app.post("/scripts", &admin, json!({"name": "t", "content": script_with("\"demo-pkg>5\"")})).await;
+    assert_eq!(failed.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", failed.body);
+    assert_eq!(caches_in(&packages), Vec::<String>::new(), "and when it fails");
 }

@@ -70,7 +70,8 @@ async fn a_server_url_without_a_scheme_is_refused_at_start() {
 #[tokio::test]
 async fn an_agent_refuses_settings_it_cannot_use_naming_them_and_reads_no_configuration_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("automa.toml"), "this is = not toml [").unwrap();
+    // A server's setting the agent does not take, and one no server could start with: it is not read.
+    std::fs::write(dir.path().join("automa.toml"), "bind = \"not an address\"\n").unwrap();
     let cases = [
         (("AUTOMA_SANDBOX", "loose"), "AUTOMA_SANDBOX"),
         (("AUTOMA_SANDBOX", "loose"), r#"unknown sandbox profile "loose": expected "strict" or "none""#),

@@ -595,14 +595,27 @@ fn evict(dir: &Path, cap: u64, keep: &str) {
     }
 }
 
-/// Bytes of the files under `path`, symlinks not followed.
+/// The disk space under `path`, symlinks not followed: each file's allocated blocks, counted once however many
+/// hard links it has (uv links an environment's files from its cache), and at least one block per entry, so a
+/// flood of empty files counts too.
 fn size_of(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
+    fn walk(path: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return 0;
+        }
+        let own = (meta.blocks() * 512).max(ENTRY_BYTES);
+        if !meta.is_dir() {
+            return own;
+        }
+        own + std::fs::read_dir(path)
+            .map_or(0, |entries| entries.flatten().map(|entry| walk(&entry.path(), seen)).sum())
     }
-    std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|entry| size_of(&entry.path())).sum())
+    walk(path, &mut std::collections::HashSet::new())
 }
+
+/// The least an entry is counted as: one filesystem block.
+const ENTRY_BYTES: u64 = 4096;
 
 /// The configured uv, else the first on `PATH`, as long as `uv --version` says it is one.
 fn find_uv(configured: Option<&Path>) -> Result<Uv, String> {
@@ -632,7 +645,8 @@ fn find_uv(configured: Option<&Path>) -> Result<Uv, String> {
 }
 
 fn describe_interpreter(path: &Path) -> Result<Interpreter, String> {
-    const DESCRIBE: &str = "import platform, sys\nprint(platform.python_version())\nprint(sys.version)\n\
+    // The release from `sys.version_info`: a build between releases says `3.14.0a1+`, which is no PEP 440 version.
+    const DESCRIBE: &str = "import platform, sys\nprint('.'.join(map(str, sys.version_info[:3])))\nprint(sys.version)\n\
                             print(sys.platform, platform.machine(), *platform.libc_ver(), sys.implementation.cache_tag)";
     let out = Command::new(path)
         .args(["-I", "-c", DESCRIBE])

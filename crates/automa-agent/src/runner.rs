@@ -125,7 +125,10 @@ pub(crate) async fn execute<B: AgentBackend>(
     let result = match preparation {
         None => sandbox.run(spec(work, None), output, stopped).await.map_err(|e| e.to_string()),
         Some(Preparation::Ready(prepared, _)) => {
-            let spec = spec(work, Some(prepared.lease.path().to_path_buf()));
+            let mut spec = spec(work, Some(prepared.lease.path().to_path_buf()));
+            // The run's time limit covers waiting for its environment: the script gets what is left.
+            // (A millisecond at least: a zero limit is refused as invalid, not timed out.)
+            spec.limits.timeout = spec.limits.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
             // The lease is held until the script has ended, so the environment cannot be evicted under it.
             sandbox.run(spec, output, stopped).await.map_err(|e| e.to_string())
         }

@@ -431,22 +431,23 @@ fn token_from(file: Option<&std::path::Path>, who: &str) -> anyhow::Result<Strin
     Ok(token.to_owned())
 }
 
-/// The settings an agent took from `automa.toml` before it stopped reading one, with the flag that sets each now.
+/// The settings an agent took from `automa.toml` before it stopped reading one, with what sets each now.
 const AGENT_SETTINGS_FROM_FILE: &[(&str, &str)] = &[
-    ("network_deny", "--network-deny"),
-    ("sandbox", "--sandbox"),
-    ("python", "--python"),
-    ("sandbox_helper", "--sandbox-helper"),
+    ("network_deny", "--network-deny or AUTOMA_NETWORK_DENY"),
+    ("sandbox", "--sandbox or AUTOMA_SANDBOX"),
+    ("python", "--python or AUTOMA_PYTHON"),
+    ("sandbox_helper", "--sandbox-helper or AUTOMA_SANDBOX_HELPER"),
+    // The flag only: an agent has always ignored AUTOMA_DATA_DIR, which containers set for the server.
     ("data_dir", "--data-dir"),
-    ("agent_concurrency", "--concurrency"),
-    ("shutdown_grace_seconds", "--shutdown-grace-seconds"),
-    ("log_format", "--log-format"),
-    ("uv", "--uv"),
-    ("package_index_url", "--package-index-url"),
-    ("package_extra_index_urls", "--package-extra-index-urls"),
-    ("package_find_links", "--package-find-links"),
-    ("package_offline", "--package-offline"),
-    ("env_cache_mb", "--env-cache-mb"),
+    ("agent_concurrency", "--concurrency or AUTOMA_AGENT_CONCURRENCY"),
+    ("shutdown_grace_seconds", "--shutdown-grace-seconds or AUTOMA_SHUTDOWN_GRACE_SECONDS"),
+    ("log_format", "--log-format or AUTOMA_LOG_FORMAT"),
+    ("uv", "--uv or AUTOMA_UV"),
+    ("package_index_url", "--package-index-url or AUTOMA_PACKAGE_INDEX_URL"),
+    ("package_extra_index_urls", "--package-extra-index-urls or AUTOMA_PACKAGE_EXTRA_INDEX_URLS"),
+    ("package_find_links", "--package-find-links or AUTOMA_PACKAGE_FIND_LINKS"),
+    ("package_offline", "--package-offline or AUTOMA_PACKAGE_OFFLINE"),
+    ("env_cache_mb", "--env-cache-mb or AUTOMA_ENV_CACHE_MB"),
 ];
 
 /// An agent used to read the configuration file; one upgraded with its settings still there would silently run
@@ -459,20 +460,23 @@ fn refuse_configuration_file(given: Option<&Path>, default: &Path) -> anyhow::Re
             file.display()
         );
     }
-    let Ok(text) = std::fs::read_to_string(default) else {
-        return Ok(());
+    let text = match std::fs::read_to_string(default) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("{} cannot be read to check for agent settings it would ignore: {e}", default.display()),
     };
     let table: toml::Table =
         text.parse().map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", default.display()))?;
     let ignored: Vec<String> = AGENT_SETTINGS_FROM_FILE
         .iter()
         .filter(|(key, _)| table.contains_key(*key))
-        .map(|(key, flag)| format!("{key} (use {flag} or AUTOMA_{})", key.to_uppercase()))
+        .map(|(key, replacement)| format!("{key} (use {replacement})"))
         .collect();
     if !ignored.is_empty() {
         bail!(
             "automa agent reads no configuration file, but {} sets agent settings it would ignore: {}; move them \
-             to the agent's flags or AUTOMA_* variables and remove them from the file",
+             to the agent's flags or AUTOMA_* variables, or start the agent from another directory if the file is a \
+             server's",
             default.display(),
             ignored.join(", ")
         );

@@ -282,6 +282,33 @@ async fn an_environment_larger_than_the_cap_is_refused() {
     assert_eq!(setup.environment_dirs(), Vec::<String>::new(), "no environment, no staging left");
 }
 
+/// The cap holds while uv runs, not only once it is done: a build writing past it is stopped at once rather
+/// than when uv ends (this stand-in for uv writes 3 MiB into the environment, then sleeps for a minute).
+#[tokio::test]
+async fn a_build_growing_past_the_cap_is_stopped_while_it_runs() {
+    let Some(setup) = Setup::new(Profile::Strict) else { return };
+    let lock = setup.lock("automa-demo", "1.2.3");
+    let greedy = setup.dir.path().join("greedy-uv");
+    std::fs::write(
+        &greedy,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'uv 0.0.0'; exit 0; fi\n\
+         for last; do :; done\nmkdir -p \"$last\"\nhead -c 3145728 /dev/urandom > \"$last/big\"\nexec sleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&greedy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let settings = PackageSettings { uv: Some(greedy), ..setup.settings(1) };
+    let environments = Environments::new(settings, setup.sandbox.clone()).expect("the cache opens");
+    let started = std::time::Instant::now();
+    let error = prepare(&environments, &spec(&lock)).await.0.expect_err("too big");
+    assert_eq!(
+        error,
+        "environment build failed: the environment is larger than the cache may hold (1 MB, AUTOMA_ENV_CACHE_MB)"
+    );
+    // Not a timing claim: only that the build did not run until its stand-in uv ended a minute later.
+    assert!(started.elapsed() < std::time::Duration::from_secs(45), "stopped after {:?}", started.elapsed());
+    assert_eq!(setup.environment_dirs(), Vec::<String>::new(), "no environment, no staging left");
+}
+
 /// Under profile `none` the same environment is used by a plain process.
 #[tokio::test]
 async fn profile_none_runs_in_the_environment_too() {

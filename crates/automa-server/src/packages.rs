@@ -216,12 +216,11 @@ impl Locker {
     }
 }
 
-/// Removes the caches of locks a stopped server left behind (and the single cache of earlier versions), so
-/// that none outlives its lock for good.
+/// Removes the caches of locks a stopped server left behind, so that none outlives its lock for good.
 fn remove_leftover_caches(work_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(work_dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(CACHE_PREFIX.trim_end_matches('-'))
+        if entry.file_name().to_string_lossy().starts_with(CACHE_PREFIX)
             && let Err(error) = std::fs::remove_dir_all(entry.path())
         {
             tracing::warn!(dir = %entry.path().display(), %error, "cannot remove a leftover uv cache");

@@ -412,9 +412,7 @@ async fn each_lock_has_a_cache_of_its_own_removed_when_it_ends(backend: Backend)
         config.uv = Some(uv);
         config.package_find_links = vec![find_links];
         packages = config.data_dir.join("packages");
-        for leftover in ["uv-cache", "uv-cache-a1b2c3"] {
-            std::fs::create_dir_all(packages.join(leftover).join("wheels-v5")).unwrap();
-        }
+        std::fs::create_dir_all(packages.join("uv-cache-a1b2c3").join("wheels-v5")).unwrap();
     })
     .await;
     assert_eq!(caches_in(&packages), Vec::<String>::new(), "caches left by an earlier server are removed at start");

@@ -117,11 +117,12 @@ pub async fn update_lock(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<VersionResponse>)> {
     let script = state.store.get_script(id).await.map_err(missing("script"))?;
+    // Refused callers learn nothing about the script's dependencies.
+    grants::authorize_script_change(&state, &principal, id).await?;
     let requirements = stored_requirements(&script.packages);
     if requirements.is_empty() {
         return Err(ApiError::Conflict("the script has no dependencies to lock".into()));
     }
-    grants::authorize_script_change(&state, &principal, id).await?;
     let fresh = lock(&state, &requirements, stored_requires_python(&script.packages).as_ref()).await?;
     if script.packages.lock.as_deref() == Some(fresh.as_str()) {
         let current = state.store.get_script_version(id, script.version).await.map_err(missing("script version"))?;

@@ -373,6 +373,9 @@ async fn a_refused_update_does_not_run_uv(backend: Backend) {
     let renamed =
         app.put(&format!("/scripts/{script}"), &operator, json!({"description": "d", "dependencies": []})).await;
     assert_eq!(renamed.status, StatusCode::OK, "the same dependencies need no grant: {:?}", renamed.body);
+    // Updating the lock is refused before anything about the script's dependencies is told.
+    let lock = app.post(&format!("/scripts/{script}/lock"), &operator, json!({})).await;
+    assert_eq!(lock.status, StatusCode::FORBIDDEN, "{:?}", lock.body);
 }
 
 async fn requirements_with_line_breaks_are_refused_by_entry(backend: Backend) {

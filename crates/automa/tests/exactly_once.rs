@@ -11,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-#[path = "pg_database/mod.rs"]
+#[path = "../../../tests/support/pg_database.rs"]
 mod pg_database;
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-#[path = "pg_database/mod.rs"]
+#[path = "../../../tests/support/pg_database.rs"]
 mod pg_database;
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");

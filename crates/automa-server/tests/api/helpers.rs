@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 
 use automa_server::{Application, Config, config::SecretString};
 
+use crate::pg_database::Database;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -37,20 +39,7 @@ macro_rules! on_both_backends {
 }
 pub(crate) use on_both_backends;
 
-/// The PostgreSQL server for the PostgreSQL tier. Without one the tier is skipped with a notice, unless
-/// `AUTOMA_REQUIRE_PG=1` (set in CI) makes that a failure.
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("AUTOMA_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("AUTOMA_REQUIRE_PG").is_ok_and(|v| v == "1") => {
-            panic!("AUTOMA_REQUIRE_PG=1 but AUTOMA_TEST_PG_URL is not set")
-        }
-        _ => {
-            eprintln!("NOTICE: AUTOMA_TEST_PG_URL is not set: skipping the PostgreSQL tier of this test");
-            None
-        }
-    }
-}
+pub use crate::pg_database::postgres_url;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -64,43 +53,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// Shared with the server that replaces this one on a restart; the last holder drops the database.
-    database: Option<std::sync::Arc<PostgresDatabase>>,
-}
-
-/// A PostgreSQL test database, dropped when the last handle goes, whether the test passed or panicked.
-pub struct PostgresDatabase {
-    server_url: String,
-    name: String,
-}
-
-/// Tries, 400 ms apart, to drop a test database: autovacuum may hold it for a few seconds after a busy test.
-const DROP_ATTEMPTS: u32 = 25;
-
-impl Drop for PostgresDatabase {
-    fn drop(&mut self) {
-        let (server_url, name) = (self.server_url.clone(), self.name.clone());
-        // Drop cannot await and may run while a panicking test unwinds: a thread with its own runtime drops
-        // the database, `WITH (FORCE)` ending the connections of a server that may still be stopping.
-        let dropped = std::thread::spawn(move || {
-            use sqlx::Connection;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let Ok(mut admin) = sqlx::PgConnection::connect(&server_url).await else { return };
-                // An autovacuum worker on the database can make the drop fail for a moment: retried, then left.
-                for attempt in 1..=DROP_ATTEMPTS {
-                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    match sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await {
-                        Ok(_) => break,
-                        Err(error) if attempt == DROP_ATTEMPTS => {
-                            eprintln!("NOTICE: test database {name} left behind: {error}")
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(400)).await,
-                    }
-                }
-            })
-        });
-        let _ = dropped.join();
-    }
+    database: Option<std::sync::Arc<Database>>,
 }
 
 impl Drop for TestApp {
@@ -117,17 +70,6 @@ fn random_suffix() -> String {
     hex::encode(bytes)
 }
 
-/// A fresh database on the PostgreSQL server, named for this test only: its URL and the guard that drops it.
-pub async fn fresh_postgres_database(server_url: &str) -> (String, std::sync::Arc<PostgresDatabase>) {
-    use sqlx::Connection;
-    let name = format!("automa_test_{}", random_suffix());
-    let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connecting to AUTOMA_TEST_PG_URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    let guard = std::sync::Arc::new(PostgresDatabase { server_url: server_url.to_owned(), name: name.clone() });
-    let (base, _) = server_url.rsplit_once('/').expect("a PostgreSQL URL ends with /database");
-    (format!("{base}/{name}"), guard)
-}
-
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
@@ -137,9 +79,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let (database_url, database) = match backend {
         Backend::Sqlite => (format!("sqlite://{}", data_dir.path().join("automa.db").display()), None),
         Backend::Postgres => {
-            let (url, guard) =
-                fresh_postgres_database(&postgres_url().expect("the PostgreSQL tier needs a server")).await;
-            (url, Some(guard))
+            let server_url = postgres_url().expect("the PostgreSQL tier needs a server");
+            let database = Database::fresh(&server_url, "automa_test").await;
+            (database.url.clone(), Some(std::sync::Arc::new(database)))
         }
     };
     let mut config = Config {
@@ -165,7 +107,7 @@ async fn start(
     database_url: String,
     backend: Backend,
     data_dir: Option<tempfile::TempDir>,
-    database: Option<std::sync::Arc<PostgresDatabase>>,
+    database: Option<std::sync::Arc<Database>>,
 ) -> TestApp {
     let app = Application::build(config.clone()).await.expect("the server starts");
     let addr = app.local_addr();

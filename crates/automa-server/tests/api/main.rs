@@ -20,6 +20,8 @@ mod notifications;
 mod openapi;
 #[path = "../../../../tests/support/packages.rs"]
 mod packages;
+#[path = "../../../../tests/support/pg_database.rs"]
+mod pg_database;
 mod retention;
 mod schedule;
 mod secrets;

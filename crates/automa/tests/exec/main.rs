@@ -16,7 +16,7 @@ mod load;
 mod logs;
 #[path = "../../../../tests/support/packages.rs"]
 mod packages;
-#[path = "../pg_database/mod.rs"]
+#[path = "../../../../tests/support/pg_database.rs"]
 mod pg_database;
 mod restart;
 mod support;

@@ -1,5 +1,10 @@
-//! A PostgreSQL database for one test, dropped when the guard goes: when the test passes and when it panics.
-//! Shared by the test binaries with `#[path]`.
+//! The tests' PostgreSQL tier: whether it runs, and a database for one test, dropped when the guard goes:
+//! when the test passes and when it panics. Shared by the test binaries of several crates with `#[path]`.
+
+// Each test crate includes this module and uses only some of it.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Connection;
 
@@ -27,7 +32,14 @@ pub fn postgres_url() -> Option<String> {
 impl Database {
     /// A database of its own, named after `prefix`, this process and the time, on the server `server_url`.
     pub async fn fresh(server_url: &str, prefix: &str) -> Database {
-        let name = format!("{prefix}_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+        // Several tests may start in one process within the same microsecond.
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{prefix}_{}_{}_{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros(),
+            CREATED.fetch_add(1, Ordering::Relaxed)
+        );
         Database::create(server_url, &name).await
     }
 

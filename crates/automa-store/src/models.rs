@@ -648,6 +648,40 @@ pub struct RunFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// Which page of runs to read: newest first, `limit` of them, either older than the run `before` (keyset
+/// paging: every page costs the same however deep) or after skipping `offset` (costs as many rows as it skips).
+#[derive(Debug, Clone, Copy)]
+pub struct RunPage {
+    pub limit: i64,
+    /// Only runs with a smaller id: the last run of the previous page.
+    pub before: Option<i64>,
+    pub offset: i64,
+    /// Count every matching run rather than stopping past [`RunPage::TOTAL_CAP`].
+    pub exact_total: bool,
+}
+
+impl RunPage {
+    /// How far the total of a list is counted unless an exact count is asked for: counting stays bounded
+    /// (a few milliseconds) however long the history, and a person reading "more than 10,000" learns enough.
+    pub const TOTAL_CAP: i64 = 10_000;
+
+    /// The newest runs, `limit` bounded like every list (see [`crate::Page`]).
+    pub fn new(limit: Option<i64>) -> RunPage {
+        RunPage { limit: crate::Page::new(limit, None).limit, before: None, offset: 0, exact_total: false }
+    }
+}
+
+/// A page of runs, newest first.
+#[derive(Debug, Clone)]
+pub struct RunList {
+    pub items: Vec<Run>,
+    /// The matching runs (all pages), or [`RunPage::TOTAL_CAP`] when `total_exact` is false: there are more.
+    pub total: i64,
+    pub total_exact: bool,
+    /// The `before` of the next page; `None` on the last page.
+    pub next_before: Option<i64>,
+}
+
 /// A secret's name, owner, policy and dates; its value is never read back through the API.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SecretInfo {

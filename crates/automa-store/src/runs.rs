@@ -11,7 +11,7 @@ use automa_core::{RunStatus, Trigger};
 use crate::models::BindRunParams;
 use crate::{
     Actor, Agent, AgentUpdate, AgentUpdated, AuditEvent, Backend, ChainLimits, ClaimedRun, Finished, LeaseRenewal,
-    Listed, NewRun, Page, Run, RunEnd, RunFilter, Store, StoreError, StoreResult, WritePool,
+    NewRun, Run, RunEnd, RunFilter, RunList, RunPage, Store, StoreError, StoreResult, WritePool,
     agents::{AGENT_COLUMNS, EFFECTIVE_CONCURRENCY},
     composed, dispatch,
     notifications::queue_run_notices,
@@ -360,17 +360,49 @@ impl Store {
         })
     }
 
-    /// Runs, newest first.
-    pub async fn list_runs(&self, filter: &RunFilter, page: Page) -> StoreResult<Listed<Run>> {
+    /// Runs, newest first: one page of them and how many match (see [`RunPage`]). The page is read through
+    /// one index chosen for the filter (docs/architecture.md, "Run history"), so a page costs about the same
+    /// at any depth reached by `before`; the total is counted only when the page alone cannot tell it.
+    pub async fn list_runs(&self, filter: &RunFilter, page: RunPage) -> StoreResult<RunList> {
+        let hints = !self.is_postgres();
         dispatch!(self, pool => {
-            let mut count = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM runs WHERE 1=1");
-            push_run_filter(&mut count, filter);
-            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-            let mut select = sqlx::QueryBuilder::new("SELECT * FROM runs WHERE 1=1");
-            push_run_filter(&mut select, filter);
-            select.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit).push(" OFFSET ").push_bind(page.offset);
-            let items = select.build_query_as().fetch_all(pool).await?;
-            Ok(Listed { items, total })
+            // Ids first, then their rows: where the page must be sorted (a time window), only ids are.
+            let mut select = sqlx::QueryBuilder::new("SELECT * FROM runs WHERE id IN (SELECT id FROM runs WHERE 1=1");
+            let order = push_run_filter(&mut select, filter, hints);
+            if let Some(before) = page.before {
+                select.push(" AND id < ").push_bind(before);
+            }
+            select.push(format_args!(" ORDER BY {order} DESC LIMIT ")).push_bind(page.limit + 1);
+            if page.offset > 0 {
+                select.push(" OFFSET ").push_bind(page.offset);
+            }
+            select.push(") ORDER BY id DESC");
+            let mut items: Vec<Run> = select.build_query_as().fetch_all(pool).await?;
+            let more = items.len() as i64 > page.limit;
+            items.truncate(usize::try_from(page.limit).unwrap_or_default());
+            let next_before = if more { items.last().map(|run| run.id) } else { None };
+            // A first page (or an offset page) that is not full holds the end of the list: its total is known.
+            let (total, total_exact) = if !more && page.before.is_none() && (page.offset == 0 || !items.is_empty()) {
+                (page.offset + items.len() as i64, true)
+            } else {
+                let mut count = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE 1=1");
+                let order = push_run_filter(&mut count, filter, hints);
+                if !page.exact_total {
+                    // Newest first, as the page is read: runs queued since a time are the newest ones.
+                    if order == "id" {
+                        count.push(" ORDER BY id DESC");
+                    }
+                    count.push(" LIMIT ").push_bind(RunPage::TOTAL_CAP + 1);
+                }
+                count.push(") matching");
+                let counted: i64 = count.build_query_scalar().fetch_one(pool).await?;
+                if page.exact_total || counted <= RunPage::TOTAL_CAP {
+                    (counted, true)
+                } else {
+                    (RunPage::TOTAL_CAP, false)
+                }
+            };
+            Ok(RunList { items, total, total_exact, next_before })
         })
     }
 
@@ -706,7 +738,22 @@ impl Finished {
     }
 }
 
-fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter)
+/// The filter columns in the order [`push_run_filter`] prefers to read them through their index: a task's or
+/// a script's runs are few beside the whole history; an agent, a status or a trigger covers many more.
+const DRIVING_ORDER: [&str; 5] = ["task_id", "script_id", "agent_id", "status", "trigger"];
+
+/// Adds `filter`'s conditions to a `WHERE` and returns what to order the page by (`id`, or `id + 0` to read a
+/// time window through its index rather than walking the primary key).
+///
+/// With `hints` (SQLite, which plans without statistics), the conditions the chosen index does not serve are
+/// written `+column`, SQLite's documented way to keep a term from choosing an index: the first column of
+/// [`DRIVING_ORDER`] present drives (with `status` beside `task_id` or `agent_id`, which have indexes on
+/// both), so SQLite never walks every failed run for one task's. PostgreSQL chooses by its statistics.
+///
+/// A time window with an end (`until`), and no column to drive, is read through `runs_queued_at` and sorted:
+/// walking ids down from the newest would pass every run queued after `until` first. `since` alone does not
+/// need it: the newest runs are the ones queued since.
+fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter, hints: bool) -> &'static str
 where
     DB: sqlx::Database,
     for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
@@ -714,23 +761,38 @@ where
     for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
     let ids = [("task_id", filter.task_id), ("script_id", filter.script_id), ("agent_id", filter.agent_id)];
+    let texts = [("status", filter.status.map(RunStatus::as_str)), ("trigger", filter.trigger.map(Trigger::as_str))];
+    let present = |column: &str| match column {
+        "task_id" => filter.task_id.is_some(),
+        "script_id" => filter.script_id.is_some(),
+        "agent_id" => filter.agent_id.is_some(),
+        "status" => filter.status.is_some(),
+        _ => filter.trigger.is_some(),
+    };
+    let driver = DRIVING_ORDER.into_iter().find(|column| present(column));
+    let served = |column: &str| {
+        !hints || driver == Some(column) || (column == "status" && matches!(driver, Some("task_id" | "agent_id")))
+    };
+    let prefix = |column: &str| if served(column) { "" } else { "+" };
     for (column, value) in ids {
         if let Some(value) = value {
-            builder.push(format_args!(" AND {column} = ")).push_bind(value);
+            builder.push(format_args!(" AND {}{column} = ", prefix(column))).push_bind(value);
         }
     }
-    let texts = [("status", filter.status.map(RunStatus::as_str)), ("trigger", filter.trigger.map(Trigger::as_str))];
     for (column, value) in texts {
         if let Some(value) = value {
-            builder.push(format_args!(" AND {column} = ")).push_bind(value);
+            builder.push(format_args!(" AND {}{column} = ", prefix(column))).push_bind(value);
         }
     }
+    let window = driver.is_none() && filter.until.is_some();
+    let time = if hints && !window { "+queued_at" } else { "queued_at" };
     if let Some(since) = filter.since {
-        builder.push(" AND queued_at >= ").push_bind(since);
+        builder.push(format_args!(" AND {time} >= ")).push_bind(since);
     }
     if let Some(until) = filter.until {
-        builder.push(" AND queued_at < ").push_bind(until);
+        builder.push(format_args!(" AND {time} < ")).push_bind(until);
     }
+    if window { "id + 0" } else { "id" }
 }
 
 impl Store {

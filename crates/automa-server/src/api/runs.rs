@@ -16,10 +16,11 @@ use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use automa_core::{RunStatus, Trigger};
-use automa_store::{LogChunk, Run, RunFilter, Store};
+use automa_store::{LogChunk, Run, RunFilter, RunPage, Store};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::{
-    api::{Page, agents::OFFLINE_AFTER_SECONDS},
+    api::agents::OFFLINE_AFTER_SECONDS,
     auth::Principal,
     error::{ApiError, ApiResult, missing},
     events::Event,
@@ -125,20 +126,63 @@ pub struct RunQuery {
     pub trigger: Option<String>,
     /// Runs queued at or after this time.
     pub since: Option<DateTime<Utc>>,
-    /// Runs queued before this time.
+    /// Runs queued before this time. A window with an end is read through an index on the queue time and
+    /// sorted: its cost grows with the runs inside it.
     pub until: Option<DateTime<Utc>>,
+    /// Runs per page (1-500, default 50).
     pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page: the next page, older, at the same cost however deep. Opaque.
+    pub cursor: Option<String>,
+    /// Runs to skip (not with `cursor`). Kept for compatibility: the skipped runs are read, so a deep offset
+    /// is slow on a long history; page with `cursor` instead.
     pub offset: Option<i64>,
+    /// Count every matching run for `total` (slower on a long history) instead of stopping past 10,000.
+    pub count: Option<bool>,
 }
 
-/// Run history, newest first.
+/// A page of run history, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    pub items: Vec<RunResponse>,
+    /// The runs matching the filters, on every page. Counting stops past 10,000 unless `count=true` was
+    /// asked: then `total` is 10,000 and `total_exact` false, meaning more than that.
+    pub total: i64,
+    pub total_exact: bool,
+    pub limit: i64,
+    pub offset: i64,
+    /// The `cursor` of the next, older page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What a cursor says: "runs older than this id". Encoded so that clients pass it back rather than build it.
+const CURSOR_PREFIX: &str = "before:";
+
+fn encode_cursor(before: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{before}"))
+}
+
+/// The run id a cursor names; anything this server did not give out is refused.
+fn decode_cursor(cursor: &str) -> ApiResult<i64> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(CURSOR_PREFIX)?.parse::<i64>().ok())
+        .filter(|before| *before > 0)
+        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server gave out; pass a next_cursor as it came"))
+}
+
+/// Run history, newest first, by pages: follow `next_cursor` to go further back.
 #[utoipa::path(get, path = "/runs", operation_id = "listRuns", tag = "runs", params(RunQuery), security(("bearer" = ["viewer"])),
-    responses((status = 200, body = Page<RunResponse>)))]
-pub async fn list(
-    State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<RunQuery>,
-) -> ApiResult<Json<Page<RunResponse>>> {
-    let page = automa_store::Page::new(query.limit, query.offset);
+    responses((status = 200, body = RunList),
+        (status = 422, description = "A parameter is invalid (a cursor this server did not give out, `cursor` with `offset`, an unknown status or trigger); `field` names it", body = crate::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<RunQuery>) -> ApiResult<Json<RunList>> {
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    if before.is_some() && query.offset.is_some() {
+        return Err(ApiError::invalid("offset", "cannot be combined with cursor, which already says where the page starts"));
+    }
+    let bounds = automa_store::Page::new(query.limit, query.offset);
+    let page = RunPage { limit: bounds.limit, before, offset: bounds.offset, exact_total: query.count.unwrap_or(false) };
     let filter = RunFilter {
         task_id: query.task_id,
         script_id: query.script_id,
@@ -152,7 +196,15 @@ pub async fn list(
         since: query.since,
         until: query.until,
     };
-    Ok(Json(Page::from_listed(state.store.list_runs(&filter, page).await?, page, RunResponse::from)))
+    let listed = state.store.list_runs(&filter, page).await?;
+    Ok(Json(RunList {
+        items: listed.items.into_iter().map(RunResponse::from).collect(),
+        total: listed.total,
+        total_exact: listed.total_exact,
+        limit: page.limit,
+        offset: page.offset,
+        next_cursor: listed.next_before.map(encode_cursor),
+    }))
 }
 
 /// A run.

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use clap::{Args, Subcommand};
 
 use automa_core::RunStatus;
-use automa_server::api::{Page, runs::RunResponse};
+use automa_server::api::runs::{RunList, RunResponse};
 
-use super::{ClientFlags, Column, Output, PageFlags, connect, or_dash, print_object, print_page, print_raw, say, when};
+use super::{ClientFlags, Column, Output, connect, or_dash, print_object, print_raw, print_rows, say, when};
 use crate::client::{self, Api};
 
 #[derive(Subcommand)]
@@ -20,8 +20,15 @@ pub enum RunCommand {
         /// queued, running, succeeded, failed, timed_out, cancelled, lost or skipped.
         #[arg(long)]
         status: Option<String>,
-        #[command(flatten)]
-        page: PageFlags,
+        /// Items per page (1-500, default 50).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next, older page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Count every matching run instead of stopping past 10,000.
+        #[arg(long)]
+        count: bool,
     },
     /// A run.
     Get { run: i64 },
@@ -62,17 +69,37 @@ pub const RUN_COLUMNS: &[Column<RunResponse>] = &[
     ("EXIT", |r| or_dash(r.exit_code)),
 ];
 
+/// A page of runs, and how to get the next one when there is one.
+fn print_runs(output: Output, answer: &client::Answer<RunList>) {
+    match output {
+        Output::Json => print_raw(&answer.raw),
+        Output::Table => {
+            let page = &answer.value;
+            print_rows(&page.items, RUN_COLUMNS);
+            if let Some(cursor) = &page.next_cursor {
+                let more = if page.total_exact { "" } else { " more than" };
+                println!("({} shown of{more} {}; older: --cursor {cursor})", page.items.len(), page.total);
+            }
+        }
+    }
+}
+
 pub async fn runs(flags: &ClientFlags, command: RunCommand) -> anyhow::Result<i32> {
     let api = connect(flags, "automa runs")?;
     let output = flags.output;
     match command {
-        RunCommand::List { task, status, page } => {
-            let mut query = page.query();
+        RunCommand::List { task, status, limit, cursor, count } => {
+            let mut query = Vec::new();
+            query.extend(limit.map(|limit| ("limit", limit.to_string())));
+            query.extend(cursor.map(|cursor| ("cursor", cursor)));
             query.extend(status.map(|status| ("status", status)));
+            if count {
+                query.push(("count", "true".to_owned()));
+            }
             if let Some(task) = task {
                 query.push(("task_id", api.task_id(&task).await?.to_string()));
             }
-            print_page(output, &api.get::<Page<RunResponse>>("/runs", &query).await?, RUN_COLUMNS);
+            print_runs(output, &api.get::<RunList>("/runs", &query).await?);
         }
         RunCommand::Get { run } => print_object(output, &api.get::<RunResponse>(&format!("/runs/{run}"), &[]).await?)?,
         RunCommand::Start { task, follow } => return start(&api, output, &task, &[], follow).await,

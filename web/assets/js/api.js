@@ -87,11 +87,16 @@ export async function api(path, { method = 'GET', body, form, query, signal } = 
 export async function all(path, query = {}, maxItems = 5000) {
   const items = [];
   let offset = 0;
+  let cursor = null;
   for (;;) {
-    const page = await api(path, { query: { ...query, limit: 500, offset } });
+    // A list that pages by cursor (runs) is followed by it: every page then costs the same.
+    const paging = cursor ? { cursor } : { offset };
+    const page = await api(path, { query: { ...query, limit: 500, ...paging } });
     items.push(...page.items);
     offset += page.items.length;
-    if (page.items.length === 0 || offset >= page.total || items.length >= maxItems) return items;
+    cursor = page.next_cursor;
+    const more = page.next_cursor !== undefined ? Boolean(page.next_cursor) : offset < page.total;
+    if (page.items.length === 0 || !more || items.length >= maxItems) return items;
   }
 }
 

@@ -43,7 +43,8 @@ async function counts() {
     api('/agents', { query: { limit: 500 } }),
     api('/ready'),
   ]);
-  const total = (result) => (result.status === 'fulfilled' ? result.value.total : '—');
+  // A run total counted only so far (past 10,000) is shown as at least that.
+  const total = (result) => (result.status === 'fulfilled' ? `${result.value.total}${result.value.total_exact === false ? '+' : ''}` : '—');
   const online = agents.status === 'fulfilled' ? agents.value.items.filter((a) => a.status === 'online').length : '—';
   const size = ready.status === 'fulfilled' && ready.value.database_size_bytes != null ? bytes(ready.value.database_size_bytes) : '—';
   const database = ready.status === 'fulfilled' ? ready.value.database : 'database';

@@ -25,7 +25,10 @@ export async function render(main, _params, ctx) {
   const status = select('status', 'Status', STATUSES.map((s) => [s, s.replace('_', ' ')]), ctx.query.get('status') || '');
   const task = select('task_id', 'Task', tasks.items.map((t) => [t.id, t.name]), ctx.query.get('task_id') || '');
   const trigger = select('trigger', 'Trigger', TRIGGERS.map((t) => [t, t]), ctx.query.get('trigger') || '');
-  let offset = Number(ctx.query.get('offset')) || 0;
+  // The cursors of the pages before this one, newest first: "Newer" goes back through them. A page opened
+  // from an address starts at the newest runs.
+  let cursors = [];
+  let cursor = null;
   const body = h('div', loading());
   const pager = h('div.pager');
   mount(main, pageHeader('Runs'),
@@ -37,8 +40,8 @@ export async function render(main, _params, ctx) {
   }
 
   async function load() {
-    const query = { ...filters(), limit: PAGE, offset };
-    setQuery({ ...filters(), offset: offset || '' });
+    const query = { ...filters(), limit: PAGE, cursor: cursor || '' };
+    setQuery(filters());
     try {
       const page = await api('/runs', { query });
       if (page.items.length === 0) {
@@ -55,17 +58,19 @@ export async function render(main, _params, ctx) {
           h('td', badge(run.status)), h('td', run.trigger), h('td', time(run.queued_at)), h('td.num', runDuration(run)),
           h('td.num', run.max_rss_kb == null ? '—' : bytes(run.max_rss_kb * 1024)), h('td.num', cpuTime(run.cpu_ms)),
           h('td.num', run.exit_code == null ? (run.signal ? `sig ${run.signal}` : '—') : String(run.exit_code))))));
-      const last = Math.min(offset + page.items.length, page.total);
-      mount(pager, h('span.muted', `${offset + 1}–${last} of ${page.total}`),
-        h('button.button.small', { type: 'button', disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, 'Newer'),
-        h('button.button.small', { type: 'button', disabled: last >= page.total, onclick: () => { offset += PAGE; load(); } }, 'Older'));
+      const first = cursors.length * PAGE + 1;
+      const total = page.total_exact ? String(page.total) : `more than ${page.total}`;
+      mount(pager, h('span.muted', `${first}–${first + page.items.length - 1} of ${total}`),
+        h('button.button.small', { type: 'button', disabled: cursors.length === 0, onclick: () => { cursor = cursors.pop(); load(); } }, 'Newer'),
+        h('button.button.small', { type: 'button', disabled: !page.next_cursor, onclick: () => { cursors.push(cursor); cursor = page.next_cursor; load(); } }, 'Older'));
     } catch (error) {
       mount(body, failure(error, load));
     }
   }
   for (const control of [status, task, trigger]) {
     control.addEventListener('change', () => {
-      offset = 0;
+      cursors = [];
+      cursor = null;
       mount(body, loading());
       load();
     });

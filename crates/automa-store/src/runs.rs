@@ -366,17 +366,8 @@ impl Store {
     pub async fn list_runs(&self, filter: &RunFilter, page: RunPage) -> StoreResult<RunList> {
         let hints = !self.is_postgres();
         dispatch!(self, pool => {
-            // Ids first, then their rows: where the page must be sorted (a time window), only ids are.
-            let mut select = sqlx::QueryBuilder::new("SELECT * FROM runs WHERE id IN (SELECT id FROM runs WHERE 1=1");
-            let order = push_run_filter(&mut select, filter, hints);
-            if let Some(before) = page.before {
-                select.push(" AND id < ").push_bind(before);
-            }
-            select.push(format_args!(" ORDER BY {order} DESC LIMIT ")).push_bind(page.limit + 1);
-            if page.offset > 0 {
-                select.push(" OFFSET ").push_bind(page.offset);
-            }
-            select.push(") ORDER BY id DESC");
+            let mut select = sqlx::QueryBuilder::new("");
+            push_page_query(&mut select, filter, page, hints);
             let mut items: Vec<Run> = select.build_query_as().fetch_all(pool).await?;
             let more = items.len() as i64 > page.limit;
             items.truncate(usize::try_from(page.limit).unwrap_or_default());
@@ -404,6 +395,24 @@ impl Store {
             };
             Ok(RunList { items, total, total_exact, next_before })
         })
+    }
+
+    /// The database's plan for reading one page of runs (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on
+    /// PostgreSQL), one line per step: which index each filter is read through, for tests and diagnosis.
+    pub async fn explain_runs_page(&self, filter: &RunFilter, page: RunPage) -> StoreResult<Vec<String>> {
+        match &*self.backend {
+            Backend::Sqlite(pool) => {
+                let mut explain = sqlx::QueryBuilder::new("EXPLAIN QUERY PLAN ");
+                push_page_query(&mut explain, filter, page, true);
+                let steps: Vec<(i64, i64, i64, String)> = explain.build_query_as().fetch_all(pool).await?;
+                Ok(steps.into_iter().map(|(_, _, _, detail)| detail).collect())
+            }
+            Backend::Postgres(pool) => {
+                let mut explain = sqlx::QueryBuilder::new("EXPLAIN ");
+                push_page_query(&mut explain, filter, page, false);
+                Ok(explain.build_query_scalar().fetch_all(pool).await?)
+            }
+        }
     }
 
     /// Claims the oldest run `agent_id` may take, in one atomic statement, with a lease of `lease`.
@@ -736,6 +745,27 @@ impl Finished {
     pub fn queued_any(&self) -> bool {
         self.retry.is_some() || !self.downstream.is_empty()
     }
+}
+
+/// The query for one page of runs, `limit + 1` of them (the extra one tells whether a next page exists). Ids
+/// first, then their rows: where the page must be sorted (a time window), only ids are.
+fn push_page_query<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter, page: RunPage, hints: bool)
+where
+    DB: sqlx::Database,
+    for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    builder.push("SELECT * FROM runs WHERE id IN (SELECT id FROM runs WHERE 1=1");
+    let order = push_run_filter(builder, filter, hints);
+    if let Some(before) = page.before {
+        builder.push(" AND id < ").push_bind(before);
+    }
+    builder.push(format_args!(" ORDER BY {order} DESC LIMIT ")).push_bind(page.limit + 1);
+    if page.offset > 0 {
+        builder.push(" OFFSET ").push_bind(page.offset);
+    }
+    builder.push(") ORDER BY id DESC");
 }
 
 /// The filter columns in the order [`push_run_filter`] prefers to read them through their index: a task's or

@@ -2,7 +2,7 @@
 //! admin's cap), disabling one (its running runs end cancelled, saying why) and retiring one (history kept).
 
 use automa_core::RunStatus;
-use automa_store::{Actor, AgentUpdate, Page, RunFilter, Store};
+use automa_store::{Actor, AgentUpdate, Page, RunFilter, RunPage, Store};
 use chrono::Duration;
 
 #[macro_use]
@@ -86,7 +86,7 @@ async fn retiring_keeps_history_and_unpins(store: &Store) {
     assert!(retired.retired_at.is_some());
     assert_eq!(store.get_run(done.id).await.unwrap().agent_id, Some(a), "a past run keeps its agent");
     let filter = RunFilter { agent_id: Some(a), ..RunFilter::default() };
-    let history = store.list_runs(&filter, Page::new(None, None)).await.unwrap();
+    let history = store.list_runs(&filter, RunPage::new(None)).await.unwrap();
     assert_eq!(history.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![done.id]);
     assert_eq!(store.get_run(pinned.id).await.unwrap().target_agent_id, None, "a queued run is unpinned");
     assert!(store.authenticate_agent("hash-old-box").await.unwrap().is_none(), "its token is refused");

@@ -4,23 +4,45 @@
 use std::collections::{HashMap, HashSet};
 
 use automa_core::{RunStatus, Trigger};
-use automa_store::{Page, Run, RunFilter, Store};
+use automa_store::{Run, RunFilter, RunPage, Store};
+use chrono::{Duration, Utc};
 
 #[macro_use]
 mod support;
 
 use support::*;
 
-/// Every run of script `script_id`, newest first, read page by page.
+/// Every run of script `script_id`, newest first, read page by page with offsets.
 async fn all_runs(store: &Store, script_id: i64) -> Vec<Run> {
     let filter = RunFilter { script_id: Some(script_id), ..RunFilter::default() };
     let mut runs = Vec::new();
     loop {
-        let page = store.list_runs(&filter, Page::new(Some(Page::MAX_LIMIT), Some(runs.len() as i64))).await.unwrap();
-        if page.items.is_empty() {
+        let page = RunPage { offset: runs.len() as i64, ..RunPage::new(Some(500)) };
+        let listed = store.list_runs(&filter, page).await.unwrap();
+        if listed.items.is_empty() {
             return runs;
         }
-        runs.extend(page.items);
+        runs.extend(listed.items);
+    }
+}
+
+/// The runs `filter` matches, read by following the cursor `limit` at a time, and the pages' totals.
+async fn by_cursor(store: &Store, filter: &RunFilter, limit: i64) -> (Vec<i64>, Vec<(i64, bool)>) {
+    let mut ids = Vec::new();
+    let mut totals = Vec::new();
+    let mut page = RunPage::new(Some(limit));
+    loop {
+        let listed = store.list_runs(filter, page).await.unwrap();
+        assert!(listed.items.len() as i64 <= limit);
+        ids.extend(listed.items.iter().map(|run| run.id));
+        totals.push((listed.total, listed.total_exact));
+        match listed.next_before {
+            Some(before) => {
+                assert_eq!(listed.items.len() as i64, limit, "only the last page is short");
+                page.before = Some(before);
+            }
+            None => return (ids, totals),
+        }
     }
 }
 
@@ -66,7 +88,7 @@ async fn a_seeded_history_is_valid_for_the_api(store: &Store) {
     }
     for (status, count) in &statuses {
         let filter = RunFilter { script_id: Some(seeded.script_id), status: Some(*status), ..RunFilter::default() };
-        assert_eq!(store.list_runs(&filter, Page::default()).await.unwrap().total, *count as i64);
+        assert_eq!(store.list_runs(&filter, RunPage::new(None)).await.unwrap().total, *count as i64);
     }
     let count = |status| statuses.get(&status).copied().unwrap_or_default();
     assert!(count(RunStatus::Succeeded) > 2400, "{statuses:?}");
@@ -90,3 +112,168 @@ async fn a_seeded_history_is_valid_for_the_api(store: &Store) {
     assert!(all_runs(store, empty.script_id).await.is_empty());
 }
 both_backends!(seeded_history, a_seeded_history_is_valid_for_the_api);
+
+async fn paging_by_cursor_visits_every_run_once(store: &Store) {
+    let seeded = store.seed_history(7, 1200).await.unwrap();
+    let runs = all_runs(store, seeded.script_id).await;
+    let task = seeded.task_ids[3];
+    let agent = runs[0].agent_id;
+    let middle = runs[600].queued_at;
+    let filters = [
+        RunFilter::default(),
+        RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() },
+        RunFilter { task_id: Some(task), ..RunFilter::default() },
+        RunFilter { task_id: Some(task), status: Some(RunStatus::Succeeded), ..RunFilter::default() },
+        RunFilter { task_id: Some(task), trigger: Some(Trigger::Schedule), ..RunFilter::default() },
+        RunFilter { agent_id: agent, ..RunFilter::default() },
+        RunFilter { agent_id: agent, status: Some(RunStatus::Cancelled), ..RunFilter::default() },
+        RunFilter { trigger: Some(Trigger::Retry), ..RunFilter::default() },
+        RunFilter { status: Some(RunStatus::Succeeded), trigger: Some(Trigger::Api), ..RunFilter::default() },
+        RunFilter { since: Some(middle), ..RunFilter::default() },
+        RunFilter { until: Some(middle), ..RunFilter::default() },
+        RunFilter { since: Some(middle - Duration::days(10)), until: Some(middle), ..RunFilter::default() },
+        RunFilter { status: Some(RunStatus::Failed), until: Some(middle), ..RunFilter::default() },
+        RunFilter { status: Some(RunStatus::Queued), ..RunFilter::default() },
+    ];
+    for filter in filters {
+        let expected: Vec<i64> = runs
+            .iter()
+            .filter(|run| filter.task_id.is_none_or(|task| run.task_id == Some(task)))
+            .filter(|run| filter.agent_id.is_none_or(|agent| run.agent_id == Some(agent)))
+            .filter(|run| filter.status.is_none_or(|status| run.status == status))
+            .filter(|run| filter.trigger.is_none_or(|trigger| run.trigger == trigger))
+            .filter(|run| filter.since.is_none_or(|since| run.queued_at >= since))
+            .filter(|run| filter.until.is_none_or(|until| run.queued_at < until))
+            .map(|run| run.id)
+            .collect();
+        let (ids, totals) = by_cursor(store, &filter, 37).await;
+        assert_eq!(ids, expected, "{filter:?}");
+        assert!(totals.iter().all(|total| *total == (expected.len() as i64, true)), "{filter:?}: {totals:?}");
+    }
+}
+both_backends!(paging_by_cursor, paging_by_cursor_visits_every_run_once);
+
+async fn totals_are_counted_up_to_a_cap_unless_asked(store: &Store) {
+    let runs = RunPage::TOTAL_CAP + 40;
+    let seeded = store.seed_history(3, runs as u64).await.unwrap();
+    let everything = RunFilter::default();
+    let first = store.list_runs(&everything, RunPage::new(None)).await.unwrap();
+    assert_eq!((first.total, first.total_exact), (RunPage::TOTAL_CAP, false), "more than the cap");
+    let deep = RunPage { before: Some(first.items[0].id - 10_020), ..RunPage::new(None) };
+    let near_the_end = store.list_runs(&everything, deep).await.unwrap();
+    assert_eq!((near_the_end.total, near_the_end.total_exact), (RunPage::TOTAL_CAP, false), "of the whole list");
+    assert_eq!(near_the_end.items.len(), 19);
+    assert_eq!(near_the_end.next_before, None);
+    let exact = store.list_runs(&everything, RunPage { exact_total: true, ..RunPage::new(None) }).await.unwrap();
+    assert_eq!((exact.total, exact.total_exact), (runs, true));
+    let failed = RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() };
+    let failures = all_runs(store, seeded.script_id).await.iter().filter(|run| run.status == RunStatus::Failed).count();
+    let listed = store.list_runs(&failed, RunPage::new(Some(1))).await.unwrap();
+    assert_eq!((listed.total, listed.total_exact), (failures as i64, true), "under the cap: counted");
+    let offset = RunPage { offset: runs - 5, ..RunPage::new(None) };
+    let tail = store.list_runs(&everything, offset).await.unwrap();
+    assert_eq!(
+        (tail.items.len(), tail.total, tail.total_exact, tail.next_before),
+        (5, runs, true, None),
+        "known from the page"
+    );
+    let beyond = store.list_runs(&everything, RunPage { offset: runs + 5, ..RunPage::new(None) }).await.unwrap();
+    assert!(beyond.items.is_empty());
+    assert_eq!((beyond.total, beyond.total_exact), (RunPage::TOTAL_CAP, false), "counted: the page is past the end");
+}
+both_backends!(capped_totals, totals_are_counted_up_to_a_cap_unless_asked);
+
+/// The plan's steps that read `runs`, as one string.
+async fn plan(store: &Store, filter: RunFilter) -> String {
+    store.explain_runs_page(&filter, RunPage { before: Some(900), ..RunPage::new(None) }).await.unwrap().join("\n")
+}
+
+async fn every_filter_reads_its_page_through_an_index(store: &Store) {
+    let seeded = store.seed_history(500, 5000).await.unwrap();
+    if store.backend_name() == "postgres" {
+        // PostgreSQL plans by statistics; the seed gathers them.
+        let cases = [
+            (
+                RunFilter {
+                    task_id: Some(seeded.task_ids[0]),
+                    status: Some(RunStatus::Failed),
+                    ..RunFilter::default()
+                },
+                &["runs_task_status"][..],
+            ),
+            (RunFilter { task_id: Some(seeded.task_ids[0]), ..RunFilter::default() }, &["runs_task_id_id"]),
+            (RunFilter { status: Some(RunStatus::Queued), ..RunFilter::default() }, &["runs_status"]),
+            // The partial index of run-after runs serves as well.
+            (RunFilter { trigger: Some(Trigger::After), ..RunFilter::default() }, &["runs_trigger", "runs_after_once"]),
+        ];
+        for (filter, indexes) in cases {
+            let plan = plan(store, filter.clone()).await;
+            assert!(
+                plan.split_whitespace().any(|word| indexes.contains(&word)),
+                "{filter:?} reads {indexes:?}: {plan}"
+            );
+            assert!(!plan.contains("Seq Scan"), "{filter:?}: {plan}");
+        }
+        return;
+    }
+    let since = Utc::now() - Duration::days(3);
+    let until = Utc::now() - Duration::days(2);
+    let task = Some(seeded.task_ids[0]);
+    let cases = [
+        (RunFilter::default(), "SEARCH runs USING INTEGER PRIMARY KEY (rowid<?)"),
+        (
+            RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() },
+            "INDEX runs_status (status=? AND rowid<?)",
+        ),
+        (RunFilter { task_id: task, ..RunFilter::default() }, "INDEX runs_task_id (task_id=? AND rowid<?)"),
+        (
+            RunFilter {
+                task_id: task,
+                status: Some(RunStatus::Failed),
+                trigger: Some(Trigger::Hook),
+                ..RunFilter::default()
+            },
+            "INDEX runs_task_status (task_id=? AND status=? AND rowid<?)",
+        ),
+        (
+            RunFilter { task_id: task, agent_id: Some(1), since: Some(since), ..RunFilter::default() },
+            "INDEX runs_task_id (task_id=? AND rowid<?)",
+        ),
+        (
+            RunFilter { script_id: Some(seeded.script_id), status: Some(RunStatus::Failed), ..RunFilter::default() },
+            "INDEX runs_script_id (script_id=? AND rowid<?)",
+        ),
+        (RunFilter { agent_id: Some(1), ..RunFilter::default() }, "INDEX runs_agent (agent_id=? AND rowid<?)"),
+        (
+            RunFilter {
+                agent_id: Some(1),
+                status: Some(RunStatus::Failed),
+                trigger: Some(Trigger::Api),
+                ..RunFilter::default()
+            },
+            "INDEX runs_agent_id (agent_id=? AND status=? AND rowid<?)",
+        ),
+        (
+            RunFilter { trigger: Some(Trigger::Retry), status: Some(RunStatus::Failed), ..RunFilter::default() },
+            "INDEX runs_status (status=? AND rowid<?)",
+        ),
+        (
+            RunFilter { trigger: Some(Trigger::Retry), ..RunFilter::default() },
+            "INDEX runs_trigger (trigger=? AND rowid<?)",
+        ),
+        (RunFilter { since: Some(since), ..RunFilter::default() }, "SEARCH runs USING INTEGER PRIMARY KEY (rowid<?)"),
+        (
+            RunFilter { since: Some(since), until: Some(until), ..RunFilter::default() },
+            "COVERING INDEX runs_queued_at (queued_at>? AND queued_at<?)",
+        ),
+    ];
+    for (filter, step) in cases {
+        let plan = plan(store, filter.clone()).await;
+        assert!(plan.contains(step), "{filter:?}: {plan}");
+        // The page's rows are then read by id; only a time window's ids are sorted.
+        assert!(plan.contains("SEARCH runs USING INTEGER PRIMARY KEY (rowid=?)"), "{filter:?}: {plan}");
+        assert_eq!(plan.contains("TEMP B-TREE"), filter.until.is_some(), "{filter:?}: {plan}");
+        assert!(!plan.contains("SCAN runs"), "{filter:?}: {plan}");
+    }
+}
+both_backends!(index_plans, every_filter_reads_its_page_through_an_index);

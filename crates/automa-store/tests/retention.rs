@@ -5,8 +5,8 @@
 
 use automa_core::RunStatus;
 use automa_store::{
-    Actor, AuditCheckpoint, AuditEvent, AuditFilter, BatchLimits, NewLogChunk, Page, RunEnd, RunRetention, Store,
-    StoreError,
+    Actor, AuditCheckpoint, AuditEvent, AuditFilter, BatchLimits, NewLogChunk, Page, RunEnd, RunPage, RunRetention,
+    Store, StoreError,
 };
 use chrono::Duration;
 
@@ -265,6 +265,6 @@ async fn measure_retention_on_a_million_runs_on_sqlite() {
         summary.longest_batch,
     );
     // Kept: the newest 1000 finished runs of each of the 10 tasks, and every queued run.
-    let left = store.list_runs(&Default::default(), Page::new(Some(1), None)).await.unwrap().total;
+    let left = store.list_runs(&Default::default(), RunPage::new(Some(1))).await.unwrap().total;
     assert_eq!(left, 10 * 1000 + 1000);
 }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use automa_core::{Role, RunStatus, Trigger};
 use automa_store::{
-    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, ScriptPackages,
-    ScriptUpdate, Store, StoreError, UserUpdate,
+    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, RunPage,
+    ScriptPackages, ScriptUpdate, Store, StoreError, UserUpdate,
 };
 use chrono::Duration;
 
@@ -430,7 +430,7 @@ async fn drain(store: &Store, agent_id: i64) {
 /// (queued, skipped with `reason`) `after` runs of a task.
 async fn after_runs(store: &Store, task_id: i64, reason: &str) -> (usize, usize) {
     let filter = RunFilter { task_id: Some(task_id), trigger: Some(Trigger::After), ..RunFilter::default() };
-    let runs = store.list_runs(&filter, Page { limit: 1000, offset: 0 }).await.unwrap().items;
+    let runs = store.list_runs(&filter, RunPage { limit: 1000, ..RunPage::new(None) }).await.unwrap().items;
     let queued = runs.iter().filter(|r| r.status == RunStatus::Queued).count();
     let skipped = runs.iter().filter(|r| r.status == RunStatus::Skipped).inspect(|r| {
         assert!(r.error.as_deref().unwrap_or_default().contains(reason), "{:?}", r.error);
@@ -477,7 +477,7 @@ async fn chains_stop_at_the_maximum_depth(store: &Store) {
     drain(store, worker).await;
     assert_eq!(after_runs(store, second, "").await, (0, 0));
     let filter = RunFilter { task_id: Some(third), ..RunFilter::default() };
-    let third_runs = store.list_runs(&filter, Page { limit: 10, offset: 0 }).await.unwrap().items;
+    let third_runs = store.list_runs(&filter, RunPage::new(Some(10))).await.unwrap().items;
     assert_eq!(third_runs.iter().map(|r| r.status).collect::<Vec<_>>(), [RunStatus::Succeeded], "depth 2 runs");
     assert_eq!(after_runs(store, fourth, "run-after chains stop at 2 links").await, (0, 1), "depth 3 is refused");
 }

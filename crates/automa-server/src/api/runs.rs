@@ -169,7 +169,9 @@ fn decode_cursor(cursor: &str) -> ApiResult<i64> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix(CURSOR_PREFIX)?.parse::<i64>().ok())
         .filter(|before| *before > 0)
-        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server gave out; pass a next_cursor as it came"))
+        .ok_or_else(|| {
+            ApiError::invalid("cursor", "is not a cursor this server gave out; pass a next_cursor as it came")
+        })
 }
 
 /// Run history, newest first, by pages: follow `next_cursor` to go further back.
@@ -179,10 +181,14 @@ fn decode_cursor(cursor: &str) -> ApiResult<i64> {
 pub async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<RunQuery>) -> ApiResult<Json<RunList>> {
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     if before.is_some() && query.offset.is_some() {
-        return Err(ApiError::invalid("offset", "cannot be combined with cursor, which already says where the page starts"));
+        return Err(ApiError::invalid(
+            "offset",
+            "cannot be combined with cursor, which already says where the page starts",
+        ));
     }
     let bounds = automa_store::Page::new(query.limit, query.offset);
-    let page = RunPage { limit: bounds.limit, before, offset: bounds.offset, exact_total: query.count.unwrap_or(false) };
+    let page =
+        RunPage { limit: bounds.limit, before, offset: bounds.offset, exact_total: query.count.unwrap_or(false) };
     let filter = RunFilter {
         task_id: query.task_id,
         script_id: query.script_id,

@@ -23,6 +23,7 @@ mod packages;
 #[path = "../../../../tests/support/pg_database.rs"]
 mod pg_database;
 mod retention;
+mod run_history;
 mod schedule;
 mod secrets;
 mod sessions;

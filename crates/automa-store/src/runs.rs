@@ -377,12 +377,8 @@ impl Store {
                 (page.offset + items.len() as i64, true)
             } else {
                 let mut count = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE 1=1");
-                let order = push_run_filter(&mut count, filter, hints);
+                push_run_filter(&mut count, filter, Reading { hints, count: true });
                 if !page.exact_total {
-                    // Newest first, as the page is read: runs queued since a time are the newest ones.
-                    if order == "id" {
-                        count.push(" ORDER BY id DESC");
-                    }
                     count.push(" LIMIT ").push_bind(RunPage::TOTAL_CAP + 1);
                 }
                 count.push(") matching");
@@ -757,7 +753,7 @@ where
     for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
     builder.push("SELECT * FROM runs WHERE id IN (SELECT id FROM runs WHERE 1=1");
-    let order = push_run_filter(builder, filter, hints);
+    let order = push_run_filter(builder, filter, Reading { hints, count: false });
     if let Some(before) = page.before {
         builder.push(" AND id < ").push_bind(before);
     }
@@ -772,18 +768,27 @@ where
 /// a script's runs are few beside the whole history; an agent, a status or a trigger covers many more.
 const DRIVING_ORDER: [&str; 5] = ["task_id", "script_id", "agent_id", "status", "trigger"];
 
+/// What a filter is written for: `hints` for SQLite (see [`push_run_filter`]), `count` for counting the
+/// matching runs rather than reading a page of them in order.
+#[derive(Clone, Copy)]
+struct Reading {
+    hints: bool,
+    count: bool,
+}
+
 /// Adds `filter`'s conditions to a `WHERE` and returns what to order the page by (`id`, or `id + 0` to read a
 /// time window through its index rather than walking the primary key).
 ///
-/// With `hints` (SQLite, which plans without statistics), the conditions the chosen index does not serve are
+/// With hints (SQLite, which plans without statistics), the conditions the chosen index does not serve are
 /// written `+column`, SQLite's documented way to keep a term from choosing an index: the first column of
 /// [`DRIVING_ORDER`] present drives (with `status` beside `task_id` or `agent_id`, which have indexes on
 /// both), so SQLite never walks every failed run for one task's. PostgreSQL chooses by its statistics.
 ///
 /// A time window with an end (`until`), and no column to drive, is read through `runs_queued_at` and sorted:
 /// walking ids down from the newest would pass every run queued after `until` first. `since` alone does not
-/// need it: the newest runs are the ones queued since.
-fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter, hints: bool) -> &'static str
+/// need it: the newest runs are the ones queued since. A count has no order to keep, so a time filter always
+/// drives it: a column index would be walked to its end whenever fewer runs than the cap fall in the window.
+fn push_run_filter<DB>(builder: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter, reading: Reading) -> &'static str
 where
     DB: sqlx::Database,
     for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
@@ -799,9 +804,12 @@ where
         "status" => filter.status.is_some(),
         _ => filter.trigger.is_some(),
     };
-    let driver = DRIVING_ORDER.into_iter().find(|column| present(column));
+    let count_by_time = reading.count && (filter.since.is_some() || filter.until.is_some());
+    let driver = if count_by_time { None } else { DRIVING_ORDER.into_iter().find(|column| present(column)) };
     let served = |column: &str| {
-        !hints || driver == Some(column) || (column == "status" && matches!(driver, Some("task_id" | "agent_id")))
+        !reading.hints
+            || driver == Some(column)
+            || (column == "status" && matches!(driver, Some("task_id" | "agent_id")))
     };
     let prefix = |column: &str| if served(column) { "" } else { "+" };
     for (column, value) in ids {
@@ -814,8 +822,8 @@ where
             builder.push(format_args!(" AND {}{column} = ", prefix(column))).push_bind(value);
         }
     }
-    let window = driver.is_none() && filter.until.is_some();
-    let time = if hints && !window { "+queued_at" } else { "queued_at" };
+    let window = !reading.count && driver.is_none() && filter.until.is_some();
+    let time = if reading.hints && !window && !count_by_time { "+queued_at" } else { "queued_at" };
     if let Some(since) = filter.since {
         builder.push(format_args!(" AND {time} >= ")).push_bind(since);
     }

@@ -94,7 +94,8 @@ impl Store {
     /// ago; longer than 90 days only past one run per second), one run in fifty with three lines of output.
     /// Batched `INSERT ... SELECT` statements generate the rows inside the database. Nothing is audited (it
     /// is benchmark data, not anyone's action), but every row is valid for every API call. The names carry a
-    /// fresh suffix, so seeding twice adds a second history beside the first.
+    /// fresh suffix, so seeding twice adds a second history beside the first. On PostgreSQL it ends with
+    /// `ANALYZE`, so that what runs next is planned for the data it finds.
     pub async fn seed_history(&self, tasks: u32, runs: u64) -> StoreResult<SeedReport> {
         let (series, time) = match &*self.backend {
             Backend::Sqlite(_) => (SQLITE_SERIES, SQLITE_TIME),

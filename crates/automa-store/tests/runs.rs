@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use automa_core::{Role, RunStatus, Trigger};
 use automa_store::{
-    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, Page, RunEnd, RunFilter, RunPage,
-    ScriptPackages, ScriptUpdate, Store, StoreError, UserUpdate,
+    Actor, ChainLimits, HookTrigger, NewHook, NewLogChunk, NewRun, NewUser, RunEnd, RunFilter, RunPage, ScriptPackages,
+    ScriptUpdate, Store, StoreError, UserUpdate,
 };
 use chrono::Duration;
 

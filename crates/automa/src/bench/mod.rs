@@ -121,6 +121,9 @@ pub async fn suite(flags: SuiteFlags) -> anyhow::Result<()> {
     anyhow::ensure!(flags.runs > 0 && flags.single_runs > 0 && flags.connections > 0, "counts must be at least 1");
     anyhow::ensure!(flags.schedule_tasks.iter().all(|tasks| *tasks > 0), "--schedule-tasks must be at least 1");
     anyhow::ensure!(flags.load_seconds > 0 && flags.idle_seconds > 0, "durations must be at least 1 second");
+    if let Some(url) = &flags.database {
+        postgres::check_url(url)?;
+    }
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("hi.py");
     std::fs::write(&script, floor::SCRIPT)?;

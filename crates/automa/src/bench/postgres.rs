@@ -44,6 +44,11 @@ impl Throwaway {
     }
 }
 
+/// Refuses a URL the suite could not derive its databases' URLs from, before anything is measured.
+pub fn check_url(server_url: &str) -> anyhow::Result<()> {
+    with_database(server_url, "automa_bench").map(drop)
+}
+
 async fn connect(server_url: &str) -> anyhow::Result<Store> {
     Store::connect(server_url).await.with_context(|| format!("connecting to {}", automa_store::redact_url(server_url)))
 }

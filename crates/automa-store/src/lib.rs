@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod backup;
 mod gauges;
+mod history;
 mod hooks;
 mod models;
 pub mod notifications;
@@ -33,6 +34,7 @@ pub use audit::{AuditCheckpoint, AuditFilter, AuditVerification};
 pub use automa_core::AuditKey;
 pub use backup::{BackupCheck, check_sqlite_backup, restore_sqlite};
 pub use gauges::PoolUse;
+pub use history::SeedReport;
 pub use models::*;
 pub use notifications::{
     AttemptOutcome, ChannelUpdate, Delivery, NewChannel, NotificationChannel, RUN_EVENTS, SYSTEM_EVENTS,

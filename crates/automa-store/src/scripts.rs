@@ -20,7 +20,7 @@ const SCRIPT_SELECT: &str = "SELECT s.id, s.name, s.description, s.filename, v.c
      v.dependencies, v.requires_python, v.lock, s.created_by, s.created_at, s.updated_at FROM scripts s \
      JOIN script_versions v ON v.script_id = s.id AND v.version = s.current_version";
 
-fn sha256_hex(content: &str) -> String {
+pub(crate) fn sha256_hex(content: &str) -> String {
     hex::encode(Sha256::digest(content.as_bytes()))
 }
 

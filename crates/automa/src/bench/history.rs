@@ -182,12 +182,3 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-// STAND-IN until h-history is merged.
-trait StandIn {
-    async fn seed_history(&self, tasks: u32, runs: u64) -> anyhow::Result<()>;
-}
-impl StandIn for Store {
-    async fn seed_history(&self, _tasks: u32, _runs: u64) -> anyhow::Result<()> {
-        Ok(())
-    }
-}

@@ -28,7 +28,7 @@ pub async fn idle(settings: &Settings, report: &mut Report) -> anyhow::Result<()
         .with(async |running| {
             let script = running.session.add_script("hi", "hi.py", floor::SCRIPT).await?;
             running.session.batch(script, RUNS, false).await?;
-            running.session.stop_following();
+            running.session.disconnect()?;
             tokio::time::sleep(SETTLE).await;
             let before = running.server.context_switches()?;
             tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::bench::Settings;
 use crate::bench::floor;
 use crate::bench::report::{Measurement, Report, Samples, Target};
@@ -15,6 +17,8 @@ pub const SINGLE: &str = "single run";
 
 /// The agent's slots, as in issue 12's measurements; the floor starts as many interpreters at once.
 const CONCURRENCY: usize = 2;
+/// Only `warm` runs can be refused as unknown.
+pub const COLD_REFUSED: &str = "the server refused a cold run";
 /// Runs before anything is timed: the interpreter's files into the page cache, the server's first-use costs.
 const WARM_UP: usize = 4;
 
@@ -29,7 +33,7 @@ pub async fn throughput(settings: &Settings, report: &mut Report) -> anyhow::Res
             .with(async |running| {
                 let script = running.session.add_script("hi", "hi.py", floor::SCRIPT).await?;
                 running.session.batch(script, WARM_UP, false).await?;
-                let cold = running.session.batch(script, runs, false).await?.expect("cold runs are always known");
+                let cold = running.session.batch(script, runs, false).await?.context(COLD_REFUSED)?;
                 let warm = running.session.batch(script, runs, true).await?;
                 Ok((cold.wall, warm.map(|batch| batch.wall)))
             })
@@ -70,7 +74,7 @@ pub async fn single(settings: &Settings, report: &mut Report) -> anyhow::Result<
             .with(async |running| {
                 let script = running.session.add_script("hi", "hi.py", floor::SCRIPT).await?;
                 running.session.batch(script, WARM_UP, false).await?;
-                let cold = sequence(settings, running, script, false).await?.expect("cold runs are always known");
+                let cold = sequence(settings, running, script, false).await?.context(COLD_REFUSED)?;
                 let warm = sequence(settings, running, script, true).await?;
                 Ok((cold, warm))
             })
@@ -103,13 +107,14 @@ pub async fn single(settings: &Settings, report: &mut Report) -> anyhow::Result<
     Ok(())
 }
 
-/// A sequence of single runs, each after a bare start; `None` when the server does not know `warm`.
+/// Single runs, each after a bare start: the times in ms.
 struct Sequence {
     bare: Samples,
     client: Samples,
     duration: Samples,
 }
 
+/// `single_runs` runs one after another, each after a bare start; `None` when the server does not know `warm`.
 async fn sequence(
     settings: &Settings,
     running: &mut Running,

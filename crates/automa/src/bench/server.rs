@@ -216,6 +216,7 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
 /// The first user of a fresh server, signed in, and what the suite asks of the API.
 pub struct Session {
     pub api: Api,
+    base: String,
     pub token: String,
     runs: Option<EventStream>,
 }
@@ -228,7 +229,7 @@ impl Session {
         let _: Value = anonymous.post("/users", &json!({"email": email, "password": password})).await?.value;
         let token: Value = anonymous.post_form("/token", &[("username", email), ("password", password)]).await?.value;
         let token = token["access_token"].as_str().context("no access token")?.to_owned();
-        Ok(Session { api: Api::new(&server.base, Some(&token), false)?, token, runs: None })
+        Ok(Session { api: Api::new(&server.base, Some(&token), false)?, base: server.base.clone(), token, runs: None })
     }
 
     pub async fn add_script(&self, name: &str, filename: &str, content: &str) -> anyhow::Result<i64> {
@@ -259,9 +260,12 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the event stream: its keep-alives would wake an idle server.
-    pub fn stop_following(&mut self) {
+    /// Closes the event stream and the client's keep-alive connections: the stream's keep-alives, and the
+    /// server's closing of idle connections, would wake an idle server.
+    pub fn disconnect(&mut self) -> anyhow::Result<()> {
         self.runs = None;
+        self.api = Api::new(&self.base, Some(&self.token), false)?;
+        Ok(())
     }
 
     /// The next of `pending` to end, removed from it, as the `run` event announcing it says; a run that did

@@ -116,29 +116,35 @@ async fn reads(session: &Session, deep: u64) -> anyhow::Result<Vec<(&'static str
     let tasks: Value = session.api.get("/tasks", &[("limit", "1".to_owned())]).await?.value;
     let task_id = tasks["items"][0]["id"].as_i64().unwrap_or(1);
     let limit = || ("limit", "50".to_owned());
-    let mut reads: Vec<(&'static str, String, Vec<(&str, String)>)> = vec![
-        ("GET /runs?limit=50", "/runs".into(), vec![limit()]),
-        ("GET /runs?status=failed", "/runs".into(), vec![limit(), ("status", "failed".into())]),
-        (
+    let read = |name, path: &str, query| Read { name, path: path.to_owned(), query };
+    let mut reads = vec![
+        read("GET /runs?limit=50", "/runs", vec![limit()]),
+        read("GET /runs?status=failed", "/runs", vec![limit(), ("status", "failed".into())]),
+        read(
             "GET /runs?task_id&status",
-            "/runs".into(),
+            "/runs",
             vec![limit(), ("task_id", task_id.to_string()), ("status", "succeeded".into())],
         ),
-        ("GET /runs?offset=90%", "/runs".into(), vec![limit(), ("offset", deep.to_string())]),
-        ("GET /runs/{id}", format!("/runs/{run_id}"), vec![]),
-        ("GET /tasks", "/tasks".into(), vec![]),
+        read("GET /runs?offset=90%", "/runs", vec![limit(), ("offset", deep.to_string())]),
+        read("GET /runs/{id}", &format!("/runs/{run_id}"), vec![]),
+        read("GET /tasks", "/tasks", vec![]),
     ];
     match deep_cursor(session, deep).await? {
-        Some(cursor) => {
-            reads.push(("GET /runs?cursor=90%", "/runs".into(), [vec![limit()], cursor].concat()));
-        }
+        Some(cursor) => reads.push(read("GET /runs?cursor=90%", "/runs", [vec![limit()], cursor].concat())),
         None => println!("the run list has no `next_cursor`: the deep page by cursor is not measured"),
     }
     let mut timed = Vec::new();
-    for (name, path, query) in reads {
-        timed.push((name, time_read(session, &path, &query).await?));
+    for read in reads {
+        timed.push((read.name, time_read(session, &read.path, &read.query).await?));
     }
     Ok(timed)
+}
+
+/// One of the reads, named as the table shows it.
+struct Read {
+    name: &'static str,
+    path: String,
+    query: Vec<(&'static str, String)>,
 }
 
 /// The query (`cursor`) of the page `deep` runs into the list, walked to page by page: none when the list ends

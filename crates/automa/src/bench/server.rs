@@ -303,7 +303,8 @@ impl Session {
     }
 
     async fn any_finished(&self, pending: &mut HashSet<i64>) -> anyhow::Result<Option<RunResponse>> {
-        for id in pending.iter().copied() {
+        let ids: Vec<i64> = pending.iter().copied().collect();
+        for id in ids {
             let run: RunResponse = self.api.get(&format!("/runs/{id}"), &[]).await?.value;
             if run.status.is_terminal() {
                 pending.remove(&id);

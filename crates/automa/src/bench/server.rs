@@ -169,17 +169,17 @@ impl Server {
         status_field(&status, "VmRSS:").context("no VmRSS")
     }
 
-    /// Context switches of all the server's threads so far, voluntary and not: each is the thread going to
-    /// sleep or being preempted, so their growth while idle counts the wake-ups. Threads that ended in between
-    /// drop out of the sum.
-    pub fn context_switches(&self) -> anyhow::Result<u64> {
-        let mut total = 0;
+    /// Context switches of all the server's threads so far, (voluntary, involuntary). A thread that wakes up
+    /// and goes back to sleep switches once voluntarily; an involuntary switch is a running thread preempted,
+    /// which a busy machine adds without any more wake-ups. Threads that ended in between drop out of the sums.
+    pub fn context_switches(&self) -> anyhow::Result<(u64, u64)> {
+        let (mut voluntary, mut involuntary) = (0, 0);
         for task in std::fs::read_dir(format!("/proc/{}/task", self.pid))? {
             let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
-            total += status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0);
-            total += status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+            voluntary += status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+            involuntary += status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
         }
-        Ok(total)
+        Ok((voluntary, involuntary))
     }
 
     /// CPU time (user + system) the server has used, in seconds.

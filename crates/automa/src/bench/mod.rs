@@ -17,7 +17,7 @@ mod startup;
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 pub use environments::bench as environments;
 
@@ -40,7 +40,7 @@ pub enum BenchCommand {
 }
 
 /// The suite's phases, in the order they run.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Phase {
     Throughput,
     Single,
@@ -146,28 +146,20 @@ pub async fn suite(flags: SuiteFlags) -> anyhow::Result<()> {
         settings.python.display(),
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    let wanted = |phase| flags.only.is_empty() || flags.only.contains(&phase);
     let mut report = report::Report::default();
-    if wanted(Phase::Throughput) {
-        runs::throughput(&settings, &mut report).await?;
-    }
-    if wanted(Phase::Single) {
-        runs::single(&settings, &mut report).await?;
-    }
-    if wanted(Phase::Get) {
-        load::authenticated_get(&settings, &mut report).await?;
-    }
-    if wanted(Phase::Schedule) {
-        schedule::lateness(&settings, &mut report).await?;
-    }
-    if wanted(Phase::Idle) {
-        idle::idle(&settings, &mut report).await?;
-    }
-    if wanted(Phase::Startup) {
-        startup::startup(&settings, &mut report).await?;
-    }
-    if wanted(Phase::History) {
-        history::history(&settings, &mut report).await?;
+    for &phase in Phase::value_variants() {
+        if !flags.only.is_empty() && !flags.only.contains(&phase) {
+            continue;
+        }
+        match phase {
+            Phase::Throughput => runs::throughput(&settings, &mut report).await?,
+            Phase::Single => runs::single(&settings, &mut report).await?,
+            Phase::Get => load::authenticated_get(&settings, &mut report).await?,
+            Phase::Schedule => schedule::lateness(&settings, &mut report).await?,
+            Phase::Idle => idle::idle(&settings, &mut report).await?,
+            Phase::Startup => startup::startup(&settings, &mut report).await?,
+            Phase::History => history::history(&settings, &mut report).await?,
+        }
     }
     println!("\n## summary\n\n{}", report.summary());
     Ok(())

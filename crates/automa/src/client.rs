@@ -188,33 +188,57 @@ impl Api {
 
     /// Streams the run's output until it ends and returns the run as it ended.
     pub async fn follow(&self, run_id: i64) -> anyhow::Result<RunResponse> {
-        let mut response = self.send(self.request(Method::GET, &format!("/runs/{run_id}/logs/stream"))).await?;
-        let mut buffer = String::new();
-        let mut event = Sse::default();
-        while let Some(bytes) = response.chunk().await? {
-            buffer.push_str(&String::from_utf8_lossy(&bytes));
-            while let Some(newline) = buffer.find('\n') {
-                let line: String = buffer.drain(..=newline).collect();
-                let line = line.trim_end_matches(['\n', '\r']);
-                if !line.is_empty() {
-                    event.field(line);
-                    continue;
-                }
-                match std::mem::take(&mut event) {
-                    Sse { name, data } if name == "end" => return Ok(serde_json::from_str(&data)?),
-                    Sse { name, data } if name == "log" => print_chunk(&serde_json::from_str(&data)?)?,
-                    _ => {}
-                }
+        let mut events = self.events(&format!("/runs/{run_id}/logs/stream")).await?;
+        while let Some(event) = events.next().await? {
+            match event.name.as_str() {
+                "end" => return Ok(serde_json::from_str(&event.data)?),
+                "log" => print_chunk(&serde_json::from_str(&event.data)?)?,
+                _ => {}
             }
         }
         bail!("the server closed the stream before run {run_id} ended")
     }
+
+    /// Opens a server-sent event stream, such as `/events` or `/runs/{id}/logs/stream`.
+    pub async fn events(&self, path: &str) -> anyhow::Result<EventStream> {
+        let response = self.send(self.request(Method::GET, path)).await?;
+        Ok(EventStream { response, buffer: String::new() })
+    }
 }
 
+/// A server-sent event stream, read one event at a time.
+pub struct EventStream {
+    response: Response,
+    buffer: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream. Keep-alive comments are skipped.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Sse>> {
+        let mut event = Sse::default();
+        loop {
+            while let Some(newline) = self.buffer.find('\n') {
+                let line: String = self.buffer.drain(..=newline).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if !line.is_empty() {
+                    event.field(line);
+                } else if !event.name.is_empty() || !event.data.is_empty() {
+                    return Ok(Some(event));
+                }
+            }
+            match self.response.chunk().await? {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// One server-sent event: its `event:` name and its `data:` lines joined.
 #[derive(Default)]
-struct Sse {
-    name: String,
-    data: String,
+pub struct Sse {
+    pub name: String,
+    pub data: String,
 }
 
 impl Sse {

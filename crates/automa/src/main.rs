@@ -3,8 +3,6 @@
 
 mod backup;
 mod bench;
-mod bench_environments;
-mod bench_schedule;
 mod client;
 mod logging;
 mod remote;
@@ -71,26 +69,10 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Execute runs for a server: a remote agent, connecting out to the server only.
     Agent(AgentFlags),
-    /// Measure: `runs` (default), the overhead of running scripts through the API against starting Python
-    /// directly; `schedule`, the scheduler's lateness with 1,000 tasks due in the same second; `environments`,
-    /// what a cached environment adds to a run, and its first build.
-    Bench {
-        #[arg(value_enum, default_value = "runs")]
-        what: BenchKind,
-        /// The interpreter to measure (default: the real executable behind python3).
-        #[arg(long, env = "AUTOMA_PYTHON")]
-        python: Option<PathBuf>,
-        /// The uv that builds environments, for `environments` (default: `uv` on PATH).
-        #[arg(long, env = "AUTOMA_UV")]
-        uv: Option<PathBuf>,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BenchKind {
-    Runs,
-    Schedule,
-    Environments,
+    /// Measure from outside: `suite`, issue 12's performance suite against `automa serve` as a child process;
+    /// `environments`, what a cached environment adds to a run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The agent's token (atma_..., shown once when the agent was created) comes from the AUTOMA_TOKEN
@@ -333,9 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format);
             backup::restore(&config, &path).await
         }
-        Command::Bench { what: BenchKind::Runs, python, .. } => bench::bench(python).await,
-        Command::Bench { what: BenchKind::Environments, python, uv } => bench_environments::bench(python, uv).await,
-        Command::Bench { what: BenchKind::Schedule, .. } => bench_schedule::bench().await,
+        Command::Bench(bench::BenchCommand::Suite(flags)) => bench::suite(flags).await,
+        Command::Bench(bench::BenchCommand::Environments { python, uv }) => bench::environments(python, uv).await,
         Command::Audit(AuditCommand::Verify { checkpoint, remote: true, client, .. }) => {
             let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose();
             match checkpoint {

@@ -1,0 +1,99 @@
+//! `automa bench suite` end to end with tiny settings, against the real binary and a real server child on
+//! SQLite and PostgreSQL, so the command cannot rot. Only its shape is asserted: the tables and their rows,
+//! never a timing (they depend on the machine and on whatever else runs).
+
+use std::process::Command;
+
+#[path = "../../../tests/support/pg_database.rs"]
+mod pg_database;
+
+const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
+
+/// The suite with the fewest runs, requests and seconds each phase accepts; its standard output.
+fn suite(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(AUTOMA)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["bench", "suite", "--runs", "2", "--single-runs", "2", "--connections", "2", "--load-seconds", "1"])
+        .args(["--schedule-tasks", "3", "--idle-seconds", "1", "--history-runs", "50", "--history-tasks", "3"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The summary's row for `measurement`, split into its cells (phase, measurement, value, ...).
+fn summary_row<'a>(stdout: &'a str, measurement: &str) -> Vec<&'a str> {
+    let summary = stdout.split("## summary").nth(1).expect("a summary");
+    let row = summary.lines().find(|line| line.contains(measurement)).unwrap_or_else(|| panic!("no {measurement}"));
+    row.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+#[test]
+fn every_phase_prints_its_table_and_the_summary_holds_every_row_with_a_verdict() {
+    let stdout = suite(&[]);
+    for phase in ["throughput", "single run", "authenticated GET", "scheduler", "idle", "start-up", "history"] {
+        assert!(stdout.contains(&format!("\n## {phase}")), "no {phase} phase:\n{stdout}");
+    }
+    for (phase, measurement) in [
+        ("throughput", "none: wall of 2 runs"),
+        ("throughput", "strict: wall of 2 runs"),
+        ("single run", "none: submit → finished p50"),
+        ("single run", "strict: duration_ms p50"),
+        ("authenticated GET", "GET /tasks/{id} (bearer) against GET /health: p99"),
+        ("scheduler", "3 tasks due in one second: lateness p99"),
+        ("idle", "wake-ups over 1 s idle"),
+        ("start-up", "spawn → ready, empty SQLite"),
+        ("history", "SQLite: GET /runs?status=failed p99"),
+        ("history", "SQLite: wall of 2 runs (none)"),
+    ] {
+        let row = summary_row(&stdout, measurement);
+        assert_eq!(row[0], phase, "{row:?}");
+        assert!(row[2].split_whitespace().next().unwrap().parse::<f64>().is_ok(), "no value: {row:?}");
+        assert!(["met", "NOT met"].contains(&row[6]), "no verdict: {row:?}");
+    }
+    // Each baseline is measured in the same run: the floor beside the throughput, /health beside /tasks/{id}.
+    assert!(!summary_row(&stdout, "none: wall of 2 runs")[3].is_empty());
+    assert!(!summary_row(&stdout, "GET /tasks/{id} (bearer) against GET /health: req/s")[3].is_empty());
+    assert!(!stdout.contains("PostgreSQL"), "no --database, yet PostgreSQL was measured:\n{stdout}");
+}
+
+#[tokio::test]
+async fn the_history_phase_measures_postgresql_on_a_database_of_its_own_that_it_drops() {
+    let Some(server_url) = pg_database::postgres_url() else { return };
+    let before = bench_databases(&server_url).await;
+    let stdout = suite(&["--only", "history", "--database", &server_url]);
+    let row = summary_row(&stdout, "PostgreSQL: GET /runs?task_id&status p99");
+    assert_eq!(row[0], "history", "{row:?}");
+    assert!(!row[3].is_empty(), "no empty-database baseline: {row:?}");
+    assert!(summary_row(&stdout, "PostgreSQL: spawn → ready")[2].ends_with("ms"));
+    assert!(!stdout.contains("throughput"), "--only history ran more:\n{stdout}");
+    assert_eq!(bench_databases(&server_url).await, before, "a throwaway database was left behind");
+}
+
+/// The names of the suite's databases on the server (none once a suite has ended).
+async fn bench_databases(server_url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(server_url).await.unwrap();
+    let names: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'automa_bench_%'")
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    names.into_iter().map(|(name,)| name).collect()
+}
+
+#[test]
+fn a_malformed_database_url_is_refused_before_anything_is_measured() {
+    let out = Command::new(AUTOMA)
+        .env_clear()
+        .args(["bench", "suite", "--only", "history", "--database", "postgres://nowhere"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--database must be a URL ending with /DATABASE"), "{stderr}");
+}

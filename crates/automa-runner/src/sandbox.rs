@@ -73,7 +73,7 @@ struct Job {
 
 /// Why the sandbox killed a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kill {
+pub(crate) enum Kill {
     Timeout,
     Cancel,
     Output,
@@ -370,6 +370,9 @@ impl Sandbox {
         output: &mpsc::Sender<OutputChunk>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        if self.profile == Profile::None {
+            return crate::plain::supervise(&request, limits, output, cancel).await;
+        }
         let spawned_ns = protocol::monotonic_ns();
         let (mut child, channel) = spawn_helper(&self.helper)?;
         let (mut from_helper, mut to_helper) = channel.into_split();
@@ -410,12 +413,7 @@ impl Sandbox {
             grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
         }
         let status = child.wait().await?;
-        for drain in [stdout, stderr].into_iter().flatten() {
-            let abort = drain.abort_handle();
-            if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
-                abort.abort();
-            }
-        }
+        join_drains([stdout, stderr]).await;
         if let Some(kill) = killed {
             output::send(output, Stream::System, kill_note(kill, limits).as_bytes()).await;
         }
@@ -435,20 +433,30 @@ impl Sandbox {
     }
 }
 
+/// Waits for both output drains to reach the end of their pipes, for at most [`DRAIN_GRACE`] each.
+pub(crate) async fn join_drains(drains: [Option<tokio::task::JoinHandle<()>>; 2]) {
+    for drain in drains.into_iter().flatten() {
+        let abort = drain.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
 /// The helper's report, with the setup time measured from this side.
-struct HelperReport {
-    report: RunReport,
-    setup: Option<Duration>,
+pub(crate) struct HelperReport {
+    pub(crate) report: RunReport,
+    pub(crate) setup: Option<Duration>,
 }
 
 /// Resolves when the watched value becomes true; never, if the sender is gone without cancelling.
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     if cancel.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
+pub(crate) fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
     match kill {
         Kill::Timeout => format!("the run was killed: it exceeded its timeout of {:?}\n", limits.timeout),
         Kill::Cancel => "the run was cancelled\n".to_owned(),

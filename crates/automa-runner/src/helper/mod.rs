@@ -18,6 +18,8 @@ mod network;
 mod probe;
 mod seccomp;
 
+pub(crate) use confine::write_read_only;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -215,7 +217,7 @@ fn kill_run(init: Pid, text: &str, pid_ns: bool) {
     }
 }
 
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {

@@ -16,6 +16,7 @@ mod output;
 mod plain;
 mod protocol;
 mod sandbox;
+mod slot_helper;
 
 use std::path::PathBuf;
 use std::str::FromStr;

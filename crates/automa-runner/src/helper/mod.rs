@@ -17,6 +17,7 @@ mod mounts;
 mod network;
 mod probe;
 mod seccomp;
+mod server;
 
 pub(crate) use confine::write_read_only;
 
@@ -34,20 +35,56 @@ use crate::protocol::{Request, RunOutcome, RunReport, RunRequest, read_message, 
 
 /// Entry point of the helper process: `automa __sandbox-helper` and `automa-sandbox-helper` call it.
 pub fn main() -> ! {
+    answer(Origin::Started)
+}
+
+/// How this process came to answer the request on its fd 0.
+enum Origin<'a> {
+    /// Started by the sandbox: it may become the slot's long-lived helper.
+    Started,
+    /// Forked by the slot's helper for one run, with the slot's empty network namespace when it holds one.
+    Forked { empty_network: Option<&'a OwnedFd> },
+}
+
+/// Reads one request from fd 0 and answers it on the same socket.
+fn answer(origin: Origin<'_>) -> ! {
     // SAFETY: fd 0 is the socket the sandbox passed as stdin; nothing else in this process owns it.
     let mut channel = unsafe { File::from_raw_fd(0) };
     let request: Request = match read_message(&mut channel) {
         Ok(r) => r,
         Err(_) => std::process::exit(2),
     };
+    let empty_network = match origin {
+        Origin::Started => None,
+        Origin::Forked { empty_network } => empty_network,
+    };
     let written = match request {
         Request::Probe(probe) => write_message(&mut channel, &probe::run(&probe)),
+        Request::Serve if matches!(origin, Origin::Started) => server::serve(channel),
+        Request::Serve => std::process::exit(2),
         Request::Run(run) => {
-            let report = supervise(&run, &channel);
+            let report = supervise(&run, &channel, empty_network);
             write_message(&mut channel, &report)
         }
     };
     std::process::exit(if written.is_ok() { 0 } else { 3 })
+}
+
+/// The slot's empty network namespace, made once by a root helper and entered by its runs without network
+/// ([`server`]). `None` where the helper may not make one, or its runs could not enter it.
+fn empty_network() -> Option<OwnedFd> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let host = File::open("/proc/self/ns/net").ok()?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).ok()?;
+    let empty = File::open("/proc/self/ns/net");
+    if nix::sched::setns(&host, CloneFlags::CLONE_NEWNET).is_err() {
+        // Stuck in the empty namespace: every networked run's slirp4netns would start from here. Refuse
+        // service instead; the sandbox reports the helper gone.
+        std::process::exit(4);
+    }
+    empty.ok().map(OwnedFd::from)
 }
 
 /// Lines the init sends the supervisor through the status pipe.
@@ -58,7 +95,7 @@ pub(crate) mod status {
     pub const ERROR: &str = "error ";
 }
 
-fn supervise(request: &RunRequest, channel: &File) -> RunReport {
+fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedFd>) -> RunReport {
     let failed = |message: String| RunReport {
         outcome: RunOutcome::Failed(message),
         max_rss_kb: None,
@@ -70,7 +107,7 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
         Some(Ok(launcher)) => Some(launcher),
         Some(Err(e)) => return failed(e),
     };
-    if let Err(e) = enter_namespaces(request) {
+    if let Err(e) = enter_namespaces(request, empty_network) {
         return failed(e);
     }
     // Held to the end of the run: dropping it stops slirp4netns, after the init and its usage are collected.
@@ -112,10 +149,15 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
 }
 
 /// Unshares every namespace but the mount namespace, which the init unshares for itself so that its
-/// `pivot_root` does not move the supervisor too.
-fn enter_namespaces(request: &RunRequest) -> Result<(), String> {
-    let layers = &request.layers;
+/// `pivot_root` does not move the supervisor too. A run without network enters the slot's empty network
+/// namespace instead of making one, when there is one and no user namespace of the run's stands between.
+fn enter_namespaces(request: &RunRequest, empty_network: Option<&OwnedFd>) -> Result<(), String> {
+    let mut layers = request.layers;
     let mut flags = CloneFlags::empty();
+    if let Some(empty) = empty_network.filter(|_| layers.net_ns && !layers.user_ns && request.user_net.is_none()) {
+        nix::sched::setns(empty, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns(NEWNET): {e}"))?;
+        layers.net_ns = false;
+    }
     for (on, flag) in [
         (layers.user_ns, CloneFlags::CLONE_NEWUSER),
         (layers.pid_ns, CloneFlags::CLONE_NEWPID),

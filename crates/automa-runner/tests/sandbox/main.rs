@@ -8,5 +8,6 @@ mod network;
 #[path = "../../../../tests/support/packages.rs"]
 mod packages;
 mod positive;
+mod slots;
 mod support;
 mod unprivileged;

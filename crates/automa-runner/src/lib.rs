@@ -3,9 +3,11 @@
 //! of those environments under the same isolation. It knows nothing of HTTP or the database.
 //!
 //! The process that calls [`Sandbox::run`] is multithreaded, so it never does setup between `fork` and `exec`
-//! (SANDBOX.md, trap 1): every run starts a small single-threaded helper ([`helper::main`]) with a cleared
-//! environment, hands it the run's configuration over a socket, and the helper builds the namespaces, mounts,
-//! cgroup membership and privilege drop before it execs the interpreter.
+//! (SANDBOX.md, trap 1): each slot starts a small single-threaded helper ([`helper::main`]) with a cleared
+//! environment once and keeps it; for every run the helper forks a supervisor, the sandbox hands it the run's
+//! configuration over a socket, and it builds the namespaces, mounts, cgroup membership and privilege drop
+//! before it execs the interpreter. Profile `none`, which promises none of that, spawns the interpreter
+//! directly with only raw system calls between fork and exec.
 
 mod capabilities;
 mod cgroup;

@@ -2,12 +2,13 @@
 //! asked to fork a supervisor for every run after, and started again when it is found dead.
 
 use std::io::{IoSlice, IoSliceMut, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::protocol::{self, Request};
@@ -15,6 +16,9 @@ use crate::{HelperCommand, RunnerError};
 
 /// How long the slot's helper may take to fork a supervisor; it is a fork and a pidfd.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a slot's helper may take to leave once the sandbox is dropped.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// One long-lived helper per slot, each started on first use.
 #[derive(Debug)]
@@ -109,8 +113,14 @@ impl SlotHelper {
 
 impl Drop for SlotHelper {
     fn drop(&mut self) {
-        // Closing the control socket alone ends a live helper; the kill covers one that is stuck.
+        // Closing the control socket ends a live helper once it has reaped its supervisors; the kill is for one
+        // that is stuck or already gone.
         let _ = self.control.shutdown(std::net::Shutdown::Both);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.id()).unwrap_or(i32::MAX));
+        if let Ok(pidfd) = crate::helper::pidfd_open(pid) {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(EXIT_GRACE).unwrap_or(PollTimeout::MAX));
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
     }

@@ -2,8 +2,10 @@
 //!
 //! The process tree of a run is:
 //!
-//! - the supervisor: started by the sandbox with a cleared environment, stdin a socket carrying the request
-//!   and, at the end, the report. It creates the namespaces and forks the init; a byte or EOF on the socket
+//! - the slot's helper ([`server`]): started once per slot by the sandbox with a cleared environment; it forks
+//!   a supervisor for each run and does nothing else.
+//! - the supervisor: stdin a socket carrying the request and, at the end, the report; stdout and stderr the
+//!   run's output pipes. It creates the namespaces and forks the init; a byte or EOF on the socket
 //!   means "kill the run".
 //! - for a networked run, slirp4netns: forked by the supervisor before it unshares, so it stays in the host's
 //!   network namespace and links it to the run's ([`network`]).

@@ -13,7 +13,7 @@
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use nix::unistd::ForkResult;
 
@@ -22,21 +22,22 @@ const RUN_FDS: usize = 3;
 
 pub(super) fn serve(control: std::fs::File) -> ! {
     let control = control.as_raw_fd();
-    // Supervisors are reaped by the kernel: nothing here waits for them, their pidfds tell the sandbox.
-    // SAFETY: SIG_IGN installs no handler code.
-    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     let empty_network = super::empty_network();
     loop {
+        // Supervisors that ended since the last run are reaped here (their pidfds told the sandbox already),
+        // so that their CPU time adds up to this helper's children's, as a started helper's did.
+        reap(WaitPidFlag::WNOHANG);
         let fds = match receive(control) {
             Ok(Some(fds)) => fds,
-            Ok(None) => std::process::exit(0),
+            Ok(None) => {
+                reap(WaitPidFlag::empty());
+                std::process::exit(0)
+            }
             Err(_) => std::process::exit(4),
         };
         // SAFETY: the helper is single-threaded, so the child may allocate and run ordinary code.
         let answer = match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
-                // SAFETY: restoring the default disposition installs no handler code.
-                let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
                 let [channel, stdout, stderr] = fds;
                 let wired = dup_onto(&channel, 0).and_then(|()| dup_onto(&stdout, 1)).and_then(|()| dup_onto(&stderr, 2));
                 drop((channel, stdout, stderr));
@@ -51,6 +52,17 @@ pub(super) fn serve(control: std::fs::File) -> ! {
         drop(fds);
         if reply(control, answer.ok()).is_err() {
             std::process::exit(4);
+        }
+    }
+}
+
+/// Reaps ended supervisors: those already ended with `WNOHANG`, else all of them.
+fn reap(flags: WaitPidFlag) {
+    loop {
+        match waitpid(None, Some(flags)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }

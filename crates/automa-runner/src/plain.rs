@@ -21,7 +21,6 @@ use crate::protocol::{RunOutcome, RunReport, RunRequest};
 use crate::sandbox::{HelperReport, Kill, cancelled, join_drains, kill_note};
 use crate::{OutputChunk, RunnerError, Stream};
 
-
 /// A spawned interpreter, not yet reaped. Dropped before its end (the run's future abandoned), it kills the
 /// run's process group and is reaped in the background.
 pub(crate) struct Plain {
@@ -99,8 +98,14 @@ impl Plain {
         });
         // From here on the child is reaped by `Plain`, dropped or not; std's handle never waits.
         drop(child);
-        let mut plain =
-            Plain { pid, exited: exited.map_err(|e| kill_unwatched(pid, e))?, reaped: false, stdout: None, stderr: None, setup: started.elapsed() };
+        let mut plain = Plain {
+            pid,
+            exited: exited.map_err(|e| kill_unwatched(pid, e))?,
+            reaped: false,
+            stdout: None,
+            stderr: None,
+            setup: started.elapsed(),
+        };
         plain.stdout = stdout?;
         plain.stderr = stderr?;
         Ok(plain)

@@ -17,11 +17,11 @@ use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 use crate::capabilities::{self, Capabilities, Networking};
 use crate::cgroup::{CgroupPool, Hierarchy};
 use crate::output::{self, Budget};
-use crate::slot_helper::SlotHelpers;
 use crate::protocol::{
     self, Bind, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, ScriptFile, UserNet,
     WORKDIR,
 };
+use crate::slot_helper::SlotHelpers;
 use crate::{
     BuildSpec, HelperCommand, Layer, Limits, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream,
 };

@@ -13,8 +13,8 @@
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::ForkResult;
 
 /// Descriptors that come with each run: channel, stdout, stderr.
@@ -39,7 +39,8 @@ pub(super) fn serve(control: std::fs::File) -> ! {
         let answer = match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
                 let [channel, stdout, stderr] = fds;
-                let wired = dup_onto(&channel, 0).and_then(|()| dup_onto(&stdout, 1)).and_then(|()| dup_onto(&stderr, 2));
+                let wired =
+                    dup_onto(&channel, 0).and_then(|()| dup_onto(&stdout, 1)).and_then(|()| dup_onto(&stderr, 2));
                 drop((channel, stdout, stderr));
                 if wired.is_err() {
                     std::process::exit(5);

@@ -123,11 +123,7 @@ async fn a_killed_slot_helper_is_replaced_and_the_next_run_succeeds() {
 #[tokio::test]
 async fn profile_none_kills_what_the_run_left_in_its_process_group() {
     let h = support::with(Profile::None, &[]);
-    let out = run(
-        &h,
-        spec("import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)"),
-    )
-    .await;
+    let out = run(&h, spec("import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)")).await;
     let pid: i32 = out.ok().trim().parse().expect("a pid");
     // Already gone, or on its way: its pidfd turns readable when it has exited. A survivor sleeps for ten
     // minutes, far past the poll's limit.

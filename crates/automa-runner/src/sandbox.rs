@@ -6,7 +6,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -538,18 +537,8 @@ fn frame(request: &Request) -> Result<Vec<u8>, RunnerError> {
 
 /// Asks the helper what the host lets it do; synchronous, like `Sandbox::new`.
 fn probe(helper: &HelperCommand, request: ProbeRequest) -> Result<ProbeReport, RunnerError> {
-    use std::io::{Read, Write};
-    let (mut ours, theirs) = UnixStream::pair()?;
-    let mut child = std::process::Command::new(&helper.program)
-        .args(&helper.args)
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|source| RunnerError::Spawn { program: helper.program.clone(), source })?;
-    ours.write_all(&frame(&Request::Probe(request))?)?;
+    use std::io::Read;
+    let (mut child, mut ours) = crate::slot_helper::start_helper(helper, &Request::Probe(request))?;
     let mut answer = Vec::new();
     ours.read_to_end(&mut answer)?;
     let status = child.wait()?;

@@ -66,20 +66,8 @@ impl SlotHelpers {
 
 impl SlotHelper {
     fn start(command: &HelperCommand) -> Result<SlotHelper, RunnerError> {
-        let (control, theirs) = UnixStream::pair()?;
-        let process = std::process::Command::new(&command.program)
-            .args(&command.args)
-            .env_clear()
-            .current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| RunnerError::Spawn { program: command.program.clone(), source })?;
-        let mut framed = Vec::new();
-        protocol::write_message(&mut framed, &Request::Serve)?;
-        let mut helper = SlotHelper { process, control };
-        helper.control.write_all(&framed)?;
+        let (process, control) = start_helper(command, &Request::Serve)?;
+        let helper = SlotHelper { process, control };
         helper.control.set_read_timeout(Some(LAUNCH_TIMEOUT))?;
         helper.control.set_write_timeout(Some(LAUNCH_TIMEOUT))?;
         Ok(helper)
@@ -109,6 +97,32 @@ impl SlotHelper {
             _ => Err(std::io::Error::other("the helper could not fork a supervisor")),
         }
     }
+}
+
+/// Starts the helper with a cleared environment and a socket as stdin, and sends it `request`. Nothing runs
+/// between fork and exec here: `Command` only wires the fds.
+pub(crate) fn start_helper(
+    command: &HelperCommand,
+    request: &Request,
+) -> Result<(std::process::Child, UnixStream), RunnerError> {
+    let (mut ours, theirs) = UnixStream::pair()?;
+    let mut process = std::process::Command::new(&command.program)
+        .args(&command.args)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| RunnerError::Spawn { program: command.program.clone(), source })?;
+    let mut framed = Vec::new();
+    protocol::write_message(&mut framed, request)?;
+    if let Err(e) = ours.write_all(&framed) {
+        let _ = process.kill();
+        let _ = process.wait();
+        return Err(e.into());
+    }
+    Ok((process, ours))
 }
 
 impl Drop for SlotHelper {

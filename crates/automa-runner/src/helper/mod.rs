@@ -10,7 +10,8 @@
 //! - for a networked run, slirp4netns: forked by the supervisor before it unshares, so it stays in the host's
 //!   network namespace and links it to the run's ([`network`]).
 //! - the init: pid 1 of the new pid namespace, with `PR_SET_PDEATHSIG(SIGKILL)` so the whole namespace dies
-//!   with the supervisor (trap 4). It joins the slot's cgroups, builds the root and reaps.
+//!   with the supervisor (trap 4). It builds the root while the supervisor moves it into the slot's cgroups,
+//!   and starts the workload once it is in them; then it reaps.
 //! - the workload: drops privileges, confines itself and execs the interpreter.
 
 mod confine;
@@ -24,7 +25,7 @@ mod server;
 pub(crate) use confine::write_read_only;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -118,9 +119,9 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
         Some(Ok(slirp)) => Some(slirp),
         Some(Err(e)) => return failed(e),
     };
-    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .and_then(|s| Ok((s, nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)));
-    let ((status_r, status_w), (lifeline_r, lifeline_w)) = match pipes {
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let pipes = pipe().and_then(|status| Ok((status, pipe()?, pipe()?)));
+    let ((status_r, status_w), (lifeline_r, lifeline_w), (joined_r, joined_w)) = match pipes {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
@@ -128,16 +129,29 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
     match unsafe { nix::unistd::fork() } {
         Err(e) => failed(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            drop((status_r, lifeline_w));
-            init::run(request, status_w, lifeline_r)
+            drop((status_r, lifeline_w, joined_w));
+            init::run(request, status_w, lifeline_r, joined_r)
         }
         Ok(ForkResult::Parent { child }) => {
-            drop((status_w, lifeline_r));
+            drop((status_w, lifeline_r, joined_r));
+            // The first move into a cgroup after a pause waits for an RCU grace period (milliseconds): made
+            // here, it overlaps the init's building of the root, and the init starts the workload only after
+            // this byte. Without it (EOF) the init gives up.
+            let join_error = join_cgroups(&request.cgroup_procs, child).err();
+            if join_error.is_none() {
+                let _ = File::from(joined_w).write_all(b"1");
+            } else {
+                drop(joined_w);
+            }
             let (text, killed, workload_started_ns) = watch(child, channel, status_r, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);
             let mut report = collect(&text, wait, killed);
+            // An init that failed first (and so could not be moved) says why itself.
+            if let (Some(error), false) = (join_error, matches!(report.outcome, RunOutcome::Failed(_))) {
+                report.outcome = RunOutcome::Failed(error);
+            }
             report.workload_started_ns = workload_started_ns;
             let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
             if let Ok(usage) = usage {
@@ -148,6 +162,14 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
             report
         }
     }
+}
+
+/// Moves the init into the slot's cgroups, by its pid in this (the parent) pid namespace.
+fn join_cgroups(cgroup_procs: &[std::path::PathBuf], init: Pid) -> Result<(), String> {
+    for procs in cgroup_procs {
+        std::fs::write(procs, init.to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    Ok(())
 }
 
 /// Unshares every namespace but the mount namespace, which the init unshares for itself so that its

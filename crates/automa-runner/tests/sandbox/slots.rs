@@ -1,12 +1,9 @@
 //! What a slot keeps from one run to the next: its long-lived helper and, for runs without network, its empty
 //! network namespace; and what it must not keep: anything a run made.
 
-use std::os::fd::AsFd;
-
 use automa_runner::{Layer, Profile, Sandbox};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::support::{self, Harness, run, script, spec};
+use crate::support::{self, Harness, script};
 
 /// A sandbox of one slot, so that consecutive runs share it.
 fn one_slot(disabled: &[Layer]) -> Harness {
@@ -118,22 +115,4 @@ async fn a_killed_slot_helper_is_replaced_and_the_next_run_succeeds() {
     let replaced = h.sandbox.slot_helper_pids();
     assert_eq!(replaced.len(), 1);
     assert_ne!(replaced, helpers, "the dead helper was replaced");
-}
-
-#[tokio::test]
-async fn profile_none_kills_what_the_run_left_in_its_process_group() {
-    let h = support::with(Profile::None, &[]);
-    let out = run(&h, spec("import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)")).await;
-    let pid: i32 = out.ok().trim().parse().expect("a pid");
-    // Already gone, or on its way: its pidfd turns readable when it has exited. A survivor sleeps for ten
-    // minutes, far past the poll's limit.
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this fd and nothing else owns it.
-        let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        let exited = nix::poll::poll(&mut fds, PollTimeout::from(30_000u16)).expect("poll");
-        assert_eq!(exited, 1, "the run's background process outlived it");
-    }
 }

@@ -1,8 +1,10 @@
 //! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
 //! directly) against `Profile::None`, `Profile::Strict` and `Profile::Strict` with network (slirp4netns and
 //! the egress policy), and prints wall times, ratios and the per-run overhead over bare, and the CPU time the
-//! runs' process trees used per run, which a busy machine distorts less than wall time. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
-//! and AUTOMA_BENCH_DISABLE (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
+//! runs' process trees used per run, which a busy machine distorts less than wall time.
+//! `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count, AUTOMA_BENCH_PYTHON
+//! the interpreter (default Debian's `/usr/bin/python3`, not a slow pyenv build), and AUTOMA_BENCH_DISABLE
+//! (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,25 +18,30 @@ const SCRIPT: &str = "print('hi')\n";
 fn main() {
     let runs: usize = std::env::var("AUTOMA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let interpreter = automa_runner::resolve_interpreter(None).expect("python3");
+    let python = std::env::var_os("AUTOMA_BENCH_PYTHON").unwrap_or_else(|| "/usr/bin/python3".into());
+    let interpreter = automa_runner::resolve_interpreter(Some(python.as_ref())).expect("python3");
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("hi.py");
     std::fs::write(&script, SCRIPT).expect("write hi.py");
     let helper = HelperCommand { program: env!("CARGO_BIN_EXE_automa-sandbox-helper").into(), args: Vec::new() };
 
     let cpu_before = children_cpu();
-    let bare = runtime.block_on(measure(runs, {
+    let bare_job = Arc::new({
         let interpreter = interpreter.clone();
         move || {
             let interpreter = interpreter.clone();
             let script = script.clone();
             async move {
+                let start = Instant::now();
                 let out = tokio::process::Command::new(&interpreter).arg(&script).env_clear().output().await;
                 assert_eq!(out.expect("bare run").stdout, b"hi\n");
+                start.elapsed()
             }
         }
-    }));
+    });
+    let bare = runtime.block_on(measure(runs, bare_job.clone()));
     let mut results = vec![("bare", bare, children_cpu() - cpu_before)];
+    let mut singles = vec![("bare", runtime.block_on(measure_single(runs, bare_job.clone())))];
     for (name, profile, network) in
         [("none", Profile::None, false), ("strict", Profile::Strict, false), ("network", Profile::Strict, true)]
     {
@@ -43,7 +50,7 @@ fn main() {
         config.disabled_layers = disabled_layers();
         let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
         let cpu_before = children_cpu();
-        let elapsed = runtime.block_on(measure(runs, move || {
+        let job = Arc::new(move || {
             let sandbox = sandbox.clone();
             async move {
                 let (tx, mut rx) = mpsc::channel(8);
@@ -61,15 +68,21 @@ fn main() {
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");
                 assert_eq!(rx.recv().await.map(|c| c.data), Some("hi\n".to_owned()));
+                report.duration
             }
-        }));
+        });
+        let elapsed = runtime.block_on(measure(runs, job.clone()));
+        singles.push((name, runtime.block_on(measure_single(runs, job.clone()))));
+        // The slot helpers' CPU time is theirs until they exit: with the sandbox.
+        drop(job);
         results.push((name, elapsed, children_cpu() - cpu_before));
     }
 
     let base = results[0].1;
     let per_run = |d: Duration| d.as_secs_f64() * 1000.0 * CONCURRENCY as f64 / runs as f64;
     println!("{runs} runs of hi.py at concurrency {CONCURRENCY} ({})", interpreter.display());
-    let cpu_per_run = |d: Duration| d.as_secs_f64() * 1000.0 / runs as f64;
+    // Every run counts, the single ones too.
+    let cpu_per_run = |d: Duration| d.as_secs_f64() * 1000.0 / (runs + single_runs(runs)) as f64;
     println!(
         "{:<8} {:>10} {:>8} {:>14} {:>18} {:>14}",
         "mode", "wall ms", "ratio", "ms per run", "overhead ms/run", "cpu ms/run"
@@ -85,6 +98,17 @@ fn main() {
             cpu_per_run(*cpu),
         );
     }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let bare_median = singles[0].1.1;
+    println!("{} single runs, one at a time: the run's own duration", single_runs(runs));
+    println!("{:<8} {:>10} {:>10} {:>18}", "mode", "min ms", "median ms", "median - bare ms");
+    for (name, (min, median)) in &singles {
+        println!("{:<8} {:>10.2} {:>10.2} {:>18.2}", name, ms(*min), ms(*median), ms(*median) - ms(bare_median));
+    }
+}
+
+fn single_runs(runs: usize) -> usize {
+    (runs / 4).max(10)
 }
 
 /// User and system time of every reaped descendant so far: the helpers, the interpreters and slirp4netns.
@@ -107,12 +131,11 @@ fn disabled_layers() -> Vec<automa_runner::Layer> {
 }
 
 /// Runs `job` `runs` times, `CONCURRENCY` at a time, and returns the wall time.
-async fn measure<F, Fut>(runs: usize, job: F) -> Duration
+async fn measure<F, Fut>(runs: usize, job: Arc<F>) -> Duration
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = Duration> + Send + 'static,
 {
-    let job = Arc::new(job);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..CONCURRENCY)
@@ -129,4 +152,19 @@ where
         worker.await.expect("worker");
     }
     start.elapsed()
+}
+
+/// Runs `job` [`single_runs`] times, one at a time, and returns the minimum and median of
+/// the durations it reports: a run's own duration on an otherwise idle sandbox.
+async fn measure_single<F, Fut>(runs: usize, job: Arc<F>) -> (Duration, Duration)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Duration> + Send + 'static,
+{
+    let mut durations = Vec::new();
+    for _ in 0..single_runs(runs) {
+        durations.push(job().await);
+    }
+    durations.sort();
+    (durations[0], durations[durations.len() / 2])
 }

@@ -2,10 +2,11 @@
 //! (this kind of host is a v1 hybrid where `memory.max` would limit nothing, SANDBOX.md trap 6).
 //!
 //! Cgroups are created once per slot when the sandbox starts, never per run: creating and removing one costs
-//! about 10 ms. Per run, only limits are written and counters reset.
+//! about 10 ms. Per run, only limits that changed since the slot's last run are written, and counters read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::CgroupVersion;
@@ -98,6 +99,8 @@ pub(crate) struct SlotCgroup {
     memory: Option<Controller>,
     pids: Option<Controller>,
     cpu: Option<Controller>,
+    /// The memory (MiB) and process limits last written: most runs of a slot have the same, and write none.
+    written: Mutex<Option<(u64, u32)>>,
 }
 
 /// Counters read before a run, to tell what happened during it.
@@ -223,31 +226,44 @@ impl SlotCgroup {
         [&self.memory, &self.pids, &self.cpu].into_iter().flatten().map(|c| &c.dir)
     }
 
-    /// Writes this run's limits and resets the counters the report reads.
+    /// Writes this run's limits, unless the slot has them already, and reads the counters the report compares.
     pub(crate) fn prepare(&self, limits: &crate::Limits) -> std::io::Result<Baseline> {
+        let wanted = (limits.memory_mb, limits.max_processes);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written != Some(wanted) {
+            // Unknown until every write succeeded.
+            *written = None;
+            self.write_limits(limits)?;
+            *written = Some(wanted);
+        }
         let mut baseline = Baseline::default();
+        if let Some(mem) = &self.memory {
+            baseline.oom_kills = match mem.version {
+                CgroupVersion::V1 => read_key(&mem.dir.join("memory.oom_control"), "oom_kill"),
+                CgroupVersion::V2 => read_key(&mem.dir.join("memory.events"), "oom_kill"),
+            };
+        }
+        if let Some(cpu) = &self.cpu {
+            baseline.cpu_usec = cpu_usec(cpu);
+        }
+        Ok(baseline)
+    }
+
+    fn write_limits(&self, limits: &crate::Limits) -> std::io::Result<()> {
         if let Some(mem) = &self.memory {
             let bytes = (limits.memory_mb * 1024 * 1024).to_string();
             match mem.version {
-                CgroupVersion::V1 => {
-                    set_v1_memory_limit(&mem.dir, &bytes)?;
-                    let _ = fs::write(mem.dir.join("memory.max_usage_in_bytes"), "0");
-                    baseline.oom_kills = read_key(&mem.dir.join("memory.oom_control"), "oom_kill");
-                }
+                CgroupVersion::V1 => set_v1_memory_limit(&mem.dir, &bytes)?,
                 CgroupVersion::V2 => {
                     fs::write(mem.dir.join("memory.max"), &bytes)?;
                     let _ = fs::write(mem.dir.join("memory.swap.max"), "0");
-                    baseline.oom_kills = read_key(&mem.dir.join("memory.events"), "oom_kill");
                 }
             }
         }
         if let Some(pids) = &self.pids {
             fs::write(pids.dir.join("pids.max"), limits.max_processes.to_string())?;
         }
-        if let Some(cpu) = &self.cpu {
-            baseline.cpu_usec = cpu_usec(cpu);
-        }
-        Ok(baseline)
+        Ok(())
     }
 
     /// What the run used, then kills anything still in the slot so the next run starts empty.

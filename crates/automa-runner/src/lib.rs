@@ -3,9 +3,11 @@
 //! of those environments under the same isolation. It knows nothing of HTTP or the database.
 //!
 //! The process that calls [`Sandbox::run`] is multithreaded, so it never does setup between `fork` and `exec`
-//! (SANDBOX.md, trap 1): every run starts a small single-threaded helper ([`helper::main`]) with a cleared
-//! environment, hands it the run's configuration over a socket, and the helper builds the namespaces, mounts,
-//! cgroup membership and privilege drop before it execs the interpreter.
+//! (SANDBOX.md, trap 1): each slot starts a small single-threaded helper ([`helper::main`]) with a cleared
+//! environment once and keeps it; for every run the helper forks a supervisor, the sandbox hands it the run's
+//! configuration over a socket, and it builds the namespaces, mounts, cgroup membership and privilege drop
+//! before it execs the interpreter. Profile `none`, which promises none of that, spawns the interpreter
+//! directly with only raw system calls between fork and exec.
 
 mod capabilities;
 mod cgroup;
@@ -13,8 +15,10 @@ pub mod helper;
 mod interpreter;
 mod network;
 mod output;
+mod plain;
 mod protocol;
 mod sandbox;
+mod slot_helper;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -185,6 +189,26 @@ pub struct Limits {
     /// Size of the work directory and, separately, of `/tmp`.
     pub disk_mb: u64,
     pub open_files: u64,
+}
+
+impl Limits {
+    /// The rlimits a run's program starts with: resource, soft and hard limit. Computed before any fork, so
+    /// that profile `none` sets them without allocating between fork and exec.
+    pub(crate) fn rlimits(&self) -> [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6] {
+        const MIB: u64 = 1024 * 1024;
+        let memory = self.memory_mb.saturating_mul(MIB);
+        let disk = self.disk_mb.saturating_mul(MIB);
+        let processes = u64::from(self.max_processes);
+        [
+            (libc::RLIMIT_AS, memory, memory),
+            // The soft limit sends SIGXCPU, the hard one a second later SIGKILL for a script that ignores it.
+            (libc::RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds.saturating_add(1)),
+            (libc::RLIMIT_NPROC, processes, processes),
+            (libc::RLIMIT_NOFILE, self.open_files, self.open_files),
+            (libc::RLIMIT_FSIZE, disk, disk),
+            (libc::RLIMIT_CORE, 0, 0),
+        ]
+    }
 }
 
 impl Default for Limits {

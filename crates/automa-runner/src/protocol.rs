@@ -17,6 +17,8 @@ const MAX_REQUEST: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     Probe(ProbeRequest),
+    /// Become the slot's long-lived helper, forking a supervisor per run (`helper::server`).
+    Serve,
     Run(Box<RunRequest>),
 }
 

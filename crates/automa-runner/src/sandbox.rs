@@ -2,11 +2,10 @@
 //! (each with its own uid and cgroups), and runs scripts through the helper while draining their output and
 //! enforcing the wall-clock, cancel and output limits.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use crate::protocol::{
     self, Bind, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, ScriptFile, UserNet,
     WORKDIR,
 };
+use crate::slot_helper::SlotHelpers;
 use crate::{
     BuildSpec, HelperCommand, Layer, Limits, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream,
 };
@@ -40,7 +40,7 @@ pub struct Sandbox {
     uid_base: u32,
     helper_ids: (u32, u32),
     interpreter: PathBuf,
-    helper: HelperCommand,
+    slot_helpers: SlotHelpers,
     work_root: PathBuf,
     system_paths: Vec<PathBuf>,
     cgroups: Option<CgroupPool>,
@@ -73,7 +73,7 @@ struct Job {
 
 /// Why the sandbox killed a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kill {
+pub(crate) enum Kill {
     Timeout,
     Cancel,
     Output,
@@ -133,7 +133,7 @@ impl Sandbox {
             uid_base: config.uid_base,
             helper_ids: (probe.euid, probe.egid),
             interpreter: config.interpreter,
-            helper: config.helper,
+            slot_helpers: SlotHelpers::new(config.helper, config.slots),
             work_root: config.work_root,
             system_paths,
             cgroups: pool,
@@ -281,7 +281,7 @@ impl Sandbox {
             change_owner(lent.clone(), ids).await?;
         }
         let request = self.request(slot, job, user, &host_workdir);
-        let outcome = self.supervise(request, &job.limits, output, cancel).await;
+        let outcome = self.supervise(slot, request, &job.limits, output, cancel).await;
         let usage = match (cgroup, &baseline) {
             (Some(c), Some(b)) => Some(c.finish(b).await),
             _ => None,
@@ -361,26 +361,28 @@ impl Sandbox {
         }
     }
 
-    /// Starts the helper, feeds it the request and drains output until it reports, killing the run when a
-    /// limit or the caller says so.
+    /// Has the slot's helper fork a supervisor, feeds it the request and drains output until it reports,
+    /// killing the run when a limit or the caller says so.
     async fn supervise(
         &self,
+        slot: usize,
         request: RunRequest,
         limits: &crate::Limits,
         output: &mpsc::Sender<OutputChunk>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        if self.profile == Profile::None {
+            return crate::plain::supervise(&request, limits, output, cancel).await;
+        }
         let spawned_ns = protocol::monotonic_ns();
-        let (mut child, channel) = spawn_helper(&self.helper)?;
+        let (mut supervisor, channel, stdout, stderr) = self.start_supervisor(slot)?;
         let (mut from_helper, mut to_helper) = channel.into_split();
         let framed = frame(&Request::Run(Box::new(request)))?;
         to_helper.write_all(&framed).await?;
 
         let budget = Budget::new(limits.max_output_bytes);
-        let stdout =
-            child.stdout.take().map(|p| tokio::spawn(output::drain(p, Stream::Stdout, budget.clone(), output.clone())));
-        let stderr =
-            child.stderr.take().map(|p| tokio::spawn(output::drain(p, Stream::Stderr, budget.clone(), output.clone())));
+        let stdout = Some(tokio::spawn(output::drain(stdout, Stream::Stdout, budget.clone(), output.clone())));
+        let stderr = Some(tokio::spawn(output::drain(stderr, Stream::Stderr, budget.clone(), output.clone())));
 
         let mut answer = Vec::new();
         let reading = from_helper.read_to_end(&mut answer);
@@ -398,9 +400,9 @@ impl Sandbox {
                 () = cancelled(&mut cancel), if killed.is_none() => Kill::Cancel,
                 () = budget.over_cap.notified(), if killed.is_none() => Kill::Output,
                 () = &mut grace, if !force_killed => {
-                    // The helper did not finish after being asked to: its death takes the init and with it
-                    // the whole namespace (parent-death signal).
-                    let _ = child.start_kill();
+                    // The supervisor did not finish after being asked to: its death takes the init and with
+                    // it the whole namespace (parent-death signal).
+                    supervisor.kill();
                     force_killed = true;
                     continue;
                 }
@@ -409,13 +411,9 @@ impl Sandbox {
             let _ = to_helper.write_all(b"k").await;
             grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
         }
-        let status = child.wait().await?;
-        for drain in [stdout, stderr].into_iter().flatten() {
-            let abort = drain.abort_handle();
-            if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
-                abort.abort();
-            }
-        }
+        // The supervisor closed the channel: its report is in, and it is on its way out.
+        supervisor.ended();
+        join_drains([stdout, stderr]).await;
         if let Some(kill) = killed {
             output::send(output, Stream::System, kill_note(kill, limits).as_bytes()).await;
         }
@@ -428,27 +426,87 @@ impl Sandbox {
             }
         } else {
             protocol::decode::<RunReport>(&answer)
-                .map_err(|e| RunnerError::Helper(format!("no report from the helper ({status}): {e}")))?
+                .map_err(|e| RunnerError::Helper(format!("no report from the helper: {e}")))?
         };
         let setup = report.workload_started_ns.map(|started| Duration::from_nanos(started.saturating_sub(spawned_ns)));
         Ok((HelperReport { report, setup }, killed, budget))
     }
+
+    /// Has the slot's helper fork a supervisor wired to a new channel and new output pipes. Nothing runs
+    /// between fork and exec here: the fork happens in the single-threaded helper.
+    fn start_supervisor(&self, slot: usize) -> Result<(Supervisor, tokio::net::UnixStream, Pipe, Pipe), RunnerError> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+        let (stdout, stdout_w) = pipe()?;
+        let (stderr, stderr_w) = pipe()?;
+        let pidfd = self.slot_helpers.launch(slot, [theirs.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()])?;
+        // Only the supervisor may hold the far ends now: EOF then means "supervisor gone".
+        drop((theirs, stdout_w, stderr_w));
+        ours.set_nonblocking(true)?;
+        let channel = tokio::net::UnixStream::from_std(ours)?;
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
+        Ok((Supervisor { pidfd, ended: false }, channel, pipe(stdout)?, pipe(stderr)?))
+    }
+
+    /// The process ids of the slots' long-lived helpers started so far; for tests that kill one.
+    #[doc(hidden)]
+    pub fn slot_helper_pids(&self) -> Vec<u32> {
+        self.slot_helpers.pids()
+    }
+}
+
+type Pipe = tokio::net::unix::pipe::Receiver;
+
+/// A run's supervisor, forked by the slot's helper. Dropped before it ended (the run's future abandoned),
+/// it is killed, and its init and namespace with it.
+struct Supervisor {
+    pidfd: OwnedFd,
+    ended: bool,
+}
+
+impl Supervisor {
+    fn kill(&self) {
+        // SAFETY: pidfd_send_signal takes the pidfd, a signal number and no siginfo.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, 0usize, 0u32) };
+    }
+
+    fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.kill();
+        }
+    }
+}
+
+/// Waits for both output drains to reach the end of their pipes, for at most [`DRAIN_GRACE`] each.
+pub(crate) async fn join_drains(drains: [Option<tokio::task::JoinHandle<()>>; 2]) {
+    for drain in drains.into_iter().flatten() {
+        let abort = drain.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
+            abort.abort();
+        }
+    }
 }
 
 /// The helper's report, with the setup time measured from this side.
-struct HelperReport {
-    report: RunReport,
-    setup: Option<Duration>,
+pub(crate) struct HelperReport {
+    pub(crate) report: RunReport,
+    pub(crate) setup: Option<Duration>,
 }
 
 /// Resolves when the watched value becomes true; never, if the sender is gone without cancelling.
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     if cancel.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
+pub(crate) fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
     match kill {
         Kill::Timeout => format!("the run was killed: it exceeded its timeout of {:?}\n", limits.timeout),
         Kill::Cancel => "the run was cancelled\n".to_owned(),
@@ -477,40 +535,10 @@ fn frame(request: &Request) -> Result<Vec<u8>, RunnerError> {
     Ok(framed)
 }
 
-/// Starts the helper with a cleared environment and a socket as stdin. Nothing runs between fork and exec
-/// here: `Command` only wires the fds.
-fn spawn_helper(helper: &HelperCommand) -> Result<(tokio::process::Child, tokio::net::UnixStream), RunnerError> {
-    let (ours, theirs) = UnixStream::pair()?;
-    let mut command = tokio::process::Command::new(&helper.program);
-    command
-        .args(&helper.args)
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = command.spawn().map_err(|source| RunnerError::Spawn { program: helper.program.clone(), source })?;
-    // The command holds the helper's end of the socket; it must close here for EOF to mean "helper gone".
-    drop(command);
-    ours.set_nonblocking(true)?;
-    Ok((child, tokio::net::UnixStream::from_std(ours)?))
-}
-
 /// Asks the helper what the host lets it do; synchronous, like `Sandbox::new`.
 fn probe(helper: &HelperCommand, request: ProbeRequest) -> Result<ProbeReport, RunnerError> {
-    use std::io::{Read, Write};
-    let (mut ours, theirs) = UnixStream::pair()?;
-    let mut child = std::process::Command::new(&helper.program)
-        .args(&helper.args)
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|source| RunnerError::Spawn { program: helper.program.clone(), source })?;
-    ours.write_all(&frame(&Request::Probe(request))?)?;
+    use std::io::Read;
+    let (mut child, mut ours) = crate::slot_helper::start_helper(helper, &Request::Probe(request))?;
     let mut answer = Vec::new();
     ours.read_to_end(&mut answer)?;
     let status = child.wait()?;

@@ -11,7 +11,6 @@ use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     Scope, path_beneath_rules,
 };
-use nix::sys::resource::{Resource, setrlimit};
 use nix::unistd::{Gid, Uid};
 
 use super::status;
@@ -93,19 +92,14 @@ fn cstring(bytes: &[u8]) -> Result<CString, String> {
 }
 
 fn set_rlimits(limits: &crate::Limits) -> Result<(), String> {
-    const MIB: u64 = 1024 * 1024;
-    let set = |resource: Resource, soft: u64, hard: u64| {
-        setrlimit(resource, soft, hard).map_err(|e| format!("setrlimit({resource:?}): {e}"))
-    };
-    let memory = limits.memory_mb.saturating_mul(MIB);
-    set(Resource::RLIMIT_AS, memory, memory)?;
-    // The soft limit sends SIGXCPU, the hard one a second later SIGKILL for a script that ignores it.
-    set(Resource::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds.saturating_add(1))?;
-    set(Resource::RLIMIT_NPROC, u64::from(limits.max_processes), u64::from(limits.max_processes))?;
-    set(Resource::RLIMIT_NOFILE, limits.open_files, limits.open_files)?;
-    let disk = limits.disk_mb.saturating_mul(MIB);
-    set(Resource::RLIMIT_FSIZE, disk, disk)?;
-    set(Resource::RLIMIT_CORE, 0, 0)
+    for (resource, soft, hard) in limits.rlimits() {
+        let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: setrlimit reads the one struct it is given.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(format!("setrlimit({resource}): {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 fn drop_bounding_and_ambient() -> Result<(), String> {
@@ -196,7 +190,7 @@ fn write_script(path: &Path, script: &str) -> Result<(), String> {
 
 /// Creates `path` with mode 0444, so the script can read but not rewrite it: data it was started with stays as
 /// it came. `create_new` refuses to follow anything already there.
-fn write_read_only(path: &Path, content: &str) -> Result<(), String> {
+pub(crate) fn write_read_only(path: &Path, content: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -1,9 +1,10 @@
 //! The sandbox's init: pid 1 of the run's pid namespace. It ties the namespace's life to the supervisor's,
-//! joins the slot's cgroups, builds the root, starts the workload and reaps until the workload exits; its
-//! own exit then makes the kernel kill everything left in the namespace.
+//! builds the root while the supervisor moves it into the slot's cgroups, starts the workload once it is in
+//! them and reaps until the workload exits; its own exit then makes the kernel kill everything left in the
+//! namespace.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -14,9 +15,9 @@ use nix::unistd::{ForkResult, Pid};
 use super::status;
 use crate::protocol::RunRequest;
 
-pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd) -> ! {
+pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd, joined: OwnedFd) -> ! {
     let mut status_pipe = File::from(status_w);
-    if let Err(e) = prepare(request, &lifeline) {
+    if let Err(e) = prepare(request, &lifeline, joined) {
         let _ = writeln!(status_pipe, "{}{e}", status::ERROR);
         std::process::exit(1);
     }
@@ -43,7 +44,7 @@ pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd) ->
     std::process::exit(0)
 }
 
-fn prepare(request: &RunRequest, lifeline: &OwnedFd) -> Result<(), String> {
+fn prepare(request: &RunRequest, lifeline: &OwnedFd, joined: OwnedFd) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     // The supervisor may have died before the death signal was armed; its closed lifeline tells.
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
@@ -55,10 +56,6 @@ fn prepare(request: &RunRequest, lifeline: &OwnedFd) -> Result<(), String> {
     // The socket to the sandbox stays with the supervisor only.
     let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| format!("dup2: {e}"))?;
-    for procs in &request.cgroup_procs {
-        // "0" is the writer itself, in whichever pid namespace it is.
-        std::fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
-    }
     if request.layers.mount_ns {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(NEWNS): {e}"))?;
         super::mounts::build_root(request)?;
@@ -69,7 +66,12 @@ fn prepare(request: &RunRequest, lifeline: &OwnedFd) -> Result<(), String> {
     if request.layers.uts_ns {
         nix::unistd::sethostname("automa").map_err(|e| format!("sethostname: {e}"))?;
     }
-    Ok(())
+    // Everything the workload starts must be born in the slot's cgroups, which the supervisor moves this
+    // process into meanwhile.
+    let mut byte = [0u8; 1];
+    File::from(joined)
+        .read_exact(&mut byte)
+        .map_err(|_| "the supervisor could not move the run into its cgroups".to_owned())
 }
 
 /// As pid 1 the init also reaps orphans the workload leaves; it stops at the workload's own exit.

@@ -2,13 +2,16 @@
 //!
 //! The process tree of a run is:
 //!
-//! - the supervisor: started by the sandbox with a cleared environment, stdin a socket carrying the request
-//!   and, at the end, the report. It creates the namespaces and forks the init; a byte or EOF on the socket
+//! - the slot's helper ([`server`]): started once per slot by the sandbox with a cleared environment; it forks
+//!   a supervisor for each run and does nothing else.
+//! - the supervisor: stdin a socket carrying the request and, at the end, the report; stdout and stderr the
+//!   run's output pipes. It creates the namespaces and forks the init; a byte or EOF on the socket
 //!   means "kill the run".
 //! - for a networked run, slirp4netns: forked by the supervisor before it unshares, so it stays in the host's
 //!   network namespace and links it to the run's ([`network`]).
 //! - the init: pid 1 of the new pid namespace, with `PR_SET_PDEATHSIG(SIGKILL)` so the whole namespace dies
-//!   with the supervisor (trap 4). It joins the slot's cgroups, builds the root and reaps.
+//!   with the supervisor (trap 4). It builds the root while the supervisor moves it into the slot's cgroups,
+//!   and starts the workload once it is in them; then it reaps.
 //! - the workload: drops privileges, confines itself and execs the interpreter.
 
 mod confine;
@@ -17,9 +20,12 @@ mod mounts;
 mod network;
 mod probe;
 mod seccomp;
+mod server;
+
+pub(crate) use confine::write_read_only;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -32,20 +38,56 @@ use crate::protocol::{Request, RunOutcome, RunReport, RunRequest, read_message, 
 
 /// Entry point of the helper process: `automa __sandbox-helper` and `automa-sandbox-helper` call it.
 pub fn main() -> ! {
+    answer(Origin::Started)
+}
+
+/// How this process came to answer the request on its fd 0.
+enum Origin<'a> {
+    /// Started by the sandbox: it may become the slot's long-lived helper.
+    Started,
+    /// Forked by the slot's helper for one run, with the slot's empty network namespace when it holds one.
+    Forked { empty_network: Option<&'a OwnedFd> },
+}
+
+/// Reads one request from fd 0 and answers it on the same socket.
+fn answer(origin: Origin<'_>) -> ! {
     // SAFETY: fd 0 is the socket the sandbox passed as stdin; nothing else in this process owns it.
     let mut channel = unsafe { File::from_raw_fd(0) };
     let request: Request = match read_message(&mut channel) {
         Ok(r) => r,
         Err(_) => std::process::exit(2),
     };
+    let empty_network = match origin {
+        Origin::Started => None,
+        Origin::Forked { empty_network } => empty_network,
+    };
     let written = match request {
         Request::Probe(probe) => write_message(&mut channel, &probe::run(&probe)),
+        Request::Serve if matches!(origin, Origin::Started) => server::serve(channel),
+        Request::Serve => std::process::exit(2),
         Request::Run(run) => {
-            let report = supervise(&run, &channel);
+            let report = supervise(&run, &channel, empty_network);
             write_message(&mut channel, &report)
         }
     };
     std::process::exit(if written.is_ok() { 0 } else { 3 })
+}
+
+/// The slot's empty network namespace, made once by a root helper and entered by its runs without network
+/// ([`server`]). `None` where the helper may not make one, or its runs could not enter it.
+fn empty_network() -> Option<OwnedFd> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let host = File::open("/proc/self/ns/net").ok()?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).ok()?;
+    let empty = File::open("/proc/self/ns/net");
+    if nix::sched::setns(&host, CloneFlags::CLONE_NEWNET).is_err() {
+        // Stuck in the empty namespace: every networked run's slirp4netns would start from here. Refuse
+        // service instead; the sandbox reports the helper gone.
+        std::process::exit(4);
+    }
+    empty.ok().map(OwnedFd::from)
 }
 
 /// Lines the init sends the supervisor through the status pipe.
@@ -56,7 +98,7 @@ pub(crate) mod status {
     pub const ERROR: &str = "error ";
 }
 
-fn supervise(request: &RunRequest, channel: &File) -> RunReport {
+fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedFd>) -> RunReport {
     let failed = |message: String| RunReport {
         outcome: RunOutcome::Failed(message),
         max_rss_kb: None,
@@ -68,7 +110,7 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
         Some(Ok(launcher)) => Some(launcher),
         Some(Err(e)) => return failed(e),
     };
-    if let Err(e) = enter_namespaces(request) {
+    if let Err(e) = enter_namespaces(request, empty_network) {
         return failed(e);
     }
     // Held to the end of the run: dropping it stops slirp4netns, after the init and its usage are collected.
@@ -77,9 +119,9 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
         Some(Ok(slirp)) => Some(slirp),
         Some(Err(e)) => return failed(e),
     };
-    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .and_then(|s| Ok((s, nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)));
-    let ((status_r, status_w), (lifeline_r, lifeline_w)) = match pipes {
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let pipes = pipe().and_then(|status| Ok((status, pipe()?, pipe()?)));
+    let ((status_r, status_w), (lifeline_r, lifeline_w), (joined_r, joined_w)) = match pipes {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
@@ -87,16 +129,29 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
     match unsafe { nix::unistd::fork() } {
         Err(e) => failed(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            drop((status_r, lifeline_w));
-            init::run(request, status_w, lifeline_r)
+            drop((status_r, lifeline_w, joined_w));
+            init::run(request, status_w, lifeline_r, joined_r)
         }
         Ok(ForkResult::Parent { child }) => {
-            drop((status_w, lifeline_r));
+            drop((status_w, lifeline_r, joined_r));
+            // The first move into a cgroup after a pause waits for an RCU grace period (milliseconds): made
+            // here, it overlaps the init's building of the root, and the init starts the workload only after
+            // this byte. Without it (EOF) the init gives up.
+            let join_error = join_cgroups(&request.cgroup_procs, child).err();
+            if join_error.is_none() {
+                let _ = File::from(joined_w).write_all(b"1");
+            } else {
+                drop(joined_w);
+            }
             let (text, killed, workload_started_ns) = watch(child, channel, status_r, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);
             let mut report = collect(&text, wait, killed);
+            // An init that failed first (and so could not be moved) says why itself.
+            if let (Some(error), false) = (join_error, matches!(report.outcome, RunOutcome::Failed(_))) {
+                report.outcome = RunOutcome::Failed(error);
+            }
             report.workload_started_ns = workload_started_ns;
             let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
             if let Ok(usage) = usage {
@@ -109,11 +164,24 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
     }
 }
 
+/// Moves the init into the slot's cgroups, by its pid in this (the parent) pid namespace.
+fn join_cgroups(cgroup_procs: &[std::path::PathBuf], init: Pid) -> Result<(), String> {
+    for procs in cgroup_procs {
+        std::fs::write(procs, init.to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    Ok(())
+}
+
 /// Unshares every namespace but the mount namespace, which the init unshares for itself so that its
-/// `pivot_root` does not move the supervisor too.
-fn enter_namespaces(request: &RunRequest) -> Result<(), String> {
-    let layers = &request.layers;
+/// `pivot_root` does not move the supervisor too. A run without network enters the slot's empty network
+/// namespace instead of making one, when there is one and no user namespace of the run's stands between.
+fn enter_namespaces(request: &RunRequest, empty_network: Option<&OwnedFd>) -> Result<(), String> {
+    let mut layers = request.layers;
     let mut flags = CloneFlags::empty();
+    if let Some(empty) = empty_network.filter(|_| layers.net_ns && !layers.user_ns && request.user_net.is_none()) {
+        nix::sched::setns(empty, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns(NEWNET): {e}"))?;
+        layers.net_ns = false;
+    }
     for (on, flag) in [
         (layers.user_ns, CloneFlags::CLONE_NEWUSER),
         (layers.pid_ns, CloneFlags::CLONE_NEWPID),
@@ -215,7 +283,7 @@ fn kill_run(init: Pid, text: &str, pid_ns: bool) {
     }
 }
 
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {

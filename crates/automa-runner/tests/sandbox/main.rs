@@ -7,6 +7,8 @@ mod layers_off;
 mod network;
 #[path = "../../../../tests/support/packages.rs"]
 mod packages;
+mod plain;
 mod positive;
+mod slots;
 mod support;
 mod unprivileged;

@@ -299,9 +299,10 @@ fn our_slirps() -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| {
-            parent_of(pid).is_some_and(|(helper, name)| {
-                name == "slirp4netns" && parent_of(helper).is_some_and(|(test, _)| test == me)
-            })
+            // slirp4netns is a child of the run's supervisor, a child of the slot's helper, a child of the test.
+            let supervisor = parent_of(pid).filter(|(_, name)| name == "slirp4netns").map(|(supervisor, _)| supervisor);
+            let slot_helper = supervisor.and_then(parent_of).map(|(slot_helper, _)| slot_helper);
+            slot_helper.and_then(parent_of).is_some_and(|(test, _)| test == me)
         })
         .collect()
 }

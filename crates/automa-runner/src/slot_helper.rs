@@ -1,0 +1,141 @@
+//! The sandbox's side of each slot's long-lived helper (`helper::server`): started at the slot's first run,
+//! asked to fork a supervisor for every run after, and started again when it is found dead.
+
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::protocol::{self, Request};
+use crate::{HelperCommand, RunnerError};
+
+/// How long the slot's helper may take to fork a supervisor; it is a fork and a pidfd.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a slot's helper may take to leave once the sandbox is dropped.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// One long-lived helper per slot, each started on first use.
+#[derive(Debug)]
+pub(crate) struct SlotHelpers {
+    command: HelperCommand,
+    slots: Vec<Mutex<Option<SlotHelper>>>,
+}
+
+#[derive(Debug)]
+struct SlotHelper {
+    process: std::process::Child,
+    control: UnixStream,
+}
+
+impl SlotHelpers {
+    pub(crate) fn new(command: HelperCommand, slots: usize) -> SlotHelpers {
+        SlotHelpers { command, slots: (0..slots).map(|_| Mutex::new(None)).collect() }
+    }
+
+    /// Has the slot's helper fork a supervisor whose stdin is `channel` and whose stdout and stderr are the
+    /// given pipes, and returns the supervisor's pidfd. A helper that is gone or does not answer is replaced
+    /// once.
+    pub(crate) fn launch(&self, slot: usize, fds: [BorrowedFd<'_>; 3]) -> Result<OwnedFd, RunnerError> {
+        let mut held = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(helper) = held.as_mut() {
+            match helper.launch(fds) {
+                Ok(pidfd) => return Ok(pidfd),
+                Err(e) => tracing::warn!(slot, error = %e, "the slot's sandbox helper is gone; starting another"),
+            }
+        }
+        // Dropping the old one kills and reaps it.
+        *held = None;
+        let helper = held.insert(SlotHelper::start(&self.command)?);
+        helper.launch(fds).map_err(|e| RunnerError::Helper(format!("the slot's helper did not start a run: {e}")))
+    }
+
+    /// The process ids of the slots' helpers started so far; for tests that kill one.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|h| h.process.id()))
+            .collect()
+    }
+}
+
+impl SlotHelper {
+    fn start(command: &HelperCommand) -> Result<SlotHelper, RunnerError> {
+        let (process, control) = start_helper(command, &Request::Serve)?;
+        let helper = SlotHelper { process, control };
+        helper.control.set_read_timeout(Some(LAUNCH_TIMEOUT))?;
+        helper.control.set_write_timeout(Some(LAUNCH_TIMEOUT))?;
+        Ok(helper)
+    }
+
+    fn launch(&mut self, fds: [BorrowedFd<'_>; 3]) -> std::io::Result<OwnedFd> {
+        let socket = self.control.as_raw_fd();
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        sendmsg::<()>(socket, &[IoSlice::new(b"r")], &[ControlMessage::ScmRights(&raw)], MsgFlags::MSG_NOSIGNAL, None)?;
+        let mut answer = [0u8; 1];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut answer)];
+        let message = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut pidfd = None;
+        for cmsg in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                for fd in received {
+                    // SAFETY: the fd arrived with this message and nothing else owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    pidfd.get_or_insert(owned);
+                }
+            }
+        }
+        match (message.bytes, pidfd) {
+            (1, Some(pidfd)) => Ok(pidfd),
+            (0, _) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the helper exited")),
+            _ => Err(std::io::Error::other("the helper could not fork a supervisor")),
+        }
+    }
+}
+
+/// Starts the helper with a cleared environment and a socket as stdin, and sends it `request`. Nothing runs
+/// between fork and exec here: `Command` only wires the fds.
+pub(crate) fn start_helper(
+    command: &HelperCommand,
+    request: &Request,
+) -> Result<(std::process::Child, UnixStream), RunnerError> {
+    let (mut ours, theirs) = UnixStream::pair()?;
+    let mut process = std::process::Command::new(&command.program)
+        .args(&command.args)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| RunnerError::Spawn { program: command.program.clone(), source })?;
+    let mut framed = Vec::new();
+    protocol::write_message(&mut framed, request)?;
+    if let Err(e) = ours.write_all(&framed) {
+        let _ = process.kill();
+        let _ = process.wait();
+        return Err(e.into());
+    }
+    Ok((process, ours))
+}
+
+impl Drop for SlotHelper {
+    fn drop(&mut self) {
+        // Closing the control socket ends a live helper once it has reaped its supervisors; the kill is for one
+        // that is stuck or already gone.
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.id()).unwrap_or(i32::MAX));
+        if let Ok(pidfd) = crate::helper::pidfd_open(pid) {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(EXIT_GRACE).unwrap_or(PollTimeout::MAX));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}

@@ -57,6 +57,7 @@ fn main() {
                     network,
                     payload: None,
                     environment: None,
+                    warm: false,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");

@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 
 use automa_core::params::TRIGGER_PAYLOAD_ENV;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::capabilities::{self, Capabilities, Networking};
 use crate::cgroup::{CgroupPool, Hierarchy};
 use crate::output::{self, Budget};
 use crate::protocol::{
-    self, Bind, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, ScriptFile, UserNet,
-    WORKDIR,
+    self, Bind, HAND_OVER, HandOver, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest,
+    ScriptFile, UserNet, WORKDIR,
 };
+use crate::warm::{self, Prepared, WarmPool};
 use crate::{
     BuildSpec, HelperCommand, Layer, Limits, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream,
 };
@@ -46,8 +48,10 @@ pub struct Sandbox {
     cgroups: Option<CgroupPool>,
     /// How networked runs get their network: slirp4netns and the egress policy, or why they are refused.
     user_net: Result<UserNet, String>,
-    slots: Semaphore,
-    free: Mutex<Vec<usize>>,
+    slots: Arc<Semaphore>,
+    free: Arc<Mutex<Vec<usize>>>,
+    /// Sandboxes prepared for warm runs; `None` when the pool is switched off.
+    warm: Option<Arc<WarmPool>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -69,6 +73,8 @@ struct Job {
     binds: Vec<Bind>,
     limits: Limits,
     network: bool,
+    /// Asked to start warm and able to: handed to the slot's prepared sandbox when it has one.
+    warm: bool,
 }
 
 /// Why the sandbox killed a run.
@@ -138,8 +144,9 @@ impl Sandbox {
             system_paths,
             cgroups: pool,
             user_net,
-            slots: Semaphore::new(config.slots),
-            free: Mutex::new((0..config.slots).rev().collect()),
+            slots: Arc::new(Semaphore::new(config.slots)),
+            free: Arc::new(Mutex::new((0..config.slots).rev().collect())),
+            warm: config.warm_pool.then(|| WarmPool::new(config.slots)),
         })
     }
 
@@ -167,6 +174,15 @@ impl Sandbox {
     ) -> Result<Report, RunnerError> {
         validate_spec(&spec)?;
         let environment = spec.environment.as_deref().map(environment_dir).transpose()?;
+        let warm = spec.warm
+            && self.warm.is_some()
+            && match warm::refusal(spec.network, environment.is_some(), &spec.env) {
+                None => true,
+                Some(reason) => {
+                    tracing::debug!(%reason, "a warm run starts cold");
+                    false
+                }
+            };
         let job = Job {
             program: environment.as_ref().map_or_else(|| self.interpreter.clone(), |env| env.join("bin/python")),
             script: Some(ScriptFile { name: spec.script_name, content: spec.script }),
@@ -176,6 +192,7 @@ impl Sandbox {
             binds: environment.into_iter().map(|path| Bind { path, writable: false }).collect(),
             limits: spec.limits,
             network: spec.network,
+            warm,
         };
         self.execute(job, output, cancel).await
     }
@@ -219,6 +236,7 @@ impl Sandbox {
             binds,
             limits: spec.limits,
             network: spec.network,
+            warm: false,
         };
         self.execute(job, output, cancel).await
     }
@@ -237,7 +255,7 @@ impl Sandbox {
             )));
         }
         let cancelled = Report { cancelled: true, ..Report::default() };
-        let Some(slot) = self.acquire(&mut cancel).await else {
+        let Some(slot) = self.acquire(&mut cancel, job.warm).await else {
             return Ok(cancelled);
         };
         if *cancel.borrow() {
@@ -246,17 +264,81 @@ impl Sandbox {
         // The duration is the run's own, without the wait for a slot.
         let start = Instant::now();
         let result = self.run_in_slot(slot.index, &job, &output, cancel).await;
-        result.map(|r| Report { duration: start.elapsed(), ..r })
+        let result = result.map(|r| Report { duration: start.elapsed(), ..r });
+        if job.warm {
+            self.prepare_next(slot, &job.limits);
+        }
+        result
     }
 
-    /// Waits for a slot, or returns `None` when the run is cancelled first.
-    async fn acquire(&self, cancel: &mut watch::Receiver<bool>) -> Option<Slot<'_>> {
+    /// Waits for a slot, or returns `None` when the run is cancelled first. A warm run takes a free slot with
+    /// a prepared sandbox if there is one, any other run one without, so that no prepared sandbox is wasted.
+    async fn acquire(&self, cancel: &mut watch::Receiver<bool>, prepared: bool) -> Option<Slot> {
         let permit = tokio::select! {
-            permit = self.slots.acquire() => permit.ok()?,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
             () = cancelled(cancel) => return None,
         };
-        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        Some(Slot { sandbox: self, index, _permit: permit })
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let has_prepared = |slot: usize| self.warm.as_ref().is_some_and(|pool| pool.has(slot));
+        let position = free.iter().rposition(|&slot| has_prepared(slot) == prepared).or(free.len().checked_sub(1))?;
+        let index = free.swap_remove(position);
+        Some(Slot { free: self.free.clone(), index, _permit: permit })
+    }
+
+    /// Prepares the slot's next sandbox for warm runs, in the background and holding the slot until its
+    /// helper has its request, so that no other run shares the slot's cgroups and uid with it meanwhile.
+    fn prepare_next(&self, slot: Slot, after: &Limits) {
+        let Some(pool) = self.warm.clone() else {
+            return;
+        };
+        let limits = warm::ceiling(after);
+        let request = match self.prepared_request(slot.index, limits) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs");
+                return;
+            }
+        };
+        let helper = self.helper.clone();
+        tokio::spawn(async move {
+            match start_helper(&helper, request).await {
+                Ok((child, channel)) => pool.put(slot.index, limits, child, channel),
+                Err(error) => tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs"),
+            }
+            drop(slot);
+        });
+    }
+
+    /// The request of a prepared sandbox: a cold run's, with the interpreter's bootstrap as its script and the
+    /// limits any run may lower to its own. The slot's cgroups get those limits until a run is handed over.
+    fn prepared_request(&self, slot: usize, limits: Limits) -> Result<RunRequest, RunnerError> {
+        if let Some(cgroup) = self.cgroups.as_ref().map(|p| p.slot(slot)) {
+            cgroup.prepare(&limits)?;
+        }
+        let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
+        let user = self.slot_user(slot);
+        if !self.layers.mount_ns {
+            fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
+        }
+        let job = Job {
+            program: self.interpreter.clone(),
+            script: Some(ScriptFile { name: warm::BOOTSTRAP_NAME.into(), content: warm::BOOTSTRAP.into() }),
+            payload: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            binds: Vec::new(),
+            limits,
+            network: false,
+            warm: true,
+        };
+        Ok(RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) })
+    }
+
+    fn slot_user(&self, slot: usize) -> Option<(u32, u32)> {
+        self.slot_user.then(|| {
+            let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
+            (id, id)
+        })
     }
 
     async fn run_in_slot(
@@ -266,14 +348,25 @@ impl Sandbox {
         output: &mpsc::Sender<OutputChunk>,
         cancel: watch::Receiver<bool>,
     ) -> Result<Report, RunnerError> {
+        // A prepared sandbox serves only a warm run; any other run never shares the slot's cgroups and uid
+        // with one.
+        let prepared = match self.warm.as_ref().and_then(|pool| pool.take(slot)) {
+            Some(mut prepared) => {
+                if job.warm && warm::fits(&prepared.limits, &job.limits) && prepared.alive() {
+                    Some(prepared)
+                } else {
+                    let _ = prepared.child.kill().await;
+                    None
+                }
+            }
+            None => None,
+        };
+        let warm_start = prepared.is_some();
         let cgroup = self.cgroups.as_ref().map(|p| p.slot(slot));
         let baseline = cgroup.map(|c| c.prepare(&job.limits)).transpose()?;
         let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
-        let user = self.slot_user.then(|| {
-            let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
-            (id, id)
-        });
-        if !self.layers.mount_ns {
+        let user = self.slot_user(slot);
+        if !self.layers.mount_ns && !warm_start {
             fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
         }
         let lent: Vec<PathBuf> = job.binds.iter().filter(|b| b.writable).map(|b| b.path.clone()).collect();
@@ -281,7 +374,10 @@ impl Sandbox {
             change_owner(lent.clone(), ids).await?;
         }
         let request = self.request(slot, job, user, &host_workdir);
-        let outcome = self.supervise(request, &job.limits, output, cancel).await;
+        let outcome = match prepared {
+            Some(prepared) => self.hand_over(prepared, request, job, output, cancel).await,
+            None => self.supervise(request, &job.limits, output, cancel).await,
+        };
         let usage = match (cgroup, &baseline) {
             (Some(c), Some(b)) => Some(c.finish(b).await),
             _ => None,
@@ -301,6 +397,7 @@ impl Sandbox {
             max_rss_kb: helper_report.report.max_rss_kb,
             cpu_ms: usage.as_ref().and_then(|u| u.cpu_ms).or(helper_report.report.cpu_ms),
             oom_killed: usage.as_ref().is_some_and(|u| u.oom_killed),
+            warm_start,
             ..Report::default()
         };
         (report.output_bytes, report.truncated) = budget.totals();
@@ -358,6 +455,7 @@ impl Sandbox {
             limits: job.limits,
             network: job.network,
             user_net,
+            warm: false,
         }
     }
 
@@ -368,14 +466,46 @@ impl Sandbox {
         request: RunRequest,
         limits: &crate::Limits,
         output: &mpsc::Sender<OutputChunk>,
-        mut cancel: watch::Receiver<bool>,
+        cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
         let spawned_ns = protocol::monotonic_ns();
-        let (mut child, channel) = spawn_helper(&self.helper)?;
-        let (mut from_helper, mut to_helper) = channel.into_split();
-        let framed = frame(&Request::Run(Box::new(request)))?;
-        to_helper.write_all(&framed).await?;
+        let (child, channel) = start_helper(&self.helper, request).await?;
+        let (from_helper, to_helper) = channel.into_split();
+        self.watch_helper(child, from_helper, to_helper, Some(spawned_ns), limits, output, cancel).await
+    }
 
+    /// Hands a warm run to a prepared sandbox (its request tells the environment the run gets) and watches it
+    /// as a cold run's helper is watched; the setup happened before the run came and is not reported.
+    async fn hand_over(
+        &self,
+        mut prepared: Prepared,
+        request: RunRequest,
+        job: &Job,
+        output: &mpsc::Sender<OutputChunk>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        let script = job.script.as_ref().ok_or_else(|| RunnerError::InvalidSpec("a warm run needs a script".into()))?;
+        let run = warm::encode_run(&script.name, &script.content, &job.args, &request.env, &job.limits);
+        let mut framed = vec![HAND_OVER];
+        protocol::write_message(&mut framed, &HandOver { payload: job.payload.clone(), run })?;
+        prepared.to_helper.write_all(&framed).await?;
+        self.watch_helper(prepared.child, prepared.from_helper, prepared.to_helper, None, &job.limits, output, cancel)
+            .await
+    }
+
+    /// Drains the helper's output and waits for its report, killing the run when a limit or the caller says
+    /// so. `spawned_ns`: when the helper was started, for the setup time.
+    #[allow(clippy::too_many_arguments)]
+    async fn watch_helper(
+        &self,
+        mut child: tokio::process::Child,
+        mut from_helper: OwnedReadHalf,
+        mut to_helper: OwnedWriteHalf,
+        spawned_ns: Option<u64>,
+        limits: &crate::Limits,
+        output: &mpsc::Sender<OutputChunk>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
         let budget = Budget::new(limits.max_output_bytes);
         let stdout =
             child.stdout.take().map(|p| tokio::spawn(output::drain(p, Stream::Stdout, budget.clone(), output.clone())));
@@ -430,7 +560,9 @@ impl Sandbox {
             protocol::decode::<RunReport>(&answer)
                 .map_err(|e| RunnerError::Helper(format!("no report from the helper ({status}): {e}")))?
         };
-        let setup = report.workload_started_ns.map(|started| Duration::from_nanos(started.saturating_sub(spawned_ns)));
+        let setup = spawned_ns
+            .zip(report.workload_started_ns)
+            .map(|(spawned, started)| Duration::from_nanos(started.saturating_sub(spawned)));
         Ok((HelperReport { report, setup }, killed, budget))
     }
 }
@@ -459,15 +591,15 @@ fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
 }
 
 /// A held slot; returned to the pool when dropped.
-struct Slot<'a> {
-    sandbox: &'a Sandbox,
+struct Slot {
+    free: Arc<Mutex<Vec<usize>>>,
     index: usize,
-    _permit: SemaphorePermit<'a>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.sandbox.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
     }
 }
 
@@ -475,6 +607,16 @@ fn frame(request: &Request) -> Result<Vec<u8>, RunnerError> {
     let mut framed = Vec::new();
     protocol::write_message(&mut framed, request)?;
     Ok(framed)
+}
+
+/// Starts the helper and sends it `request`.
+async fn start_helper(
+    helper: &HelperCommand,
+    request: RunRequest,
+) -> Result<(tokio::process::Child, tokio::net::UnixStream), RunnerError> {
+    let (child, mut channel) = spawn_helper(helper)?;
+    channel.write_all(&frame(&Request::Run(Box::new(request)))?).await?;
+    Ok((child, channel))
 }
 
 /// Starts the helper with a cleared environment and a socket as stdin. Nothing runs between fork and exec

@@ -126,6 +126,7 @@ async fn run(sandbox: &Sandbox, script: &str, environment: &Path) -> String {
         network: false,
         payload: None,
         environment: Some(environment.to_path_buf()),
+        warm: false,
     };
     let (tx, mut rx) = mpsc::channel(64);
     let (_cancel, cancelled) = watch::channel(false);

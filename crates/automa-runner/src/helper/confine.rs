@@ -196,7 +196,7 @@ fn write_script(path: &Path, script: &str) -> Result<(), String> {
 
 /// Creates `path` with mode 0444, so the script can read but not rewrite it: data it was started with stays as
 /// it came. `create_new` refuses to follow anything already there.
-fn write_read_only(path: &Path, content: &str) -> Result<(), String> {
+pub(super) fn write_read_only(path: &Path, content: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -10,3 +10,4 @@ mod packages;
 mod positive;
 mod support;
 mod unprivileged;
+mod warm;

@@ -485,7 +485,8 @@ impl Sandbox {
         cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
         let script = job.script.as_ref().ok_or_else(|| RunnerError::InvalidSpec("a warm run needs a script".into()))?;
-        let run = warm::encode_run(&script.name, &script.content, &job.args, &request.env, &job.limits);
+        let rlimits = self.layers.rlimits.then_some(&job.limits);
+        let run = warm::encode_run(&script.name, &script.content, &job.args, &request.env, rlimits);
         let mut framed = vec![HAND_OVER];
         protocol::write_message(&mut framed, &HandOver { payload: job.payload.clone(), run })?;
         prepared.to_helper.write_all(&framed).await?;

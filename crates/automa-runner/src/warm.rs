@@ -67,23 +67,26 @@ fn changes_start_up(key: &str) -> bool {
 }
 
 /// The run as the bootstrap reads it: fields, each as its decimal length, a newline and its bytes: the script's
-/// name and content, the rlimits, the argument count and arguments, then the environment's names and values.
+/// name and content, the rlimits (empty when the sandbox sets none), the argument count and arguments, then
+/// the environment's names and values.
 pub(crate) fn encode_run(
     script_name: &str,
     script: &str,
     args: &[String],
     env: &[(String, String)],
-    limits: &Limits,
+    rlimits: Option<&Limits>,
 ) -> String {
     const MIB: u64 = 1024 * 1024;
-    let rlimits = format!(
-        "{} {} {} {} {}",
-        limits.memory_mb.saturating_mul(MIB),
-        limits.cpu_seconds,
-        limits.max_processes,
-        limits.open_files,
-        limits.disk_mb.saturating_mul(MIB),
-    );
+    let rlimits = rlimits.map_or_else(String::new, |limits| {
+        format!(
+            "{} {} {} {} {}",
+            limits.memory_mb.saturating_mul(MIB),
+            limits.cpu_seconds,
+            limits.max_processes,
+            limits.open_files,
+            limits.disk_mb.saturating_mul(MIB),
+        )
+    });
     let argc = args.len().to_string();
     let fields = [script_name, script, &rlimits, &argc]
         .into_iter()
@@ -191,13 +194,12 @@ mod tests {
 
     #[test]
     fn fields_are_length_prefixed_in_bytes() {
-        let run = encode_run("s.py", "print('é')\n", &["a\nb".into()], &[("K".into(), "v".into())], &Limits::default());
+        let run =
+            encode_run("s.py", "print('é')\n", &["a\nb".into()], &[("K".into(), "v".into())], Some(&Limits::default()));
         let expected_rlimits = "536870912 3600 64 256 268435456";
-        let expected = format!(
-            "4\ns.py12\nprint('é')\n{}\n{expected_rlimits}1\n1{}1\nK1\nv",
-            expected_rlimits.len(),
-            "3\na\nb"
-        );
+        let expected =
+            format!("4\ns.py12\nprint('é')\n{}\n{expected_rlimits}1\n1{}1\nK1\nv", expected_rlimits.len(), "3\na\nb");
         assert_eq!(run, expected);
+        assert!(encode_run("s.py", "", &[], &[], None).starts_with("4\ns.py0\n0\n1\n0"));
     }
 }

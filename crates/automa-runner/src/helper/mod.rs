@@ -98,8 +98,7 @@ fn supervise(request: &RunRequest, channel: &File) -> RunReport {
         Ok(ForkResult::Parent { child }) => {
             drop((status_w, lifeline_r, hand_over_r));
             let hand_over = hand_over_w.map(File::from);
-            let (text, killed, workload_started_ns) =
-                watch(child, channel, status_r, hand_over, request.layers.pid_ns);
+            let (text, killed, workload_started_ns) = watch(child, channel, status_r, hand_over, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);

@@ -35,17 +35,18 @@ os.dup2(_null, 0)
 os.close(_null)
 _name = os.fsdecode(_fields[0])
 _source = _fields[1]
-_address_space, _cpu, _processes, _files, _file_size = (int(v) for v in _fields[2].split())
 _argc = int(_fields[3])
 _args = [os.fsdecode(a) for a in _fields[4 : 4 + _argc]]
 _env = _fields[4 + _argc :]
 
-# Lowered only: the prepared ceilings are the hard limits, which an unprivileged process cannot raise again.
-resource.setrlimit(resource.RLIMIT_AS, (_address_space, _address_space))
-resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
-resource.setrlimit(resource.RLIMIT_NPROC, (_processes, _processes))
-resource.setrlimit(resource.RLIMIT_NOFILE, (_files, _files))
-resource.setrlimit(resource.RLIMIT_FSIZE, (_file_size, _file_size))
+if _fields[2]:
+    # Lowered only: the prepared ceilings are hard limits, which an unprivileged process cannot raise again.
+    _address_space, _cpu, _processes, _files, _file_size = (int(v) for v in _fields[2].split())
+    resource.setrlimit(resource.RLIMIT_AS, (_address_space, _address_space))
+    resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (_processes, _processes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_files, _files))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_file_size, _file_size))
 del sys.modules["resource"]
 
 os.environ.clear()

@@ -330,7 +330,7 @@ if os.getuid() == 0 or os.geteuid() == 0:
 pub async fn read_other_run(h: &Harness) -> bool {
     let (cancel, cancel_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel(16);
-    let victim = h.sandbox.run(spec(VICTIM), tx, cancel_rx);
+    let victim = h.sandbox.run(automa_runner::RunSpec { warm: h.warm, ..spec(VICTIM) }, tx, cancel_rx);
     let attacker = async {
         // The victim's first line says its secret is in place.
         let first = rx.recv().await.expect("the victim reports");

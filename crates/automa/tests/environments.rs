@@ -393,6 +393,7 @@ impl Server {
             env: Default::default(),
             limits: Default::default(),
             network: false,
+            warm: false,
             last_log_seq: 0,
             payload: None,
             held_ms: None,

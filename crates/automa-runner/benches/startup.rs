@@ -1,8 +1,12 @@
 //! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
 //! directly) against `Profile::None`, `Profile::Strict` and `Profile::Strict` with network (slirp4netns and
 //! the egress policy), and prints wall times, ratios and the per-run overhead over bare, and the CPU time the
-//! runs' process trees used per run, which a busy machine distorts less than wall time. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count
-//! and AUTOMA_BENCH_DISABLE (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
+//! runs' process trees used per run, which a busy machine distorts less than wall time. `none warm` and
+//! `strict warm` ask for warm starts (the first run of each slot starts cold and prepares the next); for every
+//! sandboxed mode it also prints the median of the runs' own `duration`, and of one run at a time on an idle
+//! system. `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count,
+//! AUTOMA_BENCH_PYTHON the interpreter (default: the one behind `python3`) and AUTOMA_BENCH_DISABLE
+//! (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +20,8 @@ const SCRIPT: &str = "print('hi')\n";
 fn main() {
     let runs: usize = std::env::var("AUTOMA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let interpreter = automa_runner::resolve_interpreter(None).expect("python3");
+    let python = std::env::var_os("AUTOMA_BENCH_PYTHON").map(std::path::PathBuf::from);
+    let interpreter = automa_runner::resolve_interpreter(python.as_deref()).expect("python3");
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("hi.py");
     std::fs::write(&script, SCRIPT).expect("write hi.py");
@@ -35,36 +40,51 @@ fn main() {
         }
     }));
     let mut results = vec![("bare", bare, children_cpu() - cpu_before)];
-    for (name, profile, network) in
-        [("none", Profile::None, false), ("strict", Profile::Strict, false), ("network", Profile::Strict, true)]
-    {
+    let mut durations = Vec::new();
+    for (name, profile, network, warm) in [
+        ("none", Profile::None, false, false),
+        ("strict", Profile::Strict, false, false),
+        ("network", Profile::Strict, true, false),
+        ("none warm", Profile::None, false, true),
+        ("strict warm", Profile::Strict, false, true),
+    ] {
         let mut config = SandboxConfig::new(profile, interpreter.clone(), helper.clone(), dir.path().join(name));
         config.slots = CONCURRENCY;
         config.disabled_layers = disabled_layers();
         let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
         let cpu_before = children_cpu();
-        let elapsed = runtime.block_on(measure(runs, move || {
-            let sandbox = sandbox.clone();
-            async move {
-                let (tx, mut rx) = mpsc::channel(8);
-                let (_cancel, cancel_rx) = watch::channel(false);
-                let spec = RunSpec {
-                    script_name: "hi.py".into(),
-                    script: SCRIPT.into(),
-                    args: Vec::new(),
-                    env: Vec::new(),
-                    limits: Limits::default(),
-                    network,
-                    payload: None,
-                    environment: None,
-                    warm: false,
-                };
-                let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
-                assert_eq!(report.exit_code, Some(0), "{report:?}");
-                assert_eq!(rx.recv().await.map(|c| c.data), Some("hi\n".to_owned()));
+        let concurrent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let elapsed = runtime.block_on(measure(runs, {
+            let (sandbox, concurrent) = (sandbox.clone(), concurrent.clone());
+            move || {
+                let (sandbox, concurrent) = (sandbox.clone(), concurrent.clone());
+                async move {
+                    let (tx, mut rx) = mpsc::channel(8);
+                    let (_cancel, cancel_rx) = watch::channel(false);
+                    let spec = RunSpec { warm, ..hi(network) };
+                    let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
+                    assert_eq!(report.exit_code, Some(0), "{report:?}");
+                    assert_eq!(rx.recv().await.map(|c| c.data), Some("hi\n".to_owned()));
+                    concurrent.lock().expect("durations").push(report.duration);
+                }
             }
         }));
         results.push((name, elapsed, children_cpu() - cpu_before));
+        let alone = runtime.block_on(async {
+            let mut alone = Vec::new();
+            for _ in 0..runs.min(50) {
+                let (tx, _rx) = mpsc::channel(8);
+                let (_cancel, cancel_rx) = watch::channel(false);
+                let spec = RunSpec { warm, ..hi(network) };
+                let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
+                alone.push(report.duration);
+                // The slot's next sandbox is prepared in the background: one run at a time means after it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            alone
+        });
+        let concurrent = std::mem::take(&mut *concurrent.lock().expect("durations"));
+        durations.push((name, median(concurrent), median(alone)));
     }
 
     let base = results[0].1;
@@ -86,6 +106,29 @@ fn main() {
             cpu_per_run(*cpu),
         );
     }
+    println!("{:<12} {:>26} {:>26}", "mode", "median duration ms (conc.)", "median duration ms (alone)");
+    for (name, concurrent, alone) in durations {
+        println!("{name:<12} {:>26.2} {:>26.2}", concurrent.as_secs_f64() * 1000.0, alone.as_secs_f64() * 1000.0);
+    }
+}
+
+fn hi(network: bool) -> RunSpec {
+    RunSpec {
+        script_name: "hi.py".into(),
+        script: SCRIPT.into(),
+        args: Vec::new(),
+        env: Vec::new(),
+        limits: Limits::default(),
+        network,
+        payload: None,
+        environment: None,
+        warm: false,
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 /// User and system time of every reaped descendant so far: the helpers, the interpreters and slirp4netns.

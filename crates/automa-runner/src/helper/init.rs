@@ -34,10 +34,8 @@ pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd, ha
     let workload = match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             drop((hand_over, run_w));
-            if let Some(run_r) = run_r {
-                if let Err(e) = nix::unistd::dup2_stdin(&run_r) {
-                    fail(&mut status_pipe, format!("dup2: {e}"));
-                }
+            if let Some(Err(e)) = run_r.map(|run_r| nix::unistd::dup2_stdin(&run_r)) {
+                fail(&mut status_pipe, format!("dup2: {e}"));
             }
             super::confine::run(request, status_pipe)
         }
@@ -46,11 +44,9 @@ pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd, ha
     };
     drop(run_r);
     let _ = writeln!(status_pipe, "{}{workload}", status::PID);
-    if let (Some(hand_over), Some(run_w)) = (hand_over, run_w) {
-        if let Err(e) = start_prepared(hand_over, run_w) {
-            let _ = kill(Pid::from_raw(-workload.as_raw()), Signal::SIGKILL);
-            fail(&mut status_pipe, e);
-        }
+    if let Some(Err(e)) = hand_over.zip(run_w).map(|(hand_over, run_w)| start_prepared(hand_over, run_w)) {
+        let _ = kill(Pid::from_raw(-workload.as_raw()), Signal::SIGKILL);
+        fail(&mut status_pipe, e);
     }
     let line = match reap_until(workload, request.layers.pid_ns) {
         WaitStatus::Exited(_, code) => format!("{}{code}", status::EXIT),

@@ -204,10 +204,8 @@ fn watch(
             }
         }
         if !killed && ready[1] {
-            if let Some(to_init) = hand_over.take() {
-                if forward_hand_over(&mut channel, to_init).is_ok() {
-                    continue;
-                }
+            if hand_over.take().is_some_and(|to_init| forward_hand_over(&mut channel, to_init).is_ok()) {
+                continue;
             }
             killed = true;
             kill_run(init, &text, pid_ns);

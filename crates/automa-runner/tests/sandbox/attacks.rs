@@ -12,7 +12,7 @@ use std::time::Duration;
 use automa_runner::{Limits, Stream};
 use tokio::sync::{mpsc, watch};
 
-use crate::support::{self, Harness, Outcome, limits, run, spec};
+use crate::support::{Harness, Outcome, limits, run, spec};
 
 fn with_args(script: &str, args: &[String]) -> automa_runner::RunSpec {
     let mut s = spec(script);
@@ -383,9 +383,4 @@ pub async fn flood_output(h: &Harness) -> Outcome {
     let out = run(h, s).await;
     assert_reached(&out, &["flood"]);
     out
-}
-
-/// The harness used by every attack that needs nothing special.
-pub fn full() -> Harness {
-    support::strict()
 }

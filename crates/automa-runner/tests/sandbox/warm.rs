@@ -70,10 +70,11 @@ async fn consecutive_warm_runs_share_no_state() {
             assert_eq!(out.ok(), format!("looked {index}\n"), "{profile:?}: {out:#?}");
         }
         for index in 0..3 {
-            for pid in crate::attacks::processes_with(&format!("left-by-{test}-{index}")) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                panic!("{profile:?}: a process of run {index} survived it");
+            let survivors = crate::attacks::processes_with(&format!("left-by-{test}-{index}"));
+            for pid in &survivors {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL);
             }
+            assert!(survivors.is_empty(), "{profile:?}: a process of run {index} survived it");
         }
     }
 }

@@ -37,15 +37,21 @@ pub enum Mode {
 /// A sandbox for runs started in `mode`. A warm one has already served a warm run on each slot, so that each
 /// holds a prepared sandbox (the first warm run of a slot starts cold).
 pub async fn harness(profile: Profile, disabled: &[Layer], mode: Mode) -> Harness {
-    let mut harness = with(profile, disabled);
-    if mode == Mode::Warm {
-        let warm = || RunSpec { warm: true, ..spec("pass") };
-        let first = tokio::join!(run(&harness, warm()), run(&harness, warm()));
-        for out in [first.0, first.1] {
-            assert!(out.report.exit_code == Some(0) && !out.report.warm_start, "{out:#?}");
-        }
-        harness.warm = true;
+    let harness = with(profile, disabled);
+    match mode {
+        Mode::Cold => harness,
+        Mode::Warm => warmed(harness).await,
     }
+}
+
+/// `harness` after a warm run on each of its two slots, each of which then holds a prepared sandbox.
+pub async fn warmed(mut harness: Harness) -> Harness {
+    let warm = || RunSpec { warm: true, ..spec("pass") };
+    let first = tokio::join!(run(&harness, warm()), run(&harness, warm()));
+    for out in [first.0, first.1] {
+        assert!(out.report.exit_code == Some(0) && !out.report.warm_start, "{out:#?}");
+    }
+    harness.warm = true;
     harness
 }
 

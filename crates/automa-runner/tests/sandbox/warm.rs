@@ -192,6 +192,15 @@ async fn runs_that_cannot_start_warm_run_cold_and_say_so() {
 }
 
 #[tokio::test]
+async fn warm_runs_of_an_unprivileged_helper_are_confined() {
+    let h = support::warmed(support::unprivileged(&[])).await;
+    assert!(!crate::attacks::read_outside(&h).await);
+    assert!(!crate::attacks::escape_syscalls(&h).await);
+    assert!(!crate::attacks::hold_privilege(&h).await);
+    assert!(!crate::attacks::leave_process(&h).await);
+}
+
+#[tokio::test]
 async fn without_the_pool_every_run_starts_cold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = support::config(Profile::Strict, &dir);

@@ -67,6 +67,10 @@ pub struct Assignment {
     #[serde(flatten)]
     pub limits: Limits,
     pub network: bool,
+    /// The run asks for a warm start: the agent hands it to a sandbox prepared before it came when it can,
+    /// isolated like any other. Absent when false, so the assignments of other runs keep their shape.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     /// The run's output already stored (a run handed back by an agent that shut down, claimed again): this
     /// execution numbers its chunks after it, so they follow the earlier output instead of being taken for
     /// resends of it.
@@ -174,6 +178,10 @@ pub struct Outcome {
     /// How long preparing the run's environment took: 0 when it was cached, absent without dependencies.
     #[serde(default)]
     pub environment_ms: Option<i64>,
+    /// The run was handed to a sandbox prepared before it came. Absent for a cold start, so reports stay as
+    /// agents before warm starts sent them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm_start: bool,
 }
 
 impl Outcome {
@@ -230,6 +238,26 @@ mod tests {
         assert_eq!(assignment.limits, Limits::new(60, 256, 30, 4096).unwrap());
         assert_eq!(assignment.args.as_slice(), ["a"]);
         assert_eq!(serde_json::to_string(&assignment).unwrap(), ASSIGNMENT_BEFORE_RUN_PARAMS);
+    }
+
+    #[test]
+    fn only_a_warm_assignment_says_so() {
+        let cold: Assignment = serde_json::from_str(ASSIGNMENT_BEFORE_RUN_PARAMS).unwrap();
+        assert!(!cold.warm);
+        let warm_wire = ASSIGNMENT_BEFORE_RUN_PARAMS.replace(r#""network":true,"#, r#""network":true,"warm":true,"#);
+        let warm: Assignment = serde_json::from_str(&warm_wire).unwrap();
+        assert!(warm.warm);
+        assert_eq!(serde_json::to_string(&warm).unwrap(), warm_wire);
+        assert_eq!(serde_json::to_string(&Assignment { warm: false, ..warm }).unwrap(), ASSIGNMENT_BEFORE_RUN_PARAMS);
+    }
+
+    #[test]
+    fn a_cold_outcome_keeps_its_wire_shape() {
+        let cold = serde_json::to_value(Outcome { exit_code: Some(0), ..Outcome::default() }).unwrap();
+        assert!(cold.get("warm_start").is_none(), "{cold}");
+        let warm = serde_json::to_value(Outcome { warm_start: true, ..Outcome::default() }).unwrap();
+        assert_eq!(warm["warm_start"], true);
+        assert!(serde_json::from_value::<Outcome>(warm).unwrap().warm_start);
     }
 
     #[test]

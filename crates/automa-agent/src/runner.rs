@@ -196,6 +196,7 @@ fn spec(work: Assignment, environment: Option<std::path::PathBuf>) -> RunSpec {
         network: work.network,
         payload: work.payload,
         environment,
+        warm: work.warm,
     }
 }
 
@@ -219,6 +220,7 @@ fn outcome(report: &Report) -> Outcome {
         elapsed_ms: i64::try_from(report.duration.as_millis()).ok(),
         ended_ms_ago: None,
         environment_ms: None,
+        warm_start: report.warm_start,
     }
 }
 

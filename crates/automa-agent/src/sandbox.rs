@@ -30,6 +30,8 @@ pub struct SandboxSettings {
     pub work_root: PathBuf,
     /// `AUTOMA_NETWORK_DENY`: address ranges networked runs may not reach, besides those always refused.
     pub network_deny: Vec<String>,
+    /// `AUTOMA_WARM_POOL`: whether runs that ask for a warm start get one (default); `false`: all start cold.
+    pub warm_pool: bool,
 }
 
 impl SandboxSettings {
@@ -44,6 +46,7 @@ impl SandboxSettings {
             helper: None,
             work_root: data_dir.join("runs"),
             network_deny: Vec::new(),
+            warm_pool: true,
         }
     }
 }
@@ -75,6 +78,7 @@ pub async fn build_sandbox(settings: &SandboxSettings, slots: usize) -> anyhow::
         },
     };
     let python = settings.python.clone();
+    let warm_pool = settings.warm_pool;
     let work_root = absolute(settings.work_root.clone())?;
     let network_deny = settings
         .network_deny
@@ -87,6 +91,7 @@ pub async fn build_sandbox(settings: &SandboxSettings, slots: usize) -> anyhow::
         let mut sandbox_config = SandboxConfig::new(profile, interpreter, helper, work_root);
         sandbox_config.slots = slots;
         sandbox_config.network_deny = network_deny;
+        sandbox_config.warm_pool = warm_pool;
         Sandbox::new(sandbox_config).map(Arc::new).map_err(|e| e.to_string())
     })
     .await?;

@@ -259,6 +259,9 @@ pub struct RunParams {
     #[serde(flatten)]
     limits: Limits,
     network: bool,
+    /// Omitted when false, so that what a cold run is sent stays as it always was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    warm: bool,
 }
 
 #[derive(Deserialize)]
@@ -269,13 +272,16 @@ struct RunParamsFields {
     #[serde(flatten)]
     limits: Limits,
     network: bool,
+    #[serde(default)]
+    warm: bool,
 }
 
 impl TryFrom<RunParamsFields> for RunParams {
     type Error = InvalidField;
 
     fn try_from(fields: RunParamsFields) -> Result<Self, Self::Error> {
-        RunParams::new(fields.args, fields.env, fields.secrets, fields.limits, fields.network)
+        Ok(RunParams::new(fields.args, fields.env, fields.secrets, fields.limits, fields.network)?
+            .with_warm(fields.warm))
     }
 }
 
@@ -291,6 +297,7 @@ pub struct RunParamsChange {
     pub cpu_seconds: Option<i64>,
     pub max_output_bytes: Option<i64>,
     pub network: Option<bool>,
+    pub warm: Option<bool>,
 }
 
 impl RunParams {
@@ -307,7 +314,12 @@ impl RunParams {
                 format!("'{}' is also set in env; a variable comes from one place", secrets.as_slice()[index]),
             ));
         }
-        Ok(RunParams { args, env, secrets, limits, network })
+        Ok(RunParams { args, env, secrets, limits, network, warm: false })
+    }
+
+    /// These parameters, asking for a warm start or not.
+    pub fn with_warm(self, warm: bool) -> Self {
+        RunParams { warm, ..self }
     }
 
     /// These parameters with `change` applied, checked whole.
@@ -321,7 +333,8 @@ impl RunParams {
             change.cpu_seconds.unwrap_or(self.limits.cpu_seconds),
             change.max_output_bytes.unwrap_or(self.limits.max_output_bytes),
         )?;
-        RunParams::new(args, env, secrets, limits, change.network.unwrap_or(self.network))
+        Ok(RunParams::new(args, env, secrets, limits, change.network.unwrap_or(self.network))?
+            .with_warm(change.warm.unwrap_or(self.warm)))
     }
 
     pub fn args(&self) -> &Args {
@@ -343,6 +356,12 @@ impl RunParams {
     /// Whether the run may use the network.
     pub fn network(&self) -> bool {
         self.network
+    }
+
+    /// Whether the run asks to be handed to a sandbox prepared before it came (a warm start), which the agent
+    /// gives it when it can; it is isolated like any other run either way.
+    pub fn warm(&self) -> bool {
+        self.warm
     }
 }
 

@@ -1,7 +1,8 @@
 //! Startup cost of the sandbox: runs `hi.py` RUNS times at concurrency 2, bare (the interpreter spawned
 //! directly) against `Profile::None`, `Profile::Strict` and `Profile::Strict` with network (slirp4netns and
 //! the egress policy), and prints wall times, ratios and the per-run overhead over bare, and the CPU time the
-//! runs' process trees used per run, which a busy machine distorts less than wall time.
+//! runs' process trees used per run, which a busy machine distorts less than wall time. `none warm` and
+//! `strict warm` ask for warm starts (the first run of each slot starts cold and prepares the next).
 //! `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count, AUTOMA_BENCH_PYTHON
 //! the interpreter (default Debian's `/usr/bin/python3`, not a slow pyenv build), and AUTOMA_BENCH_DISABLE
 //! (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
@@ -42,9 +43,13 @@ fn main() {
     let bare = runtime.block_on(measure(runs, bare_job.clone()));
     let mut results = vec![("bare", bare, children_cpu() - cpu_before)];
     let mut singles = vec![("bare", runtime.block_on(measure_single(runs, bare_job.clone())))];
-    for (name, profile, network) in
-        [("none", Profile::None, false), ("strict", Profile::Strict, false), ("network", Profile::Strict, true)]
-    {
+    for (name, profile, network, warm) in [
+        ("none", Profile::None, false, false),
+        ("strict", Profile::Strict, false, false),
+        ("network", Profile::Strict, true, false),
+        ("none warm", Profile::None, false, true),
+        ("strict warm", Profile::Strict, false, true),
+    ] {
         let mut config = SandboxConfig::new(profile, interpreter.clone(), helper.clone(), dir.path().join(name));
         config.slots = CONCURRENCY;
         config.disabled_layers = disabled_layers();
@@ -64,6 +69,7 @@ fn main() {
                     network,
                     payload: None,
                     environment: None,
+                    warm,
                 };
                 let report = sandbox.run(spec, tx, cancel_rx).await.expect("sandboxed run");
                 assert_eq!(report.exit_code, Some(0), "{report:?}");

@@ -19,6 +19,7 @@ mod plain;
 mod protocol;
 mod sandbox;
 mod slot_helper;
+mod warm;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -107,6 +108,10 @@ pub struct SandboxConfig {
     /// is reported as a warning in [`Capabilities`]; production configuration must leave this empty.
     #[doc(hidden)]
     pub disabled_layers: Vec<Layer>,
+    /// Whether runs that ask for a warm start ([`RunSpec::warm`]) get one: a slot that served one keeps a
+    /// sandbox prepared for the next (an idle interpreter, about 10 MiB, dropped after five unused minutes).
+    /// Off, every run starts cold.
+    pub warm_pool: bool,
 }
 
 impl SandboxConfig {
@@ -125,6 +130,7 @@ impl SandboxConfig {
             network_deny: Vec::new(),
             slirp4netns: None,
             disabled_layers: Vec::new(),
+            warm_pool: true,
         }
     }
 }
@@ -156,6 +162,10 @@ pub struct RunSpec {
     /// same path, so its `bin/python` link to the base interpreter stays valid, and started as
     /// `<environment>/bin/python`, so its packages are importable. `None`: the plain interpreter.
     pub environment: Option<PathBuf>,
+    /// Start the script in a sandbox prepared before it came, isolated like any other, when the sandbox can:
+    /// not with network, an environment, variables that change how the interpreter starts, or no pool. See
+    /// [`Report::warm_start`].
+    pub warm: bool,
 }
 
 /// A program run in the sandbox to build a run's environment (uv), rather than a script.
@@ -273,8 +283,11 @@ pub struct Report {
     pub duration: Duration,
     /// Time from starting the helper until the sandbox was built and the workload started in it (what is
     /// left, the workload confining itself and starting the interpreter, is not included). Absent when the
-    /// run failed before that.
+    /// run failed before that, and for a warm start, whose sandbox was built before the run came.
     pub setup: Option<Duration>,
+    /// The run was handed to a prepared sandbox; its `duration` counts from the hand-over.
+    #[serde(default)]
+    pub warm_start: bool,
 }
 
 /// Why the sandbox could not start or run a script. A script that fails is not an error: see [`Report`].

@@ -94,7 +94,24 @@ pub(crate) struct RunRequest {
     pub network: bool,
     /// For a networked run in its own network namespace: how to connect that namespace to the outside.
     pub user_net: Option<UserNet>,
+    /// A prepared sandbox (`warm.rs`): the workload's stdin is a pipe from the init, which waits for a
+    /// [`HandOver`] on the channel before it writes the payload and passes the run to the interpreter.
+    #[serde(default)]
+    pub warm: bool,
 }
+
+/// What the sandbox sends a prepared sandbox's supervisor, after [`HAND_OVER`], to start the run it serves.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct HandOver {
+    /// Written by the init, as for a cold run by the workload before it drops privileges: the run's uid
+    /// cannot make it writable.
+    pub payload: Option<String>,
+    /// The run as the interpreter's bootstrap reads it on stdin.
+    pub run: String,
+}
+
+/// The byte that precedes a [`HandOver`] on a prepared sandbox's channel; any other byte, or EOF, kills the run.
+pub(crate) const HAND_OVER: u8 = b's';
 
 /// A script and the file name it is saved as in the work directory (also its `sys.argv[0]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

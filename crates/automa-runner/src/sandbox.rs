@@ -10,17 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automa_core::params::TRIGGER_PAYLOAD_ENV;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::capabilities::{self, Capabilities, Networking};
 use crate::cgroup::{CgroupPool, Hierarchy};
 use crate::output::{self, Budget};
 use crate::protocol::{
-    self, Bind, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest, ScriptFile, UserNet,
-    WORKDIR,
+    self, Bind, HAND_OVER, HandOver, Layers, ProbeReport, ProbeRequest, Request, RunOutcome, RunReport, RunRequest,
+    ScriptFile, UserNet, WORKDIR,
 };
 use crate::slot_helper::SlotHelpers;
+use crate::warm::{self, Prepared, WarmPool};
 use crate::{
     BuildSpec, HelperCommand, Layer, Limits, OutputChunk, Profile, Report, RunSpec, RunnerError, SandboxConfig, Stream,
 };
@@ -40,14 +43,18 @@ pub struct Sandbox {
     uid_base: u32,
     helper_ids: (u32, u32),
     interpreter: PathBuf,
+    /// Sandboxes prepared for warm runs; `None` when the pool is switched off. Declared before
+    /// `slot_helpers` because fields drop in order: a slot's helper leaves only once the supervisor of its
+    /// prepared sandbox is gone.
+    warm: Option<Arc<WarmPool>>,
     slot_helpers: SlotHelpers,
     work_root: PathBuf,
     system_paths: Vec<PathBuf>,
     cgroups: Option<CgroupPool>,
     /// How networked runs get their network: slirp4netns and the egress policy, or why they are refused.
     user_net: Result<UserNet, String>,
-    slots: Semaphore,
-    free: Mutex<Vec<usize>>,
+    slots: Arc<Semaphore>,
+    free: Arc<Mutex<Vec<usize>>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -69,6 +76,8 @@ struct Job {
     binds: Vec<Bind>,
     limits: Limits,
     network: bool,
+    /// Asked to start warm and able to: handed to the slot's prepared sandbox when it has one.
+    warm: bool,
 }
 
 /// Why the sandbox killed a run.
@@ -138,8 +147,9 @@ impl Sandbox {
             system_paths,
             cgroups: pool,
             user_net,
-            slots: Semaphore::new(config.slots),
-            free: Mutex::new((0..config.slots).rev().collect()),
+            slots: Arc::new(Semaphore::new(config.slots)),
+            free: Arc::new(Mutex::new((0..config.slots).rev().collect())),
+            warm: config.warm_pool.then(|| WarmPool::new(config.slots)),
         })
     }
 
@@ -167,6 +177,15 @@ impl Sandbox {
     ) -> Result<Report, RunnerError> {
         validate_spec(&spec)?;
         let environment = spec.environment.as_deref().map(environment_dir).transpose()?;
+        let warm = spec.warm
+            && self.warm.is_some()
+            && match warm::refusal(spec.network, environment.is_some(), &spec.env) {
+                None => true,
+                Some(reason) => {
+                    tracing::debug!(%reason, "a warm run starts cold");
+                    false
+                }
+            };
         let job = Job {
             program: environment.as_ref().map_or_else(|| self.interpreter.clone(), |env| env.join("bin/python")),
             script: Some(ScriptFile { name: spec.script_name, content: spec.script }),
@@ -176,6 +195,7 @@ impl Sandbox {
             binds: environment.into_iter().map(|path| Bind { path, writable: false }).collect(),
             limits: spec.limits,
             network: spec.network,
+            warm,
         };
         self.execute(job, output, cancel).await
     }
@@ -219,6 +239,7 @@ impl Sandbox {
             binds,
             limits: spec.limits,
             network: spec.network,
+            warm: false,
         };
         self.execute(job, output, cancel).await
     }
@@ -237,7 +258,7 @@ impl Sandbox {
             )));
         }
         let cancelled = Report { cancelled: true, ..Report::default() };
-        let Some(slot) = self.acquire(&mut cancel).await else {
+        let Some(slot) = self.acquire(&mut cancel, job.warm).await else {
             return Ok(cancelled);
         };
         if *cancel.borrow() {
@@ -246,17 +267,87 @@ impl Sandbox {
         // The duration is the run's own, without the wait for a slot.
         let start = Instant::now();
         let result = self.run_in_slot(slot.index, &job, &output, cancel).await;
-        result.map(|r| Report { duration: start.elapsed(), ..r })
+        let result = result.map(|r| Report { duration: start.elapsed(), ..r });
+        if job.warm {
+            self.prepare_next(slot, &job.limits);
+        }
+        result
     }
 
-    /// Waits for a slot, or returns `None` when the run is cancelled first.
-    async fn acquire(&self, cancel: &mut watch::Receiver<bool>) -> Option<Slot<'_>> {
+    /// Waits for a slot, or returns `None` when the run is cancelled first. A warm run takes a free slot with
+    /// a prepared sandbox if there is one, any other run one without, so that no prepared sandbox is wasted.
+    async fn acquire(&self, cancel: &mut watch::Receiver<bool>, prepared: bool) -> Option<Slot> {
         let permit = tokio::select! {
-            permit = self.slots.acquire() => permit.ok()?,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
             () = cancelled(cancel) => return None,
         };
-        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        Some(Slot { sandbox: self, index, _permit: permit })
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let has_prepared = |slot: usize| self.warm.as_ref().is_some_and(|pool| pool.has(slot));
+        let position = free.iter().rposition(|&slot| has_prepared(slot) == prepared).or(free.len().checked_sub(1))?;
+        let index = free.swap_remove(position);
+        Some(Slot { free: self.free.clone(), index, _permit: permit })
+    }
+
+    /// Prepares the slot's next sandbox for warm runs, in the background and holding the slot until its
+    /// helper has its request, so that no other run shares the slot's cgroups and uid with it meanwhile.
+    fn prepare_next(&self, slot: Slot, after: &Limits) {
+        let Some(pool) = self.warm.clone() else {
+            return;
+        };
+        let limits = warm::ceiling(after);
+        let request = match self.prepared_request(slot.index, limits) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs");
+                return;
+            }
+        };
+        let launched = match self.start_supervisor(slot.index) {
+            Ok(launched) => launched,
+            Err(error) => {
+                tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            match launched.send(&Request::Run(Box::new(request))).await {
+                Ok(launched) => pool.put(slot.index, limits, launched),
+                Err(error) => tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs"),
+            }
+            drop(slot);
+        });
+    }
+
+    /// The request of a prepared sandbox: a cold run's, with the interpreter's bootstrap as its script and the
+    /// limits any run may lower to its own. The slot's cgroups get those limits until a run is handed over.
+    fn prepared_request(&self, slot: usize, limits: Limits) -> Result<RunRequest, RunnerError> {
+        if let Some(cgroup) = self.cgroups.as_ref().map(|p| p.slot(slot)) {
+            cgroup.prepare(&limits)?;
+        }
+        let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
+        let user = self.slot_user(slot);
+        if !self.layers.mount_ns {
+            fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
+        }
+        let job = Job {
+            program: self.interpreter.clone(),
+            script: Some(ScriptFile { name: warm::BOOTSTRAP_NAME.into(), content: warm::BOOTSTRAP.into() }),
+            payload: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            binds: Vec::new(),
+            limits,
+            network: false,
+            warm: true,
+        };
+        Ok(RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) })
+    }
+
+    fn slot_user(&self, slot: usize) -> Option<(u32, u32)> {
+        self.slot_user.then(|| {
+            let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
+            (id, id)
+        })
     }
 
     async fn run_in_slot(
@@ -266,14 +357,22 @@ impl Sandbox {
         output: &mpsc::Sender<OutputChunk>,
         cancel: watch::Receiver<bool>,
     ) -> Result<Report, RunnerError> {
+        // A prepared sandbox serves only a warm run; any other run never shares the slot's cgroups and uid
+        // with one.
+        let prepared = match self.warm.as_ref().and_then(|pool| pool.take(slot)) {
+            Some(prepared) => {
+                // Dropping a prepared sandbox kills its supervisor, and with it the sandbox's init.
+                (job.warm && warm::fits(&prepared.limits, &job.limits) && prepared.launched.running())
+                    .then_some(prepared)
+            }
+            None => None,
+        };
+        let warm_start = prepared.is_some();
         let cgroup = self.cgroups.as_ref().map(|p| p.slot(slot));
         let baseline = cgroup.map(|c| c.prepare(&job.limits)).transpose()?;
         let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
-        let user = self.slot_user.then(|| {
-            let id = self.uid_base + u32::try_from(slot).unwrap_or(0);
-            (id, id)
-        });
-        if !self.layers.mount_ns {
+        let user = self.slot_user(slot);
+        if !self.layers.mount_ns && !warm_start {
             fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
         }
         let lent: Vec<PathBuf> = job.binds.iter().filter(|b| b.writable).map(|b| b.path.clone()).collect();
@@ -281,7 +380,10 @@ impl Sandbox {
             change_owner(lent.clone(), ids).await?;
         }
         let request = self.request(slot, job, user, &host_workdir);
-        let outcome = self.supervise(slot, request, &job.limits, output, cancel).await;
+        let outcome = match prepared {
+            Some(prepared) => self.hand_over(prepared, request, job, output, cancel).await,
+            None => self.supervise(slot, request, &job.limits, output, cancel).await,
+        };
         let usage = match (cgroup, &baseline) {
             (Some(c), Some(b)) => Some(c.finish(b).await),
             _ => None,
@@ -301,6 +403,7 @@ impl Sandbox {
             max_rss_kb: helper_report.report.max_rss_kb,
             cpu_ms: usage.as_ref().and_then(|u| u.cpu_ms).or(helper_report.report.cpu_ms),
             oom_killed: usage.as_ref().is_some_and(|u| u.oom_killed),
+            warm_start,
             ..Report::default()
         };
         (report.output_bytes, report.truncated) = budget.totals();
@@ -358,6 +461,7 @@ impl Sandbox {
             limits: job.limits,
             network: job.network,
             user_net,
+            warm: false,
         }
     }
 
@@ -369,17 +473,46 @@ impl Sandbox {
         request: RunRequest,
         limits: &crate::Limits,
         output: &mpsc::Sender<OutputChunk>,
-        mut cancel: watch::Receiver<bool>,
+        cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
         if self.profile == Profile::None {
             return crate::plain::supervise(&request, limits, output, cancel).await;
         }
         let spawned_ns = protocol::monotonic_ns();
-        let (mut supervisor, channel, stdout, stderr) = self.start_supervisor(slot)?;
-        let (mut from_helper, mut to_helper) = channel.into_split();
-        let framed = frame(&Request::Run(Box::new(request)))?;
-        to_helper.write_all(&framed).await?;
+        let launched = self.start_supervisor(slot)?.send(&Request::Run(Box::new(request))).await?;
+        self.watch_helper(launched, Some(spawned_ns), limits, output, cancel).await
+    }
 
+    /// Hands a warm run to a prepared sandbox (its request tells the environment the run gets) and watches it
+    /// as a cold run's helper is watched; the setup happened before the run came and is not reported.
+    async fn hand_over(
+        &self,
+        mut prepared: Prepared,
+        request: RunRequest,
+        job: &Job,
+        output: &mpsc::Sender<OutputChunk>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        let script = job.script.as_ref().ok_or_else(|| RunnerError::InvalidSpec("a warm run needs a script".into()))?;
+        let rlimits = self.layers.rlimits.then_some(&job.limits);
+        let run = warm::encode_run(&script.name, &script.content, &job.args, &request.env, rlimits);
+        let mut framed = vec![HAND_OVER];
+        protocol::write_message(&mut framed, &HandOver { payload: job.payload.clone(), run })?;
+        prepared.launched.to_helper.write_all(&framed).await?;
+        self.watch_helper(prepared.launched, None, &job.limits, output, cancel).await
+    }
+
+    /// Drains the helper's output and waits for its report, killing the run when a limit or the caller says
+    /// so. `spawned_ns`: when the helper was started, for the setup time.
+    async fn watch_helper(
+        &self,
+        launched: Launched,
+        spawned_ns: Option<u64>,
+        limits: &crate::Limits,
+        output: &mpsc::Sender<OutputChunk>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
+        let Launched { mut supervisor, mut from_helper, mut to_helper, stdout, stderr } = launched;
         let budget = Budget::new(limits.max_output_bytes);
         let stdout = Some(tokio::spawn(output::drain(stdout, Stream::Stdout, budget.clone(), output.clone())));
         let stderr = Some(tokio::spawn(output::drain(stderr, Stream::Stderr, budget.clone(), output.clone())));
@@ -428,13 +561,15 @@ impl Sandbox {
             protocol::decode::<RunReport>(&answer)
                 .map_err(|e| RunnerError::Helper(format!("no report from the helper: {e}")))?
         };
-        let setup = report.workload_started_ns.map(|started| Duration::from_nanos(started.saturating_sub(spawned_ns)));
+        let setup = spawned_ns
+            .zip(report.workload_started_ns)
+            .map(|(spawned, started)| Duration::from_nanos(started.saturating_sub(spawned)));
         Ok((HelperReport { report, setup }, killed, budget))
     }
 
     /// Has the slot's helper fork a supervisor wired to a new channel and new output pipes. Nothing runs
     /// between fork and exec here: the fork happens in the single-threaded helper.
-    fn start_supervisor(&self, slot: usize) -> Result<(Supervisor, tokio::net::UnixStream, Pipe, Pipe), RunnerError> {
+    fn start_supervisor(&self, slot: usize) -> Result<Launched, RunnerError> {
         let (ours, theirs) = UnixStream::pair()?;
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
         let (stdout, stdout_w) = pipe()?;
@@ -443,9 +578,10 @@ impl Sandbox {
         // Only the supervisor may hold the far ends now: EOF then means "supervisor gone".
         drop((theirs, stdout_w, stderr_w));
         ours.set_nonblocking(true)?;
-        let channel = tokio::net::UnixStream::from_std(ours)?;
+        let (from_helper, to_helper) = tokio::net::UnixStream::from_std(ours)?.into_split();
         let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
-        Ok((Supervisor { pidfd, ended: false }, channel, pipe(stdout)?, pipe(stderr)?))
+        let supervisor = Supervisor { pidfd, ended: false };
+        Ok(Launched { supervisor, from_helper, to_helper, stdout: pipe(stdout)?, stderr: pipe(stderr)? })
     }
 
     /// The process ids of the slots' long-lived helpers started so far; for tests that kill one.
@@ -456,6 +592,30 @@ impl Sandbox {
 }
 
 type Pipe = tokio::net::unix::pipe::Receiver;
+
+/// A supervisor the slot's helper forked, with the channel to it and the read ends of its output pipes.
+pub(crate) struct Launched {
+    supervisor: Supervisor,
+    from_helper: OwnedReadHalf,
+    pub(crate) to_helper: OwnedWriteHalf,
+    stdout: Pipe,
+    stderr: Pipe,
+}
+
+impl Launched {
+    /// Sends the supervisor its request.
+    async fn send(mut self, request: &Request) -> Result<Launched, RunnerError> {
+        self.to_helper.write_all(&frame(request)?).await?;
+        Ok(self)
+    }
+
+    /// Whether the supervisor is still there to take a run.
+    pub(crate) fn running(&self) -> bool {
+        let mut fds = [PollFd::new(self.supervisor.pidfd.as_fd(), PollFlags::POLLIN)];
+        // A pidfd becomes readable when its process ends.
+        matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+}
 
 /// A run's supervisor, forked by the slot's helper. Dropped before it ended (the run's future abandoned),
 /// it is killed, and its init and namespace with it.
@@ -517,15 +677,15 @@ pub(crate) fn kill_note(kill: Kill, limits: &crate::Limits) -> String {
 }
 
 /// A held slot; returned to the pool when dropped.
-struct Slot<'a> {
-    sandbox: &'a Sandbox,
+struct Slot {
+    free: Arc<Mutex<Vec<usize>>>,
     index: usize,
-    _permit: SemaphorePermit<'a>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.sandbox.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
     }
 }
 

@@ -130,6 +130,9 @@ pub struct Config {
     /// and multicast, which are always refused. A list, or one comma-separated string as in the environment.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub network_deny: Vec<String>,
+    /// The embedded agent keeps a sandbox prepared for the next run that asks for a warm start (`warm`), in
+    /// each slot that served one, dropped after five idle minutes (default). `false`: every run starts cold.
+    pub warm_pool: bool,
 
     // Restarts and upgrades.
     /// Apply pending database migrations when `serve` starts (default). Off: `serve` refuses to start while
@@ -277,6 +280,7 @@ impl Default for Config {
             header_read_timeout_seconds: 10,
             max_header_bytes: 16 * 1024,
             network_deny: Vec::new(),
+            warm_pool: true,
             network_grant: NetworkGrant::Admin,
             auto_migrate: true,
             embedded_agent_name: None,
@@ -374,6 +378,7 @@ impl Config {
             python: self.python.clone(),
             helper: self.sandbox_helper.clone(),
             network_deny: self.network_deny.clone(),
+            warm_pool: self.warm_pool,
             ..SandboxSettings::new(&self.data_dir)
         }
     }

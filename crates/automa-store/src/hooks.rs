@@ -24,10 +24,10 @@ const WINDOW_SECONDS: i64 = 60;
 /// Queues a run of task `$1` for hook `$2` at `$3`, copying the task's fields as the scheduler does.
 const QUEUE_HOOK_RUN: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, \
      trigger, hook_id, retries, retry_backoff_seconds, status, queued_at, not_before, args, env, secrets, \
-     timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm) \
      SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, t.labels, \
      'hook', $2, t.retries, t.retry_backoff_seconds, 'queued', $3, $3, t.args, t.env, t.secrets, t.timeout_seconds, \
-     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
+     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network, t.warm \
      FROM tasks t JOIN scripts s ON s.id = t.script_id WHERE t.id = $1 RETURNING *";
 
 /// When the oldest of `count` runs in the window leaves it, if the hook is at its limit.

@@ -309,6 +309,7 @@ pub struct RunParamsColumns {
     cpu_seconds: i64,
     max_output_bytes: i64,
     network: bool,
+    warm: bool,
 }
 
 impl TryFrom<RunParamsColumns> for RunParams {
@@ -328,11 +329,12 @@ impl TryFrom<RunParamsColumns> for RunParams {
             limits,
             columns.network,
         )
+        .map(|params| params.with_warm(columns.warm))
     }
 }
 
-/// Binds a [`RunParams`] to eight consecutive placeholders, in the order of [`RunParamsColumns`]: `args, env,
-/// secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network`.
+/// Binds a [`RunParams`] to nine consecutive placeholders, in the order of [`RunParamsColumns`]: `args, env,
+/// secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm`.
 pub(crate) trait BindRunParams<'q> {
     fn bind_run_params(self, params: &'q RunParams) -> Self;
 }
@@ -356,6 +358,7 @@ where
             .bind(limits.cpu_seconds())
             .bind(limits.max_output_bytes())
             .bind(params.network())
+            .bind(params.warm())
     }
 }
 
@@ -516,6 +519,8 @@ pub struct Run {
     pub error: Option<String>,
     /// How long the agent took to prepare the run's packages (0: cached); `None` for runs without any.
     pub environment_ms: Option<i64>,
+    /// The agent handed the run to a sandbox prepared before it came (it asked for it with `warm`).
+    pub warm_start: bool,
     pub lease_until: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     #[sqlx(flatten, try_from = "RunParamsColumns")]
@@ -576,6 +581,8 @@ pub struct RunEnd {
     pub error: Option<String>,
     /// How long the agent took to prepare the run's packages (0: cached); `None` for runs without any.
     pub environment_ms: Option<i64>,
+    /// The run started in a prepared sandbox.
+    pub warm_start: bool,
     /// How long before the report the run ended, by the agent's account: `finished_at` is set that long
     /// before now, but never before the run was claimed. `None`: now.
     pub ended_ago: Option<chrono::Duration>,

@@ -53,18 +53,19 @@ const MAX_BACKOFF_SECONDS: i64 = 3600;
 
 const INSERT_RUN: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, target_agent_id, \
      labels, trigger, scheduled_for, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, env, \
-     secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by) \
+     secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm, created_by) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, 'queued', $12, $12, $13, $14, $15, $16, $17, $18, $19, \
-     $20, $21) RETURNING *";
+     $20, $21, $22) RETURNING *";
 
 /// Copies a finished run into a new queued attempt. `scheduled_for` stays behind: it is unique per tick.
 const INSERT_RETRY: &str = "INSERT INTO runs (task_id, script_id, script_version, content, filename, \
      target_agent_id, labels, trigger, attempt, retries, retry_backoff_seconds, status, queued_at, not_before, args, \
-     env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, created_by, hook_id, \
+     env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm, created_by, hook_id, \
      upstream_run_id, depth) \
      SELECT task_id, script_id, script_version, content, filename, target_agent_id, labels, 'retry', attempt + 1, \
      retries, retry_backoff_seconds, 'queued', $2, $3, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, \
-     max_output_bytes, network, created_by, hook_id, upstream_run_id, depth FROM runs WHERE id = $1 RETURNING *";
+     max_output_bytes, network, warm, created_by, hook_id, upstream_run_id, depth FROM runs WHERE id = $1 \
+     RETURNING *";
 
 /// A retry gets the payload of the hook call that started the attempt before it (`$1` retry, `$2` attempt).
 const COPY_PAYLOAD: &str =
@@ -76,10 +77,10 @@ const COPY_PAYLOAD: &str =
 /// (upstream_run_id, task_id) index makes a second run for the same upstream run impossible.
 const INSERT_AFTER: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, labels, trigger, \
      upstream_run_id, depth, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, \
-     error, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     error, args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm) \
      SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, \
      t.labels, 'after', $1, $8, t.retries, t.retry_backoff_seconds, $5, $4, $4, $6, $7, t.args, t.env, \
-     t.secrets, t.timeout_seconds, t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network \
+     t.secrets, t.timeout_seconds, t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network, t.warm \
      FROM task_run_after a JOIN tasks t ON t.id = a.task_id JOIN scripts s ON s.id = t.script_id \
      WHERE a.after_task_id = $2 AND a.on_status = $3 AND t.enabled \
      AND (SELECT COUNT(*) FROM runs q WHERE q.task_id = t.id AND q.trigger = 'after' \
@@ -197,7 +198,8 @@ const POSTGRES_SECRETS: &str = "NOT EXISTS (SELECT 1 FROM secrets s \
 /// Ends a running run. `$1` run, `$2` agent (NULL: whichever agent holds it, for the reaper).
 const FINISH_RUN: &str = "UPDATE runs SET status = $3, finished_at = $4, exit_code = $5, signal = $6, timed_out = $7, \
      oom_killed = $8, max_rss_kb = $9, cpu_ms = $10, output_bytes = $11, truncated = $12, error = $13, \
-     started_at = $14, environment_ms = $15, lease_until = NULL WHERE id = $1 AND status = 'running' AND ($2 IS NULL OR agent_id = $2) \
+     started_at = $14, environment_ms = $15, warm_start = $16, lease_until = NULL WHERE id = $1 AND status = 'running' \
+     AND ($2 IS NULL OR agent_id = $2) \
      RETURNING *";
 
 /// What the finish of a running run needs to know about it: when it was claimed and its lease's end.
@@ -283,6 +285,7 @@ where
         .bind(&end.error)
         .bind(started_at)
         .bind(end.environment_ms)
+        .bind(end.warm_start)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(run) = run else { return Ok(None) };
@@ -725,6 +728,7 @@ impl RunEnd {
             truncated: false,
             error: None,
             environment_ms: None,
+            warm_start: false,
             ended_ago: None,
             elapsed: None,
             retry_after_lease: false,

@@ -28,11 +28,11 @@ const INSERT_CHUNK: usize = 1000;
 /// `WHERE true` lets SQLite tell the upsert's `ON CONFLICT` from a join constraint.
 const INSERT_FIRES_HEAD: &str = "INSERT INTO runs (task_id, script_id, script_version, filename, target_agent_id, \
      labels, trigger, scheduled_for, retries, retry_backoff_seconds, status, queued_at, not_before, finished_at, error, \
-     args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network) \
+     args, env, secrets, timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm) \
      SELECT t.id, t.script_id, COALESCE(t.script_version, s.current_version), s.filename, t.agent_id, t.labels, \
      'schedule', v.column2, t.retries, t.retry_backoff_seconds, v.column3, ";
 const INSERT_FIRES_MIDDLE: &str = ", v.column4, v.column5, v.column6, t.args, t.env, t.secrets, t.timeout_seconds, \
-     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network FROM (";
+     t.memory_mb, t.cpu_seconds, t.max_output_bytes, t.network, t.warm FROM (";
 const INSERT_FIRES_TAIL: &str = ") AS v JOIN tasks t ON t.id = v.column1 JOIN scripts s ON s.id = t.script_id WHERE true \
      ON CONFLICT (task_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING RETURNING *";
 

@@ -161,9 +161,10 @@ impl Store {
             let at = now();
             let task: Task = sqlx::query_as(
                 "INSERT INTO tasks (name, description, script_id, script_version, agent_id, labels, args, env, secrets, \
-                 timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, retries, retry_backoff_seconds, \
-                 schedule, enabled, next_fire_at, created_by, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21) \
+                 timeout_seconds, memory_mb, cpu_seconds, max_output_bytes, network, warm, retries, \
+                 retry_backoff_seconds, schedule, enabled, next_fire_at, created_by, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+                 $22, $22) \
                  RETURNING *",
             )
             .bind(&spec.name)
@@ -278,8 +279,9 @@ impl Store {
             let task: Task = sqlx::query_as(
                 "UPDATE tasks SET name = $1, description = $2, script_id = $3, script_version = $4, agent_id = $5, \
                  labels = $6, args = $7, env = $8, secrets = $9, timeout_seconds = $10, memory_mb = $11, \
-                 cpu_seconds = $12, max_output_bytes = $13, network = $14, retries = $15, retry_backoff_seconds = $16, \
-                 schedule = $17, enabled = $18, next_fire_at = $19, updated_at = $20 WHERE id = $21 RETURNING *",
+                 cpu_seconds = $12, max_output_bytes = $13, network = $14, warm = $15, retries = $16, \
+                 retry_backoff_seconds = $17, schedule = $18, enabled = $19, next_fire_at = $20, updated_at = $21 \
+                 WHERE id = $22 RETURNING *",
             )
             .bind(&spec.name)
             .bind(&spec.description)
@@ -379,7 +381,7 @@ fn audit_details(spec: &TaskSpec) -> serde_json::Value {
         "agent_id": spec.agent_id, "labels": spec.labels, "args": spec.params.args(),
         "env_keys": spec.params.env().as_map().keys().collect::<Vec<_>>(), "secrets": spec.params.secrets(),
         "timeout_seconds": spec.params.limits().timeout_seconds(), "memory_mb": spec.params.limits().memory_mb(),
-        "network": spec.params.network(),
+        "network": spec.params.network(), "warm": spec.params.warm(),
         "retries": spec.retries, "schedule": spec.schedule, "enabled": spec.enabled,
     })
 }

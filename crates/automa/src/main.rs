@@ -109,6 +109,10 @@ struct AgentFlags {
     /// The program that sets up the sandbox (default: this binary).
     #[arg(long, env = "AUTOMA_SANDBOX_HELPER")]
     sandbox_helper: Option<PathBuf>,
+    /// Keep a sandbox prepared for the next run that asks for a warm start, in each slot that served one
+    /// (`false`: every run starts cold).
+    #[arg(long, env = "AUTOMA_WARM_POOL", default_value_t = true, action = clap::ArgAction::Set)]
+    warm_pool: bool,
     /// On SIGTERM, how long running runs may finish before they are stopped and handed back.
     #[arg(long, env = "AUTOMA_SHUTDOWN_GRACE_SECONDS", default_value_t = automa_agent::DEFAULT_SHUTDOWN_GRACE_SECONDS)]
     shutdown_grace_seconds: u64,
@@ -148,6 +152,7 @@ impl AgentFlags {
             profile: self.sandbox.clone(),
             python: self.python.clone(),
             helper: self.sandbox_helper.clone(),
+            warm_pool: self.warm_pool,
             // As for the server's setting, "a, b," in the environment is two ranges.
             network_deny: self
                 .network_deny

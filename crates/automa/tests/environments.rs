@@ -126,6 +126,7 @@ async fn run(sandbox: &Sandbox, script: &str, environment: &Path) -> String {
         network: false,
         payload: None,
         environment: Some(environment.to_path_buf()),
+        warm: false,
     };
     let (tx, mut rx) = mpsc::channel(64);
     let (_cancel, cancelled) = watch::channel(false);
@@ -392,6 +393,7 @@ impl Server {
             env: Default::default(),
             limits: Default::default(),
             network: false,
+            warm: false,
             last_log_seq: 0,
             payload: None,
             held_ms: None,

@@ -13,25 +13,48 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::status;
-use crate::protocol::RunRequest;
+use crate::protocol::{HandOver, RunRequest, read_message};
 
-pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd, joined: OwnedFd) -> ! {
+/// `hand_over` is set for a prepared sandbox: the supervisor passes the run's [`HandOver`] through it.
+pub(super) fn run(
+    request: &RunRequest,
+    status_w: OwnedFd,
+    lifeline: OwnedFd,
+    joined: OwnedFd,
+    hand_over: Option<OwnedFd>,
+) -> ! {
     let mut status_pipe = File::from(status_w);
-    if let Err(e) = prepare(request, &lifeline, joined) {
+    let fail = |status_pipe: &mut File, e: String| -> ! {
         let _ = writeln!(status_pipe, "{}{e}", status::ERROR);
-        std::process::exit(1);
+        std::process::exit(1)
+    };
+    if let Err(e) = prepare(request, &lifeline, joined) {
+        fail(&mut status_pipe, e);
     }
     drop(lifeline);
+    let run_pipe = match hand_over.is_some().then(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)).transpose() {
+        Ok(pipe) => pipe,
+        Err(e) => fail(&mut status_pipe, format!("pipe: {e}")),
+    };
+    let (run_r, run_w) = run_pipe.unzip();
     // SAFETY: the init is single-threaded, so the child may allocate and run ordinary code.
     let workload = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => super::confine::run(request, status_pipe),
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => {
-            let _ = writeln!(status_pipe, "{}fork: {e}", status::ERROR);
-            std::process::exit(1);
+        Ok(ForkResult::Child) => {
+            drop((hand_over, run_w));
+            if let Some(Err(e)) = run_r.map(|run_r| nix::unistd::dup2_stdin(&run_r)) {
+                fail(&mut status_pipe, format!("dup2: {e}"));
+            }
+            super::confine::run(request, status_pipe)
         }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(&mut status_pipe, format!("fork: {e}")),
     };
+    drop(run_r);
     let _ = writeln!(status_pipe, "{}{workload}", status::PID);
+    if let Some(Err(e)) = hand_over.zip(run_w).map(|(hand_over, run_w)| start_prepared(hand_over, run_w)) {
+        let _ = kill(Pid::from_raw(-workload.as_raw()), Signal::SIGKILL);
+        fail(&mut status_pipe, e);
+    }
     let line = match reap_until(workload, request.layers.pid_ns) {
         WaitStatus::Exited(_, code) => format!("{}{code}", status::EXIT),
         WaitStatus::Signaled(_, sig, _) => format!("{}{}", status::SIGNAL, sig as i32),
@@ -72,6 +95,20 @@ fn prepare(request: &RunRequest, lifeline: &OwnedFd, joined: OwnedFd) -> Result<
     File::from(joined)
         .read_exact(&mut byte)
         .map_err(|_| "the supervisor could not move the run into its cgroups".to_owned())
+}
+
+/// Waits for the run a prepared sandbox serves, writes its payload as a cold run's workload would (before the
+/// uid switch, so owned by the helper's uid) and passes the rest to the waiting interpreter. EOF, when the
+/// sandbox discards the prepared sandbox, passes nothing: the interpreter then exits.
+fn start_prepared(hand_over: OwnedFd, run_w: OwnedFd) -> Result<(), String> {
+    let Ok(message) = read_message::<HandOver>(&mut File::from(hand_over)) else {
+        return Ok(());
+    };
+    if let Some(payload) = &message.payload {
+        let dir = std::env::current_dir().map_err(|e| format!("getcwd: {e}"))?;
+        super::confine::write_read_only(&dir.join(crate::TRIGGER_PAYLOAD_FILE), payload)?;
+    }
+    File::from(run_w).write_all(message.run.as_bytes()).map_err(|e| format!("hand the run over: {e}"))
 }
 
 /// As pid 1 the init also reaps orphans the workload leaves; it stops at the workload's own exit.

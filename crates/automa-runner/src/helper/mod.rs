@@ -34,7 +34,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::protocol::{Request, RunOutcome, RunReport, RunRequest, read_message, write_message};
+use crate::protocol::{HAND_OVER, HandOver, Request, RunOutcome, RunReport, RunRequest, read_message, write_message};
 
 /// Entry point of the helper process: `automa __sandbox-helper` and `automa-sandbox-helper` call it.
 pub fn main() -> ! {
@@ -125,15 +125,20 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
+    let hand_over = match request.warm.then(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)).transpose() {
+        Ok(pipe) => pipe,
+        Err(e) => return failed(format!("pipe: {e}")),
+    };
+    let (hand_over_r, hand_over_w) = hand_over.unzip();
     // SAFETY: the helper is single-threaded, so the child may allocate and run ordinary code.
     match unsafe { nix::unistd::fork() } {
         Err(e) => failed(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            drop((status_r, lifeline_w, joined_w));
-            init::run(request, status_w, lifeline_r, joined_r)
+            drop((status_r, lifeline_w, joined_w, hand_over_w));
+            init::run(request, status_w, lifeline_r, joined_r, hand_over_r)
         }
         Ok(ForkResult::Parent { child }) => {
-            drop((status_w, lifeline_r, joined_r));
+            drop((status_w, lifeline_r, joined_r, hand_over_r));
             // The first move into a cgroup after a pause waits for an RCU grace period (milliseconds): made
             // here, it overlaps the init's building of the root, and the init starts the workload only after
             // this byte. Without it (EOF) the init gives up.
@@ -143,7 +148,8 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
             } else {
                 drop(joined_w);
             }
-            let (text, killed, workload_started_ns) = watch(child, channel, status_r, request.layers.pid_ns);
+            let hand_over = hand_over_w.map(File::from);
+            let (text, killed, workload_started_ns) = watch(child, channel, status_r, hand_over, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);
@@ -217,9 +223,16 @@ pub(crate) fn map_own_ids(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// Waits for the init to exit, killing the run when the sandbox asks (a byte or EOF on the channel), and
-/// collects the init's status lines as they come. Returns the lines, whether the run was killed, and when the
-/// init reported the workload started.
-fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, bool, Option<u64>) {
+/// collects the init's status lines as they come. A prepared sandbox's init (`hand_over`) is first passed the
+/// run's [`HAND_OVER`] message, once. Returns the lines, whether the run was killed, and when the init
+/// reported the workload started.
+fn watch(
+    init: Pid,
+    mut channel: &File,
+    status: OwnedFd,
+    mut hand_over: Option<File>,
+    pid_ns: bool,
+) -> (String, bool, Option<u64>) {
     let mut status = File::from(status);
     let mut text = String::new();
     let mut killed = false;
@@ -259,6 +272,9 @@ fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, b
             }
         }
         if !killed && ready[1] {
+            if hand_over.take().is_some_and(|to_init| forward_hand_over(&mut channel, to_init).is_ok()) {
+                continue;
+            }
             killed = true;
             kill_run(init, &text, pid_ns);
         }
@@ -268,6 +284,18 @@ fn watch(init: Pid, channel: &File, status: OwnedFd, pid_ns: bool) -> (String, b
     }
     let _ = status.read_to_string(&mut text);
     (text, killed, started)
+}
+
+/// Passes the run's hand-over from the channel to the init, which is waiting for nothing else; an error (any
+/// other byte, EOF, a broken message or init) means the run is to be killed.
+fn forward_hand_over(channel: &mut &File, mut to_init: File) -> std::io::Result<()> {
+    let mut tag = [0u8; 1];
+    channel.read_exact(&mut tag)?;
+    if tag[0] != HAND_OVER {
+        return Err(std::io::Error::other("not a hand-over"));
+    }
+    let message: HandOver = read_message(channel)?;
+    write_message(&mut to_init, &message)
 }
 
 /// With a pid namespace, killing the init ends everything. Without one the workload's process group is

@@ -12,7 +12,7 @@ use std::time::Duration;
 use automa_runner::{Limits, Stream};
 use tokio::sync::{mpsc, watch};
 
-use crate::support::{self, Harness, Outcome, limits, run, spec};
+use crate::support::{Harness, Outcome, limits, run, spec};
 
 fn with_args(script: &str, args: &[String]) -> automa_runner::RunSpec {
     let mut s = spec(script);
@@ -330,7 +330,7 @@ if os.getuid() == 0 or os.geteuid() == 0:
 pub async fn read_other_run(h: &Harness) -> bool {
     let (cancel, cancel_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel(16);
-    let victim = h.sandbox.run(spec(VICTIM), tx, cancel_rx);
+    let victim = h.sandbox.run(automa_runner::RunSpec { warm: h.warm, ..spec(VICTIM) }, tx, cancel_rx);
     let attacker = async {
         // The victim's first line says its secret is in place.
         let first = rx.recv().await.expect("the victim reports");
@@ -383,9 +383,4 @@ pub async fn flood_output(h: &Harness) -> Outcome {
     let out = run(h, s).await;
     assert_reached(&out, &["flood"]);
     out
-}
-
-/// The harness used by every attack that needs nothing special.
-pub fn full() -> Harness {
-    support::strict()
 }

@@ -12,3 +12,4 @@ mod positive;
 mod slots;
 mod support;
 mod unprivileged;
+mod warm;

@@ -260,7 +260,7 @@ async fn configured_ranges_are_refused_too() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = support::config(Profile::Strict, &dir);
     config.network_deny = vec!["198.51.100.0/24".parse().expect("cidr")];
-    let h = Harness { sandbox: automa_runner::Sandbox::new(config).expect("the sandbox starts"), dir };
+    let h = Harness { sandbox: automa_runner::Sandbox::new(config).expect("the sandbox starts"), dir, warm: false };
     assert_eq!(h.sandbox.capabilities().network_deny, ["198.51.100.0/24"]);
     let reach = reach(&h, &network).await;
     assert!(!reach.public, "{reach:#?}");
@@ -272,7 +272,7 @@ async fn strict_refuses_networked_runs_without_slirp4netns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = support::config(Profile::Strict, &dir);
     config.slirp4netns = Some("/nonexistent/slirp4netns".into());
-    let h = Harness { sandbox: automa_runner::Sandbox::new(config).expect("the sandbox starts"), dir };
+    let h = Harness { sandbox: automa_runner::Sandbox::new(config).expect("the sandbox starts"), dir, warm: false };
     let caps = h.sandbox.capabilities();
     assert!(caps.network_stack.is_none(), "{caps:#?}");
     assert!(caps.warnings.iter().any(|w| w.contains("ask for network are refused")), "{caps:#?}");

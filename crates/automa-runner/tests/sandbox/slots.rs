@@ -12,7 +12,7 @@ fn one_slot(disabled: &[Layer]) -> Harness {
     config.slots = 1;
     config.disabled_layers = disabled.to_vec();
     let sandbox = Sandbox::new(config).expect("the sandbox starts");
-    Harness { sandbox, dir }
+    Harness { sandbox, dir, warm: false }
 }
 
 /// Leaves a file in /tmp and the work directory, a SysV shared memory segment, and a background process in

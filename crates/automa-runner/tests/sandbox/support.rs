@@ -23,6 +23,36 @@ pub fn helper() -> HelperCommand {
 pub struct Harness {
     pub sandbox: Sandbox,
     pub dir: tempfile::TempDir,
+    /// Every run through [`run`] asks for a warm start, and must get one unless it cannot have one.
+    pub warm: bool,
+}
+
+/// How the runs of a test start: the same isolation tests run in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Cold,
+    Warm,
+}
+
+/// A sandbox for runs started in `mode`. A warm one has already served a warm run on each slot, so that each
+/// holds a prepared sandbox (the first warm run of a slot starts cold).
+pub async fn harness(profile: Profile, disabled: &[Layer], mode: Mode) -> Harness {
+    let harness = with(profile, disabled);
+    match mode {
+        Mode::Cold => harness,
+        Mode::Warm => warmed(harness).await,
+    }
+}
+
+/// `harness` after a warm run on each of its two slots, each of which then holds a prepared sandbox.
+pub async fn warmed(mut harness: Harness) -> Harness {
+    let warm = || RunSpec { warm: true, ..spec("pass") };
+    let first = tokio::join!(run(&harness, warm()), run(&harness, warm()));
+    for out in [first.0, first.1] {
+        assert!(out.report.exit_code == Some(0) && !out.report.warm_start, "{out:#?}");
+    }
+    harness.warm = true;
+    harness
 }
 
 impl Harness {
@@ -53,7 +83,7 @@ pub fn with(profile: Profile, disabled: &[Layer]) -> Harness {
     let mut config = config(profile, &dir);
     config.disabled_layers = disabled.to_vec();
     let sandbox = Sandbox::new(config).expect("the sandbox starts");
-    Harness { sandbox, dir }
+    Harness { sandbox, dir, warm: false }
 }
 
 /// A sandbox whose helper runs as `nobody` through setpriv, as an unprivileged deployment would. It uses
@@ -74,7 +104,7 @@ pub fn unprivileged(disabled: &[Layer]) -> Harness {
     config.slots = 2;
     config.disabled_layers = disabled.to_vec();
     let sandbox = Sandbox::new(config).expect("the unprivileged sandbox starts");
-    Harness { sandbox, dir }
+    Harness { sandbox, dir, warm: false }
 }
 
 /// Limits small enough for tests to hit quickly.
@@ -100,6 +130,7 @@ pub fn spec(script: &str) -> RunSpec {
         network: false,
         payload: None,
         environment: None,
+        warm: false,
     }
 }
 
@@ -126,7 +157,9 @@ pub async fn run(harness: &Harness, spec: RunSpec) -> Outcome {
     run_with(harness, spec, cancel_rx).await
 }
 
-pub async fn run_with(harness: &Harness, spec: RunSpec, cancel: watch::Receiver<bool>) -> Outcome {
+pub async fn run_with(harness: &Harness, mut spec: RunSpec, cancel: watch::Receiver<bool>) -> Outcome {
+    spec.warm |= harness.warm;
+    let can_start_warm = harness.warm && !spec.network && spec.environment.is_none();
     let (tx, mut rx) = mpsc::channel(64);
     let collector = tokio::spawn(async move {
         let mut chunks = Vec::new();
@@ -138,6 +171,9 @@ pub async fn run_with(harness: &Harness, spec: RunSpec, cancel: watch::Receiver<
     let report = harness.sandbox.run(spec, tx, cancel).await.expect("the sandbox runs the script");
     let chunks = collector.await.expect("collector");
     let text = |stream: Stream| chunks.iter().filter(|c| c.stream == stream).map(|c| c.data.as_str()).collect();
+    if harness.warm && !report.cancelled {
+        assert_eq!(report.warm_start, can_start_warm, "{report:#?}");
+    }
     Outcome { report, stdout: text(Stream::Stdout), stderr: text(Stream::Stderr), system: text(Stream::System), chunks }
 }
 

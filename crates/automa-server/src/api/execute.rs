@@ -74,6 +74,10 @@ pub struct ExecuteRequest {
     /// Network access; granted by admins (or operators, with `AUTOMA_NETWORK_GRANT=operator`).
     #[serde(default)]
     pub network: bool,
+    /// Ask for a warm start: the agent hands the run to a sandbox it prepared before the run came (isolated
+    /// like any other), when it can; the run's `warm_start` says whether it did.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// Run a script, or inline code, once.
@@ -95,6 +99,7 @@ pub async fn adhoc(
         cpu_seconds: input.timeout_seconds,
         max_output_bytes: None,
         network: Some(input.network),
+        warm: Some(input.warm),
     })?;
     if params.network() {
         grants::authorize_network(&state, &principal)?;

@@ -60,6 +60,12 @@ pub struct RunResponse {
     /// Milliseconds the agent spent preparing the run's packages before the script started (0: they were
     /// cached); null for runs without dependencies.
     pub environment_ms: Option<i64>,
+    /// The run asked for a warm start (its task's or the ad-hoc request's `warm`).
+    pub warm: bool,
+    /// The agent handed the run to a sandbox prepared before it came, so its `duration_ms` has no sandbox or
+    /// interpreter start in it. False for a cold start: one not asked for, or one the agent could not give
+    /// (no pool, network, packages, variables that change how Python starts).
+    pub warm_start: bool,
     pub cpu_ms: Option<i64>,
     pub output_bytes: Option<i64>,
     pub truncated: bool,
@@ -102,6 +108,8 @@ impl From<Run> for RunResponse {
             oom_killed: run.oom_killed,
             max_rss_kb: run.max_rss_kb,
             environment_ms: run.environment_ms,
+            warm: run.params.warm(),
+            warm_start: run.warm_start,
             cpu_ms: run.cpu_ms,
             output_bytes: run.output_bytes,
             truncated: run.truncated,

@@ -47,6 +47,8 @@ pub struct TaskResponse {
     pub max_output_bytes: i64,
     /// Whether the script may use the network.
     pub network: bool,
+    /// Whether its runs ask for a warm start (a sandbox prepared before the run came).
+    pub warm: bool,
     pub retries: i64,
     pub retry_backoff_seconds: i64,
     pub schedule: Option<Schedule>,
@@ -77,6 +79,7 @@ impl From<Task> for TaskResponse {
             cpu_seconds: task.params.limits().cpu_seconds(),
             max_output_bytes: task.params.limits().max_output_bytes(),
             network: task.params.network(),
+            warm: task.params.warm(),
             retries: task.retries,
             retry_backoff_seconds: task.retry_backoff_seconds,
             schedule: task.schedule.map(|s| s.0),
@@ -113,6 +116,9 @@ pub struct TaskInput {
     pub cpu_seconds: Option<i64>,
     pub max_output_bytes: Option<i64>,
     pub network: Option<bool>,
+    /// Its runs ask for a warm start: handed to a sandbox the agent prepared before they came, isolated like
+    /// any other run, when the agent can (not with network or packages).
+    pub warm: Option<bool>,
     pub retries: Option<i64>,
     pub retry_backoff_seconds: Option<i64>,
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
@@ -190,6 +196,7 @@ fn merge(base: TaskSpec, input: TaskInput, schedule_changed_at: DateTime<Utc>) -
         cpu_seconds: input.cpu_seconds,
         max_output_bytes: input.max_output_bytes,
         network: input.network,
+        warm: input.warm,
     })?;
     let description = input.description.unwrap_or(base.description);
     if description.len() > 4096 {

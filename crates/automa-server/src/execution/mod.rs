@@ -215,6 +215,7 @@ impl Execution {
             env,
             limits: run.params.limits(),
             network: run.params.network(),
+            warm: run.params.warm(),
             last_log_seq,
             payload,
             held_ms: Some(i64::try_from(held.as_millis()).unwrap_or(0)),
@@ -352,6 +353,7 @@ impl Execution {
             truncated: outcome.truncated,
             error: outcome.explanation(),
             environment_ms: outcome.environment_ms,
+            warm_start: outcome.warm_start,
             ended_ago,
             elapsed,
             // Stopped only because the agent could not renew the lease: the retry waits for the lease's end as

@@ -58,6 +58,7 @@ async fn changes_and_logins_are_recorded(backend: Backend) {
     let task_entry = &log.body["items"][0];
     assert_eq!(task_entry["resource_id"], task.body["id"].as_i64().unwrap().to_string());
     assert!(!task_entry.to_string().contains("hunter2"), "environment values stay out of the audit log");
+    assert_eq!(task_entry["details"]["warm"], false, "the task's choice of warm starts is audited");
 
     let filtered = app.get(&format!("/audit?resource_type=script&resource_id={script}"), &admin).await;
     assert_eq!(filtered.body["total"], 2);

@@ -151,7 +151,7 @@ async fn tasks_round_trip(backend: Backend) {
         "name": "nightly", "description": "d", "script_id": script_id, "script_version": 1,
         "agent_id": agent["id"], "labels": ["linux"], "args": ["--full", "x y"], "env": {"MODE": "full"},
         "secrets": ["DB_PASSWORD"], "timeout_seconds": 600, "memory_mb": 256, "cpu_seconds": 300,
-        "max_output_bytes": 65536, "network": true, "retries": 2, "retry_backoff_seconds": 30,
+        "max_output_bytes": 65536, "network": true, "warm": true, "retries": 2, "retry_backoff_seconds": 30,
         "schedule": {"kind": "cron", "cron": "0 3 * * *", "timezone": "Europe/Paris"}, "enabled": true
     });
     let created = app.post("/tasks", &admin, body.clone()).await;
@@ -170,6 +170,7 @@ async fn tasks_round_trip(backend: Backend) {
         "cpu_seconds",
         "max_output_bytes",
         "network",
+        "warm",
         "retries",
         "retry_backoff_seconds",
         "enabled",
@@ -190,6 +191,16 @@ async fn tasks_round_trip(backend: Backend) {
             && updated.body["agent_id"].is_null()
     );
     assert_eq!(updated.body["env"], body["env"], "absent fields keep their value");
+    assert_eq!(updated.body["warm"], true, "absent fields keep their value");
+    let cold = app.put(&format!("/tasks/{id}"), &admin, json!({"warm": false})).await;
+    assert_eq!((cold.status, &cold.body["warm"]), (StatusCode::OK, &json!(false)), "{:?}", cold.body);
+    let wrong = app.put(&format!("/tasks/{id}"), &admin, json!({"warm": "yes"})).await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", wrong.body);
+    let run = app.post("/execute", &admin, json!({"content": "print(1)\n", "warm": true})).await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{:?}", run.body);
+    assert_eq!((&run.body["warm"], &run.body["warm_start"]), (&json!(true), &json!(false)));
+    let stored = app.get(&format!("/runs/{}", run.body["id"]), &admin).await;
+    assert_eq!((&stored.body["warm"], &stored.body["warm_start"]), (&json!(true), &json!(false)));
 
     let once = app.put(&format!("/tasks/{id}"), &admin, json!({"scheduled_time": "2999-01-01T00:00:00Z"})).await;
     assert_eq!(

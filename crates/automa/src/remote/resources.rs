@@ -160,6 +160,9 @@ pub struct TaskFields {
     /// Whether the script may use the network.
     #[arg(long)]
     network: Option<bool>,
+    /// Whether its runs ask for a warm start (a sandbox the agent prepared before the run came).
+    #[arg(long)]
+    warm: Option<bool>,
     #[arg(long)]
     retries: Option<i64>,
     /// Run on this cron schedule (5 fields, or 6 with seconds first).
@@ -426,6 +429,7 @@ async fn task_input(api: &Api, fields: TaskFields) -> anyhow::Result<TaskInput> 
         timeout_seconds: fields.timeout_seconds,
         memory_mb: fields.memory_mb,
         network: fields.network,
+        warm: fields.warm,
         retries: fields.retries,
         schedule,
         enabled: fields.enabled,

@@ -20,3 +20,4 @@ mod packages;
 mod pg_database;
 mod restart;
 mod support;
+mod warm;

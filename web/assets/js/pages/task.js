@@ -15,7 +15,7 @@ import { createRunAfterEditor, hooksPanel } from '../triggers.js';
 const DEFAULTS = {
   name: '', description: '', script_id: null, script_version: null, agent_id: null, labels: [], args: [], env: {},
   secrets: [], timeout_seconds: 3600, memory_mb: 512, cpu_seconds: 3600, max_output_bytes: 10485760, network: false,
-  retries: 0, retry_backoff_seconds: 10, schedule: null, enabled: true, run_after: [],
+  warm: false, retries: 0, retry_backoff_seconds: 10, schedule: null, enabled: true, run_after: [],
 };
 
 function list(text, separator) {
@@ -76,6 +76,7 @@ export async function render(main, params, ctx) {
   const cpu = number('cpu_seconds', task.cpu_seconds, { min: 1 });
   const output = number('max_output_bytes', task.max_output_bytes, { min: 1024 });
   const network = h('input', { type: 'checkbox', name: 'network', checked: task.network });
+  const warm = h('input', { type: 'checkbox', name: 'warm', checked: task.warm });
   const retries = number('retries', task.retries, { min: 0, max: 100 });
   const backoff = number('retry_backoff_seconds', task.retry_backoff_seconds, { min: 0 });
   const enabled = h('input', { type: 'checkbox', name: 'enabled', checked: task.enabled });
@@ -109,6 +110,7 @@ export async function render(main, params, ctx) {
       h('div.row', field('Timeout (s)', timeout), field('Memory (MB)', memory), field('CPU (s)', cpu), field('Max output (bytes)', output)),
       h('div.row', field('Retries', retries), field('Retry backoff (s)', backoff)),
       h('label.check', { dataset: { field: 'network' } }, network, ' Allow network access'),
+      h('label.check', { dataset: { field: 'warm' } }, warm, ' Warm start (runs start in a sandbox prepared before they come; not with network or packages)'),
       h('label.check', { dataset: { field: 'enabled' } }, enabled, ' Enabled (a disabled task does not fire)')),
     h('fieldset', { disabled: !writable }, h('legend', 'Schedule'), schedule.root),
     h('fieldset', { disabled: !writable }, h('legend', 'Run after'),
@@ -127,7 +129,7 @@ export async function render(main, params, ctx) {
         labels: list(labels.value, ','), args: args.value ? args.value.split('\n').filter((line, i, all) => line !== '' || i < all.length - 1) : [],
         env: parseEnv(env.value), secrets: list(secrets.value, ','), timeout_seconds: Number(timeout.value),
         memory_mb: Number(memory.value), cpu_seconds: Number(cpu.value), max_output_bytes: Number(output.value),
-        network: network.checked, retries: Number(retries.value), retry_backoff_seconds: Number(backoff.value),
+        network: network.checked, warm: warm.checked, retries: Number(retries.value), retry_backoff_seconds: Number(backoff.value),
         enabled: enabled.checked, schedule: schedule.value(), run_after: runAfter.value(),
       };
     } catch (error) {

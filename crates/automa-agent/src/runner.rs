@@ -107,7 +107,7 @@ pub(crate) async fn execute<B: AgentBackend>(
         renewed: Mutex::new(leased),
         ended: AtomicBool::new(false),
     });
-    running.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, control.clone());
+    running.start(run_id, control.clone());
     let (output, chunks) = mpsc::channel(CHANNEL_CHUNKS);
     let shipper = tokio::spawn(ship(backend.clone(), run_id, work.last_log_seq, chunks, control.clone()));
     let started = Instant::now();

@@ -53,7 +53,36 @@ pub struct AgentConfig {
 }
 
 /// The runs this agent executes, by id, with the handle that stops each.
-pub(crate) type Running = Arc<Mutex<HashMap<i64, Arc<RunControl>>>>;
+pub(crate) type Running = Arc<RunningRuns>;
+
+/// The runs executing, and a count of runs started that the heartbeats and the watchdog wait on while none
+/// runs, so that an idle agent sleeps instead of ticking.
+#[derive(Default)]
+pub(crate) struct RunningRuns {
+    runs: Mutex<HashMap<i64, Arc<RunControl>>>,
+    started: watch::Sender<u64>,
+}
+
+impl RunningRuns {
+    pub(crate) fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, HashMap<i64, Arc<RunControl>>>> {
+        self.runs.lock()
+    }
+
+    /// Adds a run and wakes whoever waits for one.
+    pub(crate) fn start(&self, run_id: i64, control: Arc<RunControl>) {
+        self.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, control);
+        self.started.send_modify(|started| *started += 1);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Sees every run started after it was taken.
+    fn starts(&self) -> watch::Receiver<u64> {
+        self.started.subscribe()
+    }
+}
 
 pub struct Agent<B: AgentBackend> {
     backend: Arc<Guarded<B>>,
@@ -444,16 +473,34 @@ async fn heartbeats<B: AgentBackend>(
     // servers moves on while there is time to renew before the fence; several heartbeats may be in flight, so
     // a slow server's late answer still renews (it counts from when it was sent) without holding up the next.
     let patience = lease / 3;
+    let mut starts = running.starts();
     let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(idle_every));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last = tokio::time::Instant::now();
     let mut in_flight = JoinSet::new();
     loop {
-        ticker.tick().await;
+        if running.is_empty() {
+            // Idle: the next heartbeat is due a third of a lease after the last, unless a run starts first; the
+            // busy cadence then resumes a tick after the start.
+            tokio::select! {
+                () = tokio::time::sleep_until(last + idle_every) => {}
+                _ = starts.changed() => {
+                    ticker.reset();
+                    continue;
+                }
+            }
+        } else {
+            ticker.tick().await;
+        }
         while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= HEARTBEATS_IN_FLIGHT {
+            // The server answers none of them yet: the next goes when one is settled (each waits its patience
+            // at most).
+            in_flight.join_next().await;
+        }
         let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        if (ids.is_empty() && last.elapsed() < idle_every) || in_flight.len() >= HEARTBEATS_IN_FLIGHT {
+        if ids.is_empty() && last.elapsed() < idle_every {
             continue;
         }
         let sent = tokio::time::Instant::now();
@@ -490,12 +537,22 @@ async fn heartbeats<B: AgentBackend>(
     }
 }
 
+/// How often the watchdog looks at the runs while any is executing.
+const WATCHDOG_TICK: Duration = Duration::from_millis(50);
+
 /// Stops every run still executing whose lease was last renewed longer ago than the fence of the shortest
-/// lease announced (milliseconds in `shortest_lease`).
+/// lease announced (milliseconds in `shortest_lease`). With no run executing it sleeps until one starts.
 async fn watchdog(running: Running, shortest_lease: Arc<AtomicU64>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let mut starts = running.starts();
+    let mut ticker = tokio::time::interval(WATCHDOG_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if running.is_empty() {
+            // The sender lives as long as `running`, which this holds: `changed` only returns on a start.
+            let _ = starts.changed().await;
+            ticker.reset();
+            continue;
+        }
         ticker.tick().await;
         let fence = fence(Duration::from_millis(shortest_lease.load(Ordering::Acquire)));
         let running = running.lock().unwrap_or_else(|e| e.into_inner());

@@ -50,6 +50,8 @@ pub struct Application {
     state: AppState,
     /// Set on shutdown: ends long-polls and the reaper, and makes the embedded agent drain.
     stopping: watch::Sender<bool>,
+    /// The embedded agent's sandbox, being built since `build` began; `None` without an embedded agent.
+    sandbox: Option<embedded::PreparedSandbox>,
 }
 
 impl Application {
@@ -58,6 +60,10 @@ impl Application {
         check_limits(&config)?;
         file_modes::prepare_data_dir(&config.data_dir)?;
         let key = keys::secret_key(&config)?;
+        // Probing the host (interpreter, sandbox layers) starts processes: it runs beside opening the database.
+        let sandbox = if config.no_agent { None } else { Some(embedded::prepare_sandbox(&config)?) };
+        let python = config.python.clone();
+        let interpreter = tokio::task::spawn_blocking(move || automa_runner::resolve_interpreter(python.as_deref()));
         let url = config.database_url();
         let store = Store::connect(&url)
             .await
@@ -72,7 +78,7 @@ impl Application {
         if let Some(log_file) = &config.log_file {
             file_modes::warn_if_log_exposed(log_file);
         }
-        let interpreter = match automa_runner::resolve_interpreter(config.python.as_deref()) {
+        let interpreter = match interpreter.await? {
             Ok(path) => Some(path),
             Err(error) => {
                 tracing::warn!(%error, "no Python interpreter: scripts cannot be checked or run");
@@ -159,7 +165,7 @@ impl Application {
             }
             None => None,
         };
-        Ok(Application { listener, router, metrics_listener, state, stopping })
+        Ok(Application { listener, router, metrics_listener, state, stopping, sandbox })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -180,11 +186,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state;
         state.execution.start_background().await.context("listening for queued runs")?;
-        let agent = if state.config.no_agent {
-            None
-        } else {
-            let stopping = self.stopping.subscribe();
-            Some(embedded::start(state.execution.clone(), &state.config, &state.sandbox, stopping).await?)
+        let agent = match self.sandbox {
+            None => None,
+            Some(prepared) => {
+                let stopping = self.stopping.subscribe();
+                Some(embedded::start(state.execution.clone(), &state.config, prepared, &state.sandbox, stopping).await?)
+            }
         };
         let scheduler = Scheduler::new(
             state.store.clone(),
@@ -219,6 +226,8 @@ impl Application {
             stopping.send_replace(true);
         };
         let service = MapRequestLayer::new(trim_trailing_slash).layer(self.router);
+        // Start-up is over: what building the API document, the router and the agent freed goes back now.
+        auth::return_free_memory();
         serving::serve(self.listener, service, limits, signal).await;
         if let Some(metrics) = metrics {
             let _ = metrics.await;

@@ -139,14 +139,11 @@ pub enum Noted {
 /// within [`WINDOW`] are only counted, and the window is written as one summarising entry when it closes.
 /// The audit chain is append-only, so the first entry is never updated; the summary is a new entry that names
 /// it.
+#[derive(Default)]
 pub struct FailedLogins {
     open: Mutex<HashMap<(Option<String>, String), OpenWindow>>,
-}
-
-impl Default for FailedLogins {
-    fn default() -> Self {
-        FailedLogins { open: Mutex::new(HashMap::new()) }
-    }
+    /// Told when a window opens, so the writer sleeps while none is open instead of waking to find nothing.
+    opened: tokio::sync::Notify,
 }
 
 impl FailedLogins {
@@ -172,6 +169,7 @@ impl FailedLogins {
             first_entry_id: None,
         };
         open.insert(key, OpenWindow { started: now, summary });
+        self.opened.notify_one();
         (Noted::First, closed)
     }
 
@@ -180,6 +178,17 @@ impl FailedLogins {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(window) = open.get_mut(&(address.map(address_group), email.to_owned())) {
             window.summary.first_entry_id = Some(entry_id);
+        }
+    }
+
+    /// Returns once a window is open (at once if one is).
+    pub async fn any_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if !self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_empty() {
+                return;
+            }
+            opened.await;
         }
     }
 

@@ -1,13 +1,13 @@
 //! Agents: the records of execution agents, with their enrollment token's hash and admin state.
 
 use serde_json::json;
-use sqlx::types::Json;
+use sqlx::{FromRow, Row, types::Json};
 
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Agent, AgentEvent, AgentEventKind, AuditEvent, Listed, NewAgent, Page, Store, StoreError, StoreResult,
-    WritePool, dispatch, now,
+    Actor, Agent, AgentEvent, AgentEventKind, AgentSeen, AuditEvent, Backend, Listed, NewAgent, Page, Store,
+    StoreError, StoreResult, WritePool, dispatch, now,
 };
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, description, labels, max_concurrency, disabled, draining, embedded, hostname, \
@@ -134,30 +134,77 @@ impl Store {
     }
 
     /// Records a heartbeat: the agent is alive, on this host, with this version, these capabilities and these
-    /// slots (`None` from agents that do not report them). Returns the agent as it is now.
+    /// slots (`None` from agents that do not report them). Also says whether the agent is coming back (it said
+    /// goodbye, was found silent, or was last seen before `offline_since`), and clears its disconnection. One
+    /// write: one statement on PostgreSQL, one transaction on SQLite; so of two servers receiving heartbeats at
+    /// once only one sees the return.
     pub async fn agent_seen(
         &self,
         id: i64,
+        offline_since: DateTime<Utc>,
         hostname: &str,
         version: &str,
         capabilities: &serde_json::Value,
         slots: Option<i64>,
-    ) -> StoreResult<Agent> {
-        dispatch!(self, pool => {
-            sqlx::query_as(crate::composed(format!(
-                "UPDATE agents SET last_seen_at = $2, hostname = $3, version = $4, capabilities = $5, slots = $6 \
-                 WHERE id = $1 RETURNING {AGENT_COLUMNS}"
-            )))
-            .bind(id)
-            .bind(now())
-            .bind(hostname)
-            .bind(version)
-            .bind(Json(capabilities))
-            .bind(slots)
-            .fetch_optional(pool)
-            .await?
-            .ok_or(StoreError::NotFound)
-        })
+    ) -> StoreResult<AgentSeen> {
+        const RETURNS: &str = "disconnected_at IS NOT NULL OR last_seen_at IS NULL OR last_seen_at < $2";
+        let update = format!(
+            "UPDATE agents SET last_seen_at = $3, hostname = $4, version = $5, capabilities = $6, slots = $7, \
+             disconnected_at = NULL {{from}} RETURNING {AGENT_COLUMNS}{{returned}}"
+        );
+        let seen: Option<AgentSeen> = match &*self.backend {
+            Backend::Sqlite(pool) => {
+                let mut tx = pool.begin_with_lock().await?;
+                let returned: Option<bool> =
+                    sqlx::query_scalar(crate::composed(format!("SELECT {RETURNS} FROM agents WHERE id = $1")))
+                        .bind(id)
+                        .bind(offline_since)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let sql = update.replace("{from}", "WHERE id = $1").replace("{returned}", "");
+                // `$2` is unused here; binding it keeps the parameters those of the PostgreSQL statement.
+                let agent: Option<Agent> = sqlx::query_as(crate::composed(sql))
+                    .bind(id)
+                    .bind(offline_since)
+                    .bind(now())
+                    .bind(hostname)
+                    .bind(version)
+                    .bind(Json(capabilities))
+                    .bind(slots)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                agent.zip(returned).map(|(agent, returned)| AgentSeen { agent, returned })
+            }
+            Backend::Postgres(pool) => {
+                // The row lock makes a second server's heartbeat wait and then read the cleared disconnection.
+                let sql = format!(
+                    "WITH before AS (SELECT id AS before_id, ({RETURNS}) AS returned FROM agents WHERE id = $1 \
+                     FOR UPDATE) {}",
+                    update
+                        .replace("{from}", "FROM before WHERE agents.id = before.before_id")
+                        .replace("{returned}", ", before.returned")
+                );
+                let row: Option<sqlx::postgres::PgRow> = sqlx::query(crate::composed(sql))
+                    .bind(id)
+                    .bind(offline_since)
+                    .bind(now())
+                    .bind(hostname)
+                    .bind(version)
+                    .bind(Json(capabilities))
+                    .bind(slots)
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(|row| {
+                    Ok::<_, sqlx::Error>(AgentSeen {
+                        agent: Agent::from_row(&row)?,
+                        returned: row.try_get("returned")?,
+                    })
+                })
+                .transpose()?
+            }
+        };
+        seen.ok_or(StoreError::NotFound)
     }
 
     /// Whether agent `id` holds as many running runs as it may (or more, after its cap was lowered).
@@ -236,23 +283,6 @@ impl Store {
                 .bind(token_hash)
                 .fetch_optional(pool)
                 .await?)
-        })
-    }
-
-    /// Called before recording a heartbeat: true when the agent is coming back (it said goodbye, was found
-    /// silent, or was last seen before `offline_since`), in which case its disconnection is cleared. One
-    /// statement, so of two servers receiving heartbeats at once only one sees the return.
-    pub async fn agent_returns(&self, id: i64, offline_since: DateTime<Utc>) -> StoreResult<bool> {
-        dispatch!(self, pool => {
-            let returned = sqlx::query(
-                "UPDATE agents SET disconnected_at = NULL WHERE id = $1 \
-                 AND (disconnected_at IS NOT NULL OR last_seen_at IS NULL OR last_seen_at < $2)",
-            )
-            .bind(id)
-            .bind(offline_since)
-            .execute(pool)
-            .await?;
-            Ok(returned.rows_affected() > 0)
         })
     }
 

@@ -617,6 +617,14 @@ pub struct Finished {
     pub downstream: Vec<Run>,
 }
 
+/// A heartbeat as recorded: the agent as it is now, and whether the heartbeat brought it back from being
+/// offline.
+#[derive(Debug, Clone)]
+pub struct AgentSeen {
+    pub agent: Agent,
+    pub returned: bool,
+}
+
 /// What a heartbeat learned about the runs an agent says it is running.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseRenewal {

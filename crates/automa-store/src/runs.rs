@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
-use sqlx::{Transaction, types::Json};
+use sqlx::{FromRow, Transaction, types::Json};
 
 use automa_core::{RunStatus, Trigger};
 
@@ -165,6 +165,33 @@ const CLAIM_TEMPLATE: &str = "UPDATE runs SET status = 'running', agent_id = $1,
      AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 AND NOT a.draining AND NOT a.disabled \
      AND a.retired_at IS NULL AND {effective} > (SELECT COUNT(*) FROM runs x WHERE x.agent_id = $1 AND x.status = 'running') \
      {agent_lock}) ORDER BY r.queued_at, r.id LIMIT 1 {lock}) RETURNING *";
+
+/// What an agent needs of the run just claimed (`{claimed}`, its row), beside the row itself: the script's
+/// content (its version's, or an ad-hoc run's own; NULL when the version no longer exists), the version's lock
+/// and `requires-python`, the highest output chunk number the run already has (a run handed back continues its
+/// log after it) and its hook payload.
+const CLAIMED_DETAILS: &str = "SELECT claimed.*, CASE WHEN claimed.script_id IS NOT NULL \
+     AND claimed.script_version IS NOT NULL THEN v.content ELSE claimed.content END AS claim_content, \
+     v.lock AS claim_lock, v.requires_python AS claim_requires_python, \
+     (SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = claimed.id) AS claim_last_log_seq, \
+     (SELECT payload FROM run_payloads WHERE run_id = claimed.id) AS claim_payload \
+     FROM {claimed} LEFT JOIN script_versions v ON v.script_id = claimed.script_id \
+     AND v.version = claimed.script_version";
+
+/// [`CLAIMED_DETAILS`] as read.
+#[derive(sqlx::FromRow)]
+struct ClaimDetails {
+    #[sqlx(rename = "claim_content")]
+    content: Option<String>,
+    #[sqlx(rename = "claim_lock")]
+    lock: Option<String>,
+    #[sqlx(rename = "claim_requires_python")]
+    requires_python: Option<String>,
+    #[sqlx(rename = "claim_last_log_seq")]
+    last_log_seq: i64,
+    #[sqlx(rename = "claim_payload")]
+    payload: Option<String>,
+}
 
 /// Agent `$1` reported `capabilities.packages.uv` as a version (`Agent::builds_environments` in Rust).
 const SQLITE_BUILDS_ENVIRONMENTS: &str =
@@ -414,10 +441,12 @@ impl Store {
         }
     }
 
-    /// Claims the oldest run `agent_id` may take, in one atomic statement, with a lease of `lease`.
+    /// Claims the oldest run `agent_id` may take, in one atomic statement, with a lease of `lease`, and reads
+    /// everything the agent needs to execute it with the claim: on PostgreSQL in the same statement, on SQLite
+    /// in the same transaction.
     pub async fn claim_run(&self, agent_id: i64, lease: Duration) -> StoreResult<Option<ClaimedRun>> {
         let at = now();
-        let run: Option<Run> = match &*self.backend {
+        let claimed: Option<(Run, ClaimDetails)> = match &*self.backend {
             Backend::Sqlite(pool) => {
                 let sql = CLAIM_TEMPLATE
                     .replace("{labels}", SQLITE_LABELS)
@@ -427,17 +456,25 @@ impl Store {
                     .replace("{agent_lock}", "")
                     .replace("{effective}", EFFECTIVE_CONCURRENCY);
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let run = sqlx::query_as(composed(sql))
+                let run: Option<Run> = sqlx::query_as(composed(sql))
                     .bind(agent_id)
                     .bind(at)
                     .bind(at + lease)
                     .fetch_optional(&mut *tx)
                     .await?;
+                let claimed = match run {
+                    Some(run) => {
+                        let sql = CLAIMED_DETAILS.replace("{claimed}", "(SELECT * FROM runs WHERE id = $1) claimed");
+                        let details = sqlx::query_as(composed(sql)).bind(run.id).fetch_one(&mut *tx).await?;
+                        Some((run, details))
+                    }
+                    None => None,
+                };
                 tx.commit().await?;
-                run
+                claimed
             }
             Backend::Postgres(pool) => {
-                let sql = CLAIM_TEMPLATE
+                let claim = CLAIM_TEMPLATE
                     .replace("{labels}", POSTGRES_LABELS)
                     .replace("{secrets}", POSTGRES_SECRETS)
                     .replace("{builds_environments}", POSTGRES_BUILDS_ENVIRONMENTS)
@@ -446,39 +483,18 @@ impl Store {
                     // row for the claim's statement puts each such change wholly before or after the claim.
                     .replace("{agent_lock}", "FOR SHARE")
                     .replace("{effective}", EFFECTIVE_CONCURRENCY);
-                sqlx::query_as(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?
+                let sql = format!("WITH claimed AS ({claim}) {}", CLAIMED_DETAILS.replace("{claimed}", "claimed"));
+                let row: Option<sqlx::postgres::PgRow> =
+                    sqlx::query(composed(sql)).bind(agent_id).bind(at).bind(at + lease).fetch_optional(pool).await?;
+                row.map(|row| Ok::<_, sqlx::Error>((Run::from_row(&row)?, ClaimDetails::from_row(&row)?)))
+                    .transpose()?
             }
         };
-        let Some(run) = run else { return Ok(None) };
-        type Source = (String, Option<String>, Option<String>);
-        let source: Option<Source> = match (&run.script_id, &run.script_version) {
-            (Some(script_id), Some(version)) => dispatch!(self, pool => {
-                sqlx::query_as(
-                    "SELECT content, lock, requires_python FROM script_versions WHERE script_id = $1 AND version = $2",
-                )
-                .bind(script_id)
-                .bind(version)
-                .fetch_optional(pool)
-                .await?
-            }),
-            _ => dispatch!(self, pool => {
-                let content: Option<String> =
-                    sqlx::query_scalar("SELECT content FROM runs WHERE id = $1").bind(run.id).fetch_one(pool).await?;
-                content.map(|content| (content, None, None))
-            }),
-        };
-        match source {
-            Some((content, lock, requires_python)) => {
-                let environment = lock.map(|lock| (lock, requires_python));
-                let (last_log_seq, payload): (i64, Option<String>) = dispatch!(self, pool => {
-                    sqlx::query_as(
-                        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1), \
-                         (SELECT payload FROM run_payloads WHERE run_id = $1)",
-                    )
-                    .bind(run.id)
-                    .fetch_one(pool)
-                    .await?
-                });
+        let Some((run, details)) = claimed else { return Ok(None) };
+        match details.content {
+            Some(content) => {
+                let environment = details.lock.map(|lock| (lock, details.requires_python));
+                let (last_log_seq, payload) = (details.last_log_seq, details.payload);
                 Ok(Some(ClaimedRun { run, content, environment, last_log_seq, payload }))
             }
             None => {

@@ -16,7 +16,7 @@ fn lease() -> Duration {
 
 async fn report_slots(store: &Store, agent_id: i64, slots: Option<i64>) {
     let capabilities = serde_json::json!({});
-    store.agent_seen(agent_id, "host", "1", &capabilities, slots).await.unwrap();
+    store.agent_seen(agent_id, automa_store::now(), "host", "1", &capabilities, slots).await.unwrap();
 }
 
 async fn claims(store: &Store, agent_id: i64) -> usize {
@@ -111,3 +111,30 @@ async fn retiring_keeps_history_and_unpins(store: &Store) {
     store.create_agent(&Actor::system(), successor).await.unwrap();
 }
 both_backends!(retire, retiring_keeps_history_and_unpins);
+
+async fn a_heartbeat_says_once_that_the_agent_came_back(store: &Store) {
+    let a = agent(store, "roamer", &[], 1).await;
+    let capabilities = serde_json::json!({"packages": {"uv": null}});
+    let heartbeat = |offline_since| store.agent_seen(a, offline_since, "box", "2", &capabilities, Some(3));
+    let first = heartbeat(automa_store::now() - Duration::seconds(60)).await.unwrap();
+    assert!(first.returned, "an agent never seen comes back with its first heartbeat");
+    assert_eq!((first.agent.hostname.as_deref(), first.agent.slots), (Some("box"), Some(3)));
+    assert!(first.agent.last_seen_at.is_some() && first.agent.disconnected_at.is_none());
+    let second = heartbeat(automa_store::now() - Duration::seconds(60)).await.unwrap();
+    assert!(!second.returned, "seen a moment ago: not coming back");
+
+    store.agent_goodbye(a).await.unwrap();
+    assert!(store.get_agent(a).await.unwrap().disconnected_at.is_some());
+    let back = heartbeat(automa_store::now() - Duration::seconds(60)).await.unwrap();
+    assert!(back.returned, "after a goodbye");
+    assert!(back.agent.disconnected_at.is_none(), "the disconnection is cleared");
+    assert!(!heartbeat(automa_store::now() - Duration::seconds(60)).await.unwrap().returned);
+
+    let silent_too_long = heartbeat(automa_store::now() + Duration::seconds(1)).await.unwrap();
+    assert!(silent_too_long.returned, "last seen before the offline threshold");
+    assert!(matches!(
+        store.agent_seen(a + 1000, automa_store::now(), "box", "2", &capabilities, None).await,
+        Err(automa_store::StoreError::NotFound)
+    ));
+}
+both_backends!(heartbeat_return, a_heartbeat_says_once_that_the_agent_came_back);

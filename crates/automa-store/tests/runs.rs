@@ -580,9 +580,9 @@ async fn a_locked_version_hands_its_lock_to_the_claim_and_the_run_keeps_its_envi
     let a = agent(store, "a", &[], 4).await;
     let without_uv = agent(store, "without-uv", &[], 4).await;
     let no_uv = serde_json::json!({"packages": {"uv": null}});
-    store.agent_seen(without_uv, "host", "1", &no_uv, None).await.unwrap();
+    store.agent_seen(without_uv, automa_store::now(), "host", "1", &no_uv, None).await.unwrap();
     let with_uv = serde_json::json!({"packages": {"uv": "0.9.0"}});
-    store.agent_seen(a, "host", "1", &with_uv, None).await.unwrap();
+    store.agent_seen(a, automa_store::now(), "host", "1", &with_uv, None).await.unwrap();
     let with_packages = store.create_run(None, new_run((script_id, locked.version), &[], None, 0)).await.unwrap();
     let plain = store.create_run(None, new_run((script_id, first), &[], None, 0)).await.unwrap();
     let claimed = store.claim_run(without_uv, lease()).await.unwrap().unwrap();

@@ -192,11 +192,16 @@ pub async fn write_summaries(state: &AppState, summaries: Vec<FailedLoginSummary
     Ok(())
 }
 
-/// Writes out closed windows of failed logins every [`FAILED_LOGIN_FLUSH`] until `stopping`, then all of them.
+/// Writes out closed windows of failed logins every [`FAILED_LOGIN_FLUSH`] while any is open, until `stopping`,
+/// then all of them. With none open it sleeps until one opens.
 pub async fn flush_failed_logins(state: AppState, mut stopping: tokio::sync::watch::Receiver<bool>) {
     loop {
+        let flush_due = async {
+            state.failed_logins.any_open().await;
+            tokio::time::sleep(FAILED_LOGIN_FLUSH).await;
+        };
         let stop = tokio::select! {
-            () = tokio::time::sleep(FAILED_LOGIN_FLUSH) => false,
+            () = flush_due => false,
             _ = stopping.wait_for(|stopping| *stopping) => true,
         };
         if let Err(error) = write_summaries(&state, state.failed_logins.take_closed(stop)).await {

@@ -33,6 +33,7 @@ mod access;
 mod passwords;
 
 pub use access::{Access, AccessTable, Rule, SharedAccess, access_table, enforce_access};
+pub(crate) use passwords::return_free_memory;
 pub use passwords::{Passwords, hash_password};
 
 /// API tokens start with this, so a leaked one is recognisable by secret scanners and by us.

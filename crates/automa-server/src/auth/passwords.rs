@@ -56,6 +56,18 @@ fn return_large_allocations_at_once() {
     }
 }
 
+/// Hands the heap's free memory back to the operating system. A password check leaves its thread's arena with
+/// free blocks below argon2's mapped one (its parameters, its result, the decoy) that glibc keeps until a trim;
+/// start-up leaves the same behind building the API document and the router. Trimming costs well under a
+/// millisecond against a check's tens, and it makes the resident size after a login the size before it.
+pub(crate) fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Requests allowed to wait for a hashing thread, per thread.
 const WAITING_PER_THREAD: usize = 4;
 
@@ -80,6 +92,7 @@ impl Passwords {
                         }
                         Err(_) => return,
                     }
+                    return_free_memory();
                 }
             })?;
         }

@@ -11,6 +11,7 @@ use automa_agent::{
     Agent, AgentBackend, AgentConfig, AgentError, Assignment, FinishReply, Heartbeat, HeartbeatReply, LogBatch,
     LogsReply, Outcome, SandboxStatus,
 };
+use automa_runner::Sandbox;
 
 use crate::{auth, config::Config, error::ApiError, execution::Execution};
 
@@ -55,15 +56,31 @@ impl AgentBackend for EmbeddedBackend {
     }
 }
 
-/// Creates or updates the embedded agent's record, builds the sandbox and starts the agent loop. The sandbox's
-/// status is written to `status` for `/ready`.
+/// The embedded agent's sandbox, being built: probing the host takes a few interpreter and helper starts, so
+/// it begins when the server starts building and runs beside opening the database and the rest.
+pub struct PreparedSandbox {
+    concurrency: usize,
+    built: tokio::task::JoinHandle<anyhow::Result<Result<Arc<Sandbox>, String>>>,
+}
+
+/// Starts building the embedded agent's sandbox; fails at once on settings that cannot work.
+pub fn prepare_sandbox(config: &Config) -> anyhow::Result<PreparedSandbox> {
+    let concurrency = automa_agent::concurrency(config.agent_concurrency)?;
+    let settings = config.sandbox_settings();
+    let built = tokio::spawn(async move { automa_agent::build_sandbox(&settings, concurrency).await });
+    Ok(PreparedSandbox { concurrency, built })
+}
+
+/// Creates or updates the embedded agent's record, waits for its sandbox and starts the agent loop. The
+/// sandbox's status is written to `status` for `/ready`.
 pub async fn start(
     execution: Arc<Execution>,
     config: &Config,
+    prepared: PreparedSandbox,
     status: &OnceLock<SandboxStatus>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let concurrency = automa_agent::concurrency(config.agent_concurrency)?;
+    let PreparedSandbox { concurrency, built } = prepared;
     let hostname = automa_agent::hostname();
     let token = auth::random_token(auth::AGENT_TOKEN_PREFIX);
     let name = config.embedded_agent_name.clone().unwrap_or_else(|| format!("embedded-{hostname}"));
@@ -72,7 +89,7 @@ pub async fn start(
         .ensure_embedded_agent(&name, &auth::token_hash(&token))
         .await
         .with_context(|| format!("preparing the embedded agent '{name}'"))?;
-    let sandbox = automa_agent::build_sandbox(&config.sandbox_settings(), concurrency).await?;
+    let sandbox = built.await.context("building the sandbox")??;
     if let Err(reason) = &sandbox {
         tracing::error!(%reason, "the embedded agent will not run scripts");
     }
@@ -83,7 +100,8 @@ pub async fn start(
         hostname,
         packages: config.package_settings(),
     };
-    let agent = Agent::new(backend, sandbox, agent_config);
+    // Preparing the environment cache starts the interpreter to describe it: off the runtime's threads.
+    let agent = tokio::task::spawn_blocking(move || Agent::new(backend, sandbox, agent_config)).await?;
     // An application starts its embedded agent once (running it consumes the application), so this is the
     // only write.
     let _ = status.set(agent.sandbox_status());

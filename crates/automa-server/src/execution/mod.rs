@@ -17,6 +17,7 @@ use automa_core::{Role, RunStatus};
 use automa_store::{ClaimedRun, Finished, NewLogChunk, NewRun, Run, RunEnd, Store, StoreError};
 
 use crate::{
+    api::agents::OFFLINE_AFTER_SECONDS,
     error::{ApiError, ApiResult},
     events::{Event, Hub},
     metrics::Metrics,
@@ -263,17 +264,19 @@ impl Execution {
     /// heartbeat after a start marks the runs it held before as lost: it cannot be running them any more.
     /// The reply grants the agent its effective concurrency.
     pub async fn heartbeat(&self, agent_id: i64, heartbeat: Heartbeat) -> ApiResult<HeartbeatReply> {
-        self.note_presence(agent_id, heartbeat.initial).await?;
-        let agent = self
+        let seen = self
             .store
             .agent_seen(
                 agent_id,
+                automa_store::now() - chrono::Duration::seconds(OFFLINE_AFTER_SECONDS),
                 &heartbeat.hostname,
                 &heartbeat.version,
                 &heartbeat.capabilities,
                 heartbeat.concurrency,
             )
             .await?;
+        self.note_presence(&seen, heartbeat.initial).await;
+        let agent = seen.agent;
         if heartbeat.initial {
             let lost = self.store.lose_runs(automa_store::now(), Some(agent_id)).await?;
             lost.iter().for_each(|finished| self.publish_finish(finished));

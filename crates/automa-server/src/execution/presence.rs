@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use automa_store::{AgentEventKind, Finished};
+use automa_store::{AgentEventKind, AgentSeen, Finished};
 
 use crate::{api::agents::OFFLINE_AFTER_SECONDS, error::ApiResult, events::Event, execution::Execution};
 
@@ -37,24 +37,19 @@ impl RefusalLog {
 }
 
 impl Execution {
-    /// Notes an agent's start (an initial heartbeat) or its return after being offline; called before the
-    /// heartbeat is recorded.
-    pub(crate) async fn note_presence(&self, agent_id: i64, initial: bool) -> ApiResult<()> {
-        let offline_since = automa_store::now() - chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        let returned = self.store.agent_returns(agent_id, offline_since).await?;
-        if !initial && !returned {
-            return Ok(());
-        }
-        let agent = self.store.get_agent(agent_id).await?;
+    /// Notes an agent's start (an initial heartbeat) or its return after being offline.
+    pub(crate) async fn note_presence(&self, seen: &AgentSeen, initial: bool) {
+        let agent = &seen.agent;
         let (kind, detail) = if initial {
-            tracing::info!(agent = %agent.name, agent_id, "agent online");
+            tracing::info!(agent = %agent.name, agent_id = agent.id, "agent online");
             (AgentEventKind::Online, "the agent started")
-        } else {
-            tracing::info!(agent = %agent.name, agent_id, "agent reconnected");
+        } else if seen.returned {
+            tracing::info!(agent = %agent.name, agent_id = agent.id, "agent reconnected");
             (AgentEventKind::Reconnected, "heartbeats resumed after the agent was offline")
+        } else {
+            return;
         };
-        self.record(agent_id, kind, detail).await;
-        Ok(())
+        self.record(agent.id, kind, detail).await;
     }
 
     /// The agent stopped cleanly: it is offline at once.

@@ -7,8 +7,9 @@ use anyhow::Context;
 
 use automa_store::Store;
 
-/// Tries, 400 ms apart, to drop the database: autovacuum may hold it for a moment after a busy phase.
-const DROP_ATTEMPTS: u32 = 25;
+/// Tries, 500 ms apart for up to two minutes, to drop the database: an autovacuum worker, which `WITH (FORCE)`
+/// may not end for a role that is not a superuser, can hold it for tens of seconds after a million rows.
+const DROP_ATTEMPTS: u32 = 240;
 
 pub struct Throwaway {
     pub url: String,
@@ -34,7 +35,7 @@ impl Throwaway {
         let mut attempt = 1;
         let dropped = loop {
             match admin.execute_raw(&statement).await {
-                Err(_) if attempt < DROP_ATTEMPTS => tokio::time::sleep(Duration::from_millis(400)).await,
+                Err(_) if attempt < DROP_ATTEMPTS => tokio::time::sleep(Duration::from_millis(500)).await,
                 result => break result,
             }
             attempt += 1;

@@ -386,7 +386,10 @@ impl Running {
         // A graceful stop waits for open requests, the event stream among them, which would never end.
         drop(self.session);
         let stopped = self.server.stop().await;
-        self.data.remove().await?;
+        // What was measured stands: a database left behind is said, not a failure of the suite.
+        if let Err(error) = self.data.remove().await {
+            eprintln!("{error:#}");
+        }
         stopped
     }
 

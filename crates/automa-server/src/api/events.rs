@@ -14,7 +14,8 @@ use crate::{api::runs::RunResponse, auth::Principal, events::Event, state::AppSt
 /// Live changes: `run` events carry the run, `task` and `agent` events `{"id": N}` (re-read the task or agent:
 /// a 404 means it was deleted). Output is not included (follow
 /// `/runs/{id}/logs/stream` for that). A client that falls behind skips events and should re-read lists. The
-/// stream ends when the credentials it was opened with expire or are revoked.
+/// stream ends when the credentials it was opened with expire or are revoked, and when the server shuts down
+/// (the client reconnects to another server or once this one is back).
 #[utoipa::path(get, path = "/events", operation_id = "streamEvents", tag = "events", security(("bearer" = ["viewer"])),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn events(
@@ -34,6 +35,19 @@ pub async fn events(
         };
         Some(Ok(sse_event))
     });
-    let stream = stream.take_until(principal.credentials_end(&state));
+    let stream = stream.take_until(stream_end(&state, &principal));
     Sse::new(stream).keep_alive(sse::KeepAlive::default())
+}
+
+/// When an event stream ends: once the credentials it was opened with end, or the server begins to shut down,
+/// whose graceful stop would otherwise wait for the stream forever.
+pub(crate) fn stream_end(state: &AppState, principal: &Principal) -> impl Future<Output = ()> + Send + use<> {
+    let credentials = principal.credentials_end(state);
+    let stopping = state.execution.stopping();
+    async move {
+        tokio::select! {
+            () = credentials => {}
+            () = stopping => {}
+        }
+    }
 }

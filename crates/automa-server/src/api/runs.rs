@@ -378,7 +378,7 @@ pub struct StreamQuery {
 
 /// Follow a run's output live (Server-Sent Events): `log` events (id = sequence number, data = a chunk) until
 /// the run ends, then one `end` event with the run. The stream also ends, without an `end` event, when the
-/// credentials it was opened with expire or are revoked.
+/// credentials it was opened with expire or are revoked, and when the server shuts down.
 #[utoipa::path(get, path = "/runs/{id}/logs/stream", operation_id = "streamRunLogs", tag = "runs", params(("id" = i64, Path, description = "The run's id"), StreamQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::api::ServerSentEvent)))]
 pub async fn stream(
@@ -403,7 +403,7 @@ pub async fn stream(
     let stream = futures::stream::unfold(follower, |mut follower| async move {
         follower.next_event().await.map(|event| (Ok(event), follower))
     })
-    .take_until(principal.credentials_end(&state));
+    .take_until(crate::api::events::stream_end(&state, &principal));
     Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
 }
 

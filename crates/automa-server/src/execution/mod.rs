@@ -132,6 +132,14 @@ impl Execution {
         }
     }
 
+    /// Resolves once the server begins to shut down.
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Waits up to `wait` for a run `agent_id` may take, answering at once when one is waiting. Woken by
     /// queued runs rather than polling; sleeps no longer than until the next retry becomes due. An agent that
     /// already holds as many runs as it may is answered at once with a conflict rather than held: a claim held

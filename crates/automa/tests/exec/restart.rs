@@ -106,6 +106,26 @@ async fn sigterm_hands_back_running_runs_on_sqlite() {
     sigterm_hands_back_running_runs(dir.path(), &database_url).await;
 }
 
+/// Open event streams never end by themselves: a graceful stop that waited for them would never finish.
+#[tokio::test]
+async fn sigterm_ends_open_event_streams_and_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[("AUTOMA_SHUTDOWN_GRACE_SECONDS", "1")], true).await;
+    let run = server.execute(SLOW, json!({})).await;
+    let mut changes = server.events("/events").await;
+    let mut output = server.events(&format!("/runs/{}/logs/stream", run["id"])).await;
+    while let Some((name, data)) = output.next().await {
+        if name == "log" && data.contains("started") {
+            break;
+        }
+    }
+    terminate(&mut server).await;
+    while changes.next().await.is_some() {}
+    while let Some((name, data)) = output.next().await {
+        assert_ne!(name, "end", "the run was handed back, not ended: {data}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_hands_back_running_runs_on_postgres() {
     let Some(server_url) = postgres_url() else { return };

@@ -10,9 +10,9 @@ use serde_json::Value;
 use automa_store::Store;
 
 use crate::bench::Settings;
+use crate::bench::floor;
 use crate::bench::report::{Measurement, Report, Samples, Target};
 use crate::bench::server::{DataDir, Running, ServerSpec, Session};
-use crate::bench::{floor, runs};
 
 pub const PHASE: &str = "history";
 
@@ -99,7 +99,7 @@ async fn measure(settings: &Settings, data: DataDir) -> anyhow::Result<Measured>
         .await?
         .with(async |running| {
             let script = running.session.add_script("hi", "hi.py", floor::SCRIPT).await?;
-            let batch = running.session.batch(script, settings.runs, false).await?.context(runs::COLD_REFUSED)?;
+            let batch = running.session.batch(script, settings.runs, false).await?;
             // After the batch, so that the empty database has runs to read one of.
             let reads = reads(&running.session, settings.history_runs * 9 / 10).await?;
             Ok(Measured { startup_ms: millis(running.server.startup), reads, throughput: batch.wall })

@@ -15,7 +15,7 @@ use automa_core::RunStatus;
 use automa_server::api::runs::RunResponse;
 
 use crate::bench::postgres::Throwaway;
-use crate::client::{Api, EventStream, Refused};
+use crate::client::{Api, EventStream};
 
 /// The longest a server may take to answer `/ready`, or a run to show progress, before the suite gives up.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -238,18 +238,10 @@ impl Session {
         script["id"].as_i64().context("a script without an id")
     }
 
-    /// Queues a run of the script; `Ok(None)` when the server refuses `warm` as an unknown field (a build
-    /// without the warm pool).
-    pub async fn execute(&self, script_id: i64, warm: bool) -> anyhow::Result<Option<i64>> {
-        let mut body = json!({"script_id": script_id});
-        if warm {
-            body["warm"] = Value::Bool(true);
-        }
-        match self.api.post::<_, Value>("/execute", &body).await {
-            Ok(run) => Ok(Some(run.value["id"].as_i64().context("a run without an id")?)),
-            Err(error) if warm && error.downcast_ref::<Refused>().is_some_and(|r| r.status.as_u16() == 422) => Ok(None),
-            Err(error) => Err(error),
-        }
+    /// Queues a run of the script, asking for a warm start when `warm`.
+    pub async fn execute(&self, script_id: i64, warm: bool) -> anyhow::Result<i64> {
+        let run: Value = self.api.post("/execute", &json!({"script_id": script_id, "warm": warm})).await?.value;
+        run["id"].as_i64().context("a run without an id")
     }
 
     /// Opens the event stream runs are followed on, before anything is submitted so no event is missed.
@@ -314,31 +306,29 @@ impl Session {
         Ok(None)
     }
 
-    /// Submits `count` runs of the script at once and waits until all have ended; `None` when the server does
-    /// not know `warm`.
-    pub async fn batch(&mut self, script_id: i64, count: usize, warm: bool) -> anyhow::Result<Option<Batch>> {
+    /// Submits `count` runs of the script at once and waits until all have ended.
+    pub async fn batch(&mut self, script_id: i64, count: usize, warm: bool) -> anyhow::Result<Batch> {
         self.follow_runs().await?;
         let start = Instant::now();
         let mut pending = HashSet::new();
         for _ in 0..count {
-            let Some(id) = self.execute(script_id, warm).await? else { return Ok(None) };
-            pending.insert(id);
+            pending.insert(self.execute(script_id, warm).await?);
         }
         let ids = pending.iter().copied().collect();
         let mut runs = Vec::with_capacity(count);
         while !pending.is_empty() {
             runs.push(self.next_finished(&mut pending).await?);
         }
-        Ok(Some(Batch { ids, runs, wall: start.elapsed() }))
+        Ok(Batch { ids, runs, wall: start.elapsed() })
     }
 
     /// Submits one run and waits for it: the time from the submission until the client learnt of its end.
-    pub async fn one_run(&mut self, script_id: i64, warm: bool) -> anyhow::Result<Option<(Duration, RunResponse)>> {
+    pub async fn one_run(&mut self, script_id: i64, warm: bool) -> anyhow::Result<(Duration, RunResponse)> {
         self.follow_runs().await?;
         let start = Instant::now();
-        let Some(id) = self.execute(script_id, warm).await? else { return Ok(None) };
+        let id = self.execute(script_id, warm).await?;
         let run = self.next_finished(&mut HashSet::from([id])).await?;
-        Ok(Some((start.elapsed(), run)))
+        Ok((start.elapsed(), run))
     }
 }
 

@@ -296,7 +296,9 @@ impl Sandbox {
             return;
         };
         let limits = warm::ceiling(after);
-        let (request, fresh) = self.prepared_request(slot.index, limits);
+        let request = self.prepared_request(slot.index, limits);
+        let owner = self.slot_user(slot.index).unwrap_or(self.helper_ids);
+        let fresh = (!self.layers.mount_ns).then(|| (request.host_workdir.clone(), owner));
         let cgroups = self.cgroups.clone();
         let helpers = self.slot_helpers.clone();
         tokio::spawn(async move {
@@ -326,9 +328,8 @@ impl Sandbox {
     }
 
     /// The request of a prepared sandbox: a cold run's, with the interpreter's bootstrap as its script and the
-    /// limits any run may lower to its own; and, without a mount namespace, the work directory to make afresh
-    /// for it and its owner.
-    fn prepared_request(&self, slot: usize, limits: Limits) -> (RunRequest, Option<(PathBuf, (u32, u32))>) {
+    /// limits any run may lower to its own.
+    fn prepared_request(&self, slot: usize, limits: Limits) -> RunRequest {
         let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
         let user = self.slot_user(slot);
         let job = Job {
@@ -342,9 +343,7 @@ impl Sandbox {
             network: false,
             warm: true,
         };
-        let request = RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) };
-        let fresh = (!self.layers.mount_ns).then(|| (host_workdir, user.unwrap_or(self.helper_ids)));
-        (request, fresh)
+        RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) }
     }
 
     fn slot_user(&self, slot: usize) -> Option<(u32, u32)> {
@@ -483,7 +482,8 @@ impl Sandbox {
             return crate::plain::supervise(&request, limits, output, cancel).await;
         }
         let spawned_ns = protocol::monotonic_ns();
-        let launched = start_supervisor(self.slot_helpers.clone(), slot).await?.send(&Request::Run(Box::new(request))).await?;
+        let launched =
+            start_supervisor(self.slot_helpers.clone(), slot).await?.send(&Request::Run(Box::new(request))).await?;
         let deadline = tokio::time::Instant::now() + limits.timeout;
         self.watch_helper(launched, Some(spawned_ns), (deadline, None), limits, output, cancel).await
     }

@@ -119,7 +119,10 @@ pub(crate) struct WarmPool {
 
 impl WarmPool {
     pub fn new(slots: usize) -> Arc<WarmPool> {
-        Arc::new(WarmPool { prepared: Mutex::new((0..slots).map(|_| None).collect()), sweeping: AtomicBool::new(false) })
+        Arc::new(WarmPool {
+            prepared: Mutex::new((0..slots).map(|_| None).collect()),
+            sweeping: AtomicBool::new(false),
+        })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Option<Prepared>>> {

@@ -151,12 +151,13 @@ impl Drop for SlotHelper {
                 let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(EXIT_GRACE).unwrap_or(PollTimeout::MAX));
             }
         };
+        // A helper without supervisors leaves at once; the grace is for one still reaping them, so that nothing
+        // of a run is left in the slot's cgroups when they are removed. A multi-threaded runtime's worker hands
+        // its other tasks on meanwhile; a single-threaded runtime's waits, as any other thread, at most
+        // EXIT_GRACE.
         match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
-            // A runtime worker hands its other tasks on while this one waits.
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait_for_exit),
-            // A single-threaded runtime could run nothing else meanwhile: no grace.
-            Ok(_) => {}
-            Err(_) => wait_for_exit(),
+            _ => wait_for_exit(),
         }
         let _ = self.process.kill();
         let _ = self.process.wait();

@@ -169,6 +169,9 @@ impl Sandbox {
     /// Runs one script: waits for a free slot, streams its output to `output` as it is read (in order within
     /// each stream), and kills the whole process tree on timeout, when `cancel` becomes true or when the
     /// output passes its hard cap. A script that fails is a [`Report`], not an error.
+    ///
+    /// Under profile `none` the program's parent-death signal follows the thread that started it: poll runs on
+    /// a runtime whose worker threads outlive them (tokio's workers do), never on a thread that may exit first.
     pub async fn run(
         &self,
         spec: RunSpec,

@@ -4,7 +4,8 @@
 //! It stays single-threaded and never runs anything of a run itself: it receives a run's three descriptors
 //! (the channel, and the pipes that become stdout and stderr) with one byte, forks, and answers with a pidfd of
 //! the new supervisor, which dies with it (parent-death signal). The supervisor then reads its request from
-//! the channel exactly as a freshly started helper reads it from stdin. EOF on the control socket ends it; runs in flight end with their channels.
+//! the channel exactly as a freshly started helper reads it from stdin. EOF on the control socket ends it;
+//! runs in flight end with their channels.
 //!
 //! When it runs as root it also holds the slot's empty network namespace: made once, entered by every run
 //! that has no network instead of creating and tearing down one per run. A networked run, and every run of an

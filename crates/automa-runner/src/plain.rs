@@ -3,7 +3,7 @@
 //! `none` promises rlimits, a timeout, the kill of the run's whole process group, output caps and a fresh
 //! work directory, nothing more; none of it needs the single-threaded helper. Between `clone` and `exec` the
 //! child makes only raw, async-signal-safe system calls (SANDBOX.md, trap 1): its standard fds, work
-//! directory, own session, the rlimits, the parent-death signal and close-on-exec for every inherited fd.
+//! directory, own session, the rlimits, the parent-death signal and the close of every other inherited fd.
 //! Everything that allocates (writing the script, building argv and the environment) happens before.
 //!
 //! The child shares the caller's memory until it execs (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does):
@@ -191,6 +191,9 @@ struct ChildSetup {
     envp: *const *const c_char,
     workdir: *const c_char,
     fds: [c_int; 3],
+    /// Past the highest fd this process may have open: where closing them one by one ends when the kernel
+    /// has no `close_range`.
+    fd_limit: c_int,
     rlimits: Option<[(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6]>,
     parent: libc::pid_t,
     mask: libc::sigset_t,
@@ -198,7 +201,66 @@ struct ChildSetup {
     error: std::sync::atomic::AtomicI32,
 }
 
-const CHILD_STACK: usize = 64 * 1024;
+/// The vfork child's stack, with a page below it that faults instead of letting an overflow write into
+/// whatever memory lies there.
+struct ChildStack {
+    base: *mut c_void,
+    length: usize,
+}
+
+impl ChildStack {
+    const SIZE: usize = 64 * 1024;
+
+    fn new() -> std::io::Result<ChildStack> {
+        // SAFETY: sysconf takes an integer only.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let length = Self::SIZE + page;
+        // SAFETY: a new private anonymous mapping, aliasing nothing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, length };
+        // SAFETY: the lowest page of the mapping just made; the stack grows down towards it.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The stack's 16-byte aligned top, where it starts growing down from.
+    fn top(&self) -> *mut c_void {
+        let end = self.base as usize + self.length;
+        (end - end % 16) as *mut c_void
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used: the child has exec'd or exited.
+        unsafe { libc::munmap(self.base, self.length) };
+    }
+}
+
+/// A copy of `fd` above the standard fds, closed on exec.
+fn above_standard_fds(fd: &impl AsRawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl takes integers only.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy) })
+}
 
 /// Starts `argv` in `workdir` with `env` only, stdin `/dev/null` and stdout and stderr new pipes, whose read
 /// ends it returns with the pid.
@@ -219,6 +281,11 @@ fn spawn_vfork(
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
+    // With one of this process's standard fds closed, a source could be a target fd itself, where `dup2`
+    // would keep its close-on-exec flag or overwrite a source not yet duplicated: above 2, none is.
+    let sources = [above_standard_fds(&null)?, above_standard_fds(&stdout_w)?, above_standard_fds(&stderr_w)?];
+    drop((null, stdout_w, stderr_w));
+    let stack = ChildStack::new()?;
     // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask only write the sets they are given.
     let mut setup = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -231,20 +298,19 @@ fn spawn_vfork(
             argv: argv_ptrs.as_ptr(),
             envp: env_ptrs.as_ptr(),
             workdir: workdir.as_ptr(),
-            fds: [null.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+            fds: sources.each_ref().map(AsRawFd::as_raw_fd),
+            fd_limit: c_int::try_from(libc::sysconf(libc::_SC_OPEN_MAX)).unwrap_or(c_int::MAX),
             rlimits,
             parent: libc::getpid(),
             mask,
             error: std::sync::atomic::AtomicI32::new(0),
         }
     };
-    let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: the stack grows down from its 16-byte aligned top, inside the buffer, which outlives the child's
-    // use of it (CLONE_VFORK suspends this thread until the child has exec'd or exited). The child runs only
-    // `vfork_child`, which makes raw system calls on `setup`.
+    // SAFETY: the stack grows down from its 16-byte aligned top, inside the mapping, which outlives the
+    // child's use of it (CLONE_VFORK suspends this thread until the child has exec'd or exited). The child runs
+    // only `vfork_child`, which makes raw system calls on `setup`.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(CHILD_STACK);
-        let top = top.sub(top as usize % 16);
+        let top = stack.top();
         let pid = libc::clone(
             vfork_child,
             top.cast::<c_void>(),
@@ -257,6 +323,7 @@ fn spawn_vfork(
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    drop(stack);
     let error = setup.error.load(std::sync::atomic::Ordering::SeqCst);
     if error != 0 {
         // SAFETY: waitpid on our own child, which has exited.
@@ -310,9 +377,14 @@ extern "C" fn vfork_child(setup: *mut c_void) -> c_int {
             *libc::__errno_location() = libc::ESRCH;
             return fail(setup);
         }
-        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
-            return fail(setup);
+        // The child's fd table is its own (no CLONE_FILES): closing here leaves the parent's alone.
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            if !matches!(*libc::__errno_location(), libc::ENOSYS | libc::EINVAL) {
+                return fail(setup);
+            }
+            for fd in 3..setup.fd_limit {
+                libc::close(fd);
+            }
         }
         libc::sigprocmask(libc::SIG_SETMASK, &setup.mask, std::ptr::null_mut());
         libc::execve(setup.program, setup.argv, setup.envp);

@@ -43,14 +43,14 @@ pub struct Sandbox {
     uid_base: u32,
     helper_ids: (u32, u32),
     interpreter: PathBuf,
-    /// Sandboxes prepared for warm runs; `None` when the pool is switched off. Declared before
-    /// `slot_helpers` because fields drop in order: a slot's helper leaves only once the supervisor of its
-    /// prepared sandbox is gone.
+    /// Sandboxes prepared for warm runs; `None` when the pool is switched off. Emptied when the sandbox is
+    /// dropped (a task preparing the next one may hold the pool longer), so that the slots' helpers never
+    /// wait for a prepared sandbox's supervisor to leave.
     warm: Option<Arc<WarmPool>>,
-    slot_helpers: SlotHelpers,
+    slot_helpers: Arc<SlotHelpers>,
     work_root: PathBuf,
     system_paths: Vec<PathBuf>,
-    cgroups: Option<CgroupPool>,
+    cgroups: Option<Arc<CgroupPool>>,
     /// How networked runs get their network: slirp4netns and the egress policy, or why they are refused.
     user_net: Result<UserNet, String>,
     slots: Arc<Semaphore>,
@@ -142,10 +142,10 @@ impl Sandbox {
             uid_base: config.uid_base,
             helper_ids: (probe.euid, probe.egid),
             interpreter: config.interpreter,
-            slot_helpers: SlotHelpers::new(config.helper, config.slots),
+            slot_helpers: Arc::new(SlotHelpers::new(config.helper, config.slots)),
             work_root: config.work_root,
             system_paths,
-            cgroups: pool,
+            cgroups: pool.map(Arc::new),
             user_net,
             slots: Arc::new(Semaphore::new(config.slots)),
             free: Arc::new(Mutex::new((0..config.slots).rev().collect())),
@@ -169,6 +169,9 @@ impl Sandbox {
     /// Runs one script: waits for a free slot, streams its output to `output` as it is read (in order within
     /// each stream), and kills the whole process tree on timeout, when `cancel` becomes true or when the
     /// output passes its hard cap. A script that fails is a [`Report`], not an error.
+    ///
+    /// Under profile `none` the program's parent-death signal follows the thread that started it: poll runs on
+    /// a runtime whose worker threads outlive them (tokio's workers do), never on a thread that may exit first.
     pub async fn run(
         &self,
         spec: RunSpec,
@@ -288,47 +291,50 @@ impl Sandbox {
         Some(Slot { free: self.free.clone(), index, _permit: permit })
     }
 
-    /// Prepares the slot's next sandbox for warm runs, in the background and holding the slot until its
-    /// helper has its request, so that no other run shares the slot's cgroups and uid with it meanwhile.
+    /// Prepares the slot's next sandbox for warm runs, in the background (off the finished run's path) and
+    /// holding the slot until its helper has its request, so that no other run shares the slot's cgroups and
+    /// uid with it meanwhile.
     fn prepare_next(&self, slot: Slot, after: &Limits) {
         let Some(pool) = self.warm.clone() else {
             return;
         };
         let limits = warm::ceiling(after);
-        let request = match self.prepared_request(slot.index, limits) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs");
-                return;
-            }
-        };
-        let launched = match self.start_supervisor(slot.index) {
-            Ok(launched) => launched,
-            Err(error) => {
-                tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs");
-                return;
-            }
-        };
+        let request = self.prepared_request(slot.index, limits);
+        let owner = self.slot_user(slot.index).unwrap_or(self.helper_ids);
+        let fresh = (!self.layers.mount_ns).then(|| (request.host_workdir.clone(), owner));
+        let cgroups = self.cgroups.clone();
+        let helpers = self.slot_helpers.clone();
         tokio::spawn(async move {
-            match launched.send(&Request::Run(Box::new(request))).await {
-                Ok(launched) => pool.put(slot.index, limits, launched),
-                Err(error) => tracing::warn!(%error, slot = slot.index, "cannot prepare a sandbox for warm runs"),
+            let index = slot.index;
+            let setup = tokio::task::spawn_blocking(move || {
+                // The slot's cgroups get the prepared limits until a run is handed over.
+                if let Some(cgroups) = cgroups {
+                    cgroups.slot(index).prepare(&limits)?;
+                }
+                fresh.map_or(Ok(()), |(dir, ids)| fresh_workdir(&dir, ids))
+            });
+            let prepared = match setup.await {
+                Ok(Ok(())) => start_supervisor(helpers, index).await,
+                Ok(Err(error)) => Err(error),
+                Err(e) => Err(RunnerError::Helper(format!("preparing a sandbox: {e}"))),
+            };
+            let sent = match prepared {
+                Ok(launched) => launched.send(&Request::Run(Box::new(request))).await,
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(launched) => pool.put(index, limits, launched),
+                Err(error) => tracing::warn!(%error, slot = index, "cannot prepare a sandbox for warm runs"),
             }
             drop(slot);
         });
     }
 
     /// The request of a prepared sandbox: a cold run's, with the interpreter's bootstrap as its script and the
-    /// limits any run may lower to its own. The slot's cgroups get those limits until a run is handed over.
-    fn prepared_request(&self, slot: usize, limits: Limits) -> Result<RunRequest, RunnerError> {
-        if let Some(cgroup) = self.cgroups.as_ref().map(|p| p.slot(slot)) {
-            cgroup.prepare(&limits)?;
-        }
+    /// limits any run may lower to its own.
+    fn prepared_request(&self, slot: usize, limits: Limits) -> RunRequest {
         let host_workdir = self.work_root.join(format!("slot-{slot}")).join("work");
         let user = self.slot_user(slot);
-        if !self.layers.mount_ns {
-            fresh_workdir(&host_workdir, user.unwrap_or(self.helper_ids))?;
-        }
         let job = Job {
             program: self.interpreter.clone(),
             script: Some(ScriptFile { name: warm::BOOTSTRAP_NAME.into(), content: warm::BOOTSTRAP.into() }),
@@ -340,7 +346,7 @@ impl Sandbox {
             network: false,
             warm: true,
         };
-        Ok(RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) })
+        RunRequest { warm: true, ..self.request(slot, &job, user, &host_workdir) }
     }
 
     fn slot_user(&self, slot: usize) -> Option<(u32, u32)> {
@@ -479,8 +485,10 @@ impl Sandbox {
             return crate::plain::supervise(&request, limits, output, cancel).await;
         }
         let spawned_ns = protocol::monotonic_ns();
-        let launched = self.start_supervisor(slot)?.send(&Request::Run(Box::new(request))).await?;
-        self.watch_helper(launched, Some(spawned_ns), limits, output, cancel).await
+        let launched =
+            start_supervisor(self.slot_helpers.clone(), slot).await?.send(&Request::Run(Box::new(request))).await?;
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        self.watch_helper(launched, Some(spawned_ns), (deadline, None), limits, output, cancel).await
     }
 
     /// Hands a warm run to a prepared sandbox (its request tells the environment the run gets) and watches it
@@ -491,23 +499,35 @@ impl Sandbox {
         request: RunRequest,
         job: &Job,
         output: &mpsc::Sender<OutputChunk>,
-        cancel: watch::Receiver<bool>,
+        mut cancel: watch::Receiver<bool>,
     ) -> Result<(HelperReport, Option<Kill>, Arc<Budget>), RunnerError> {
         let script = job.script.as_ref().ok_or_else(|| RunnerError::InvalidSpec("a warm run needs a script".into()))?;
         let rlimits = self.layers.rlimits.then_some(&job.limits);
         let run = warm::encode_run(&script.name, &script.content, &job.args, &request.env, rlimits);
         let mut framed = vec![HAND_OVER];
         protocol::write_message(&mut framed, &HandOver { payload: job.payload.clone(), run })?;
-        prepared.launched.to_helper.write_all(&framed).await?;
-        self.watch_helper(prepared.launched, None, &job.limits, output, cancel).await
+        // The hand-over is part of the run: its deadline and cancel bound it as they bound the rest.
+        let deadline = tokio::time::Instant::now() + job.limits.timeout;
+        let killed = tokio::select! {
+            written = prepared.launched.to_helper.write_all(&framed) => written.map(|()| None)?,
+            () = tokio::time::sleep_until(deadline) => Some(Kill::Timeout),
+            () = cancelled(&mut cancel) => Some(Kill::Cancel),
+        };
+        if killed.is_some() {
+            // Half a run on the channel: only killing the supervisor stops it.
+            prepared.launched.supervisor.kill();
+        }
+        self.watch_helper(prepared.launched, None, (deadline, killed), &job.limits, output, cancel).await
     }
 
     /// Drains the helper's output and waits for its report, killing the run when a limit or the caller says
-    /// so. `spawned_ns`: when the helper was started, for the setup time.
+    /// so. `spawned_ns`: when the helper was started, for the setup time; `deadline`: when the run times out,
+    /// with the kill that already ended it (its supervisor killed) if any.
     async fn watch_helper(
         &self,
         launched: Launched,
         spawned_ns: Option<u64>,
+        (deadline, already_killed): (tokio::time::Instant, Option<Kill>),
         limits: &crate::Limits,
         output: &mpsc::Sender<OutputChunk>,
         mut cancel: watch::Receiver<bool>,
@@ -520,12 +540,12 @@ impl Sandbox {
         let mut answer = Vec::new();
         let reading = from_helper.read_to_end(&mut answer);
         tokio::pin!(reading);
-        let deadline = tokio::time::sleep(limits.timeout);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         let grace = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(grace);
-        let mut killed = None;
-        let mut force_killed = false;
+        let mut killed = already_killed;
+        let mut force_killed = already_killed.is_some();
         loop {
             let kill = tokio::select! {
                 _ = &mut reading => break,
@@ -567,27 +587,51 @@ impl Sandbox {
         Ok((HelperReport { report, setup }, killed, budget))
     }
 
-    /// Has the slot's helper fork a supervisor wired to a new channel and new output pipes. Nothing runs
-    /// between fork and exec here: the fork happens in the single-threaded helper.
-    fn start_supervisor(&self, slot: usize) -> Result<Launched, RunnerError> {
-        let (ours, theirs) = UnixStream::pair()?;
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
-        let (stdout, stdout_w) = pipe()?;
-        let (stderr, stderr_w) = pipe()?;
-        let pidfd = self.slot_helpers.launch(slot, [theirs.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()])?;
-        // Only the supervisor may hold the far ends now: EOF then means "supervisor gone".
-        drop((theirs, stdout_w, stderr_w));
-        ours.set_nonblocking(true)?;
-        let (from_helper, to_helper) = tokio::net::UnixStream::from_std(ours)?.into_split();
-        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
-        let supervisor = Supervisor { pidfd, ended: false };
-        Ok(Launched { supervisor, from_helper, to_helper, stdout: pipe(stdout)?, stderr: pipe(stderr)? })
-    }
-
     /// The process ids of the slots' long-lived helpers started so far; for tests that kill one.
     #[doc(hidden)]
     pub fn slot_helper_pids(&self) -> Vec<u32> {
         self.slot_helpers.pids()
+    }
+}
+
+/// Has the slot's helper fork a supervisor wired to a new channel and new output pipes. Nothing runs
+/// between fork and exec here: the fork happens in the single-threaded helper. The exchange with the helper
+/// blocks, so it runs on the blocking pool.
+async fn start_supervisor(helpers: Arc<SlotHelpers>, slot: usize) -> Result<Launched, RunnerError> {
+    let (ours, supervisor, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let mut retried = false;
+        loop {
+            // Fresh fds for every attempt: a helper that failed may have forked a supervisor on the last
+            // ones before it was killed.
+            let (ours, theirs) = UnixStream::pair()?;
+            let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+            let (stdout, stdout_w) = pipe()?;
+            let (stderr, stderr_w) = pipe()?;
+            match helpers.launch(slot, [theirs.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()]) {
+                // A supervisor, killed when dropped, also when this run is abandoned meanwhile.
+                Ok(pidfd) => return Ok((ours, Supervisor { pidfd, ended: false }, stdout, stderr)),
+                Err(failed) if failed.retry && !retried => {
+                    tracing::warn!(slot, error = %failed.error, "the slot's sandbox helper is gone; starting another");
+                    retried = true;
+                }
+                Err(failed) => return Err(failed.error),
+            }
+        }
+    })
+    .await
+    .map_err(|e| RunnerError::Helper(format!("starting a supervisor: {e}")))??;
+    // Only the supervisor holds the far ends now (ours were dropped): EOF then means "supervisor gone".
+    ours.set_nonblocking(true)?;
+    let (from_helper, to_helper) = tokio::net::UnixStream::from_std(ours)?.into_split();
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
+    Ok(Launched { supervisor, from_helper, to_helper, stdout: pipe(stdout)?, stderr: pipe(stderr)? })
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.warm {
+            pool.clear();
+        }
     }
 }
 

@@ -20,6 +20,14 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a slot's helper may take to leave once the sandbox is dropped.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// A launch that failed; its helper is gone.
+#[derive(Debug)]
+pub(crate) struct LaunchError {
+    pub error: RunnerError,
+    /// The helper was one started for an earlier run: a new one may do better.
+    pub retry: bool,
+}
+
 /// One long-lived helper per slot, each started on first use.
 #[derive(Debug)]
 pub(crate) struct SlotHelpers {
@@ -39,20 +47,26 @@ impl SlotHelpers {
     }
 
     /// Has the slot's helper fork a supervisor whose stdin is `channel` and whose stdout and stderr are the
-    /// given pipes, and returns the supervisor's pidfd. A helper that is gone or does not answer is replaced
-    /// once.
-    pub(crate) fn launch(&self, slot: usize, fds: [BorrowedFd<'_>; 3]) -> Result<OwnedFd, RunnerError> {
+    /// given pipes, and returns the supervisor's pidfd; blocks for up to [`LAUNCH_TIMEOUT`] (and the start of
+    /// a helper), so call it off the runtime's workers.
+    ///
+    /// A helper that fails is killed and reaped before this returns, and with it any supervisor it may have
+    /// forked on these fds already (parent-death signal): the caller retries with fresh fds, never these,
+    /// which could be a live supervisor's. [`LaunchError::retry`] says whether a retry may succeed: the
+    /// failed helper was one started earlier, which may have died since, not one started for this launch.
+    pub(crate) fn launch(&self, slot: usize, fds: [BorrowedFd<'_>; 3]) -> Result<OwnedFd, LaunchError> {
         let mut held = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(helper) = held.as_mut() {
-            match helper.launch(fds) {
-                Ok(pidfd) => return Ok(pidfd),
-                Err(e) => tracing::warn!(slot, error = %e, "the slot's sandbox helper is gone; starting another"),
-            }
-        }
-        // Dropping the old one kills and reaps it.
-        *held = None;
-        let helper = held.insert(SlotHelper::start(&self.command)?);
-        helper.launch(fds).map_err(|e| RunnerError::Helper(format!("the slot's helper did not start a run: {e}")))
+        let retry = held.is_some();
+        let helper = match held.as_mut() {
+            Some(helper) => helper,
+            None => held.insert(SlotHelper::start(&self.command).map_err(|error| LaunchError { error, retry })?),
+        };
+        helper.launch(fds).map_err(|e| {
+            // Dropping it kills and reaps it.
+            *held = None;
+            let error = RunnerError::Helper(format!("the slot's helper did not start a run: {e}"));
+            LaunchError { error, retry }
+        })
     }
 
     /// The process ids of the slots' helpers started so far; for tests that kill one.
@@ -128,12 +142,22 @@ pub(crate) fn start_helper(
 impl Drop for SlotHelper {
     fn drop(&mut self) {
         // Closing the control socket ends a live helper once it has reaped its supervisors; the kill is for one
-        // that is stuck or already gone.
+        // that is stuck or already gone. Its supervisors die with it (parent-death signal) either way.
         let _ = self.control.shutdown(std::net::Shutdown::Both);
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.id()).unwrap_or(i32::MAX));
-        if let Ok(pidfd) = crate::helper::pidfd_open(pid) {
-            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-            let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(EXIT_GRACE).unwrap_or(PollTimeout::MAX));
+        let wait_for_exit = || {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.id()).unwrap_or(i32::MAX));
+            if let Ok(pidfd) = crate::helper::pidfd_open(pid) {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(EXIT_GRACE).unwrap_or(PollTimeout::MAX));
+            }
+        };
+        // A helper without supervisors leaves at once; the grace is for one still reaping them, so that nothing
+        // of a run is left in the slot's cgroups when they are removed. A multi-threaded runtime's worker hands
+        // its other tasks on meanwhile; a single-threaded runtime's waits, as any other thread, at most
+        // EXIT_GRACE.
+        match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait_for_exit),
+            _ => wait_for_exit(),
         }
         let _ = self.process.kill();
         let _ = self.process.wait();

@@ -11,7 +11,7 @@
 //! The pool is lazy: a slot prepares a sandbox only after it ran a warm request (the first one runs cold), and
 //! one left unused for [`IDLE`] is dropped, with the memory its interpreter held.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -102,7 +102,8 @@ pub(crate) fn encode_run(
 
 /// A prepared sandbox: its helper, already sent its request, and the channel to it.
 pub(crate) struct Prepared {
-    id: u64,
+    /// When it is dropped unless a run took it.
+    expires: tokio::time::Instant,
     /// What it was prepared with ([`ceiling`]).
     pub limits: Limits,
     pub launched: Launched,
@@ -112,12 +113,16 @@ pub(crate) struct Prepared {
 /// everything in its pid namespace.
 pub(crate) struct WarmPool {
     prepared: Mutex<Vec<Option<Prepared>>>,
-    next_id: AtomicU64,
+    /// Whether a task drops the sandboxes left unused: one for the whole pool, however many are put.
+    sweeping: AtomicBool,
 }
 
 impl WarmPool {
     pub fn new(slots: usize) -> Arc<WarmPool> {
-        Arc::new(WarmPool { prepared: Mutex::new((0..slots).map(|_| None).collect()), next_id: AtomicU64::new(0) })
+        Arc::new(WarmPool {
+            prepared: Mutex::new((0..slots).map(|_| None).collect()),
+            sweeping: AtomicBool::new(false),
+        })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Option<Prepared>>> {
@@ -132,21 +137,50 @@ impl WarmPool {
         self.slots()[slot].take()
     }
 
+    /// Drops every prepared sandbox, killing their supervisors.
+    pub fn clear(&self) {
+        let prepared: Vec<Option<Prepared>> = self.slots().iter_mut().map(Option::take).collect();
+        drop(prepared);
+    }
+
     /// Keeps `launched` as `slot`'s prepared sandbox until a run takes it or [`IDLE`] passes.
     pub fn put(self: &Arc<Self>, slot: usize, limits: Limits, launched: Launched) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.slots()[slot].replace(Prepared { id, limits, launched });
+        let expires = tokio::time::Instant::now() + IDLE;
+        let replaced = self.slots()[slot].replace(Prepared { expires, limits, launched });
         drop(replaced);
-        let pool: Weak<WarmPool> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(IDLE).await;
-            if let Some(pool) = pool.upgrade() {
-                let mut slots = pool.slots();
-                if slots[slot].as_ref().is_some_and(|p| p.id == id) {
-                    slots[slot] = None;
-                }
-            }
-        });
+        if !self.sweeping.swap(true, Ordering::SeqCst) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drops the prepared sandboxes whose time is up and returns the next one's end, or `None` (and the
+    /// sweeper stops) when none is left.
+    fn expire(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut slots = self.slots();
+        let expired: Vec<Prepared> =
+            slots.iter_mut().filter_map(|slot| slot.take_if(|prepared| prepared.expires <= now)).collect();
+        let next = slots.iter().flatten().map(|prepared| prepared.expires).min();
+        if next.is_none() {
+            // Under the lock: a `put` after this sees the flag down and starts another sweeper.
+            self.sweeping.store(false, Ordering::SeqCst);
+        }
+        drop(slots);
+        drop(expired);
+        next
+    }
+}
+
+/// Drops prepared sandboxes left unused for [`IDLE`] until the pool is empty or gone.
+async fn sweep(pool: Weak<WarmPool>) {
+    loop {
+        let next = match pool.upgrade() {
+            Some(pool) => pool.expire(tokio::time::Instant::now()),
+            None => return,
+        };
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => return,
+        }
     }
 }
 

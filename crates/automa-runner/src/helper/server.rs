@@ -3,8 +3,9 @@
 //!
 //! It stays single-threaded and never runs anything of a run itself: it receives a run's three descriptors
 //! (the channel, and the pipes that become stdout and stderr) with one byte, forks, and answers with a pidfd of
-//! the new supervisor. The supervisor then reads its request from the channel exactly as a freshly started
-//! helper reads it from stdin. EOF on the control socket ends it; runs in flight end with their channels.
+//! the new supervisor, which dies with it (parent-death signal). The supervisor then reads its request from
+//! the channel exactly as a freshly started helper reads it from stdin. EOF on the control socket ends it;
+//! runs in flight end with their channels.
 //!
 //! When it runs as root it also holds the slot's empty network namespace: made once, entered by every run
 //! that has no network instead of creating and tearing down one per run. A networked run, and every run of an
@@ -23,6 +24,7 @@ const RUN_FDS: usize = 3;
 pub(super) fn serve(control: std::fs::File) -> ! {
     let control = control.as_raw_fd();
     let empty_network = super::empty_network();
+    let helper = nix::unistd::getpid();
     loop {
         // Supervisors that ended since the last run are reaped here (their pidfds told the sandbox already),
         // so that their CPU time adds up to this helper's children's, as a started helper's did.
@@ -38,6 +40,13 @@ pub(super) fn serve(control: std::fs::File) -> ! {
         // SAFETY: the helper is single-threaded, so the child may allocate and run ordinary code.
         let answer = match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
+                // A supervisor never outlives its helper: one replaced after it stopped answering may have
+                // forked this one on fds the sandbox has given up on, and nothing would watch it.
+                if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                    || nix::unistd::getppid() != helper
+                {
+                    std::process::exit(5);
+                }
                 let [channel, stdout, stderr] = fds;
                 let wired =
                     dup_onto(&channel, 0).and_then(|()| dup_onto(&stdout, 1)).and_then(|()| dup_onto(&stderr, 2));

@@ -11,19 +11,83 @@ use crate::support::{self, run, script, spec};
 #[tokio::test]
 async fn profile_none_kills_what_the_run_left_in_its_process_group() {
     let h = support::with(Profile::None, &[]);
-    let out = run(&h, spec("import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)")).await;
-    let pid: i32 = out.ok().trim().parse().expect("a pid");
+    let out = run(
+        &h,
+        spec(
+            "import subprocess\nchild = subprocess.Popen(['sleep', '600'])\n\
+             print(child.pid, open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[19])",
+        ),
+    )
+    .await;
+    let (pid, started) = out.ok().trim().split_once(' ').expect("a pid and a start time");
+    let pid: i32 = pid.parse().expect("a pid");
     // Already gone, or on its way: its pidfd turns readable when it has exited. A survivor sleeps for ten
     // minutes, far past the poll's limit.
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this fd and nothing else owns it.
-        let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        let exited = nix::poll::poll(&mut fds, PollTimeout::from(30_000u16)).expect("poll");
-        assert_eq!(exited, 1, "the run's background process outlived it");
+    if fd < 0 {
+        return;
     }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // The pid may have been reaped and taken by another process before the pidfd was opened: the start time
+    // tells. The pidfd, once open, stays the process it was opened for.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    if stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)) != Some(started) {
+        return;
+    }
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let exited = nix::poll::poll(&mut fds, PollTimeout::from(30_000u16)).expect("poll");
+    assert_eq!(exited, 1, "the run's background process outlived it");
+}
+
+/// Lists the fds open in the program above the standard ones, and what its standard fds are.
+const LIST_FDS: &str = r#"
+import os, stat
+def kind(fd):
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return 'closed'
+    if os.path.samestat(os.fstat(fd), os.stat('/dev/null')):
+        return 'null'
+    return 'pipe' if stat.S_ISFIFO(mode) else 'other'
+print([kind(fd) for fd in range(3)], [fd for fd in range(3, 4096) if kind(fd) != 'closed'])
+"#;
+const ONLY_STANDARD_FDS: &str = "['null', 'pipe', 'pipe'] []\n";
+
+#[tokio::test]
+async fn profile_none_starts_the_program_with_only_the_standard_fds() {
+    let h = support::with(Profile::None, &[]);
+    // An fd of the sandbox's process that is not close-on-exec: the program must not get it either.
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    assert_eq!(script(&h, LIST_FDS).await.ok(), ONLY_STANDARD_FDS);
+    drop((read, write));
+}
+
+/// The sandbox started with its stdin closed: /dev/null lands on fd 0, where it must still become the
+/// program's stdin. Closing a standard fd touches the whole process, so this runs in a process of its own.
+#[test]
+fn profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed() {
+    let status = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "plain::with_stdin_closed", "--ignored", "--test-threads=1"])
+        .env(STDIN_CLOSED, "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("run the test binary");
+    assert!(status.success(), "{status}");
+}
+
+const STDIN_CLOSED: &str = "AUTOMA_TEST_STDIN_CLOSED";
+
+#[tokio::test]
+#[ignore = "run by profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed, in a process of its own"]
+async fn with_stdin_closed() {
+    assert!(std::env::var_os(STDIN_CLOSED).is_some(), "closes this process's stdin: run it alone");
+    let h = support::with(Profile::None, &[]);
+    // SAFETY: close takes an integer; nothing in this process reads its stdin.
+    assert_eq!(unsafe { libc::close(0) }, 0);
+    assert_eq!(script(&h, LIST_FDS).await.ok(), ONLY_STANDARD_FDS);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! What a slot keeps from one run to the next: its long-lived helper and, for runs without network, its empty
 //! network namespace; and what it must not keep: anything a run made.
 
-use automa_runner::{Layer, Profile, Sandbox};
+use automa_runner::{Layer, Profile, RunnerError, Sandbox};
+use tokio::sync::{mpsc, watch};
 
 use crate::support::{self, Harness, script};
 
@@ -66,8 +67,28 @@ async fn nothing_survives(h: &Harness) {
     let second = script(h, LOOK_FOR_TRACES).await;
     let (traces, second_network) = second.ok().trim_end().rsplit_once('\n').expect("several lines");
     assert_eq!(format!("{traces}\n"), CLEAN, "{second:#?}");
-    // Both ran in the slot's pooled namespace: the check above is about a namespace that was reused.
+    if !nix::unistd::geteuid().is_root() {
+        // Only a root helper pools a network namespace: there is no reused namespace to check.
+        return;
+    }
+    // Both ran in the namespace the slot's helper holds open, which no other namespace can have taken the
+    // inode number of meanwhile: the check above is about a namespace that was reused.
+    let held = held_networks(h);
+    assert!(held.contains(&first_network), "{held:?}\n{first:#?}");
     assert_eq!(first_network, second_network, "{first:#?}\n{second:#?}");
+}
+
+/// The inode numbers of the network namespaces the slots' helpers (one, still the same) hold open.
+fn held_networks(h: &Harness) -> Vec<String> {
+    let helpers = h.sandbox.slot_helper_pids();
+    assert_eq!(helpers.len(), 1, "one slot, one helper: {helpers:?}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", helpers[0])).expect("the helper's fds");
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("net:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -115,4 +136,34 @@ async fn a_killed_slot_helper_is_replaced_and_the_next_run_succeeds() {
     let replaced = h.sandbox.slot_helper_pids();
     assert_eq!(replaced.len(), 1);
     assert_ne!(replaced, helpers, "the dead helper was replaced");
+}
+
+/// A supervisor never outlives the slot helper that forked it: a helper given up on (replaced after a launch
+/// failed) could otherwise leave a run going that nothing watches.
+#[tokio::test]
+async fn a_run_ends_with_the_slot_helper_that_forked_its_supervisor() {
+    let h = one_slot(&[]);
+    let (tx, mut rx) = mpsc::channel(64);
+    let (_cancel, cancel) = watch::channel(false);
+    let spec = support::spec("import time\nprint('started', flush=True)\ntime.sleep(600)");
+    let run = h.sandbox.run(spec, tx, cancel);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => {
+                if chunk.expect("output until the run ends").data.contains("started") {
+                    break;
+                }
+            }
+            result = &mut run => panic!("the run ended before its helper was killed: {result:?}"),
+        }
+    }
+    for pid in h.sandbox.slot_helper_pids() {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill the slot's helper");
+    }
+    // Its supervisor died with it, and the run's init with the supervisor: no report, and no timeout either.
+    let ended = run.await;
+    assert!(matches!(ended, Err(RunnerError::Helper(_))), "{ended:?}");
+    assert_eq!(script(&h, "print('next')").await.ok(), "next\n");
 }

@@ -113,6 +113,22 @@ async fn a_seeded_history_is_valid_for_the_api(store: &Store) {
 }
 both_backends!(seeded_history, a_seeded_history_is_valid_for_the_api);
 
+/// A seeded agent's token hash is not derived from what the API shows of it (its name and creation time):
+/// nobody can compute a token that authenticates as it.
+async fn seeded_agents_have_token_hashes_nobody_can_derive(store: &Store) {
+    use sha2::Digest;
+    let seeded = store.seed_history(1, 30).await.unwrap();
+    let agent_ids: HashSet<i64> = all_runs(store, seeded.script_id).await.iter().filter_map(|run| run.agent_id).collect();
+    assert_eq!(agent_ids.len(), 3);
+    for id in agent_ids {
+        let agent = store.get_agent(id).await.unwrap();
+        let derived = format!("{} {}", agent.name, agent.created_at.timestamp_nanos_opt().unwrap());
+        let derived = hex::encode(sha2::Sha256::digest(derived.as_bytes()));
+        assert!(store.agent_by_token_hash(&derived).await.unwrap().is_none(), "{} has a derivable hash", agent.name);
+    }
+}
+both_backends!(seeded_agent_tokens, seeded_agents_have_token_hashes_nobody_can_derive);
+
 async fn paging_by_cursor_visits_every_run_once(store: &Store) {
     let seeded = store.seed_history(7, 1200).await.unwrap();
     let runs = all_runs(store, seeded.script_id).await;

@@ -63,7 +63,10 @@ fn with_database(server_url: &str, name: &str) -> anyhow::Result<String> {
     let (base, _) = location
         .rsplit_once('/')
         .filter(|(base, _)| base.contains("://") && !base.ends_with('/'))
-        .context("--database must be a URL ending with /DATABASE, e.g. postgres://user:password@host/postgres")?;
+        .context(
+            "--database (or AUTOMA_BENCH_DATABASE_URL) must be a URL ending with /DATABASE, e.g. \
+             postgres://user:password@host/postgres",
+        )?;
     Ok(match query {
         Some(query) => format!("{base}/{name}?{query}"),
         None => format!("{base}/{name}"),

@@ -119,7 +119,8 @@ both_backends!(seeded_history, a_seeded_history_is_valid_for_the_api);
 async fn seeded_agents_have_token_hashes_nobody_can_derive(store: &Store) {
     use sha2::Digest;
     let seeded = store.seed_history(1, 30).await.unwrap();
-    let agent_ids: HashSet<i64> = all_runs(store, seeded.script_id).await.iter().filter_map(|run| run.agent_id).collect();
+    let agent_ids: HashSet<i64> =
+        all_runs(store, seeded.script_id).await.iter().filter_map(|run| run.agent_id).collect();
     assert_eq!(agent_ids.len(), 3);
     for id in agent_ids {
         let agent = store.get_agent(id).await.unwrap();
@@ -304,13 +305,12 @@ both_backends!(index_plans, every_filter_reads_its_page_through_an_index);
 
 /// The oid of each of migration 0014's indexes that exists, by name.
 async fn history_indexes(connection: &mut sqlx::PgConnection) -> HashMap<String, i64> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT relname::text, oid::bigint FROM pg_class WHERE relkind = 'i' AND relname = ANY($1)",
-    )
-    .bind(HISTORY_INDEXES)
-    .fetch_all(connection)
-    .await
-    .unwrap();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT relname::text, oid::bigint FROM pg_class WHERE relkind = 'i' AND relname = ANY($1)")
+            .bind(HISTORY_INDEXES)
+            .fetch_all(connection)
+            .await
+            .unwrap();
     rows.into_iter().collect()
 }
 
@@ -356,11 +356,10 @@ async fn indexes_built_before_the_upgrade_are_kept_by_the_migration() {
     for (name, oid) in &built_before {
         assert_eq!(after[name], *oid, "{name} was built again");
     }
-    let replaced: Vec<String> = sqlx::query_scalar(
-        "SELECT relname::text FROM pg_class WHERE relname IN ('runs_script_id', 'runs_agent_id')",
-    )
-    .fetch_all(&mut connection)
-    .await
-    .unwrap();
+    let replaced: Vec<String> =
+        sqlx::query_scalar("SELECT relname::text FROM pg_class WHERE relname IN ('runs_script_id', 'runs_agent_id')")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
     assert!(replaced.is_empty(), "the narrower indexes of 0002 stay: {replaced:?}");
 }

@@ -18,7 +18,16 @@ fn tiny_suite(dir: &std::path::Path, idle_seconds: &str) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TMPDIR", dir)
         .args(["bench", "suite", "--runs", "2", "--single-runs", "2", "--connections", "2", "--load-seconds", "1"])
-        .args(["--schedule-tasks", "3", "--idle-seconds", idle_seconds, "--history-runs", "50", "--history-tasks", "3"]);
+        .args([
+            "--schedule-tasks",
+            "3",
+            "--idle-seconds",
+            idle_seconds,
+            "--history-runs",
+            "50",
+            "--history-tasks",
+            "3",
+        ]);
     command
 }
 

@@ -102,7 +102,7 @@ impl Server {
         // server that runs scripts unsandboxed.
         let secret_key = random_hex(32)?;
         let admin = ("bench@example.com".to_owned(), random_hex(16)?);
-        let added = automa(data, spec, &secret_key, port)?
+        let added = server_command(data, spec, &secret_key, port)?
             .args(["user", "add", &admin.0, "--admin"])
             .env("AUTOMA_PASSWORD", &admin.1)
             .stdout(Stdio::null())
@@ -116,7 +116,7 @@ impl Server {
             added.status,
             String::from_utf8_lossy(&added.stderr)
         );
-        let mut command = automa(data, spec, &secret_key, port)?;
+        let mut command = server_command(data, spec, &secret_key, port)?;
         command.arg("serve").stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).kill_on_drop(true);
         let started = Instant::now();
         let child = command.spawn().context("starting automa serve")?;
@@ -207,7 +207,7 @@ pub fn clock_ticks_per_second() -> f64 {
 /// `automa` from this executable, set up as the server under test on `data`: the settings of `spec`, the same
 /// secret key for every command (the audit log's key derives from it), and the kernel's SIGTERM when the suite
 /// dies, so that no server outlives a suite that was killed.
-fn automa(
+fn server_command(
     data: &DataDir,
     spec: &ServerSpec<'_>,
     secret_key: &str,

@@ -139,8 +139,9 @@ impl Store {
             let mut agents = Vec::with_capacity(AGENTS);
             for n in 1..=AGENTS {
                 let name = format!("history-{suffix}-agent-{n}");
-                // No token hashes to this: nobody can connect as a seeded agent, and it is retired anyway.
-                let token_hash = sha256_hex(&format!("{name} {}", at.timestamp_nanos_opt().unwrap_or_default()));
+                // The hash of a random value nobody ever holds: no token hashes to it, so nobody can connect
+                // as a seeded agent (which is retired anyway), even knowing its name and creation time.
+                let token_hash = sha256_hex(&unguessable_hex());
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO agents (name, description, token_hash, created_at, retired_at) \
                      VALUES ($1, 'benchmark history', $2, $3, $3) RETURNING id",
@@ -206,6 +207,12 @@ impl Store {
         }
         Ok(SeedReport { script_id, task_ids })
     }
+}
+
+fn unguessable_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    hex::encode(bytes)
 }
 
 /// `sql` with every `{time:X}` replaced by `time` applied to the expression `X`.

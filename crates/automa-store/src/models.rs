@@ -679,6 +679,10 @@ impl RunPage {
     /// How far the total of a list is counted unless an exact count is asked for: counting stays bounded
     /// (a few milliseconds) however long the history, and a person reading "more than 10,000" learns enough.
     pub const TOTAL_CAP: i64 = 10_000;
+    /// The deepest `offset` a page may start at: an offset page reads every run it skips, so deeper pages
+    /// (which `before` reaches at the cost of one page) would let any reader make the database scan the
+    /// history again and again.
+    pub const MAX_OFFSET: i64 = 10_000;
 
     /// The newest runs, `limit` bounded like every list (see [`crate::Page`]).
     pub fn new(limit: Option<i64>) -> RunPage {

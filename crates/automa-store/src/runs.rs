@@ -393,7 +393,14 @@ impl Store {
     /// Runs, newest first: one page of them and how many match (see [`RunPage`]). The page is read through
     /// one index chosen for the filter (docs/architecture.md, "Run history"), so a page costs about the same
     /// at any depth reached by `before`; the total is counted only when the page alone cannot tell it.
+    /// An `offset` past [`RunPage::MAX_OFFSET`] is refused.
     pub async fn list_runs(&self, filter: &RunFilter, page: RunPage) -> StoreResult<RunList> {
+        if page.offset > RunPage::MAX_OFFSET {
+            return Err(StoreError::Invalid(automa_core::InvalidField::new(
+                "offset",
+                format!("is at most {}: page deeper with cursor (each answer's next_cursor)", RunPage::MAX_OFFSET),
+            )));
+        }
         let hints = !self.is_postgres();
         dispatch!(self, pool => {
             let mut select = sqlx::QueryBuilder::new("");

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use automa_core::{RunStatus, Trigger};
-use automa_store::{Run, RunFilter, RunPage, Store};
+use automa_store::{Run, RunFilter, RunPage, Store, StoreError};
 use chrono::{Duration, Utc};
 
 #[macro_use]
@@ -12,17 +12,18 @@ mod support;
 
 use support::*;
 
-/// Every run of script `script_id`, newest first, read page by page with offsets.
+/// Every run of script `script_id`, newest first, read page by page.
 async fn all_runs(store: &Store, script_id: i64) -> Vec<Run> {
     let filter = RunFilter { script_id: Some(script_id), ..RunFilter::default() };
     let mut runs = Vec::new();
+    let mut page = RunPage::new(Some(500));
     loop {
-        let page = RunPage { offset: runs.len() as i64, ..RunPage::new(Some(500)) };
         let listed = store.list_runs(&filter, page).await.unwrap();
-        if listed.items.is_empty() {
-            return runs;
-        }
         runs.extend(listed.items);
+        match listed.next_before {
+            Some(before) => page.before = Some(before),
+            None => return runs,
+        }
     }
 }
 
@@ -113,6 +114,23 @@ async fn a_seeded_history_is_valid_for_the_api(store: &Store) {
 }
 both_backends!(seeded_history, a_seeded_history_is_valid_for_the_api);
 
+/// A seeded agent's token hash is not derived from what the API shows of it (its name and creation time):
+/// nobody can compute a token that authenticates as it.
+async fn seeded_agents_have_token_hashes_nobody_can_derive(store: &Store) {
+    use sha2::Digest;
+    let seeded = store.seed_history(1, 30).await.unwrap();
+    let agent_ids: HashSet<i64> =
+        all_runs(store, seeded.script_id).await.iter().filter_map(|run| run.agent_id).collect();
+    assert_eq!(agent_ids.len(), 3);
+    for id in agent_ids {
+        let agent = store.get_agent(id).await.unwrap();
+        let derived = format!("{} {}", agent.name, agent.created_at.timestamp_nanos_opt().unwrap());
+        let derived = hex::encode(sha2::Sha256::digest(derived.as_bytes()));
+        assert!(store.agent_by_token_hash(&derived).await.unwrap().is_none(), "{} has a derivable hash", agent.name);
+    }
+}
+both_backends!(seeded_agent_tokens, seeded_agents_have_token_hashes_nobody_can_derive);
+
 async fn paging_by_cursor_visits_every_run_once(store: &Store) {
     let seeded = store.seed_history(7, 1200).await.unwrap();
     let runs = all_runs(store, seeded.script_id).await;
@@ -170,16 +188,23 @@ async fn totals_are_counted_up_to_a_cap_unless_asked(store: &Store) {
     let failures = all_runs(store, seeded.script_id).await.iter().filter(|run| run.status == RunStatus::Failed).count();
     let listed = store.list_runs(&failed, RunPage::new(Some(1))).await.unwrap();
     assert_eq!((listed.total, listed.total_exact), (failures as i64, true), "under the cap: counted");
-    let offset = RunPage { offset: runs - 5, ..RunPage::new(None) };
-    let tail = store.list_runs(&everything, offset).await.unwrap();
+    let deepest = RunPage { offset: RunPage::MAX_OFFSET, ..RunPage::new(None) };
+    let tail = store.list_runs(&everything, deepest).await.unwrap();
     assert_eq!(
-        (tail.items.len(), tail.total, tail.total_exact, tail.next_before),
-        (5, runs, true, None),
+        (tail.items.len() as i64, tail.total, tail.total_exact, tail.next_before),
+        (runs - RunPage::MAX_OFFSET, runs, true, None),
         "known from the page"
     );
-    let beyond = store.list_runs(&everything, RunPage { offset: runs + 5, ..RunPage::new(None) }).await.unwrap();
+    let beyond = RunPage { offset: failures as i64 + 5, ..RunPage::new(None) };
+    let beyond = store.list_runs(&failed, beyond).await.unwrap();
     assert!(beyond.items.is_empty());
-    assert_eq!((beyond.total, beyond.total_exact), (RunPage::TOTAL_CAP, false), "counted: the page is past the end");
+    assert_eq!((beyond.total, beyond.total_exact), (failures as i64, true), "counted: the page is past the end");
+    // Deeper offset pages would read every run they skip: the cursor goes there.
+    let too_deep = RunPage { offset: RunPage::MAX_OFFSET + 1, ..RunPage::new(None) };
+    match store.list_runs(&everything, too_deep).await {
+        Err(StoreError::Invalid(invalid)) => assert!(invalid.to_string().contains("cursor"), "{invalid}"),
+        other => panic!("an offset past the cap was not refused: {other:?}"),
+    }
 }
 both_backends!(capped_totals, totals_are_counted_up_to_a_cap_unless_asked);
 
@@ -277,3 +302,64 @@ async fn every_filter_reads_its_page_through_an_index(store: &Store) {
     }
 }
 both_backends!(index_plans, every_filter_reads_its_page_through_an_index);
+
+/// The oid of each of migration 0014's indexes that exists, by name.
+async fn history_indexes(connection: &mut sqlx::PgConnection) -> HashMap<String, i64> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT relname::text, oid::bigint FROM pg_class WHERE relkind = 'i' AND relname = ANY($1)")
+            .bind(HISTORY_INDEXES)
+            .fetch_all(connection)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+const HISTORY_INDEXES: &[&str] = &[
+    "runs_script_id_id",
+    "runs_agent_status_id",
+    "runs_status",
+    "runs_task_status",
+    "runs_agent",
+    "runs_trigger",
+    "runs_queued_at",
+];
+
+/// On a long history an operator builds 0014's indexes with CREATE INDEX CONCURRENTLY before upgrading
+/// (docs/deployment.md, "Upgrades"): the migration then keeps them rather than failing or building them again.
+#[tokio::test]
+async fn indexes_built_before_the_upgrade_are_kept_by_the_migration() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else { return };
+    let mut connection = sqlx::PgConnection::connect(&db.postgres_url().unwrap()).await.unwrap();
+    assert_eq!(history_indexes(&mut connection).await.len(), HISTORY_INDEXES.len());
+    // Back to the database as 0013 left it.
+    db.store
+        .execute_raw(&format!(
+            "DROP INDEX {}; CREATE INDEX runs_script_id ON runs (script_id); \
+             CREATE INDEX runs_agent_id ON runs (agent_id, status); DELETE FROM _sqlx_migrations WHERE version = 14",
+            HISTORY_INDEXES.join(", ")
+        ))
+        .await
+        .unwrap();
+    db.store.seed_history(3, 200).await.unwrap();
+    for name in ["runs_status", "runs_script_id_id"] {
+        let columns = if name == "runs_status" { "status, id" } else { "script_id, id" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE INDEX CONCURRENTLY {name} ON runs ({columns})")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let built_before = history_indexes(&mut connection).await;
+    db.store.migrate().await.unwrap();
+    let after = history_indexes(&mut connection).await;
+    assert_eq!(after.len(), HISTORY_INDEXES.len(), "{after:?}");
+    for (name, oid) in &built_before {
+        assert_eq!(after[name], *oid, "{name} was built again");
+    }
+    let replaced: Vec<String> =
+        sqlx::query_scalar("SELECT relname::text FROM pg_class WHERE relname IN ('runs_script_id', 'runs_agent_id')")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    assert!(replaced.is_empty(), "the narrower indexes of 0002 stay: {replaced:?}");
+}

@@ -9,18 +9,32 @@ mod pg_database;
 
 const AUTOMA: &str = env!("CARGO_BIN_EXE_automa");
 
-/// The suite with the fewest runs, requests and seconds each phase accepts; its standard output.
-fn suite(extra: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(AUTOMA)
-        .current_dir(dir.path())
+/// The suite with the fewest runs, requests and seconds each phase accepts (`idle_seconds` aside).
+fn tiny_suite(dir: &std::path::Path, idle_seconds: &str) -> Command {
+    let mut command = Command::new(AUTOMA);
+    command
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", dir)
         .args(["bench", "suite", "--runs", "2", "--single-runs", "2", "--connections", "2", "--load-seconds", "1"])
-        .args(["--schedule-tasks", "3", "--idle-seconds", "1", "--history-runs", "50", "--history-tasks", "3"])
-        .args(extra)
-        .output()
-        .unwrap();
+        .args([
+            "--schedule-tasks",
+            "3",
+            "--idle-seconds",
+            idle_seconds,
+            "--history-runs",
+            "50",
+            "--history-tasks",
+            "3",
+        ]);
+    command
+}
+
+/// The tiny suite with more flags and environment; its standard output.
+fn suite(extra: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tiny_suite(dir.path(), "1").args(extra).envs(env.iter().copied()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -35,7 +49,7 @@ fn summary_row<'a>(stdout: &'a str, measurement: &str) -> Vec<&'a str> {
 
 #[test]
 fn every_phase_prints_its_table_and_the_summary_holds_every_row_with_a_verdict() {
-    let stdout = suite(&[]);
+    let stdout = suite(&[], &[]);
     for phase in ["throughput", "single run", "authenticated GET", "scheduler", "idle", "start-up", "history"] {
         assert!(stdout.contains(&format!("\n## {phase}")), "no {phase} phase:\n{stdout}");
     }
@@ -66,7 +80,8 @@ fn every_phase_prints_its_table_and_the_summary_holds_every_row_with_a_verdict()
 async fn the_history_phase_measures_postgresql_on_a_database_of_its_own_that_it_drops() {
     let Some(server_url) = pg_database::postgres_url() else { return };
     let before = bench_databases(&server_url).await;
-    let stdout = suite(&["--only", "history", "--database", &server_url]);
+    // From the environment, as the README advises: a password in the command line is visible to every user.
+    let stdout = suite(&["--only", "history"], &[("AUTOMA_BENCH_DATABASE_URL", &server_url)]);
     let row = summary_row(&stdout, "PostgreSQL: GET /runs?task_id&status p99");
     assert_eq!(row[0], "history", "{row:?}");
     assert!(!row[3].is_empty(), "no empty-database baseline: {row:?}");
@@ -95,5 +110,75 @@ fn a_malformed_database_url_is_refused_before_anything_is_measured() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("--database must be a URL ending with /DATABASE"), "{stderr}");
+    assert!(stderr.contains("must be a URL ending with /DATABASE"), "{stderr}");
+}
+
+/// The pid of a child of `parent` whose command line holds `word`, if there is one now.
+fn child_running(parent: u32, word: &str) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).ok()?;
+    let children: Vec<u32> = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|pid| pid.parse().ok()).collect::<Vec<u32>>())
+        .collect();
+    children.into_iter().find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.split(|byte| *byte == 0).any(|argument| argument == word.as_bytes())
+    })
+}
+
+/// Whether the process is gone (or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+/// The server a suite starts has its admin before it listens: with the suite frozen the moment the server is
+/// spawned, so that it cannot sign in, nobody else can sign up as the first user and become admin. And the
+/// server does not outlive a suite that is killed.
+#[tokio::test]
+async fn the_suites_server_has_its_admin_before_it_listens_and_dies_with_the_suite() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bench = tiny_suite(dir.path(), "600")
+        .args(["--only", "idle"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let server = loop {
+        if let Some(server) = child_running(bench.id(), "serve") {
+            break server;
+        }
+        assert!(bench.try_wait().unwrap().is_none(), "the suite ended before it started a server");
+        assert!(std::time::Instant::now() < deadline, "no server was started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    kill(Pid::from_raw(bench.id() as i32), Signal::SIGSTOP).unwrap();
+    let environ = std::fs::read(format!("/proc/{server}/environ")).unwrap();
+    let bind = environ
+        .split(|byte| *byte == 0)
+        .find_map(|variable| variable.strip_prefix(b"AUTOMA_BIND="))
+        .map(|bind| String::from_utf8_lossy(bind).into_owned())
+        .expect("the server's address");
+    let client = reqwest::Client::new();
+    while !client.get(format!("http://{bind}/ready")).send().await.is_ok_and(|reply| reply.status().is_success()) {
+        assert!(!ended(server) && std::time::Instant::now() < deadline, "the server never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let squatter = serde_json::json!({"email": "squatter@example.com", "password": "squatter-password-1234"});
+    let signed_up = client.post(format!("http://{bind}/users")).json(&squatter).send().await.unwrap().status();
+
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    while !ended(server) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let outlived = !ended(server);
+    if outlived {
+        let _ = kill(Pid::from_raw(server as i32), Signal::SIGKILL);
+    }
+    assert!(signed_up.is_client_error(), "a stranger signed up first on the suite's server: {signed_up}");
+    assert!(!outlived, "the server outlived the killed suite");
 }

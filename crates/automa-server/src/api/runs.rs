@@ -141,10 +141,11 @@ pub struct RunQuery {
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page: the next page, older, at the same cost however deep. Opaque.
     pub cursor: Option<String>,
-    /// Runs to skip (not with `cursor`). Kept for compatibility: the skipped runs are read, so a deep offset
-    /// is slow on a long history; page with `cursor` instead.
+    /// Runs to skip (not with `cursor`), at most 10,000. Kept for compatibility: the skipped runs are read, so
+    /// a deep offset is slow on a long history; page with `cursor` instead, which also goes past 10,000.
     pub offset: Option<i64>,
-    /// Count every matching run for `total` (slower on a long history) instead of stopping past 10,000.
+    /// Count every matching run for `total` instead of stopping past 10,000. Costly on a long history: the
+    /// count reads every matching entry of an index, millions of them, so ask for it once, not on every page.
     pub count: Option<bool>,
 }
 
@@ -185,7 +186,7 @@ fn decode_cursor(cursor: &str) -> ApiResult<i64> {
 /// Run history, newest first, by pages: follow `next_cursor` to go further back.
 #[utoipa::path(get, path = "/runs", operation_id = "listRuns", tag = "runs", params(RunQuery), security(("bearer" = ["viewer"])),
     responses((status = 200, body = RunList),
-        (status = 422, description = "A parameter is invalid (a cursor this server did not give out, `cursor` with `offset`, an unknown status or trigger); `field` names it", body = crate::error::ErrorBody)))]
+        (status = 422, description = "A parameter is invalid (a cursor this server did not give out, `cursor` with `offset`, an `offset` past 10,000, an unknown status or trigger); `field` names it", body = crate::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<RunQuery>) -> ApiResult<Json<RunList>> {
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     if before.is_some() && query.offset.is_some() {

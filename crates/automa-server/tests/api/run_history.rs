@@ -97,6 +97,12 @@ async fn bad_cursors_are_refused(backend: Backend) {
     assert_eq!((nul.status, &nul.body["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &Value::from("cursor")));
     let both = app.get(&format!("/runs?cursor={cursor}&offset=10"), &admin).await;
     assert_eq!((both.status, &both.body["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &Value::from("offset")));
+    // An offset page reads every run it skips: deeper than 10,000 is for the cursor, which the refusal names.
+    let deepest = app.get("/runs?offset=10000", &admin).await;
+    assert_eq!(deepest.status, StatusCode::OK, "{:?}", deepest.body);
+    let too_deep = app.get("/runs?offset=10001", &admin).await;
+    assert_eq!((too_deep.status, &too_deep.body["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &Value::from("offset")));
+    assert!(too_deep.body["detail"].as_str().unwrap().contains("cursor"), "{:?}", too_deep.body);
     let bad_count = app.get("/runs?count=maybe", &admin).await;
     assert!(bad_count.status.is_client_error(), "{:?}", bad_count.body);
     let second = app.get(&format!("/runs?limit=10&cursor={cursor}"), &admin).await.body;

@@ -58,8 +58,9 @@ pub struct SuiteFlags {
     #[arg(long)]
     python: Option<PathBuf>,
     /// A PostgreSQL server (postgres://user:password@host/database, a role that may create databases): the
-    /// history phase also runs there, each server on a database of its own, dropped afterwards.
-    #[arg(long)]
+    /// history phase also runs there, each server on a database of its own, dropped afterwards. Better from
+    /// AUTOMA_BENCH_DATABASE_URL: a password in the command line is visible to every user of the host.
+    #[arg(long, env = "AUTOMA_BENCH_DATABASE_URL", hide_env_values = true)]
     database: Option<String>,
     /// Only these phases (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -73,7 +73,8 @@ pub struct ServerSpec<'a> {
     pub env: Vec<(&'static str, String)>,
 }
 
-/// A running `automa serve` child; killed if dropped without [`Server::stop`].
+/// A running `automa serve` child; killed if dropped without [`Server::stop`], and sent SIGTERM by the kernel
+/// if the suite dies without either.
 pub struct Server {
     child: tokio::process::Child,
     pub pid: u32,
@@ -82,45 +83,46 @@ pub struct Server {
     pub startup: Duration,
     /// The resident set when it was first ready, in KiB: before any login.
     pub ready_rss_kib: u64,
+    /// The admin created before the server listened: e-mail and password.
+    admin: (String, String),
     log: PathBuf,
 }
 
 impl Server {
+    /// Creates the admin with `automa user add` on the server's database, then starts the server. Creating
+    /// the admin over the API, as the first user to sign up, would let anyone on this host who found the
+    /// port first become admin of a server that may run scripts unsandboxed, as the user running the suite.
     pub async fn start(data: &DataDir, spec: &ServerSpec<'_>) -> anyhow::Result<Server> {
+        // The port is free when asked and bound by the server a moment later. Another process taking it in
+        // between gains nothing: the server cannot bind and exits, failing the start, and all the suite would
+        // have sent there is the admin's password, random and good only for that server, which never ran.
         let port = free_port()?;
         let log = data.path().join("server.log");
-        let mut command = tokio::process::Command::new(std::env::current_exe()?);
-        // A clean environment and working directory: the caller's AUTOMA_* variables, `.env` and `automa.toml`
-        // would otherwise change the server being measured.
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir(data.path())
-            .env("AUTOMA_DATA_DIR", data.path().join("data"))
-            .env("AUTOMA_DATABASE_URL", &data.database_url)
-            .env("AUTOMA_BIND", format!("127.0.0.1:{port}"))
-            // Random, not a constant: while the suite runs, anyone on this host could otherwise sign tokens for
-            // a server that runs scripts unsandboxed.
-            .env("AUTOMA_SECRET_KEY", random_hex(32)?)
-            .env("AUTOMA_SANDBOX", spec.profile)
-            .env("AUTOMA_PYTHON", spec.python)
-            .env("AUTOMA_AGENT_CONCURRENCY", "2")
-            .env("AUTOMA_NO_AGENT", if spec.agent { "false" } else { "true" })
-            // The suite is one client sending thousands of requests: rate limits would measure themselves.
-            .env("AUTOMA_REQUESTS_PER_MINUTE", "0")
-            .env("AUTOMA_AGENT_REQUESTS_PER_MINUTE", "0")
-            .env("AUTOMA_LOG", "warn")
-            .stdin(Stdio::null())
+        // Random, not a constant: while the suite runs, anyone on this host could otherwise sign tokens for a
+        // server that runs scripts unsandboxed.
+        let secret_key = random_hex(32)?;
+        let admin = ("bench@example.com".to_owned(), random_hex(16)?);
+        let added = server_command(data, spec, &secret_key, port)?
+            .args(["user", "add", &admin.0, "--admin"])
+            .env("AUTOMA_PASSWORD", &admin.1)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true);
-        command.envs(spec.env.iter().map(|(name, value)| (name, value)));
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .context("starting automa user add")?;
+        anyhow::ensure!(
+            added.status.success(),
+            "automa user add failed ({}): {}",
+            added.status,
+            String::from_utf8_lossy(&added.stderr)
+        );
+        let mut command = server_command(data, spec, &secret_key, port)?;
+        command.arg("serve").stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).kill_on_drop(true);
         let started = Instant::now();
         let child = command.spawn().context("starting automa serve")?;
         let pid = child.id().context("the server exited at once")?;
         let base = format!("http://127.0.0.1:{port}");
-        let mut server = Server { child, pid, base, startup: Duration::ZERO, ready_rss_kib: 0, log };
+        let mut server = Server { child, pid, base, startup: Duration::ZERO, ready_rss_kib: 0, admin, log };
         server.startup = server.until_ready(started).await?;
         server.ready_rss_kib = server.rss_kib()?;
         Ok(server)
@@ -202,7 +204,56 @@ pub fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-/// A port nobody listens on now; the server binds it a moment later.
+/// `automa` from this executable, set up as the server under test on `data`: the settings of `spec`, the same
+/// secret key for every command (the audit log's key derives from it), and the kernel's SIGTERM when the suite
+/// dies, so that no server outlives a suite that was killed.
+fn server_command(
+    data: &DataDir,
+    spec: &ServerSpec<'_>,
+    secret_key: &str,
+    port: u16,
+) -> anyhow::Result<tokio::process::Command> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    // A clean environment and working directory: the caller's AUTOMA_* variables, `.env` and `automa.toml`
+    // would otherwise change the server being measured.
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(data.path())
+        .env("AUTOMA_DATA_DIR", data.path().join("data"))
+        .env("AUTOMA_DATABASE_URL", &data.database_url)
+        .env("AUTOMA_BIND", format!("127.0.0.1:{port}"))
+        .env("AUTOMA_SECRET_KEY", secret_key)
+        .env("AUTOMA_SANDBOX", spec.profile)
+        .env("AUTOMA_PYTHON", spec.python)
+        .env("AUTOMA_AGENT_CONCURRENCY", "2")
+        .env("AUTOMA_NO_AGENT", if spec.agent { "false" } else { "true" })
+        // The suite is one client sending thousands of requests: rate limits would measure themselves.
+        .env("AUTOMA_REQUESTS_PER_MINUTE", "0")
+        .env("AUTOMA_AGENT_REQUESTS_PER_MINUTE", "0")
+        .env("AUTOMA_LOG", "warn")
+        .envs(spec.env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null());
+    let suite = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl and getppid, and an error built
+    // without allocating.
+    unsafe {
+        command.pre_exec(move || {
+            // The signal follows the thread that forked, a runtime thread: those live as long as the suite.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The suite may have died before the prctl: then nobody would send the signal.
+            if libc::getppid() as u32 != suite {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// A port nobody listens on now; the server binds it a moment later (see [`Server::start`]).
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -222,11 +273,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates the first user (`POST /users`, who becomes admin) and signs in (`POST /token`).
-    pub async fn sign_up(server: &Server) -> anyhow::Result<Session> {
+    /// Signs in as the admin the server was started with (`POST /token`).
+    pub async fn sign_in(server: &Server) -> anyhow::Result<Session> {
         let anonymous = Api::new(&server.base, None, false)?;
-        let (email, password) = ("bench@example.com".to_owned(), random_hex(16)?);
-        let _: Value = anonymous.post("/users", &json!({"email": email, "password": password})).await?.value;
+        let (email, password) = server.admin.clone();
         let token: Value = anonymous.post_form("/token", &[("username", email), ("password", password)]).await?.value;
         let token = token["access_token"].as_str().context("no access token")?.to_owned();
         Ok(Session { api: Api::new(&server.base, Some(&token), false)?, base: server.base.clone(), token, runs: None })
@@ -348,7 +398,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts a server on `data` (removed again if the start fails) and signs up its first user.
+    /// Starts a server on `data` (removed again if the start fails) and signs in as its admin.
     pub async fn start(data: DataDir, spec: &ServerSpec<'_>) -> anyhow::Result<Running> {
         let server = match Server::start(&data, spec).await {
             Ok(server) => server,
@@ -357,7 +407,7 @@ impl Running {
                 return Err(error);
             }
         };
-        let session = match Session::sign_up(&server).await {
+        let session = match Session::sign_in(&server).await {
             Ok(session) => session,
             Err(error) => {
                 Running::cleanup(server, data).await;

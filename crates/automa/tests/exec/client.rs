@@ -319,6 +319,11 @@ async fn scripts_tasks_and_runs_round_trip_with_live_output() {
     assert_eq!(user.json(&["runs", "get", &sleeper])["status"], "cancelled");
     assert!(user.fails(&["runs", "cancel", &sleeper], 1).contains("409"));
     assert!(user.ok(&["runs", "list"]).lines().any(|line| line.contains("cancelled")));
+    // Scripts written before the cursor still page by offset, as deep as the server allows.
+    let newest = user.json(&["runs", "list", "--limit", "2"]);
+    let skipped = user.json(&["runs", "list", "--limit", "1", "--offset", "1"]);
+    assert_eq!((skipped["offset"].as_i64(), &skipped["items"][0]["id"]), (Some(1), &newest["items"][1]["id"]));
+    assert!(user.fails(&["runs", "list", "--offset", "10001"], 1).contains("cursor"));
 
     user.ok(&["tasks", "delete", "sleeper"]);
     user.ok(&["tasks", "delete", "greeter"]);

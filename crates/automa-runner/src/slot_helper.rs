@@ -4,6 +4,7 @@
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,6 +26,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct SlotHelpers {
     command: HelperCommand,
     slots: Vec<Mutex<Option<SlotHelper>>>,
+    /// Each slot's `cgroup.procs` files, which its helper joins when it starts.
+    cgroup_procs: Vec<Vec<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -34,8 +37,8 @@ struct SlotHelper {
 }
 
 impl SlotHelpers {
-    pub(crate) fn new(command: HelperCommand, slots: usize) -> SlotHelpers {
-        SlotHelpers { command, slots: (0..slots).map(|_| Mutex::new(None)).collect() }
+    pub(crate) fn new(command: HelperCommand, cgroup_procs: Vec<Vec<PathBuf>>) -> SlotHelpers {
+        SlotHelpers { command, slots: cgroup_procs.iter().map(|_| Mutex::new(None)).collect(), cgroup_procs }
     }
 
     /// Has the slot's helper fork a supervisor whose stdin is `channel` and whose stdout and stderr are the
@@ -51,8 +54,14 @@ impl SlotHelpers {
         }
         // Dropping the old one kills and reaps it.
         *held = None;
-        let helper = held.insert(SlotHelper::start(&self.command)?);
+        let request = Request::Serve { cgroup_procs: self.cgroup_procs[slot].clone() };
+        let helper = held.insert(SlotHelper::start(&self.command, &request)?);
         helper.launch(fds).map_err(|e| RunnerError::Helper(format!("the slot's helper did not start a run: {e}")))
+    }
+
+    /// The process id of the slot's helper, if it has one: it lives in the slot's cgroups.
+    pub(crate) fn pid(&self, slot: usize) -> Option<u32> {
+        self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|h| h.process.id())
     }
 
     /// The process ids of the slots' helpers started so far; for tests that kill one.
@@ -65,8 +74,8 @@ impl SlotHelpers {
 }
 
 impl SlotHelper {
-    fn start(command: &HelperCommand) -> Result<SlotHelper, RunnerError> {
-        let (process, control) = start_helper(command, &Request::Serve)?;
+    fn start(command: &HelperCommand, request: &Request) -> Result<SlotHelper, RunnerError> {
+        let (process, control) = start_helper(command, request)?;
         let helper = SlotHelper { process, control };
         helper.control.set_read_timeout(Some(LAUNCH_TIMEOUT))?;
         helper.control.set_write_timeout(Some(LAUNCH_TIMEOUT))?;

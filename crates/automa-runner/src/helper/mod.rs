@@ -106,7 +106,7 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
         cpu_ms: None,
         workload_started_ns: None,
     };
-    let launcher = match request.user_net.as_ref().map(|net| network::Launcher::fork(net)) {
+    let launcher = match request.user_net.as_ref().map(network::Launcher::fork) {
         None => None,
         Some(Ok(launcher)) => Some(launcher),
         Some(Err(e)) => return failed(e),

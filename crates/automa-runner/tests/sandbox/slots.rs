@@ -122,7 +122,7 @@ fn slot_cgroups(membership: &str) -> Vec<String> {
     let mut lines: Vec<String> = membership
         .lines()
         .filter_map(|l| {
-            let controllers = l.splitn(3, ':').nth(1)?;
+            let controllers = l.split(':').nth(1)?;
             let wanted =
                 controllers.is_empty() || controllers.split(',').any(|c| ["memory", "pids", "cpuacct"].contains(&c));
             wanted.then_some(l)

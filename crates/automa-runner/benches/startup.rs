@@ -5,7 +5,8 @@
 //! `strict warm` ask for warm starts (the first run of each slot starts cold and prepares the next).
 //! `cargo bench -p automa-runner --bench startup`; AUTOMA_BENCH_RUNS overrides the count, AUTOMA_BENCH_PYTHON
 //! the interpreter (default Debian's `/usr/bin/python3`, not a slow pyenv build), and AUTOMA_BENCH_DISABLE
-//! (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs.
+//! (comma-separated layer names, e.g. `net_ns,landlock`) finds what a layer costs, and AUTOMA_BENCH_PAUSE_MS
+//! pauses before each single run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,6 +163,13 @@ where
 
 /// Runs `job` [`single_runs`] times, one at a time, and returns the minimum and median of
 /// the durations it reports: a run's own duration on an otherwise idle sandbox.
+/// `AUTOMA_BENCH_PAUSE_MS` between single runs (default none): some costs show only after a pause, as between
+/// the runs of an idle agent (the first move into a cgroup after one waits for an RCU grace period).
+fn single_pause() -> Duration {
+    let ms = std::env::var("AUTOMA_BENCH_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
 async fn measure_single<F, Fut>(runs: usize, job: Arc<F>) -> (Duration, Duration)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
@@ -169,6 +177,7 @@ where
 {
     let mut durations = Vec::new();
     for _ in 0..single_runs(runs) {
+        tokio::time::sleep(single_pause()).await;
         durations.push(job().await);
     }
     durations.sort();

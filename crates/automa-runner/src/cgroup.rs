@@ -2,7 +2,10 @@
 //! (this kind of host is a v1 hybrid where `memory.max` would limit nothing, SANDBOX.md trap 6).
 //!
 //! Cgroups are created once per slot when the sandbox starts, never per run: creating and removing one costs
-//! about 10 ms. Per run, only limits that changed since the slot's last run are written, and counters read.
+//! about 10 ms. Nothing moves into them per run either: the slot's helper joins them when it starts, and
+//! every run it forks is born there (a move waits for an RCU grace period when it is the first after a
+//! pause, 6 ms at the median on a v1 host). Per run, only limits that changed since the slot's last run are
+//! written, and counters read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -115,6 +118,10 @@ pub(crate) struct Usage {
     pub oom_killed: bool,
     pub cpu_ms: Option<u64>,
 }
+
+/// Processes of the sandbox's own in a slot's cgroups during a run, on top of the run's `max_processes`: the
+/// slot's helper and the run's supervisor.
+const HELPER_PROCESSES: u32 = 2;
 
 static POOL_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -261,13 +268,14 @@ impl SlotCgroup {
             }
         }
         if let Some(pids) = &self.pids {
-            fs::write(pids.dir.join("pids.max"), limits.max_processes.to_string())?;
+            fs::write(pids.dir.join("pids.max"), (limits.max_processes + HELPER_PROCESSES).to_string())?;
         }
         Ok(())
     }
 
-    /// What the run used, then kills anything still in the slot so the next run starts empty.
-    pub(crate) async fn finish(&self, baseline: &Baseline) -> Usage {
+    /// What the run used, then kills anything still in the slot but its helper (`helper`, its pid) so that the
+    /// next run starts with the slot to itself.
+    pub(crate) async fn finish(&self, baseline: &Baseline, helper: Option<u32>) -> Usage {
         let mut usage = Usage::default();
         if let Some(mem) = &self.memory {
             let kills = match mem.version {
@@ -280,7 +288,7 @@ impl SlotCgroup {
             usage.cpu_ms = Some(cpu_usec(cpu).saturating_sub(baseline.cpu_usec) / 1000);
         }
         for dir in self.dirs() {
-            empty(dir).await;
+            empty(dir, helper).await;
         }
         usage
     }
@@ -320,19 +328,24 @@ fn read_key(file: &Path, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills every process left in the cgroup. The pid namespace normally leaves nothing; this is what catches
-/// escapees when it is switched off.
-async fn empty(dir: &Path) {
+/// Kills every process left in the cgroup but the slot's helper. The pid namespace normally leaves nothing
+/// but the run's supervisor on its way out; this is what catches escapees when it is switched off. No
+/// `cgroup.kill`: it would take the helper too.
+async fn empty(dir: &Path, helper: Option<u32>) {
     let procs = dir.join("cgroup.procs");
     for _ in 0..1000 {
         let pids = fs::read_to_string(&procs).unwrap_or_default();
-        if pids.trim().is_empty() {
+        let left: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|&p| Some(p) != helper)
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect();
+        if left.is_empty() {
             return;
         }
-        if fs::write(dir.join("cgroup.kill"), "1").is_err() {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            }
+        for pid in left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }

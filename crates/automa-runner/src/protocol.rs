@@ -17,8 +17,11 @@ const MAX_REQUEST: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     Probe(ProbeRequest),
-    /// Become the slot's long-lived helper, forking a supervisor per run (`helper::server`).
-    Serve,
+    /// Become the slot's long-lived helper, forking a supervisor per run (`helper::server`), after joining the
+    /// slot's cgroups through these `cgroup.procs` files so that every run is born in them.
+    Serve {
+        cgroup_procs: Vec<PathBuf>,
+    },
     Run(Box<RunRequest>),
 }
 
@@ -88,7 +91,6 @@ pub(crate) struct RunRequest {
     /// Further host paths bound at the same place (and allowed by landlock): a run's environment, read-only,
     /// or what an environment build reads and writes.
     pub binds: Vec<Bind>,
-    pub cgroup_procs: Vec<PathBuf>,
     pub limits: crate::Limits,
     /// Whether TCP is allowed (landlock); the network namespace is switched by `layers.net_ns`.
     pub network: bool,

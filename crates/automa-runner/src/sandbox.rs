@@ -142,7 +142,10 @@ impl Sandbox {
             uid_base: config.uid_base,
             helper_ids: (probe.euid, probe.egid),
             interpreter: config.interpreter,
-            slot_helpers: Arc::new(SlotHelpers::new(config.helper, config.slots)),
+            slot_helpers: Arc::new(SlotHelpers::new(
+                config.helper,
+                (0..config.slots).map(|slot| pool.as_ref().map(|p| p.procs_files(slot)).unwrap_or_default()).collect(),
+            )),
             work_root: config.work_root,
             system_paths,
             cgroups: pool.map(Arc::new),
@@ -391,7 +394,7 @@ impl Sandbox {
             None => self.supervise(slot, request, &job.limits, output, cancel).await,
         };
         let usage = match (cgroup, &baseline) {
-            (Some(c), Some(b)) => Some(c.finish(b).await),
+            (Some(c), Some(b)) => Some(c.finish(b, self.slot_helpers.pid(slot)).await),
             _ => None,
         };
         if !self.layers.mount_ns {
@@ -463,7 +466,6 @@ impl Sandbox {
             host_workdir: host_workdir.to_path_buf(),
             system_paths: self.system_paths.clone(),
             binds: job.binds.clone(),
-            cgroup_procs: self.cgroups.as_ref().map(|p| p.procs_files(slot)).unwrap_or_default(),
             limits: job.limits,
             network: job.network,
             user_net,

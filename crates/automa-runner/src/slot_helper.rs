@@ -4,6 +4,7 @@
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub(crate) struct LaunchError {
 pub(crate) struct SlotHelpers {
     command: HelperCommand,
     slots: Vec<Mutex<Option<SlotHelper>>>,
+    /// Each slot's `cgroup.procs` files, which its helper joins when it starts.
+    cgroup_procs: Vec<Vec<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -42,8 +45,8 @@ struct SlotHelper {
 }
 
 impl SlotHelpers {
-    pub(crate) fn new(command: HelperCommand, slots: usize) -> SlotHelpers {
-        SlotHelpers { command, slots: (0..slots).map(|_| Mutex::new(None)).collect() }
+    pub(crate) fn new(command: HelperCommand, cgroup_procs: Vec<Vec<PathBuf>>) -> SlotHelpers {
+        SlotHelpers { command, slots: cgroup_procs.iter().map(|_| Mutex::new(None)).collect(), cgroup_procs }
     }
 
     /// Has the slot's helper fork a supervisor whose stdin is `channel` and whose stdout and stderr are the
@@ -59,7 +62,10 @@ impl SlotHelpers {
         let retry = held.is_some();
         let helper = match held.as_mut() {
             Some(helper) => helper,
-            None => held.insert(SlotHelper::start(&self.command).map_err(|error| LaunchError { error, retry })?),
+            None => {
+                let request = Request::Serve { cgroup_procs: self.cgroup_procs[slot].clone() };
+                held.insert(SlotHelper::start(&self.command, &request).map_err(|error| LaunchError { error, retry })?)
+            }
         };
         helper.launch(fds).map_err(|e| {
             // Dropping it kills and reaps it.
@@ -67,6 +73,11 @@ impl SlotHelpers {
             let error = RunnerError::Helper(format!("the slot's helper did not start a run: {e}"));
             LaunchError { error, retry }
         })
+    }
+
+    /// The process id of the slot's helper, if it has one: it lives in the slot's cgroups.
+    pub(crate) fn pid(&self, slot: usize) -> Option<u32> {
+        self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|h| h.process.id())
     }
 
     /// The process ids of the slots' helpers started so far; for tests that kill one.
@@ -79,8 +90,8 @@ impl SlotHelpers {
 }
 
 impl SlotHelper {
-    fn start(command: &HelperCommand) -> Result<SlotHelper, RunnerError> {
-        let (process, control) = start_helper(command, &Request::Serve)?;
+    fn start(command: &HelperCommand, request: &Request) -> Result<SlotHelper, RunnerError> {
+        let (process, control) = start_helper(command, request)?;
         let helper = SlotHelper { process, control };
         helper.control.set_read_timeout(Some(LAUNCH_TIMEOUT))?;
         helper.control.set_write_timeout(Some(LAUNCH_TIMEOUT))?;

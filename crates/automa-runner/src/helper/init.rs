@@ -1,10 +1,9 @@
 //! The sandbox's init: pid 1 of the run's pid namespace. It ties the namespace's life to the supervisor's,
-//! builds the root while the supervisor moves it into the slot's cgroups, starts the workload once it is in
-//! them and reaps until the workload exits; its own exit then makes the kernel kill everything left in the
-//! namespace.
+//! builds the root, starts the workload and reaps until the workload exits; its own exit then makes the
+//! kernel kill everything left in the namespace.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -16,19 +15,13 @@ use super::status;
 use crate::protocol::{HandOver, RunRequest, read_message};
 
 /// `hand_over` is set for a prepared sandbox: the supervisor passes the run's [`HandOver`] through it.
-pub(super) fn run(
-    request: &RunRequest,
-    status_w: OwnedFd,
-    lifeline: OwnedFd,
-    joined: OwnedFd,
-    hand_over: Option<OwnedFd>,
-) -> ! {
+pub(super) fn run(request: &RunRequest, status_w: OwnedFd, lifeline: OwnedFd, hand_over: Option<OwnedFd>) -> ! {
     let mut status_pipe = File::from(status_w);
     let fail = |status_pipe: &mut File, e: String| -> ! {
         let _ = writeln!(status_pipe, "{}{e}", status::ERROR);
         std::process::exit(1)
     };
-    if let Err(e) = prepare(request, &lifeline, joined) {
+    if let Err(e) = prepare(request, &lifeline) {
         fail(&mut status_pipe, e);
     }
     drop(lifeline);
@@ -67,13 +60,17 @@ pub(super) fn run(
     std::process::exit(0)
 }
 
-fn prepare(request: &RunRequest, lifeline: &OwnedFd, joined: OwnedFd) -> Result<(), String> {
+fn prepare(request: &RunRequest, lifeline: &OwnedFd) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     // The supervisor may have died before the death signal was armed; its closed lifeline tells.
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
     if nix::poll::poll(&mut fds, PollTimeout::ZERO).map_err(|e| format!("poll: {e}"))? > 0 {
         std::process::exit(1);
     }
+    // The slot's helper and its supervisors may be exempt from the OOM killer of the slot's memory cgroup they
+    // share with the run; the run is not. Raising the score is always allowed, and an init that could have
+    // lowered it (`CAP_SYS_RESOURCE`) also raises the floor, so that the workload cannot lower it again.
+    std::fs::write("/proc/self/oom_score_adj", "0").map_err(|e| format!("reset oom_score_adj: {e}"))?;
     // A non-dumpable init keeps the script (same uid when unprivileged) out of its /proc entries and fds.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
     // The socket to the sandbox stays with the supervisor only.
@@ -89,12 +86,7 @@ fn prepare(request: &RunRequest, lifeline: &OwnedFd, joined: OwnedFd) -> Result<
     if request.layers.uts_ns {
         nix::unistd::sethostname("automa").map_err(|e| format!("sethostname: {e}"))?;
     }
-    // Everything the workload starts must be born in the slot's cgroups, which the supervisor moves this
-    // process into meanwhile.
-    let mut byte = [0u8; 1];
-    File::from(joined)
-        .read_exact(&mut byte)
-        .map_err(|_| "the supervisor could not move the run into its cgroups".to_owned())
+    Ok(())
 }
 
 /// Waits for the run a prepared sandbox serves, writes its payload as a cold run's workload would (before the

@@ -2,16 +2,17 @@
 //!
 //! The process tree of a run is:
 //!
-//! - the slot's helper ([`server`]): started once per slot by the sandbox with a cleared environment; it forks
-//!   a supervisor for each run and does nothing else.
+//! - the slot's helper ([`server`]): started once per slot by the sandbox with a cleared environment; it joins
+//!   the slot's cgroups, then forks a supervisor for each run and does nothing else. Everything below is
+//!   born in those cgroups: a move into a cgroup waits for an RCU grace period (milliseconds) when it is
+//!   the first after a pause, and no run makes one.
 //! - the supervisor: stdin a socket carrying the request and, at the end, the report; stdout and stderr the
 //!   run's output pipes. It creates the namespaces and forks the init; a byte or EOF on the socket
 //!   means "kill the run".
 //! - for a networked run, slirp4netns: forked by the supervisor before it unshares, so it stays in the host's
 //!   network namespace and links it to the run's ([`network`]).
 //! - the init: pid 1 of the new pid namespace, with `PR_SET_PDEATHSIG(SIGKILL)` so the whole namespace dies
-//!   with the supervisor (trap 4). It builds the root while the supervisor moves it into the slot's cgroups,
-//!   and starts the workload once it is in them; then it reaps.
+//!   with the supervisor (trap 4). It builds the root, starts the workload and reaps.
 //! - the workload: drops privileges, confines itself and execs the interpreter.
 
 mod confine;
@@ -25,7 +26,7 @@ mod server;
 pub(crate) use confine::write_read_only;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -63,8 +64,8 @@ fn answer(origin: Origin<'_>) -> ! {
     };
     let written = match request {
         Request::Probe(probe) => write_message(&mut channel, &probe::run(&probe)),
-        Request::Serve if matches!(origin, Origin::Started) => server::serve(channel),
-        Request::Serve => std::process::exit(2),
+        Request::Serve { cgroup_procs } if matches!(origin, Origin::Started) => server::serve(channel, &cgroup_procs),
+        Request::Serve { .. } => std::process::exit(2),
         Request::Run(run) => {
             let report = supervise(&run, &channel, empty_network);
             write_message(&mut channel, &report)
@@ -105,7 +106,7 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
         cpu_ms: None,
         workload_started_ns: None,
     };
-    let launcher = match request.user_net.as_ref().map(|net| network::Launcher::fork(net, &request.cgroup_procs)) {
+    let launcher = match request.user_net.as_ref().map(network::Launcher::fork) {
         None => None,
         Some(Ok(launcher)) => Some(launcher),
         Some(Err(e)) => return failed(e),
@@ -120,8 +121,8 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
         Some(Err(e)) => return failed(e),
     };
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-    let pipes = pipe().and_then(|status| Ok((status, pipe()?, pipe()?)));
-    let ((status_r, status_w), (lifeline_r, lifeline_w), (joined_r, joined_w)) = match pipes {
+    let pipes = pipe().and_then(|status| Ok((status, pipe()?)));
+    let ((status_r, status_w), (lifeline_r, lifeline_w)) = match pipes {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
@@ -134,30 +135,17 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
     match unsafe { nix::unistd::fork() } {
         Err(e) => failed(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            drop((status_r, lifeline_w, joined_w, hand_over_w));
-            init::run(request, status_w, lifeline_r, joined_r, hand_over_r)
+            drop((status_r, lifeline_w, hand_over_w));
+            init::run(request, status_w, lifeline_r, hand_over_r)
         }
         Ok(ForkResult::Parent { child }) => {
-            drop((status_w, lifeline_r, joined_r, hand_over_r));
-            // The first move into a cgroup after a pause waits for an RCU grace period (milliseconds): made
-            // here, it overlaps the init's building of the root, and the init starts the workload only after
-            // this byte. Without it (EOF) the init gives up.
-            let join_error = join_cgroups(&request.cgroup_procs, child).err();
-            if join_error.is_none() {
-                let _ = File::from(joined_w).write_all(b"1");
-            } else {
-                drop(joined_w);
-            }
+            drop((status_w, lifeline_r, hand_over_r));
             let hand_over = hand_over_w.map(File::from);
             let (text, killed, workload_started_ns) = watch(child, channel, status_r, hand_over, request.layers.pid_ns);
             let wait = waitpid(child, None);
             // Only now, with the init reaped, may the lifeline close: the init never sees it early.
             drop(lifeline_w);
             let mut report = collect(&text, wait, killed);
-            // An init that failed first (and so could not be moved) says why itself.
-            if let (Some(error), false) = (join_error, matches!(report.outcome, RunOutcome::Failed(_))) {
-                report.outcome = RunOutcome::Failed(error);
-            }
             report.workload_started_ns = workload_started_ns;
             let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
             if let Ok(usage) = usage {
@@ -168,14 +156,6 @@ fn supervise(request: &RunRequest, channel: &File, empty_network: Option<&OwnedF
             report
         }
     }
-}
-
-/// Moves the init into the slot's cgroups, by its pid in this (the parent) pid namespace.
-fn join_cgroups(cgroup_procs: &[std::path::PathBuf], init: Pid) -> Result<(), String> {
-    for procs in cgroup_procs {
-        std::fs::write(procs, init.to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
-    }
-    Ok(())
 }
 
 /// Unshares every namespace but the mount namespace, which the init unshares for itself so that its

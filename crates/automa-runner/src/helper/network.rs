@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -54,7 +53,7 @@ pub(super) struct Slirp {
 impl Launcher {
     /// Forks the launcher; call before unsharing the network namespace. The destinations to refuse are
     /// gathered here too, since only here are the host's own addresses visible.
-    pub(super) fn fork(net: &UserNet, cgroup_procs: &[PathBuf]) -> Result<Launcher, String> {
+    pub(super) fn fork(net: &UserNet) -> Result<Launcher, String> {
         let denied = if net.policy { Some(denied_destinations(&net.deny)?) } else { None };
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
         let (go_r, go_w) = pipe()?;
@@ -66,7 +65,7 @@ impl Launcher {
         match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
                 drop((go_w, ready_r, exit_w));
-                let code = match become_slirp(net, supervisor, cgroup_procs, go_r, ready_w, exit_r, &log) {
+                let code = match become_slirp(net, supervisor, go_r, ready_w, exit_r, &log) {
                     Ok(never) => match never {},
                     Err(message) => {
                         let _ = writeln!(&log, "{message}");
@@ -125,12 +124,11 @@ impl Drop for Slirp {
     }
 }
 
-/// In the forked launcher: ties its life to the supervisor's, joins the run's cgroups (slirp's memory and
-/// CPU are the run's), waits for the go and execs slirp4netns with an empty environment.
+/// In the forked launcher, born in the slot's cgroups (slirp's memory and CPU are the run's): ties its life to
+/// the supervisor's, waits for the go and execs slirp4netns with an empty environment.
 fn become_slirp(
     net: &UserNet,
     supervisor: Pid,
-    cgroup_procs: &[PathBuf],
     go: OwnedFd,
     ready: OwnedFd,
     exit: OwnedFd,
@@ -139,9 +137,6 @@ fn become_slirp(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     if nix::unistd::getppid() != supervisor {
         return Err("the supervisor is gone".into());
-    }
-    for procs in cgroup_procs {
-        std::fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
     let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| format!("dup2: {e}"))?;

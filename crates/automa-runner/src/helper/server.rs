@@ -1,7 +1,8 @@
 //! The slot's long-lived helper: started once per slot, it forks a fresh supervisor for every run instead of
 //! the sandbox executing the helper again (the exec of a large binary cost more than the rest of the setup).
 //!
-//! It stays single-threaded and never runs anything of a run itself: it receives a run's three descriptors
+//! It joins the slot's cgroups when it starts, so that every process of every run is born in them. It stays
+//! single-threaded and never runs anything of a run itself: it receives a run's three descriptors
 //! (the channel, and the pipes that become stdout and stderr) with one byte, forks, and answers with a pidfd of
 //! the new supervisor, which dies with it (parent-death signal). The supervisor then reads its request from
 //! the channel exactly as a freshly started helper reads it from stdin. EOF on the control socket ends it;
@@ -13,6 +14,7 @@
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -21,8 +23,12 @@ use nix::unistd::ForkResult;
 /// Descriptors that come with each run: channel, stdout, stderr.
 const RUN_FDS: usize = 3;
 
-pub(super) fn serve(control: std::fs::File) -> ! {
+pub(super) fn serve(control: std::fs::File, cgroup_procs: &[PathBuf]) -> ! {
     let control = control.as_raw_fd();
+    if join_cgroups(cgroup_procs).is_err() {
+        // A helper outside its slot's cgroups would start runs without limits: refuse service instead.
+        std::process::exit(4);
+    }
     let empty_network = super::empty_network();
     let helper = nix::unistd::getpid();
     loop {
@@ -64,6 +70,21 @@ pub(super) fn serve(control: std::fs::File) -> ! {
             std::process::exit(4);
         }
     }
+}
+
+/// Moves this helper into the slot's cgroups, once: the runs it forks are born there, and none pays for a move
+/// of its own. The helper and each run's supervisor are exempt from the slot's OOM killer where the helper
+/// may say so (`CAP_SYS_RESOURCE`; the init takes the exemption back for the run). Elsewhere the killer's
+/// choice by size picks the run, whose memory fills the cgroup, over the helper's few MiB; a helper killed
+/// anyway is replaced at the slot's next run.
+fn join_cgroups(cgroup_procs: &[PathBuf]) -> std::io::Result<()> {
+    for procs in cgroup_procs {
+        std::fs::write(procs, "0")?;
+    }
+    if !cgroup_procs.is_empty() {
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    }
+    Ok(())
 }
 
 /// Reaps ended supervisors: those already ended with `WNOHANG`, else all of them.

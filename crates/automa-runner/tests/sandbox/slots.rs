@@ -167,3 +167,111 @@ async fn a_run_ends_with_the_slot_helper_that_forked_its_supervisor() {
     assert!(matches!(ended, Err(RunnerError::Helper(_))), "{ended:?}");
     assert_eq!(script(&h, "print('next')").await.ok(), "next\n");
 }
+
+/// The controllers' lines (`memory`, `pids`, `cpuacct` or the v2 line) of a `/proc/<pid>/cgroup`.
+fn slot_cgroups(membership: &str) -> Vec<String> {
+    let mut lines: Vec<String> = membership
+        .lines()
+        .filter_map(|l| {
+            let controllers = l.split(':').nth(1)?;
+            let wanted =
+                controllers.is_empty() || controllers.split(',').any(|c| ["memory", "pids", "cpuacct"].contains(&c));
+            wanted.then_some(l)
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Whether this process has `CAP_SYS_RESOURCE` (some containers drop it even for root), as the helper has.
+fn may_lower_oom_scores() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let effective = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff");
+    // CAP_SYS_RESOURCE is capability 24.
+    u64::from_str_radix(effective.trim(), 16).expect("hex") & (1 << 24) != 0
+}
+
+/// Prints the run's cgroups, its OOM score adjustment and whether it may lower it again.
+const CGROUP_PROBE: &str = r#"
+import os
+print(open('/proc/self/cgroup').read(), end='')
+print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())
+try:
+    open('/proc/self/oom_score_adj', 'w').write('-1000')
+    print('lowered')
+except OSError:
+    print('kept')
+"#;
+
+#[tokio::test]
+async fn runs_are_born_in_the_cgroups_their_slot_helper_joined_once_and_only_the_run_is_oom_killable() {
+    // Without the address-space rlimit only the memory cgroup stops the hog below.
+    let h = one_slot(&[Layer::Rlimits]);
+    let out = script(&h, CGROUP_PROBE).await;
+    let helper = h.sandbox.slot_helper_pids()[0];
+    let helper_cgroups = slot_cgroups(&std::fs::read_to_string(format!("/proc/{helper}/cgroup")).expect("helper"));
+    let run_cgroups = slot_cgroups(out.ok());
+    assert_eq!(run_cgroups, helper_cgroups, "{out:#?}");
+    let in_slot = helper_cgroups.iter().filter(|l| l.ends_with("/slot-0")).count();
+    assert!(in_slot >= 1, "{helper_cgroups:?}");
+    assert!(out.ok().ends_with("oom_score_adj 0\nkept\n"), "{out:#?}");
+    let helper_score = std::fs::read_to_string(format!("/proc/{helper}/oom_score_adj")).expect("helper's score");
+    let expected = if may_lower_oom_scores() { "-1000" } else { "0" };
+    assert_eq!(helper_score.trim(), expected);
+
+    // The run that exhausts its memory is the one killed; the slot's helper serves the next run.
+    let mut hog = support::spec(
+        "hog = []\nwhile True:\n    hog.append(bytearray(16 * 1024 * 1024))\n    \
+         for j in range(0, len(hog[-1]), 4096): hog[-1][j] = 1\n",
+    );
+    hog.limits = automa_runner::Limits { memory_mb: 64, ..support::limits() };
+    let hog = support::run(&h, hog).await;
+    assert!(hog.report.oom_killed && hog.report.signal == Some(9), "{hog:#?}");
+    assert_eq!(script(&h, "print('after')").await.ok(), "after\n");
+    assert_eq!(h.sandbox.slot_helper_pids(), vec![helper], "the helper survived the run's OOM kill");
+}
+
+/// Starts children that wait until the run ends, as many as the process limit allows; prints how many.
+const COUNT_CHILDREN: &str = r#"
+import os
+r, w = os.pipe()
+started = 0
+for _ in range(64):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    started += 1
+print(started)
+"#;
+
+#[tokio::test]
+async fn the_slot_helper_and_supervisor_do_not_count_against_the_runs_process_limit() {
+    let h = one_slot(&[Layer::Rlimits]);
+    let mut spec = support::spec(COUNT_CHILDREN);
+    spec.limits.max_processes = 8;
+    // The init and the workload are two of the run's eight.
+    for _ in 0..2 {
+        assert_eq!(support::run(&h, spec.clone()).await.ok(), "6\n");
+    }
+}
+
+#[tokio::test]
+async fn cpu_time_reported_is_the_runs_own() {
+    let h = one_slot(&[]);
+    let busy =
+        "import os\nn = 0\nfor i in range(3_000_000): n += i\nt = os.times()\nprint(int((t.user + t.system) * 1000))";
+    for _ in 0..2 {
+        let out = script(&h, busy).await;
+        let own: u64 = out.ok().trim().parse().expect("the run's own CPU time");
+        let reported = out.report.cpu_ms.expect("cpu_ms");
+        // The cgroup counts the whole run (interpreter start-up, init, supervisor) but nothing of the idle
+        // helper between runs.
+        assert!(reported >= own && reported < own + 500, "reported {reported} ms, the script used {own} ms");
+    }
+}

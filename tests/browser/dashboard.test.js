@@ -422,6 +422,76 @@ describe('dashboard', () => {
     await screenshots(page, '19-export');
   });
 
+  it('pages the run history: Older walks back by cursor, Newer returns, and a filter starts over', async () => {
+    const login = await fetch(`${server.url}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ username: ADMIN.email, password: ADMIN.password }),
+    });
+    assert.equal(login.status, 200);
+    const { access_token: token } = await login.json();
+    const call = async (method, path, body) => {
+      const response = await fetch(`${server.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      assert.ok(response.ok, `${method} ${path} answered ${response.status}`);
+      return response.json();
+    };
+    // More runs than two pages of 50 hold, so the middle page has both neighbours.
+    const before = await call('GET', '/runs?limit=1&count=true');
+    const wanted = 101 - before.total;
+    for (let i = 0; i < wanted; i += 1) await call('POST', '/execute', { content: `print(${i})` });
+    // Finished first, so that live updates do not reshuffle what a status filter shows.
+    let all;
+    for (;;) {
+      all = await call('GET', '/runs?limit=200');
+      if (all.items.every((run) => !['queued', 'running'].includes(run.status))) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.ok(all.items.length >= 101, `${all.items.length} runs`);
+    const ids = all.items.map((run) => String(run.id));
+
+    await go('/runs');
+    await heading('Runs').waitFor();
+    const rows = page.locator('tbody tr[data-run]');
+    const shown = () => rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.run));
+    const pager = page.locator('.pager');
+    const older = pager.getByRole('button', { name: 'Older' });
+    const newer = pager.getByRole('button', { name: 'Newer' });
+    const showing = (first, last) => page.waitForFunction(([a, b]) => {
+      const trs = [...document.querySelectorAll('tbody tr[data-run]')];
+      return trs.length > 0 && trs[0].dataset.run === a && trs[trs.length - 1].dataset.run === b;
+    }, [first, last]);
+
+    await showing(ids[0], ids[49]);
+    await pager.getByText(new RegExp(`^1–50 of ${ids.length}$`)).waitFor();
+    assert.equal(await newer.isDisabled(), true, 'the newest page has nothing newer');
+    await older.click();
+    await showing(ids[50], ids[99]);
+    assert.deepEqual(await shown(), ids.slice(50, 100));
+    await pager.getByText(new RegExp(`^51–100 of ${ids.length}$`)).waitFor();
+    await older.click();
+    await showing(ids[100], ids[ids.length - 1]);
+    assert.equal(await older.isDisabled(), true, 'the oldest page has nothing older');
+    await screenshots(page, '20-runs-oldest-page');
+    await newer.click();
+    await showing(ids[50], ids[99]);
+    await newer.click();
+    await showing(ids[0], ids[49]);
+    assert.equal(await newer.isDisabled(), true);
+
+    // A filter starts from the newest matching run again, on the first page.
+    await older.click();
+    await showing(ids[50], ids[99]);
+    const succeeded = await call('GET', '/runs?status=succeeded&limit=50&count=true');
+    await page.getByLabel('Status').selectOption('succeeded');
+    await showing(String(succeeded.items[0].id), String(succeeded.items[succeeded.items.length - 1].id));
+    await pager.getByText(new RegExp(`^1–${succeeded.items.length} of ${succeeded.total}$`)).waitFor();
+    assert.equal(await newer.isDisabled(), true);
+  });
+
   it('logs out', async () => {
     await page.getByRole('button', { name: 'Log out' }).click();
     await heading('Log in').waitFor();

@@ -66,25 +66,45 @@ async fn profile_none_starts_the_program_with_only_the_standard_fds() {
 }
 
 /// The sandbox started with its stdin closed: /dev/null lands on fd 0, where it must still become the
-/// program's stdin. Closing a standard fd touches the whole process, so the test runs itself again in a
-/// process of its own, and only that process closes its stdin.
+/// program's stdin. Closing a standard fd touches the whole process, so it happens in a process of its own.
 #[test]
 fn profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed() {
-    const TEST: &str = "plain::profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed";
-    const STDIN_CLOSED: &str = "AUTOMA_TEST_STDIN_CLOSED";
-    if std::env::var_os(STDIN_CLOSED).is_some() {
+    in_own_process("plain::profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed", || async {
+        let h = support::with(Profile::None, &[]);
+        // SAFETY: close takes an integer; nothing in this process reads its stdin.
+        assert_eq!(unsafe { libc::close(0) }, 0);
+        assert_eq!(script(&h, LIST_FDS).await.ok(), ONLY_STANDARD_FDS);
+    });
+}
+
+/// On a kernel without `close_range` (before 5.9) the child closes the fds one by one instead. A seccomp
+/// filter makes this process's kernel answer like such a kernel, so the filter stays in a process of its own.
+#[test]
+fn profile_none_closes_inherited_fds_without_close_range() {
+    in_own_process("plain::profile_none_closes_inherited_fds_without_close_range", || async {
+        refuse_close_range();
+        // SAFETY: close_range with an empty range (first above last) closes nothing.
+        let refused = unsafe { libc::syscall(libc::SYS_close_range, 2u32, 1u32, 0u32) };
+        assert_eq!((refused, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENOSYS)));
+        let h = support::with(Profile::None, &[]);
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        assert_eq!(script(&h, LIST_FDS).await.ok(), ONLY_STANDARD_FDS);
+        drop((read, write));
+    });
+}
+
+/// Runs `body` when this process is the one started for `test`; otherwise starts the test binary again with
+/// only `test` selected and checks that it ran and passed there.
+fn in_own_process<F: std::future::Future<Output = ()>>(test: &str, body: impl FnOnce() -> F) {
+    const IN_OWN_PROCESS: &str = "AUTOMA_TEST_IN_OWN_PROCESS";
+    if std::env::var_os(IN_OWN_PROCESS).is_some_and(|selected| selected == test) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async {
-            let h = support::with(Profile::None, &[]);
-            // SAFETY: close takes an integer; nothing in this process reads its stdin.
-            assert_eq!(unsafe { libc::close(0) }, 0);
-            assert_eq!(script(&h, LIST_FDS).await.ok(), ONLY_STANDARD_FDS);
-        });
+        runtime.block_on(body());
         return;
     }
     let child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", TEST, "--test-threads=1"])
-        .env(STDIN_CLOSED, "1")
+        .args(["--exact", test, "--test-threads=1"])
+        .env(IN_OWN_PROCESS, test)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run the test binary");
@@ -96,6 +116,32 @@ fn profile_none_wires_the_standard_fds_when_the_sandbox_has_them_closed() {
         child.status,
         String::from_utf8_lossy(&child.stderr)
     );
+}
+
+/// Makes `close_range` fail with ENOSYS in every thread of this process and in what it starts.
+fn refuse_close_range() {
+    let nr = u32::try_from(libc::SYS_close_range).expect("a syscall number");
+    let errno = u32::try_from(libc::ENOSYS).expect("an errno");
+    let statement = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let mut filter = [
+        // The syscall number is the first field of struct seccomp_data.
+        statement((libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, 0),
+        libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: nr },
+        statement((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ERRNO | errno),
+        statement((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
+    // SAFETY: prctl with integer arguments; seccomp reads `program`, which outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let installed = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &raw const program,
+        );
+        assert_eq!(installed, 0, "{}", std::io::Error::last_os_error());
+    }
 }
 
 #[tokio::test]

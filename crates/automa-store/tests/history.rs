@@ -363,3 +363,19 @@ async fn indexes_built_before_the_upgrade_are_kept_by_the_migration() {
             .unwrap();
     assert!(replaced.is_empty(), "the narrower indexes of 0002 stay: {replaced:?}");
 }
+
+/// The seed leaves a PostgreSQL history as autovacuum soon would: every page of `runs` all-visible, so that a
+/// filter's capped count reads its index alone instead of scanning the table.
+#[tokio::test]
+async fn a_seeded_postgres_history_is_vacuumed_as_autovacuum_would_leave_it() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else { return };
+    db.store.seed_history(3, 5000).await.unwrap();
+    let mut connection = sqlx::PgConnection::connect(&db.postgres_url().unwrap()).await.unwrap();
+    let (pages, all_visible): (i32, i32) =
+        sqlx::query_as("SELECT relpages, relallvisible FROM pg_class WHERE relname = 'runs' AND relkind = 'r'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert!(pages > 0 && all_visible == pages, "{all_visible} of {pages} pages all-visible");
+}

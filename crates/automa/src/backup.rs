@@ -11,6 +11,10 @@ use anyhow::{Context, bail};
 use automa_server::{Config, file_modes};
 use automa_store::Store;
 
+/// A restored PostgreSQL database has no planner statistics and no visibility map until autovacuum passes,
+/// minutes later; until then a filtered run list counts its matches by scanning the table.
+const VACUUM_AFTER_RESTORE: &str = "psql \"$AUTOMA_DATABASE_URL\" -c 'VACUUM (ANALYZE)'";
+
 /// Writes a consistent copy of the database to `target` (mode 0600). The copy is made beside `target` and
 /// moved into place only once it passes its checks, so a failed backup never leaves a partial file under the
 /// name, and without `force` an existing file is never replaced, even one created meanwhile.
@@ -21,7 +25,7 @@ pub async fn backup(config: &Config, target: &Path, force: bool) -> anyhow::Resu
             "automa backup copies SQLite databases; for PostgreSQL use pg_dump, which reads one consistent snapshot \
              while the servers run:\n  pg_dump --format=custom --file={} \"$AUTOMA_DATABASE_URL\"\nand restore it \
              into an empty database, with every server stopped, with:\n  pg_restore --no-owner \
-             --dbname=\"$AUTOMA_DATABASE_URL\" {}\n(database: {})",
+             --dbname=\"$AUTOMA_DATABASE_URL\" {}\n  {VACUUM_AFTER_RESTORE}\n(database: {})",
             target.display(),
             target.display(),
             automa_store::redact_url(&url)
@@ -82,8 +86,8 @@ pub async fn restore(config: &Config, path: &Path) -> anyhow::Result<()> {
     let Some(database) = automa_store::sqlite_file(&url)? else {
         bail!(
             "automa restore replaces SQLite databases; for PostgreSQL stop every server, then restore a pg_dump \
-             archive into an empty database:\n  pg_restore --no-owner --dbname=\"$AUTOMA_DATABASE_URL\" {}\n\
-             (database: {})",
+             archive into an empty database:\n  pg_restore --no-owner --dbname=\"$AUTOMA_DATABASE_URL\" {}\n  \
+             {VACUUM_AFTER_RESTORE}\n(database: {})",
             path.display(),
             automa_store::redact_url(&url)
         );

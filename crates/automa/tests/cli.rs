@@ -483,5 +483,6 @@ fn postgresql_backups_point_to_pg_dump_without_showing_the_password() {
         assert!(!output.status.success());
         let tool = if command == "backup" { "pg_dump --format=custom" } else { "pg_restore" };
         assert!(stderr.contains(tool) && stderr.contains("automa:***@") && !stderr.contains("hunter2"), "{stderr}");
+        assert!(stderr.contains("-c 'VACUUM (ANALYZE)'"), "a restore is followed by statistics: {stderr}");
     }
 }

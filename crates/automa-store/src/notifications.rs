@@ -584,13 +584,18 @@ impl Store {
         })
     }
 
-    /// When the earliest pending delivery becomes due.
+    /// When [`Store::claim_deliveries`] next has something to claim: the earliest pending delivery becomes due,
+    /// or the earliest claim left without an outcome runs out.
     pub async fn next_delivery_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        dispatch!(self, pool => {
-            Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM notification_deliveries WHERE status = 'pending'")
-                .fetch_one(pool)
-                .await?)
-        })
+        let (due, lease_ends): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = dispatch!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT MIN(next_attempt_at) FROM notification_deliveries WHERE status = 'pending'), \
+                 (SELECT MIN(lease_until) FROM notification_deliveries WHERE status = 'sending')",
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(due.into_iter().chain(lease_ends).min())
     }
 
     /// Enabled agents last heard from between `since` and `before`: gone quiet recently enough to notify.

@@ -675,11 +675,20 @@ impl Store {
         })
     }
 
-    /// When the earliest lease of a running run ends, if any run is running: the reaper sleeps until then.
-    pub async fn next_lease_expiry(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        dispatch!(self, pool => {
-            Ok(sqlx::query_scalar("SELECT MIN(lease_until) FROM runs WHERE status = 'running'").fetch_one(pool).await?)
-        })
+    /// When the reaper has work next, as the database stands: the earliest lease of a running run ends, or the
+    /// agent heard from longest ago (among those counted connected) has been silent for `offline_after`. One
+    /// statement, so that an idle server's reaper costs one round trip a look.
+    pub async fn next_reap_at(&self, offline_after: Duration) -> StoreResult<Option<DateTime<Utc>>> {
+        let (lease, heard): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = dispatch!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT MIN(lease_until) FROM runs WHERE status = 'running'), \
+                 (SELECT MIN(last_seen_at) FROM agents WHERE disconnected_at IS NULL AND NOT disabled \
+                 AND retired_at IS NULL AND last_seen_at IS NOT NULL)",
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        Ok([lease, heard.map(|at| at + offline_after)].into_iter().flatten().min())
     }
 
     /// Cancels a run: a queued one at once (which starts the tasks that run after it on `cancelled`), a running

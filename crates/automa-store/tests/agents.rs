@@ -138,3 +138,31 @@ async fn a_heartbeat_says_once_that_the_agent_came_back(store: &Store) {
     ));
 }
 both_backends!(heartbeat_return, a_heartbeat_says_once_that_the_agent_came_back);
+
+/// The reaper sleeps until `next_reap_at`: the earliest lease of a running run, or the moment the agent heard
+/// from longest ago (among those still counted connected) crosses the offline threshold.
+async fn the_reaper_is_told_when_it_next_has_work(store: &Store) {
+    let offline_after = Duration::seconds(90);
+    let a = agent(store, "reaped", &[], 2).await;
+    assert_eq!(store.next_reap_at(offline_after).await.unwrap(), None, "an agent never seen cannot go silent");
+
+    report_slots(store, a, Some(2)).await;
+    let seen = store.get_agent(a).await.unwrap().last_seen_at.unwrap();
+    assert_eq!(store.next_reap_at(offline_after).await.unwrap(), Some(seen + offline_after));
+
+    let s = script(store).await;
+    store.create_run(None, new_run(s, &[], None, 0)).await.unwrap();
+    let short = Duration::seconds(5);
+    let claimed = store.claim_run(a, short).await.unwrap().expect("a queued run");
+    let lease_until = claimed.run.lease_until.expect("a claimed run is leased");
+    assert_eq!(store.next_reap_at(offline_after).await.unwrap(), Some(lease_until), "the lease ends first");
+
+    // Gone, disabled or retired agents are not waited for; the running run's lease still is.
+    store.agent_goodbye(a).await.unwrap();
+    let other = agent(store, "other", &[], 1).await;
+    report_slots(store, other, None).await;
+    let update = AgentUpdate { disabled: Some(true), ..AgentUpdate::default() };
+    store.update_agent(&Actor::system(), other, update).await.unwrap();
+    assert_eq!(store.next_reap_at(Duration::seconds(1)).await.unwrap(), Some(lease_until));
+}
+both_backends!(next_reap, the_reaper_is_told_when_it_next_has_work);

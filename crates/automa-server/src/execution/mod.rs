@@ -406,11 +406,14 @@ impl Execution {
     }
 
     /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
-    /// the earliest lease ends, looking at least every third of a lease (another server may have claimed or
-    /// renewed meanwhile; a new lease never ends sooner than a lease from now). A killed agent's run is so lost
-    /// within moments of its lease's end, not a third later.
+    /// the earliest lease ends or the longest-silent agent crosses the threshold. Between those it sleeps, but
+    /// no longer than a lease: what another server claims after a look is leased until a lease after the look
+    /// at the earliest, and an agent heard from after it is silent for longer still, so the next look still
+    /// sees it in time. A killed agent's run is so lost within moments of its lease's end, and an idle server
+    /// looks twice a minute, not six times.
     async fn reap_forever(self: Arc<Self>) {
-        let longest = (self.lease / 3).to_std().unwrap_or(Duration::from_secs(10));
+        let longest = self.lease.to_std().unwrap_or(Duration::from_secs(30));
+        let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
         let mut stopping = self.stopping.clone();
         loop {
             let mut pause = longest;
@@ -423,14 +426,15 @@ impl Execution {
                 Err(error) => Err(error),
             };
             // After a failure the next look waits the longest pause, so a database that is down is not hammered.
-            let next_expiry = match reaped {
-                Ok(()) => self.store.next_lease_expiry().await,
+            let next = match reaped {
+                Ok(()) => self.store.next_reap_at(offline_after).await,
                 Err(error) => Err(error),
             };
-            match next_expiry {
-                // Just past the expiry: the reaper takes leases that ended strictly before its time.
-                Ok(Some(expiry)) => {
-                    let until = (expiry - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(5);
+            match next {
+                // Just past it: the reaper takes leases that ended, and agents silent since, strictly before
+                // its time.
+                Ok(Some(at)) => {
+                    let until = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(5);
                     pause = pause.min(until);
                 }
                 Ok(None) => {}

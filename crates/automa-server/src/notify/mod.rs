@@ -20,9 +20,13 @@ use crate::{
 
 pub use send::Sent;
 
-/// How often the outbox is looked at when nothing wakes the worker: deliveries queued by another server on
-/// the same PostgreSQL database are picked up within this.
+/// How often the outbox is looked at on PostgreSQL when nothing wakes the worker: deliveries another server
+/// queued and could not send (it stopped first) are picked up within this.
 const POLL: Duration = Duration::from_secs(5);
+/// The same on SQLite, where this server queues every delivery it sends and wakes its worker for each, and
+/// the outbox's next due time (a retry, or a claim left without an outcome) sets every other wake-up: a look
+/// now and then in case another process shares the file, without waking an idle server every few seconds.
+const POLL_SQLITE: Duration = Duration::from_secs(300);
 /// Retry delays double per attempt up to this.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 /// An agent silent for longer than its threshold plus this is no longer news: an installation that was down
@@ -96,6 +100,7 @@ impl Notifier {
 
     /// Claims due deliveries, no more than there are free senders, and sends each on its own task.
     async fn work(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        let idle_poll = if self.store.backend_name() == "sqlite" { POLL_SQLITE } else { POLL };
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut events = self.hub.subscribe();
         while !*stopping.borrow() {
@@ -122,8 +127,9 @@ impl Notifier {
                 POLL
             } else {
                 match self.store.next_delivery_at().await {
-                    Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(POLL),
-                    _ => POLL,
+                    Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(idle_poll),
+                    Ok(None) => idle_poll,
+                    Err(_) => POLL,
                 }
             };
             tokio::select! {

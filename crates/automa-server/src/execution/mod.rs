@@ -407,13 +407,13 @@ impl Execution {
 
     /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
     /// the earliest lease ends or the longest-silent agent crosses the threshold. Between those it sleeps, but
-    /// no longer than a lease: what another server claims after a look is leased until a lease after the look
-    /// at the earliest, and an agent heard from after it is silent for longer still, so the next look still
-    /// sees it in time. A killed agent's run is so lost within moments of its lease's end, and an idle server
-    /// looks twice a minute, not six times.
+    /// no longer than a lease or the threshold: what another server claims after a look is leased until a lease
+    /// after the look at the earliest, and an agent first heard from after it goes silent a threshold after it
+    /// at the earliest, so the next look still sees either in time. A killed agent's run is so lost within
+    /// moments of its lease's end, and an idle server looks twice a minute, not six times.
     async fn reap_forever(self: Arc<Self>) {
-        let longest = self.lease.to_std().unwrap_or(Duration::from_secs(30));
         let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
+        let longest = self.lease.min(offline_after).to_std().unwrap_or(Duration::from_secs(30));
         let mut stopping = self.stopping.clone();
         loop {
             let mut pause = longest;

@@ -91,6 +91,26 @@ describe('dashboard', () => {
     return Number(new URL(page.url()).hash.split('/').pop());
   }
 
+  /** Signs in over the API as the admin; returns `call(method, path, body)`, which asserts a 2xx answer. */
+  async function signedInApi() {
+    const login = await fetch(`${server.url}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ username: ADMIN.email, password: ADMIN.password }),
+    });
+    assert.equal(login.status, 200);
+    const { access_token: token } = await login.json();
+    return async (method, path, body) => {
+      const response = await fetch(`${server.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      assert.ok(response.ok, `${method} ${path} answered ${response.status}`);
+      return response.status === 204 ? null : response.json();
+    };
+  }
+
   async function runScriptNow() {
     await page.getByRole('button', { name: 'Run now' }).first().click();
     await page.waitForURL(/#\/runs\/\d+$/);
@@ -189,22 +209,7 @@ describe('dashboard', () => {
   });
 
   it('shows a task created, paused and deleted through the API live on the tasks page, without reloading', async () => {
-    const login = await fetch(`${server.url}/token`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({ username: ADMIN.email, password: ADMIN.password }),
-    });
-    assert.equal(login.status, 200);
-    const { access_token: token } = await login.json();
-    const call = async (method, path, body) => {
-      const response = await fetch(`${server.url}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      assert.ok(response.ok, `${method} ${path} answered ${response.status}`);
-      return response.status === 204 ? null : response.json();
-    };
+    const call = await signedInApi();
     await page.locator('#live[data-state="on"]').waitFor();
     await page.evaluate(() => { window.notReloaded = true; });
     const { items: [script] } = await call('GET', '/scripts?name=stream');
@@ -423,22 +428,7 @@ describe('dashboard', () => {
   });
 
   it('pages the run history: Older walks back by cursor, Newer returns, and a filter starts over', async () => {
-    const login = await fetch(`${server.url}/token`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({ username: ADMIN.email, password: ADMIN.password }),
-    });
-    assert.equal(login.status, 200);
-    const { access_token: token } = await login.json();
-    const call = async (method, path, body) => {
-      const response = await fetch(`${server.url}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      assert.ok(response.ok, `${method} ${path} answered ${response.status}`);
-      return response.json();
-    };
+    const call = await signedInApi();
     // More runs than two pages of 50 hold, so the middle page has both neighbours.
     const before = await call('GET', '/runs?limit=1&count=true');
     const wanted = 101 - before.total;

@@ -334,20 +334,91 @@ fn read_key(file: &Path, key: &str) -> u64 {
 async fn empty(dir: &Path, helper: Option<u32>) {
     let procs = dir.join("cgroup.procs");
     for _ in 0..1000 {
-        let pids = fs::read_to_string(&procs).unwrap_or_default();
-        let left: Vec<i32> = pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .filter(|&p| Some(p) != helper)
-            .filter_map(|p| i32::try_from(p).ok())
-            .collect();
+        let left: Vec<i32> = members(&procs).into_iter().filter(|&pid| u32::try_from(pid).ok() != helper).collect();
         if left.is_empty() {
             return;
         }
-        for pid in left {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        }
+        kill_members(&left, &procs);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     tracing::warn!(cgroup = %dir.display(), "processes survive in a sandbox cgroup");
+}
+
+/// The pids `cgroup.procs` lists now.
+fn members(procs: &Path) -> Vec<i32> {
+    fs::read_to_string(procs).unwrap_or_default().split_whitespace().filter_map(|pid| pid.parse().ok()).collect()
+}
+
+/// SIGKILLs those of `listed` that are still members of the cgroup whose `cgroup.procs` is `procs`. A listed
+/// process may have exited and its pid gone to a process outside the sandbox (pids wrap at `pid_max`, 32,768
+/// on many hosts) before a plain `kill` arrives. So each pid is pinned first with a pidfd, and the membership
+/// read again: a pid still listed after its pidfd was opened names the same process, unless that process has
+/// died, and a signal through the pidfd of a dead process goes nowhere. Kernels without pidfds (before 5.3)
+/// get the plain `kill`.
+fn kill_members(listed: &[i32], procs: &Path) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut pinned = Vec::with_capacity(listed.len());
+    for &pid in listed {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        match i32::try_from(fd) {
+            // SAFETY: the kernel just returned this fd and nothing else owns it.
+            Ok(fd) if fd >= 0 => pinned.push((pid, unsafe { OwnedFd::from_raw_fd(fd) })),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) => {}
+            _ => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+    }
+    if pinned.is_empty() {
+        return;
+    }
+    let still = members(procs);
+    for (pid, pidfd) in pinned {
+        if still.contains(&pid) {
+            // SAFETY: pidfd_send_signal takes a pidfd this function owns, a signal number, a null siginfo and
+            // flags; it touches no memory of ours.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    fn sleeper() -> (Child, i32) {
+        let child = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        (child, pid)
+    }
+
+    /// Of the pids a first read listed, only those the cgroup still lists after they were pinned are killed:
+    /// one gone meanwhile may be a process outside the sandbox by now.
+    #[test]
+    fn only_processes_still_in_the_cgroup_are_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let procs = dir.path().join("cgroup.procs");
+        let (mut stranger, stranger_pid) = sleeper();
+        let (mut member, member_pid) = sleeper();
+        fs::write(&procs, format!("{member_pid}\n")).expect("write cgroup.procs");
+        kill_members(&[stranger_pid, member_pid], &procs);
+        assert_eq!(member.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        // The stranger's signal, had one been sent, went out before the member's, which has landed.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(stranger.try_wait().expect("try_wait").is_none(), "a process the cgroup no longer lists survives");
+        stranger.kill().expect("kill");
+        stranger.wait().expect("wait");
+    }
 }

@@ -275,3 +275,15 @@ async fn cpu_time_reported_is_the_runs_own() {
         assert!(reported >= own && reported < own + 500, "reported {reported} ms, the script used {own} ms");
     }
 }
+
+/// Without the pid namespace a daemon outlives its run's supervisor; the end of the run still kills it, because
+/// it is in the slot's cgroups (each member pinned by a pidfd and checked still there before the signal), and
+/// spares the slot's helper, which serves the next run.
+#[tokio::test]
+async fn the_slot_cgroups_kill_a_daemon_the_pid_namespace_did_not_and_keep_the_helper() {
+    let h = one_slot(&[Layer::PidNs]);
+    assert!(!crate::attacks::leave_process(&h).await, "a daemon survived its run");
+    let helpers = h.sandbox.slot_helper_pids();
+    assert_eq!(script(&h, "print('next')").await.ok(), "next\n");
+    assert_eq!(h.sandbox.slot_helper_pids(), helpers, "the same helper served the next run");
+}

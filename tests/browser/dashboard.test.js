@@ -429,21 +429,22 @@ describe('dashboard', () => {
 
   it('pages the run history: Older walks back by cursor, Newer returns, and a filter starts over', async () => {
     const call = await signedInApi();
-    // More runs than two pages of 50 hold, so the middle page has both neighbours.
-    const before = await call('GET', '/runs?limit=1&count=true');
+    // More runs than two pages of 50 hold, so the middle page has both neighbours. Only the runs this test
+    // starts (trigger `api`) are paged: a schedule firing meanwhile, or runs other tests add, cannot shift them.
+    const before = await call('GET', '/runs?trigger=api&limit=1&count=true');
     const wanted = 101 - before.total;
     for (let i = 0; i < wanted; i += 1) await call('POST', '/execute', { content: `print(${i})` });
     // Finished first, so that live updates do not reshuffle what a status filter shows.
     let all;
     for (;;) {
-      all = await call('GET', '/runs?limit=200');
+      all = await call('GET', '/runs?trigger=api&limit=200');
       if (all.items.every((run) => !['queued', 'running'].includes(run.status))) break;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     assert.ok(all.items.length >= 101, `${all.items.length} runs`);
     const ids = all.items.map((run) => String(run.id));
 
-    await go('/runs');
+    await go('/runs?trigger=api');
     await heading('Runs').waitFor();
     const rows = page.locator('tbody tr[data-run]');
     const shown = () => rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.run));
@@ -475,7 +476,7 @@ describe('dashboard', () => {
     // A filter starts from the newest matching run again, on the first page.
     await older.click();
     await showing(ids[50], ids[99]);
-    const succeeded = await call('GET', '/runs?status=succeeded&limit=50&count=true');
+    const succeeded = await call('GET', '/runs?trigger=api&status=succeeded&limit=50&count=true');
     await page.getByLabel('Status').selectOption('succeeded');
     await showing(String(succeeded.items[0].id), String(succeeded.items[succeeded.items.length - 1].id));
     await pager.getByText(new RegExp(`^1–${succeeded.items.length} of ${succeeded.total}$`)).waitFor();

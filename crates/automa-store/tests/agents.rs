@@ -163,6 +163,9 @@ async fn the_reaper_is_told_when_it_next_has_work(store: &Store) {
     report_slots(store, other, None).await;
     let update = AgentUpdate { disabled: Some(true), ..AgentUpdate::default() };
     store.update_agent(&Actor::system(), other, update).await.unwrap();
+    let retired = agent(store, "retired", &[], 1).await;
+    report_slots(store, retired, None).await;
+    store.retire_agent(&Actor::system(), retired).await.unwrap();
     assert_eq!(store.next_reap_at(Duration::seconds(1)).await.unwrap(), Some(lease_until));
 }
 both_backends!(next_reap, the_reaper_is_told_when_it_next_has_work);

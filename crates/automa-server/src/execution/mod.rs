@@ -407,40 +407,44 @@ impl Execution {
 
     /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
     /// the earliest lease ends or the longest-silent agent crosses the threshold. Between those it sleeps, but
-    /// no longer than a lease or the threshold: what another server claims after a look is leased until a lease
-    /// after the look at the earliest, and an agent first heard from after it goes silent a threshold after it
-    /// at the earliest, so the next look still sees either in time. A killed agent's run is so lost within
-    /// moments of its lease's end, and an idle server looks twice a minute, not six times.
+    /// no longer than half a lease or half the threshold: what another server claims after a look is leased
+    /// until a lease after the look at the earliest, and an agent first heard from after it goes silent a
+    /// threshold after it at the earliest, so the next look sees either in time, with half a period to spare
+    /// for clocks that differ between servers. A killed agent's run is so lost within moments of its lease's
+    /// end, and an idle server looks four times a minute, not six.
     async fn reap_forever(self: Arc<Self>) {
         let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        let longest = self.lease.min(offline_after).to_std().unwrap_or(Duration::from_secs(30));
+        let longest = (self.lease.min(offline_after) / 2).to_std().unwrap_or(Duration::from_secs(15));
         let mut stopping = self.stopping.clone();
         loop {
-            let mut pause = longest;
             let reaped = match self.store.lose_runs(automa_store::now(), None).await {
                 Ok(lost) => {
                     lost.iter().for_each(|finished| self.publish_finish(finished));
                     self.note_lost(&lost).await;
-                    Ok(())
+                    self.note_silent_agents().await
                 }
                 Err(error) => Err(error),
             };
-            // After a failure the next look waits the longest pause, so a database that is down is not hammered.
             let next = match reaped {
                 Ok(()) => self.store.next_reap_at(offline_after).await,
                 Err(error) => Err(error),
             };
-            match next {
-                // Just past it: the reaper takes leases that ended, and agents silent since, strictly before
-                // its time.
-                Ok(Some(at)) => {
-                    let until = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(5);
-                    pause = pause.min(until);
+            let pause = match next {
+                // Just past it: the reaper takes leases that ended, and agents silent since, strictly before its
+                // time. A time already past is one this look could not act on (another server's clock ahead
+                // of ours): a second, not a spin.
+                Ok(Some(at)) => match (at - Utc::now()).to_std() {
+                    Ok(until) => longest.min(until + Duration::from_millis(5)),
+                    Err(_) => longest.min(Duration::from_secs(1)),
+                },
+                Ok(None) => longest,
+                // After a failure the next look waits the longest pause, so a database that is down is not
+                // hammered.
+                Err(error) => {
+                    tracing::warn!(%error, "reaping expired leases or silent agents failed; trying again later");
+                    longest
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "reaping expired leases failed; trying again later"),
-            }
-            self.note_silent_agents().await;
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,

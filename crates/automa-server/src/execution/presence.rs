@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use automa_store::{AgentEventKind, AgentSeen, Finished};
+use automa_store::{AgentEventKind, AgentSeen, Finished, StoreError};
 
 use crate::{api::agents::OFFLINE_AFTER_SECONDS, error::ApiResult, events::Event, execution::Execution};
 
@@ -104,18 +104,14 @@ impl Execution {
 
     /// Marks agents offline whose heartbeats stopped for longer than the offline threshold, once per silence
     /// (whichever server looks first). Works whether or not notification channels are configured.
-    pub(crate) async fn note_silent_agents(&self) {
+    pub(crate) async fn note_silent_agents(&self) -> Result<(), StoreError> {
         let silent_since = automa_store::now() - chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        match self.store.disconnect_silent_agents(silent_since).await {
-            Ok(silent) => {
-                for (agent_id, name, last_seen_at) in silent {
-                    tracing::warn!(agent = %name, agent_id, %last_seen_at, "agent offline: no heartbeat");
-                    let detail = format!("no heartbeat since {}", last_seen_at.to_rfc3339());
-                    self.record(agent_id, AgentEventKind::Offline, &detail).await;
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot look for silent agents; trying again later"),
+        for (agent_id, name, last_seen_at) in self.store.disconnect_silent_agents(silent_since).await? {
+            tracing::warn!(agent = %name, agent_id, %last_seen_at, "agent offline: no heartbeat");
+            let detail = format!("no heartbeat since {}", last_seen_at.to_rfc3339());
+            self.record(agent_id, AgentEventKind::Offline, &detail).await;
         }
+        Ok(())
     }
 
     /// Keeps an event in the agent's history and tells the dashboard. History is for people: failing to keep

@@ -26,6 +26,8 @@ use crate::{
 
 /// The longest a claim may be held open.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+/// How soon the reaper looks again after a look failed (the database down or refusing writes).
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
 /// The answer to a claim from an agent that holds as many runs as it may.
 pub const AT_CAPACITY: &str = "at capacity: this agent holds as many runs as it may; claim again when one ends";
@@ -407,14 +409,14 @@ impl Execution {
 
     /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
     /// the earliest lease ends or the longest-silent agent crosses the threshold. Between those it sleeps, but
-    /// no longer than half a lease or half the threshold: what another server claims after a look is leased
-    /// until a lease after the look at the earliest, and an agent first heard from after it goes silent a
-    /// threshold after it at the earliest, so the next look sees either in time, with half a period to spare
-    /// for clocks that differ between servers. A killed agent's run is so lost within moments of its lease's
-    /// end, and an idle server looks four times a minute, not six.
+    /// no longer than a lease or the threshold: what another server claims after a look is leased until a
+    /// lease after the look at the earliest, and an agent first heard from after it goes silent a threshold
+    /// after it at the earliest, so the next look sees either in time (a server whose clock is behind ours
+    /// makes that look later by the difference, no more). A killed agent's run is so lost within moments of
+    /// its lease's end, and an idle server looks twice a minute, not six times.
     async fn reap_forever(self: Arc<Self>) {
         let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        let longest = (self.lease.min(offline_after) / 2).to_std().unwrap_or(Duration::from_secs(15));
+        let longest = self.lease.min(offline_after).to_std().unwrap_or(Duration::from_secs(30));
         let mut stopping = self.stopping.clone();
         loop {
             let reaped = match self.store.lose_runs(automa_store::now(), None).await {
@@ -438,11 +440,11 @@ impl Execution {
                     Err(_) => longest.min(Duration::from_secs(1)),
                 },
                 Ok(None) => longest,
-                // After a failure the next look waits the longest pause, so a database that is down is not
-                // hammered.
+                // After a failure the next look waits a while, so a database that is down is not hammered, and
+                // not the longest pause, so runs lost meanwhile are not much later for it once it is back.
                 Err(error) => {
                     tracing::warn!(%error, "reaping expired leases or silent agents failed; trying again later");
-                    longest
+                    longest.min(RETRY_AFTER_ERROR)
                 }
             };
             tokio::select! {

@@ -433,8 +433,8 @@ impl Execution {
             };
             let pause = match next {
                 // Just past it: the reaper takes leases that ended, and agents silent since, strictly before its
-                // time. A time already past is one this look could not act on (another server's clock ahead
-                // of ours): a second, not a spin.
+                // time. A time already past is one this look could not act on (something changed between its
+                // statements): a second later, not a spin.
                 Ok(Some(at)) => match (at - Utc::now()).to_std() {
                     Ok(until) => longest.min(until + Duration::from_millis(5)),
                     Err(_) => longest.min(Duration::from_secs(1)),

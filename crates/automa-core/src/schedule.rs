@@ -204,11 +204,25 @@ fn next_fixed_time_fire(cron: &Cron, tz: Tz, after: DateTime<Utc>) -> Option<Dat
             LocalResult::Ambiguous(first, _) if first.with_timezone(&Utc) > after => {
                 return Some(first.with_timezone(&Utc));
             }
-            LocalResult::Ambiguous(..) => cursor = local,
+            LocalResult::Ambiguous(..) => cursor = last_second_of_fold(tz, local)?,
             LocalResult::None => return end_of_gap(tz, local).filter(|at| *at > after),
         }
     }
     None
+}
+
+/// The last wall-clock second of the fall-back fold that repeats `local`. Searching on from there skips every
+/// repeated wall time at once, where stepping through them one match at a time would need as many passes as
+/// the expression has matches in the fold (`0-29 2 * * *` has 30).
+fn last_second_of_fold(tz: Tz, local: NaiveDateTime) -> Option<NaiveDateTime> {
+    let minute = local.with_second(0)?.with_nanosecond(0)?;
+    (1..=24 * 60).find_map(|minutes| {
+        let next = minute + Duration::minutes(minutes);
+        match tz.from_local_datetime(&next) {
+            LocalResult::Ambiguous(..) => None,
+            LocalResult::Single(_) | LocalResult::None => Some(next - Duration::seconds(1)),
+        }
+    })
 }
 
 /// The first instant after the daylight-saving gap that swallowed `local`: the first wall-clock minute after
@@ -284,6 +298,20 @@ mod tests {
         let fall = schedule.upcoming(utc(2026, 10, 24, 23, 0, 0), Utc::now(), 2);
         assert_eq!(fall[0], utc(2026, 10, 25, 0, 30, 0), "02:30 CEST, the first of the two");
         assert_eq!(fall[1], utc(2026, 10, 26, 1, 30, 0), "the next day, not 02:30 CET");
+    }
+
+    #[test]
+    fn a_fold_with_many_matches_is_skipped_whole() {
+        // Australia/Sydney repeats 02:00-03:00 on 2026-04-05: 15:00-16:00 UTC in daylight time, 16:00-17:00 in
+        // standard time. Thirty matches in the repeat once exhausted a bounded step-by-step search.
+        let schedule = cron("0-29 0,2 * * *", "Australia/Sydney");
+        let in_the_repeat = schedule.next_fire_after(utc(2026, 4, 4, 16, 0, 0), Utc::now());
+        assert_eq!(in_the_repeat, Some(utc(2026, 4, 5, 14, 0, 0)), "00:00 on the next day");
+        let in_the_first_pass = schedule.next_fire_after(utc(2026, 4, 4, 15, 10, 0), Utc::now());
+        assert_eq!(in_the_first_pass, Some(utc(2026, 4, 4, 15, 11, 0)), "02:11 daylight time");
+        let seconds = cron("*/20 0-29 2 * * *", "Australia/Sydney");
+        let last_of_first_pass = seconds.next_fire_after(utc(2026, 4, 4, 15, 29, 40), Utc::now());
+        assert_eq!(last_of_first_pass, Some(utc(2026, 4, 5, 16, 0, 0)), "02:00:00 standard time on the next day");
     }
 
     #[test]

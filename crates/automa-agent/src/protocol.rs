@@ -42,6 +42,10 @@ pub struct HeartbeatReply {
     /// only below it. Absent from older servers: the agent's own concurrency applies.
     #[serde(default)]
     pub max_concurrency: Option<i64>,
+    /// How often the agent heartbeats while it runs nothing: often enough to be seen online. Absent from older
+    /// servers: a third of the lease.
+    #[serde(default)]
+    pub idle_heartbeat_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -143,7 +143,7 @@ impl<B: AgentBackend> Agent<B> {
             self.running.clone(),
             self.heartbeat(false),
             self.environments.clone(),
-            lease,
+            Cadence::new(lease, reply.idle_heartbeat_seconds),
             grant,
         ));
         match self.sandbox.clone() {
@@ -438,23 +438,59 @@ pub(crate) fn fence(lease: Duration) -> Duration {
     lease * 2 / 3
 }
 
+/// The shortest lease and idle heartbeat period any server has announced, in milliseconds: servers should all
+/// agree, and if they do not, the shortest lease is the one that can expire first and the shortest period the
+/// one that keeps the agent online on every server.
+#[derive(Clone)]
+struct Cadence {
+    lease_ms: Arc<AtomicU64>,
+    idle_ms: Arc<AtomicU64>,
+}
+
+impl Cadence {
+    /// From the first server's answer; one that does not say how often an idle agent heartbeats is an older
+    /// server, which expects a third of the lease.
+    fn new(lease: Duration, idle_heartbeat_seconds: Option<u64>) -> Cadence {
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = idle_heartbeat_seconds.map_or(millis(lease / 3), idle_millis);
+        Cadence { lease_ms: Arc::new(AtomicU64::new(millis(lease))), idle_ms: Arc::new(AtomicU64::new(idle_ms)) }
+    }
+
+    /// Takes in what a later heartbeat reply announced.
+    fn heard(&self, lease_seconds: u64, idle_heartbeat_seconds: Option<u64>) {
+        self.lease_ms.fetch_min(lease_seconds.max(3).saturating_mul(1000), Ordering::AcqRel);
+        if let Some(seconds) = idle_heartbeat_seconds {
+            self.idle_ms.fetch_min(idle_millis(seconds), Ordering::AcqRel);
+        }
+    }
+
+    fn idle_every(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(Ordering::Acquire))
+    }
+}
+
+/// An announced idle period in milliseconds; one below a second would be a server's mistake, not a reason to
+/// hammer it.
+fn idle_millis(seconds: u64) -> u64 {
+    seconds.max(1).saturating_mul(1000)
+}
+
 /// Heartbeats, renewing the leases of running runs and acting on the answers: every second while runs are
-/// going, so cancels are prompt, and three times per lease when idle, which is enough to stay online. Each
-/// answer's concurrency grant goes to the claim loop through `grant`. Beside them a watchdog stops any run whose
-/// lease could not be renewed for [`fence`] of the shortest lease any server has announced (servers should all
-/// use one lease; if they do not, the shortest is the one that can expire first), whatever the heartbeats are
-/// waiting for.
+/// going, so cancels are prompt, and when idle as often as the servers ask (every 30 s by default, a third of
+/// the lease with servers that do not say), which keeps the agent online. Each answer's concurrency grant goes
+/// to the claim loop through `grant`. Beside them a watchdog stops any run whose lease could not be renewed for
+/// [`fence`] of the shortest lease any server has announced, whatever the heartbeats are waiting for.
 async fn heartbeat_loop<B: AgentBackend>(
     backend: Arc<B>,
     running: Running,
     template: Heartbeat,
     environments: Result<Environments, String>,
-    lease: Duration,
+    cadence: Cadence,
     grant: watch::Sender<Option<i64>>,
 ) {
-    let shortest_lease = Arc::new(AtomicU64::new(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
+    let shortest_lease = cadence.lease_ms.clone();
     tokio::select! {
-        () = heartbeats(backend, running.clone(), template, environments, lease, grant, shortest_lease.clone()) => {}
+        () = heartbeats(backend, running.clone(), template, environments, cadence, grant) => {}
         () = watchdog(running, shortest_lease) => {}
     }
 }
@@ -464,27 +500,26 @@ async fn heartbeats<B: AgentBackend>(
     running: Running,
     template: Heartbeat,
     environments: Result<Environments, String>,
-    lease: Duration,
+    cadence: Cadence,
     grant: watch::Sender<Option<i64>>,
-    shortest_lease: Arc<AtomicU64>,
 ) {
-    let idle_every = lease / 3;
+    let lease = Duration::from_millis(cadence.lease_ms.load(Ordering::Acquire));
     // A server that has not answered in a third of the lease counts as unreachable, so an agent with several
     // servers moves on while there is time to renew before the fence; several heartbeats may be in flight, so
     // a slow server's late answer still renews (it counts from when it was sent) without holding up the next.
     let patience = lease / 3;
     let mut starts = running.starts();
-    let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(idle_every));
+    let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(cadence.idle_every()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last = tokio::time::Instant::now();
     let mut in_flight = JoinSet::new();
     loop {
         if running.is_empty() {
-            // Idle: the next heartbeat is due a third of a lease after the last, unless a run starts first; the
-            // busy cadence then resumes a tick after the start.
+            // Idle: the next heartbeat is due an idle period after the last, unless a run starts first; the busy
+            // cadence then resumes a tick after the start.
             tokio::select! {
-                () = tokio::time::sleep_until(last + idle_every) => {}
+                () = tokio::time::sleep_until(last + cadence.idle_every()) => {}
                 _ = starts.changed() => {
                     ticker.reset();
                     continue;
@@ -500,7 +535,7 @@ async fn heartbeats<B: AgentBackend>(
             in_flight.join_next().await;
         }
         let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        if ids.is_empty() && last.elapsed() < idle_every {
+        if ids.is_empty() && last.elapsed() < cadence.idle_every() {
             continue;
         }
         let sent = tokio::time::Instant::now();
@@ -508,12 +543,11 @@ async fn heartbeats<B: AgentBackend>(
         let mut heartbeat = Heartbeat { running: ids.clone(), ..template.clone() };
         // Builds and evictions change these while the agent runs.
         heartbeat.capabilities["packages"] = serde_json::to_value(packages(&environments)).unwrap_or_default();
-        let (backend, running, grant, shortest_lease) =
-            (backend.clone(), running.clone(), grant.clone(), shortest_lease.clone());
+        let (backend, running, grant, cadence) = (backend.clone(), running.clone(), grant.clone(), cadence.clone());
         in_flight.spawn(async move {
             match backend.heartbeat(heartbeat, patience).await {
                 Ok(reply) => {
-                    shortest_lease.fetch_min(reply.lease_seconds.max(3).saturating_mul(1000), Ordering::AcqRel);
+                    cadence.heard(reply.lease_seconds, reply.idle_heartbeat_seconds);
                     grant.send_if_modified(|granted| {
                         let changed = *granted != reply.max_concurrency;
                         *granted = reply.max_concurrency;

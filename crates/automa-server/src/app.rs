@@ -100,6 +100,7 @@ impl Application {
             events.clone(),
             Sealer::new(&key),
             config.lease_seconds,
+            config.agent_offline_seconds,
             config.max_log_bytes,
             stopping_rx,
         ));

@@ -151,7 +151,11 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10));
             create_private_database_file(options.get_filename())?;
             in_use = hold_shared(options.get_filename())?;
-            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            // No ping before each acquire, as sqlx does by default: a SQLite connection is a file handle in this
+            // process, not a socket that can go stale, and the ping is one more hand-off to the connection's
+            // worker thread and back for every statement.
+            let pool =
+                SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool =

@@ -40,6 +40,8 @@ pub struct Execution {
     /// Woken when a run is queued here or (PostgreSQL) anywhere.
     wake: Arc<Notify>,
     lease: chrono::Duration,
+    /// What heartbeat replies tell idle agents: see [`idle_heartbeat_seconds`].
+    idle_heartbeat_seconds: u64,
     max_log_bytes: i64,
     /// Secret values to mask per running run, so output is not re-decrypting secrets per batch.
     masks: Mutex<HashMap<i64, Arc<Vec<String>>>>,
@@ -56,6 +58,7 @@ impl Execution {
         events: Hub,
         sealer: Sealer,
         lease_seconds: u64,
+        agent_offline_seconds: u64,
         max_log_bytes: i64,
         stopping: watch::Receiver<bool>,
     ) -> Execution {
@@ -65,6 +68,7 @@ impl Execution {
             sealer,
             wake: Arc::new(Notify::new()),
             lease: chrono::Duration::seconds(i64::try_from(lease_seconds.max(3)).unwrap_or(30)),
+            idle_heartbeat_seconds: idle_heartbeat_seconds(lease_seconds.max(3), agent_offline_seconds),
             max_log_bytes,
             masks: Mutex::default(),
             stopping,
@@ -299,6 +303,7 @@ impl Execution {
             cancel: renewal.cancel,
             gone: renewal.gone,
             max_concurrency: Some(agent.effective_concurrency()),
+            idle_heartbeat_seconds: Some(self.idle_heartbeat_seconds),
         })
     }
 
@@ -453,6 +458,16 @@ impl Execution {
             }
         }
     }
+}
+
+/// How often an idle agent should heartbeat. It renews no lease, so only its presence counts: three
+/// heartbeats within the silence after which servers show it offline ([`OFFLINE_AFTER_SECONDS`]) and within
+/// the one this server reports (`agent_offline_seconds`, 0 when off), and no more than once per lease, which
+/// an operator shortens for quicker reactions (an idle agent hears of a changed grant at its next heartbeat).
+fn idle_heartbeat_seconds(lease_seconds: u64, agent_offline_seconds: u64) -> u64 {
+    let shown_offline = OFFLINE_AFTER_SECONDS.unsigned_abs() / 3;
+    let reported_offline = if agent_offline_seconds == 0 { u64::MAX } else { agent_offline_seconds / 3 };
+    lease_seconds.min(shown_offline).min(reported_offline).max(1)
 }
 
 /// The longest time an agent may report for a run's duration or for how long ago it ended: far beyond any real

@@ -5,14 +5,15 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app};
+use crate::helpers::{Backend, TestApp, on_both_backends, spawn_app, spawn_app_with};
 
 on_both_backends!(
     heartbeats_report_concurrency_and_get_the_effective_grant,
     a_claim_at_capacity_is_answered_at_once,
     disabling_cancels_running_runs_and_refuses_pins,
     queued_runs_say_why_they_wait,
-    retired_agents_keep_history_and_their_name
+    retired_agents_keep_history_and_their_name,
+    heartbeat_replies_say_how_often_an_idle_agent_heartbeats
 );
 
 async fn create(app: &TestApp, admin: &str, body: Value) -> (i64, String) {
@@ -201,4 +202,26 @@ async fn retired_agents_keep_history_and_their_name(backend: Backend) {
     let renamed = app.put(&format!("/agents/{id}"), &admin, json!({"name": "old-2025"})).await;
     assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
     create(&app, &admin, json!({"name": "old"})).await;
+}
+
+/// An idle agent renews no lease: every 30 s keeps it three times within the 90 s after which it is shown
+/// offline, a shorter lease or offline notice shortens it, and it is never below a second.
+async fn heartbeat_replies_say_how_often_an_idle_agent_heartbeats(backend: Backend) {
+    for (lease, offline_notice, expected) in
+        [(30, 90, 30), (6, 90, 6), (30, 12, 4), (30, 0, 30), (300, 0, 30), (3, 1, 1)]
+    {
+        let app = spawn_app_with(backend, |config| {
+            config.lease_seconds = lease;
+            config.agent_offline_seconds = offline_notice;
+        })
+        .await;
+        let admin = app.admin_token().await;
+        let (_, token) = create(&app, &admin, json!({"name": "idle"})).await;
+        let (status, reply) = beat(&app, &token, json!(1)).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(
+            reply["idle_heartbeat_seconds"], expected,
+            "lease {lease} s, offline notice after {offline_notice} s: {reply}"
+        );
+    }
 }

@@ -164,6 +164,29 @@ async fn sigterm_of_an_idle_agent_shows_it_offline_at_once() {
     assert_eq!(kinds, ["goodbye", "online"], "newest first: {events}");
 }
 
+/// An idle agent heartbeats as often as the server's replies ask, not a third of the lease as before servers
+/// said: here a 3 s offline notice asks for every second, where a third of the default lease is 10 s.
+#[tokio::test]
+async fn an_idle_agent_heartbeats_as_often_as_the_server_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("AUTOMA_NO_AGENT", "true"), ("AUTOMA_AGENT_OFFLINE_SECONDS", "3")];
+    let server = Server::start(dir.path(), &settings, true).await;
+    let agent = create_agent(&server, "idle").await;
+    let _process = start_agent(dir.path(), agent["token"].as_str().unwrap(), &[&server.base], &[]);
+    let mut seen = std::collections::BTreeSet::new();
+    let watching = async {
+        while seen.len() < 4 {
+            let shown = server.get(&format!("/agents/{}", agent["id"])).await;
+            if let Some(last_seen) = shown["last_seen_at"].as_str() {
+                seen.insert(last_seen.to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(15), watching).await;
+    assert!(waited.is_ok(), "heartbeats seen in 15 s, at most 2 at the old 10 s: {seen:?}");
+}
+
 #[tokio::test]
 async fn an_agent_moves_past_a_dead_server_url() {
     let dir = tempfile::tempdir().unwrap();

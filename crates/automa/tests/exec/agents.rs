@@ -172,7 +172,7 @@ async fn an_idle_agent_heartbeats_as_often_as_the_server_asks() {
     let settings = [("AUTOMA_NO_AGENT", "true"), ("AUTOMA_AGENT_OFFLINE_SECONDS", "3")];
     let server = Server::start(dir.path(), &settings, true).await;
     let agent = create_agent(&server, "idle").await;
-    let _process = start_agent(dir.path(), agent["token"].as_str().unwrap(), &[&server.base], &[]);
+    let mut process = start_agent(dir.path(), agent["token"].as_str().unwrap(), &[&server.base], &[]);
     let mut seen = std::collections::BTreeSet::new();
     let watching = async {
         while seen.len() < 4 {
@@ -184,6 +184,8 @@ async fn an_idle_agent_heartbeats_as_often_as_the_server_asks() {
         }
     };
     let waited = tokio::time::timeout(Duration::from_secs(15), watching).await;
+    process.kill().unwrap();
+    process.wait().unwrap();
     assert!(waited.is_ok(), "heartbeats seen in 15 s, at most 2 at the old 10 s: {seen:?}");
 }
 

@@ -74,6 +74,12 @@ fn every_phase_prints_its_table_and_the_summary_holds_every_row_with_a_verdict()
     assert!(!summary_row(&stdout, "none: wall of 2 runs")[3].is_empty());
     assert!(!summary_row(&stdout, "GET /tasks/{id} (bearer) against GET /health: req/s")[3].is_empty());
     assert!(!stdout.contains("PostgreSQL"), "no --database, yet PostgreSQL was measured:\n{stdout}");
+    // The resident size is shown with its two parts, read at the same moment.
+    let mib =
+        |measurement: &str| summary_row(&stdout, measurement)[2].split_whitespace().next().unwrap().parse::<f64>();
+    let rss = mib("RSS after a login").unwrap();
+    let parts = mib("of which anonymous").unwrap() + mib("of which mapped files").unwrap();
+    assert!(parts > 0.0 && (rss - parts).abs() <= 0.2, "RSS {rss} MiB, parts {parts} MiB:\n{stdout}");
 }
 
 #[tokio::test]

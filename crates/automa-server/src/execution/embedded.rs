@@ -13,7 +13,12 @@ use automa_agent::{
 };
 use automa_runner::Sandbox;
 
-use crate::{auth, config::Config, error::ApiError, execution::Execution};
+use crate::{
+    auth,
+    config::Config,
+    error::ApiError,
+    execution::{Execution, MAX_CLAIM_WAIT},
+};
 
 pub struct EmbeddedBackend {
     execution: Arc<Execution>,
@@ -35,8 +40,12 @@ impl AgentBackend for EmbeddedBackend {
         self.execution.heartbeat(self.agent_id, heartbeat).await.map_err(agent_error)
     }
 
-    async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, AgentError> {
-        self.execution.claim(self.agent_id, wait).await.map_err(agent_error)
+    /// Waits the longest a claim may, whatever the agent asks: its wait is sized for proxies between it and a
+    /// remote server, and none is in between here. Queued runs wake the claim (on PostgreSQL those of other
+    /// servers too, and a listener that reconnects wakes it in case it missed one), so the wait's end only
+    /// makes it look again.
+    async fn claim(&self, _wait: Duration) -> Result<Option<Assignment>, AgentError> {
+        self.execution.claim(self.agent_id, MAX_CLAIM_WAIT).await.map_err(agent_error)
     }
 
     async fn append_logs(&self, run_id: i64, batch: LogBatch) -> Result<LogsReply, AgentError> {

@@ -6,6 +6,7 @@ pub mod embedded;
 mod presence;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::{
 };
 
 /// The longest a claim may be held open.
-const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 /// How soon the reaper looks again after a look failed (the database down or refusing writes).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
@@ -43,6 +44,10 @@ pub struct Execution {
     /// What heartbeat replies tell idle agents: see [`idle_heartbeat_seconds`].
     idle_heartbeat_seconds: u64,
     max_log_bytes: i64,
+    /// When the reaper looks next (Unix milliseconds; the largest value while it is looking), and what wakes
+    /// it sooner: a lease taken here that ends before that.
+    reap_at_ms: AtomicI64,
+    reap_sooner: Notify,
     /// Secret values to mask per running run, so output is not re-decrypting secrets per batch.
     masks: Mutex<HashMap<i64, Arc<Vec<String>>>>,
     stopping: watch::Receiver<bool>,
@@ -70,6 +75,8 @@ impl Execution {
             lease: chrono::Duration::seconds(i64::try_from(lease_seconds.max(3)).unwrap_or(30)),
             idle_heartbeat_seconds: idle_heartbeat_seconds(lease_seconds.max(3), agent_offline_seconds),
             max_log_bytes,
+            reap_at_ms: AtomicI64::new(i64::MAX),
+            reap_sooner: Notify::new(),
             masks: Mutex::default(),
             stopping,
             metrics: Metrics::default(),
@@ -161,6 +168,7 @@ impl Execution {
             woken.as_mut().enable();
             let claiming = tokio::time::Instant::now();
             if let Some(claimed) = self.store.claim_run(agent_id, self.lease).await? {
+                self.lease_taken(Utc::now() + self.lease);
                 let held = claiming - received;
                 match self.assignment(agent_id, claimed, held).await? {
                     Some(assignment) => return Ok(Some(assignment)),
@@ -412,18 +420,31 @@ impl Execution {
         }
     }
 
+    /// Wakes the reaper if a lease taken here ends before its next look. One taken while it looks wakes it
+    /// too: the look may have read the database before the lease was written.
+    fn lease_taken(&self, until: chrono::DateTime<Utc>) {
+        if until.timestamp_millis() < self.reap_at_ms.load(Ordering::Acquire) {
+            self.reap_sooner.notify_one();
+        }
+    }
+
     /// Marks runs with expired leases lost, and agents silent past the offline threshold offline, as soon as
     /// the earliest lease ends or the longest-silent agent crosses the threshold. Between those it sleeps, but
-    /// no longer than a lease or the threshold: what another server claims after a look is leased until a
-    /// lease after the look at the earliest, and an agent first heard from after it goes silent a threshold
-    /// after it at the earliest, so the next look sees either in time (a server whose clock is behind ours
-    /// makes that look later by the difference, no more). A killed agent's run is so lost within moments of
-    /// its lease's end, and an idle server looks twice a minute, not six times.
+    /// no longer than the threshold: an agent first heard from after a look goes silent a threshold after it
+    /// at the earliest, so the next look sees it in time (a server whose clock is behind ours makes that look
+    /// later by the difference, no more). A lease taken here after a look wakes it if it ends sooner. On
+    /// PostgreSQL another server may take leases, which end a lease after the look at the earliest, so there
+    /// it sleeps no longer than a lease either; a SQLite file has this server alone. A killed agent's run is
+    /// so lost within moments of its lease's end, and an idle server looks about once a minute and a half on
+    /// SQLite, twice a minute on PostgreSQL.
     async fn reap_forever(self: Arc<Self>) {
         let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        let longest = self.lease.min(offline_after).to_std().unwrap_or(Duration::from_secs(30));
+        let shared = self.store.backend_name() != "sqlite";
+        let longest = if shared { self.lease.min(offline_after) } else { offline_after };
+        let longest = longest.to_std().unwrap_or(Duration::from_secs(30));
         let mut stopping = self.stopping.clone();
         loop {
+            self.reap_at_ms.store(i64::MAX, Ordering::Release);
             let reaped = match self.store.lose_runs(automa_store::now(), None).await {
                 Ok(lost) => {
                     lost.iter().for_each(|finished| self.publish_finish(finished));
@@ -452,8 +473,11 @@ impl Execution {
                     longest.min(RETRY_AFTER_ERROR)
                 }
             };
+            let planned = Utc::now() + chrono::Duration::from_std(pause).unwrap_or(offline_after);
+            self.reap_at_ms.store(planned.timestamp_millis(), Ordering::Release);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                () = self.reap_sooner.notified() => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
         }

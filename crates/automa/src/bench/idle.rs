@@ -26,7 +26,7 @@ pub async fn idle(settings: &Settings, report: &mut Report) -> anyhow::Result<()
     let spec = ServerSpec { profile: "strict", python: &settings.python, agent: true, env: Vec::new() };
     let running = Running::sqlite(&spec).await?;
     let ready_rss = running.server.ready_rss_kib;
-    let (rss, wake_ups) = running
+    let (memory, wake_ups) = running
         .with(async |running| {
             let script = running.session.add_script("hi", "hi.py", floor::SCRIPT).await?;
             running.session.batch(script, RUNS, false).await?;
@@ -36,9 +36,10 @@ pub async fn idle(settings: &Settings, report: &mut Report) -> anyhow::Result<()
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             let after = running.server.context_switches()?;
             let per_second = |after: u64, before: u64| after.saturating_sub(before) as f64 / seconds as f64;
-            Ok((running.server.rss_kib()?, (per_second(after.0, before.0), per_second(after.1, before.1))))
+            Ok((running.server.rss_parts_kib()?, (per_second(after.0, before.0), per_second(after.1, before.1))))
         })
         .await?;
+    let (rss, anonymous, files) = memory;
     let (voluntary, involuntary) = wake_ups;
     let mib = |kib: u64| kib as f64 / 1024.0;
     report.add(
@@ -50,6 +51,11 @@ pub async fn idle(settings: &Settings, report: &mut Report) -> anyhow::Result<()
         )
         .against(mib(ready_rss))
         .target(Target::AtMost(20.0)),
+    );
+    report.add(PHASE, Measurement::new("of which anonymous (heap, stacks)", mib(anonymous), "MiB"));
+    report.add(
+        PHASE,
+        Measurement::new("of which mapped files (the binary's code, shared through the page cache)", mib(files), "MiB"),
     );
     report.add(
         PHASE,

@@ -171,6 +171,17 @@ impl Server {
         status_field(&status, "VmRSS:").context("no VmRSS")
     }
 
+    /// The resident size in KiB and its two parts, from one reading: (all, anonymous, file-backed). Anonymous
+    /// is what the server allocated (heap, stacks); file-backed are the pages of files it maps, mostly its own
+    /// binary's code, which the page cache holds once for every process running that binary.
+    pub fn rss_parts_kib(&self) -> anyhow::Result<(u64, u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let all = status_field(&status, "VmRSS:").context("no VmRSS")?;
+        let anonymous = status_field(&status, "RssAnon:").context("no RssAnon")?;
+        let files = status_field(&status, "RssFile:").context("no RssFile")?;
+        Ok((all, anonymous, files + status_field(&status, "RssShmem:").unwrap_or(0)))
+    }
+
     /// Context switches of all the server's threads so far, (voluntary, involuntary). A thread that wakes up
     /// and goes back to sleep switches once voluntarily; an involuntary switch is a running thread preempted,
     /// which a busy machine adds without any more wake-ups. Threads that ended in between drop out of the sums.

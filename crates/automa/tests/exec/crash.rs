@@ -1,7 +1,9 @@
-//! Losing processes: `kill -9` of the server while runs are running loses nothing, and a remote agent
-//! (`automa agent`) executes runs over HTTP like the embedded one.
+//! Losing processes: `kill -9` of the server while runs are running loses nothing, `kill -9` of a remote agent
+//! loses its run within the lease, and a remote agent (`automa agent`) executes runs over HTTP like the
+//! embedded one.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -73,4 +75,30 @@ async fn a_remote_agent_executes_runs_over_http() {
     assert_eq!(text_of(&chunks, "stdout"), "remote\n");
     let listed = server.get(&format!("/agents/{}", agent["id"])).await;
     assert_eq!(listed["capabilities"]["ready"], true, "{listed}");
+}
+
+/// On SQLite the idle reaper sleeps up to the 90 s silence threshold, so the claim that takes a lease must wake
+/// it: the run of an agent killed mid-run is lost once its 3 s lease ends, not at the reaper's next look.
+#[tokio::test]
+async fn a_killed_remote_agents_run_is_lost_when_its_lease_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AUTOMA_NO_AGENT", "true"), ("AUTOMA_LEASE_SECONDS", "3")], true).await;
+    let (status, agent) = server.post("/agents", json!({"name": "doomed"})).await;
+    assert_eq!(status, 201, "{agent}");
+    let mut process = crate::support::command(dir.path(), &[])
+        .args(["agent", "--server", &server.base])
+        .env("AUTOMA_TOKEN", agent["token"].as_str().unwrap())
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = server.execute(LONG, json!({"agent_id": agent["id"]})).await["id"].as_i64().unwrap();
+    let mut stream = server.events(&format!("/runs/{id}/logs/stream")).await;
+    assert_eq!(stream.next().await.unwrap().0, "log", "run {id} started");
+    process.kill().unwrap();
+    process.wait().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), server.follow(id)).await;
+    let (_, ended) = ended.expect("lost within 30 s of the kill, not at the idle reaper's look 90 s on");
+    assert_eq!(ended["status"], "lost", "{ended}");
 }

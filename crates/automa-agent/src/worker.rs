@@ -8,11 +8,11 @@
 //! could be taken any more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use automa_runner::Sandbox;
@@ -445,6 +445,9 @@ pub(crate) fn fence(lease: Duration) -> Duration {
 struct Cadence {
     lease_ms: Arc<AtomicU64>,
     idle_ms: Arc<AtomicU64>,
+    /// Heartbeats failed in a row, and a signal for each failure: an idle agent tries again sooner.
+    failures: Arc<AtomicU32>,
+    failed: Arc<Notify>,
 }
 
 impl Cadence {
@@ -453,19 +456,37 @@ impl Cadence {
     fn new(lease: Duration, idle_heartbeat_seconds: Option<u64>) -> Cadence {
         let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let idle_ms = idle_heartbeat_seconds.map_or(millis(lease / 3), idle_millis);
-        Cadence { lease_ms: Arc::new(AtomicU64::new(millis(lease))), idle_ms: Arc::new(AtomicU64::new(idle_ms)) }
+        Cadence {
+            lease_ms: Arc::new(AtomicU64::new(millis(lease))),
+            idle_ms: Arc::new(AtomicU64::new(idle_ms)),
+            failures: Arc::default(),
+            failed: Arc::default(),
+        }
     }
 
     /// Takes in what a later heartbeat reply announced.
     fn heard(&self, lease_seconds: u64, idle_heartbeat_seconds: Option<u64>) {
+        self.failures.store(0, Ordering::Release);
         self.lease_ms.fetch_min(lease_seconds.max(3).saturating_mul(1000), Ordering::AcqRel);
         if let Some(seconds) = idle_heartbeat_seconds {
             self.idle_ms.fetch_min(idle_millis(seconds), Ordering::AcqRel);
         }
     }
 
-    fn idle_every(&self) -> Duration {
-        Duration::from_millis(self.idle_ms.load(Ordering::Acquire))
+    fn heartbeat_failed(&self) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        self.failed.notify_one();
+    }
+
+    /// How long an idle agent waits after its last heartbeat: the idle period, or after failures a second,
+    /// doubling, up to it. A server back after an outage so hears from its idle agents within moments, before
+    /// their silence shows them offline, and one that stays down is not asked every second.
+    fn idle_wait(&self) -> Duration {
+        let every = Duration::from_millis(self.idle_ms.load(Ordering::Acquire));
+        match self.failures.load(Ordering::Acquire) {
+            0 => every,
+            failures => every.min(Duration::from_secs(1 << (failures - 1).min(6))),
+        }
     }
 }
 
@@ -509,17 +530,18 @@ async fn heartbeats<B: AgentBackend>(
     // a slow server's late answer still renews (it counts from when it was sent) without holding up the next.
     let patience = lease / 3;
     let mut starts = running.starts();
-    let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(cadence.idle_every()));
+    let mut ticker = tokio::time::interval(BUSY_HEARTBEAT.min(cadence.idle_wait()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last = tokio::time::Instant::now();
     let mut in_flight = JoinSet::new();
     loop {
         if running.is_empty() {
-            // Idle: the next heartbeat is due an idle period after the last, unless a run starts first; the busy
-            // cadence then resumes a tick after the start.
+            // Idle: the next heartbeat is due an idle wait after the last, unless a run starts first (the busy
+            // cadence then resumes a tick after the start) or the last failed, which shortens the wait.
             tokio::select! {
-                () = tokio::time::sleep_until(last + cadence.idle_every()) => {}
+                () = tokio::time::sleep_until(last + cadence.idle_wait()) => {}
+                () = cadence.failed.notified() => continue,
                 _ = starts.changed() => {
                     ticker.reset();
                     continue;
@@ -535,7 +557,7 @@ async fn heartbeats<B: AgentBackend>(
             in_flight.join_next().await;
         }
         let ids: Vec<i64> = running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        if ids.is_empty() && last.elapsed() < cadence.idle_every() {
+        if ids.is_empty() && last.elapsed() < cadence.idle_wait() {
             continue;
         }
         let sent = tokio::time::Instant::now();
@@ -565,7 +587,10 @@ async fn heartbeats<B: AgentBackend>(
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "heartbeat failed; runs keep going until their lease's fence"),
+                Err(error) => {
+                    cadence.heartbeat_failed();
+                    tracing::warn!(%error, "heartbeat failed; runs keep going until their lease's fence");
+                }
             }
         });
     }

@@ -98,7 +98,8 @@ impl Store {
     }
 
     /// Replaces a secret's value, its policy, or both (a 404 when missing). A policy change is audited with
-    /// the new policy.
+    /// the new policy, and on PostgreSQL wakes the claims waiting at every server: the claim gives a run only
+    /// to an agent every one of its secrets' policies lets receive it, so a wider policy may free queued runs.
     pub async fn update_secret(
         &self,
         actor: &Actor,
@@ -106,6 +107,7 @@ impl Store {
         sealed: Option<SealedSecret>,
         policy: Option<&SecretPolicy>,
     ) -> StoreResult<SecretInfo> {
+        let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let at = now();
@@ -140,6 +142,9 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
             let details = audit_details(&info, sealed.is_some(), policy.is_some());
             self.append_audit(&mut tx, actor, AuditEvent::new("secret.update", "secret", Some(info.id), details)).await?;
+            if postgres && policy.is_some() {
+                sqlx::query("SELECT pg_notify($1, '')").bind(crate::WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(info)
         })

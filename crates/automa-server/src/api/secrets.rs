@@ -201,6 +201,10 @@ pub async fn update(
         .update_secret(&principal.actor(), &name, sealed, policy.as_ref())
         .await
         .map_err(missing("secret"))?;
+    if policy.is_some() {
+        // Queued runs naming the secret may now go to agents its old policy excluded.
+        state.execution.wake_claimers();
+    }
     Ok(Json(info.into()))
 }
 

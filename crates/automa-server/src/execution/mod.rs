@@ -168,7 +168,7 @@ impl Execution {
             woken.as_mut().enable();
             let claiming = tokio::time::Instant::now();
             if let Some(claimed) = self.store.claim_run(agent_id, self.lease).await? {
-                self.lease_taken(Utc::now() + self.lease);
+                self.lease_taken(claimed.run.lease_until.unwrap_or_else(|| Utc::now() + self.lease));
                 let held = claiming - received;
                 match self.assignment(agent_id, claimed, held).await? {
                     Some(assignment) => return Ok(Some(assignment)),
@@ -306,6 +306,10 @@ impl Execution {
             self.events.publish(Event::Agent { id: agent_id });
         }
         let renewal = self.store.renew_leases(agent_id, &heartbeat.running, self.lease).await?;
+        if !heartbeat.running.is_empty() {
+            // Sooner than the reaper planned only when the lease was shortened across a restart.
+            self.lease_taken(Utc::now() + self.lease);
+        }
         Ok(HeartbeatReply {
             lease_seconds: self.lease_seconds(),
             cancel: renewal.cancel,

@@ -12,6 +12,7 @@ on_both_backends!(
     a_narrowed_policy_stops_manual_and_queued_runs,
     a_narrowed_policy_turns_scheduled_fires_into_failed_runs,
     runs_with_secrets_go_only_to_agents_the_secret_allows,
+    a_widened_policy_wakes_the_claims_it_frees_runs_for,
     secret_policies_are_validated_and_audited,
     network_is_granted_by_admins_unless_configured_otherwise,
     tasks_that_named_a_secret_before_policies_keep_it,
@@ -224,6 +225,28 @@ async fn runs_with_secrets_go_only_to_agents_the_secret_allows(backend: Backend)
     let refused = app.post(&format!("/tasks/{task}/execute"), &admin, json!({})).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
     assert!(refused.detail().contains("pinned"), "{}", refused.detail());
+}
+
+/// A claim waiting while the only queued run names a secret its agent may not receive is woken when the policy
+/// admits the agent, not left to the end of its long poll.
+async fn a_widened_policy_wakes_the_claims_it_frees_runs_for(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    create_secret(&app, &admin, "VAULT", Value::Null).await;
+    let (_, remote_token) = agent(&app, &admin, "remote", json!(["gpu"])).await;
+    let queued = app.post("/execute", &admin, json!({"content": "print(1)\n", "secrets": ["VAULT"]})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let waiting = app.post("/agent/claim", &remote_token, json!({"wait_seconds": 60}));
+    let widen = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let widened = app.put("/secrets/VAULT", &admin, json!({"policy": {"agent_labels": ["gpu"]}})).await;
+        assert_eq!(widened.status, StatusCode::OK, "{:?}", widened.body);
+    };
+    let (claimed, ()) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(waiting, widen) })
+            .await
+            .expect("the claim was answered when the policy changed, not at the end of its 60 s");
+    assert_eq!((claimed.status, claimed.body["run_id"].clone()), (StatusCode::OK, queued.body["id"].clone()));
 }
 
 async fn secret_policies_are_validated_and_audited(backend: Backend) {

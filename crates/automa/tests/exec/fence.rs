@@ -2,7 +2,8 @@
 //! TCP proxy the test can cut. A run whose agent cannot reach its server for longer than the lease is stopped by
 //! that agent before the lease can expire, so its retry on another agent never runs at the same time (checked
 //! from the scripts' own marks); a result delivered after a short outage keeps the script's own times; a run
-//! whose agent is killed is lost within the lease and retried at once on an agent of the other server.
+//! whose agent is killed is lost within the lease and retried at once on an agent of the other server; an idle
+//! agent whose heartbeat failed tries again within moments, not a whole idle period later.
 //!
 //! The agents run scripts without a sandbox (AUTOMA_SANDBOX=none): the scripts append marks to a file of the
 //! test's, which the strict sandbox's private filesystem would hide, and which is the only account of when each
@@ -347,4 +348,40 @@ async fn an_agent_renews_through_its_second_server_when_the_first_falls_silent()
     let executions = executions(&marks);
     assert_eq!(executions.len(), 1, "one execution: {executions:?}");
     assert!(executions.values().all(|execution| execution.2), "it ran to its end: {executions:?}");
+}
+
+/// An idle agent heartbeats every 10 s here (a third of a 30 s offline notice). While its server is cut off its
+/// heartbeat fails, and it tries again after 1 s, 2 s, 4 s: the first heartbeat after the way is open again comes
+/// within moments, where waiting a whole idle period after the failure would leave it silent about 8 s more.
+#[tokio::test]
+async fn an_idle_agent_tries_again_soon_after_a_failed_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("AUTOMA_NO_AGENT", "true"), ("AUTOMA_AGENT_OFFLINE_SECONDS", "30")];
+    let server = Server::start(dir.path(), &settings, true).await;
+    let proxy = Proxy::start(&server.base).await;
+    let (id, _agent) = start_agent(&server, dir.path(), "idle", &proxy.url).await;
+    let last_seen = async || server.get(&format!("/agents/{id}")).await["last_seen_at"].as_str().map(str::to_owned);
+    let registered = async {
+        loop {
+            if let Some(seen) = last_seen().await {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let registered = tokio::time::timeout(PATIENCE, registered).await.expect("the agent registered");
+    proxy.cut();
+    // The idle heartbeat due 10 s after registering fails, and so does the retry a second later.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(last_seen().await.as_deref(), Some(registered.as_str()), "no heartbeat got through the cut");
+    proxy.restore();
+    let heard = async {
+        while last_seen().await.as_deref() == Some(registered.as_str()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), heard).await.is_ok(),
+        "no heartbeat within 5 s of the way opening again"
+    );
 }

@@ -132,6 +132,30 @@ async fn a_heartbeat_says_once_that_the_agent_came_back(store: &Store) {
 
     let silent_too_long = heartbeat(automa_store::now() + Duration::seconds(1)).await.unwrap();
     assert!(silent_too_long.returned, "last seen before the offline threshold");
+
+    // An agent online that moved and was upgraded: recorded, and still not a return.
+    let moved =
+        store.agent_seen(a, automa_store::now() - Duration::seconds(60), "new-box", "3", &capabilities, Some(5));
+    let moved = moved.await.unwrap();
+    assert!(!moved.returned);
+    assert_eq!(
+        (moved.agent.hostname.as_deref(), moved.agent.version.as_deref(), moved.agent.slots),
+        (Some("new-box"), Some("3"), Some(5))
+    );
+
+    // Heartbeats arriving together after a goodbye: exactly one of them is the return.
+    store.agent_goodbye(a).await.unwrap();
+    let online_since = automa_store::now() - Duration::seconds(60);
+    let seen = tokio::join!(
+        heartbeat(online_since),
+        heartbeat(online_since),
+        heartbeat(online_since),
+        heartbeat(online_since),
+        heartbeat(online_since),
+        heartbeat(online_since)
+    );
+    let together = [seen.0, seen.1, seen.2, seen.3, seen.4, seen.5].map(|seen| seen.unwrap().returned);
+    assert_eq!(together.iter().filter(|returned| **returned).count(), 1, "{together:?}");
     assert!(matches!(
         store.agent_seen(a + 1000, automa_store::now(), "box", "2", &capabilities, None).await,
         Err(automa_store::StoreError::NotFound)

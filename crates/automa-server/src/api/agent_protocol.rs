@@ -15,6 +15,7 @@ use automa_agent::{ClaimRequest, FinishReply, Heartbeat, HeartbeatReply, LogBatc
 use crate::{
     auth::AgentPrincipal,
     error::{ApiError, ApiResult},
+    execution::MAX_CLAIM_WAIT,
     extract::{ApiJson, ApiPath},
     state::AppState,
 };
@@ -83,7 +84,8 @@ pub async fn claim(
     principal: AgentPrincipal,
     ApiJson(request): ApiJson<ClaimRequest>,
 ) -> ApiResult<Response> {
-    let claimed = state.execution.claim(principal.agent.id, Duration::from_secs(request.wait_seconds)).await?;
+    let wait = Duration::from_secs(request.wait_seconds).min(MAX_CLAIM_WAIT);
+    let claimed = state.execution.claim(principal.agent.id, wait).await?;
     Ok(match claimed {
         Some(assignment) => Json(assignment).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),

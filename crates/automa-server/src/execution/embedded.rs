@@ -13,12 +13,13 @@ use automa_agent::{
 };
 use automa_runner::Sandbox;
 
-use crate::{
-    auth,
-    config::Config,
-    error::ApiError,
-    execution::{Execution, MAX_CLAIM_WAIT},
-};
+use crate::{auth, config::Config, error::ApiError, execution::Execution};
+
+/// How long the embedded agent's claim waits for a run. Queued runs wake it (on PostgreSQL those of other
+/// servers too, through the listener, which also wakes it after a reconnect in case it missed one), as does
+/// every change that may let it take a run it could not; the wait's end only makes it look again, in case a
+/// wake-up was missed all the same.
+const EMBEDDED_CLAIM_WAIT: Duration = Duration::from_secs(300);
 
 pub struct EmbeddedBackend {
     execution: Arc<Execution>,
@@ -40,12 +41,10 @@ impl AgentBackend for EmbeddedBackend {
         self.execution.heartbeat(self.agent_id, heartbeat).await.map_err(agent_error)
     }
 
-    /// Waits the longest a claim may, whatever the agent asks: its wait is sized for proxies between it and a
-    /// remote server, and none is in between here. Queued runs wake the claim (on PostgreSQL those of other
-    /// servers too, and a listener that reconnects wakes it in case it missed one), so the wait's end only
-    /// makes it look again.
+    /// Waits [`EMBEDDED_CLAIM_WAIT`], whatever the agent asks: its wait is sized for proxies between it and a
+    /// remote server, and none is in between here.
     async fn claim(&self, _wait: Duration) -> Result<Option<Assignment>, AgentError> {
-        self.execution.claim(self.agent_id, MAX_CLAIM_WAIT).await.map_err(agent_error)
+        self.execution.claim(self.agent_id, EMBEDDED_CLAIM_WAIT).await.map_err(agent_error)
     }
 
     async fn append_logs(&self, run_id: i64, batch: LogBatch) -> Result<LogsReply, AgentError> {

@@ -25,7 +25,7 @@ use crate::{
     sealing::{self, Sealer},
 };
 
-/// The longest a claim may be held open.
+/// The longest an agent's claim over HTTP may be held open.
 pub(crate) const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 /// How soon the reaper looks again after a look failed (the database down or refusing writes).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
@@ -153,14 +153,14 @@ impl Execution {
         }
     }
 
-    /// Waits up to `wait` for a run `agent_id` may take, answering at once when one is waiting. Woken by
+    /// Waits up to `wait` (callers cap it) for a run `agent_id` may take, answering at once when one is waiting. Woken by
     /// queued runs rather than polling; sleeps no longer than until the next retry becomes due. An agent that
     /// already holds as many runs as it may is answered at once with a conflict rather than held: a claim held
     /// open would not be woken when one of its runs ends, and the agent would wait out the whole poll while
     /// work it may take is queued.
     pub async fn claim(&self, agent_id: i64, wait: Duration) -> ApiResult<Option<Assignment>> {
         let received = tokio::time::Instant::now();
-        let deadline = received + wait.min(MAX_CLAIM_WAIT);
+        let deadline = received + wait;
         let mut stopping = self.stopping.clone();
         loop {
             let woken = self.wake.notified();

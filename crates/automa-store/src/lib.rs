@@ -268,8 +268,15 @@ impl Store {
         let pool = pool.clone();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(_) => wake(),
+                match listener.try_recv().await {
+                    Ok(Some(_)) => wake(),
+                    // The connection was lost and made again (with its LISTEN): what was sent in between is lost.
+                    // The pause keeps a connection that drops as soon as it is made from being remade in a loop.
+                    Ok(None) => {
+                        tracing::warn!(channel, "lost a notification channel; reconnected");
+                        wake();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     Err(_) if pool.is_closed() => return,
                     Err(error) => {
                         tracing::warn!(%error, channel, "lost a notification channel; reconnecting");

@@ -208,6 +208,7 @@ impl Store {
     }
 
     pub async fn delete_secret(&self, actor: &Actor, name: &str) -> StoreResult<()> {
+        let postgres = self.is_postgres();
         dispatch!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let id: i64 = sqlx::query_scalar("DELETE FROM secrets WHERE name = $1 RETURNING id")
@@ -216,6 +217,9 @@ impl Store {
                 .await?
                 .ok_or(StoreError::NotFound)?;
             self.append_audit(&mut tx, actor, AuditEvent::new("secret.delete", "secret", Some(id), json!({"name": name}))).await?;
+            if postgres {
+                sqlx::query("SELECT pg_notify($1, '')").bind(crate::WAKE_CHANNEL).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(())
         })

@@ -171,6 +171,24 @@ async fn woken_once(woken: &tokio::sync::Semaphore, what: &str) {
     permit.unwrap_or_else(|_| panic!("no notification for {what}")).unwrap().forget();
 }
 
+/// The listener makes its connection again by itself after losing it; what was sent in between is lost, so the
+/// reconnect wakes as a notification would.
+async fn a_listener_that_lost_its_connection_wakes_once_it_is_back(store: &Store) {
+    if store.backend_name() != "postgres" {
+        return;
+    }
+    let woken = wake_counter(store).await;
+    store
+        .execute_raw(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    woken_once(&woken, "a reconnect").await;
+}
+both_backends!(listener_reconnect, a_listener_that_lost_its_connection_wakes_once_it_is_back);
+
 async fn queued_retries_wake_every_server(store: &Store) {
     if store.backend_name() != "postgres" {
         return;

@@ -220,5 +220,7 @@ pub async fn delete(
     let current = state.store.get_secret(&name).await.map_err(missing("secret"))?;
     require_manager(&principal, &current)?;
     state.store.delete_secret(&principal.actor(), &name).await.map_err(missing("secret"))?;
+    // Queued runs naming it no longer wait for an agent its policy admits: any agent takes them, to fail them.
+    state.execution.wake_claimers();
     Ok(StatusCode::NO_CONTENT)
 }

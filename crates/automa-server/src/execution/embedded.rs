@@ -13,13 +13,19 @@ use automa_agent::{
 };
 use automa_runner::Sandbox;
 
-use crate::{auth, config::Config, error::ApiError, execution::Execution};
+use crate::{
+    auth,
+    config::Config,
+    error::ApiError,
+    execution::{Execution, MAX_CLAIM_WAIT},
+};
 
-/// How long the embedded agent's claim waits for a run. Queued runs wake it (on PostgreSQL those of other
-/// servers too, through the listener, which also wakes it after a reconnect in case it missed one), as does
-/// every change that may let it take a run it could not; the wait's end only makes it look again, in case a
-/// wake-up was missed all the same.
-const EMBEDDED_CLAIM_WAIT: Duration = Duration::from_secs(300);
+/// How long the embedded agent's claim waits for a run on SQLite. Every change there is made by this server,
+/// and each that may let the agent take a run it could not (a run queued or becoming due, an agent or secret
+/// policy changed) wakes it; the wait's end is a safety net. On PostgreSQL it waits the 60 s of an agent's
+/// claim over HTTP: changes come from other servers too, through a listener that can miss a notification
+/// while it reconnects, and a claim can pass over a run another transaction holds locked.
+const EMBEDDED_CLAIM_WAIT_SQLITE: Duration = Duration::from_secs(300);
 
 pub struct EmbeddedBackend {
     execution: Arc<Execution>,
@@ -41,10 +47,12 @@ impl AgentBackend for EmbeddedBackend {
         self.execution.heartbeat(self.agent_id, heartbeat).await.map_err(agent_error)
     }
 
-    /// Waits [`EMBEDDED_CLAIM_WAIT`], whatever the agent asks: its wait is sized for proxies between it and a
-    /// remote server, and none is in between here.
+    /// Waits longer than the agent asks: its wait is sized for proxies between it and a remote server, and none
+    /// is in between here.
     async fn claim(&self, _wait: Duration) -> Result<Option<Assignment>, AgentError> {
-        self.execution.claim(self.agent_id, EMBEDDED_CLAIM_WAIT).await.map_err(agent_error)
+        let wait =
+            if self.execution.store.backend_name() == "sqlite" { EMBEDDED_CLAIM_WAIT_SQLITE } else { MAX_CLAIM_WAIT };
+        self.execution.claim(self.agent_id, wait).await.map_err(agent_error)
     }
 
     async fn append_logs(&self, run_id: i64, batch: LogBatch) -> Result<LogsReply, AgentError> {

@@ -167,6 +167,7 @@ impl Execution {
             tokio::pin!(woken);
             woken.as_mut().enable();
             let claiming = tokio::time::Instant::now();
+            let looked = automa_store::now();
             if let Some(claimed) = self.store.claim_run(agent_id, self.lease).await? {
                 self.lease_taken(claimed.run.lease_until.unwrap_or_else(|| Utc::now() + self.lease));
                 let held = claiming - received;
@@ -178,12 +179,12 @@ impl Execution {
             if self.store.agent_at_capacity(agent_id).await? {
                 return Err(ApiError::Conflict(AT_CAPACITY.into()));
             }
+            // From when the claim looked, not from now: a run that became due in between, already past, is taken
+            // by the next pass at once, which looks from later and so does not come back to it.
             let mut until = deadline;
-            if let Some(next) = self.store.next_queued_at(Utc::now()).await? {
+            if let Some(next) = self.store.next_queued_at(looked).await? {
                 let due_in = (next - Utc::now()).to_std().unwrap_or_default();
-                if !due_in.is_zero() {
-                    until = until.min(tokio::time::Instant::now() + due_in);
-                }
+                until = until.min(tokio::time::Instant::now() + due_in);
             }
             tokio::select! {
                 _ = woken => {}

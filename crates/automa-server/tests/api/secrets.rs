@@ -13,6 +13,7 @@ on_both_backends!(
     a_narrowed_policy_turns_scheduled_fires_into_failed_runs,
     runs_with_secrets_go_only_to_agents_the_secret_allows,
     a_widened_policy_wakes_the_claims_it_frees_runs_for,
+    deleting_a_secret_wakes_the_claims_that_then_fail_its_runs,
     secret_policies_are_validated_and_audited,
     network_is_granted_by_admins_unless_configured_otherwise,
     tasks_that_named_a_secret_before_policies_keep_it,
@@ -247,6 +248,39 @@ async fn a_widened_policy_wakes_the_claims_it_frees_runs_for(backend: Backend) {
             .await
             .expect("the claim was answered when the policy changed, not at the end of its 60 s");
     assert_eq!((claimed.status, claimed.body["run_id"].clone()), (StatusCode::OK, queued.body["id"].clone()));
+}
+
+/// A run naming a secret that no longer exists goes to any agent, to fail with the reason: the deletion wakes a
+/// claim that its policy held back, rather than leaving the run queued to the end of the claim's long poll.
+async fn deleting_a_secret_wakes_the_claims_that_then_fail_its_runs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    create_secret(&app, &admin, "VAULT", Value::Null).await;
+    let (_, remote_token) = agent(&app, &admin, "remote", json!([])).await;
+    let queued = app.post("/execute", &admin, json!({"content": "print(1)\n", "secrets": ["VAULT"]})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{:?}", queued.body);
+    let run = format!("/runs/{}", queued.body["id"]);
+    let waiting = app.post("/agent/claim", &remote_token, json!({"wait_seconds": 60}));
+    let deleted_and_failed = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let deleted = app.delete("/secrets/VAULT", &admin).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{:?}", deleted.body);
+        loop {
+            let shown = app.get(&run, &admin).await.body;
+            // Claimed (running) for a moment before the claim finds the secret gone and fails it.
+            if !["queued", "running"].contains(&shown["status"].as_str().unwrap_or_default()) {
+                return shown;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let ended = tokio::select! {
+        answered = waiting => panic!("the claim ended before the run did: {:?}", answered.body),
+        ended = tokio::time::timeout(std::time::Duration::from_secs(20), deleted_and_failed) => ended,
+    };
+    let ended = ended.expect("the run ended once the secret was gone, not at the end of the 60 s claim");
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert!(ended["error"].as_str().unwrap_or_default().contains("VAULT"), "{ended}");
 }
 
 async fn secret_policies_are_validated_and_audited(backend: Backend) {

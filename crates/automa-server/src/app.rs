@@ -283,6 +283,7 @@ async fn migrate_or_refuse(store: &Store, auto_migrate: bool) -> anyhow::Result<
 /// Refuses limits that would make the server unusable rather than start with them.
 fn check_limits(config: &Config) -> anyhow::Result<()> {
     config.run_retention()?;
+    check_durations(config)?;
     if config.max_header_bytes < MIN_HEADER_BYTES {
         anyhow::bail!(
             "AUTOMA_MAX_HEADER_BYTES must be at least {MIN_HEADER_BYTES} (it is {})",
@@ -296,6 +297,30 @@ fn check_limits(config: &Config) -> anyhow::Result<()> {
         anyhow::bail!(
             "AUTOMA_RUN_AFTER_MAX_DEPTH, AUTOMA_RUN_AFTER_MAX_QUEUED and AUTOMA_HOOK_MAX_PAYLOAD_BYTES must be at least 1"
         );
+    }
+    Ok(())
+}
+
+/// Refuses durations outside what they can mean. Each reaches date arithmetic, which a value this far out
+/// overflows (the server panicked at its first claim, fire or sign-in), and long before that it is a mistake.
+fn check_durations(config: &Config) -> anyhow::Result<()> {
+    const DAY: u64 = 86_400;
+    let token_ttl = u64::try_from(config.token_ttl_seconds).unwrap_or(0);
+    let days = |value: Option<u32>| value.map_or(0, u64::from);
+    let bounded = [
+        ("AUTOMA_TOKEN_TTL_SECONDS", token_ttl, 1, 366 * DAY),
+        ("AUTOMA_LEASE_SECONDS", config.lease_seconds, 3, DAY),
+        ("AUTOMA_AGENT_OFFLINE_SECONDS", config.agent_offline_seconds, 0, 7 * DAY),
+        ("AUTOMA_SCHEDULER_LATE_SECONDS", config.scheduler_late_seconds, 0, 7 * DAY),
+        ("AUTOMA_NOTIFICATION_TIMEOUT_SECONDS", config.notification_timeout_seconds, 1, 3_600),
+        ("AUTOMA_NOTIFICATION_BACKOFF_SECONDS", config.notification_backoff_seconds, 1, DAY),
+        ("AUTOMA_RETENTION_RUN_DAYS", days(config.retention_run_days), 0, 36_600),
+        ("AUTOMA_RETENTION_AUDIT_DAYS", days(config.retention_audit_days), 0, 36_600),
+    ];
+    for (name, value, least, most) in bounded {
+        if !(least..=most).contains(&value) {
+            anyhow::bail!("{name} must be between {least} and {most}");
+        }
     }
     Ok(())
 }

@@ -155,19 +155,19 @@ impl Store {
         );
         let seen: Option<AgentSeen> = match &*self.backend {
             Backend::Sqlite(pool) => {
+                let seen_update = |condition: &str| {
+                    let sql = update.replace("{from}", condition).replace("{returned}", "");
+                    sqlx::query_as::<_, Agent>(crate::composed(sql))
+                        .bind(id)
+                        .bind(offline_since)
+                        .bind(now())
+                        .bind(hostname)
+                        .bind(version)
+                        .bind(Json(capabilities))
+                        .bind(slots)
+                };
                 // Changes nothing when the agent is coming back (or gone): the transaction below then tells which.
-                let online =
-                    update.replace("{from}", &format!("WHERE id = $1 AND NOT ({RETURNS})")).replace("{returned}", "");
-                let staying: Option<Agent> = sqlx::query_as(crate::composed(online))
-                    .bind(id)
-                    .bind(offline_since)
-                    .bind(now())
-                    .bind(hostname)
-                    .bind(version)
-                    .bind(Json(capabilities))
-                    .bind(slots)
-                    .fetch_optional(pool)
-                    .await?;
+                let staying = seen_update(&format!("WHERE id = $1 AND NOT ({RETURNS})")).fetch_optional(pool).await?;
                 if let Some(agent) = staying {
                     return Ok(AgentSeen { agent, returned: false });
                 }
@@ -178,18 +178,8 @@ impl Store {
                         .bind(offline_since)
                         .fetch_optional(&mut *tx)
                         .await?;
-                let sql = update.replace("{from}", "WHERE id = $1").replace("{returned}", "");
                 // `$2` is unused here; binding it keeps the parameters those of the PostgreSQL statement.
-                let agent: Option<Agent> = sqlx::query_as(crate::composed(sql))
-                    .bind(id)
-                    .bind(offline_since)
-                    .bind(now())
-                    .bind(hostname)
-                    .bind(version)
-                    .bind(Json(capabilities))
-                    .bind(slots)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let agent = seen_update("WHERE id = $1").fetch_optional(&mut *tx).await?;
                 tx.commit().await?;
                 agent.zip(returned).map(|(agent, returned)| AgentSeen { agent, returned })
             }

@@ -153,8 +153,9 @@ impl Execution {
         }
     }
 
-    /// Waits up to `wait` (callers cap it) for a run `agent_id` may take, answering at once when one is waiting. Woken by
-    /// queued runs rather than polling; sleeps no longer than until the next retry becomes due. An agent that
+    /// Waits up to `wait` (callers cap it) for a run `agent_id` may take, answering at once when one is
+    /// waiting. Woken by queued runs rather than polling; sleeps no longer than until the next retry becomes
+    /// due. An agent that
     /// already holds as many runs as it may is answered at once with a conflict rather than held: a claim held
     /// open would not be woken when one of its runs ends, and the agent would wait out the whole poll while
     /// work it may take is queued.
@@ -426,9 +427,10 @@ impl Execution {
     }
 
     /// Wakes the reaper if a lease taken here ends before its next look. One taken while it looks wakes it
-    /// too: the look may have read the database before the lease was written.
+    /// too: the look may have read the database before the lease was written. Sequentially consistent, as
+    /// the reaper's "looking" and the lease's write must not be seen out of order by the other side.
     fn lease_taken(&self, until: chrono::DateTime<Utc>) {
-        if until.timestamp_millis() < self.reap_at_ms.load(Ordering::Acquire) {
+        if until.timestamp_millis() < self.reap_at_ms.load(Ordering::SeqCst) {
             self.reap_sooner.notify_one();
         }
     }
@@ -449,7 +451,7 @@ impl Execution {
         let longest = longest.to_std().unwrap_or(Duration::from_secs(30));
         let mut stopping = self.stopping.clone();
         loop {
-            self.reap_at_ms.store(i64::MAX, Ordering::Release);
+            self.reap_at_ms.store(i64::MAX, Ordering::SeqCst);
             let reaped = match self.store.lose_runs(automa_store::now(), None).await {
                 Ok(lost) => {
                     lost.iter().for_each(|finished| self.publish_finish(finished));
@@ -479,7 +481,7 @@ impl Execution {
                 }
             };
             let planned = Utc::now() + chrono::Duration::from_std(pause).unwrap_or(offline_after);
-            self.reap_at_ms.store(planned.timestamp_millis(), Ordering::Release);
+            self.reap_at_ms.store(planned.timestamp_millis(), Ordering::SeqCst);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 () = self.reap_sooner.notified() => {}

@@ -244,6 +244,13 @@ impl Store {
         }
     }
 
+    /// Whether other servers may write this database too: PostgreSQL, where servers share one database. A
+    /// SQLite file has one server (docs/deployment.md), so what changes in it is this server's doing and can
+    /// wake what waits for it directly, without polling for the changes of others.
+    pub fn shared_by_servers(&self) -> bool {
+        matches!(&*self.backend, Backend::Postgres(_))
+    }
+
     /// The SQLite file behind this store, if any: the sandbox must keep it out of scripts' reach.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         match &*self.backend {

@@ -50,8 +50,7 @@ impl AgentBackend for EmbeddedBackend {
     /// Waits longer than the agent asks: its wait is sized for proxies between it and a remote server, and none
     /// is in between here.
     async fn claim(&self, _wait: Duration) -> Result<Option<Assignment>, AgentError> {
-        let wait =
-            if self.execution.store.backend_name() == "sqlite" { EMBEDDED_CLAIM_WAIT_SQLITE } else { MAX_CLAIM_WAIT };
+        let wait = if self.execution.store.shared_by_servers() { MAX_CLAIM_WAIT } else { EMBEDDED_CLAIM_WAIT_SQLITE };
         self.execution.claim(self.agent_id, wait).await.map_err(agent_error)
     }
 

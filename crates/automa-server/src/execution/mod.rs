@@ -446,8 +446,7 @@ impl Execution {
     /// SQLite, twice a minute on PostgreSQL.
     async fn reap_forever(self: Arc<Self>) {
         let offline_after = chrono::Duration::seconds(OFFLINE_AFTER_SECONDS);
-        let shared = self.store.backend_name() != "sqlite";
-        let longest = if shared { self.lease.min(offline_after) } else { offline_after };
+        let longest = if self.store.shared_by_servers() { self.lease.min(offline_after) } else { offline_after };
         let longest = longest.to_std().unwrap_or(Duration::from_secs(30));
         let mut stopping = self.stopping.clone();
         loop {

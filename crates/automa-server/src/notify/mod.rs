@@ -100,7 +100,7 @@ impl Notifier {
 
     /// Claims due deliveries, no more than there are free senders, and sends each on its own task.
     async fn work(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        let idle_poll = if self.store.backend_name() == "sqlite" { POLL_SQLITE } else { POLL };
+        let idle_poll = if self.store.shared_by_servers() { POLL } else { POLL_SQLITE };
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut events = self.hub.subscribe();
         while !*stopping.borrow() {
